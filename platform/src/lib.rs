@@ -1,0 +1,4 @@
+//! Platform description discovered from the boot device tree.
+#![no_std]
+
+extern crate alloc;
