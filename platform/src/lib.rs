@@ -1,4 +1,268 @@
 //! Platform description discovered from the boot device tree.
+//!
+//! [`Platform::from_fdt`] turns a flattened device tree into a [`Platform`]:
+//! what the hypervisor needs to know about the machine, with nothing assumed.
+//! [`VmConfig`]s come from the dom0less-style nodes under `/chosen`
+//! (see `docs/interfaces.md`).
 #![no_std]
 
 extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// A physical address range `[base, base + size)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Region {
+    pub base: u64,
+    pub size: u64,
+}
+
+impl Region {
+    pub const fn new(base: u64, size: u64) -> Self {
+        Self { base, size }
+    }
+    /// One past the last byte (saturating).
+    pub const fn end(&self) -> u64 {
+        self.base.saturating_add(self.size)
+    }
+    pub const fn contains(&self, addr: u64) -> bool {
+        addr >= self.base && addr < self.end()
+    }
+    pub const fn overlaps(&self, other: &Region) -> bool {
+        self.base < other.end() && other.base < self.end()
+    }
+}
+
+/// Everything the hypervisor discovered about the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Platform {
+    /// `/model` or `/compatible[0]`, for the boot report.
+    pub model: String,
+    /// RAM ranges from every `device_type = "memory"` node, sorted, merged.
+    pub memory: Vec<Region>,
+    /// `/memreserve/` entries and `/reserved-memory` children with a `reg`.
+    pub reserved: Vec<Region>,
+    /// CPUs in DTB order.
+    pub cpus: Vec<Cpu>,
+    pub gic: Gic,
+    /// The console UART (from `/chosen/stdout-path`, else the first PL011).
+    pub uart: Option<Uart>,
+    pub timer: Timer,
+    pub psci: Option<Psci>,
+    pub pci_host_bridges: Vec<PciHostBridge>,
+    /// VMs described under `/chosen` (empty if none).
+    pub vms: Vec<VmConfig>,
+    /// `/chosen/phv,exit`.
+    pub exit_method: ExitMethod,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Cpu {
+    /// MPIDR affinity bits from the cpu node's `reg`.
+    pub mpidr: u64,
+    /// `enable-method` (e.g. "psci", "spin-table"), if present.
+    pub enable_method: Option<String>,
+}
+
+/// Interrupt controller, with the register frames for its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "version"))]
+pub enum Gic {
+    V2 {
+        /// `compatible[0]` of the node.
+        compatible: String,
+        gicd: Region,
+        gicc: Region,
+        /// Virtual interface control frame; absent when the firmware
+        /// did not describe virtualization support.
+        gich: Option<Region>,
+        /// Virtual CPU interface frame.
+        gicv: Option<Region>,
+        /// Maintenance interrupt (INTID), if described.
+        maintenance_irq: Option<u32>,
+    },
+    V3 {
+        compatible: String,
+        gicd: Region,
+        /// Redistributor regions (`reg` entries after the first).
+        gicr: Vec<Region>,
+        /// GICC/GICH/GICV legacy frames if listed (optional in the binding).
+        maintenance_irq: Option<u32>,
+        /// ITS frames found as children.
+        its: Vec<Region>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Uart {
+    pub compatible: String,
+    pub region: Region,
+    /// INTID, if the node has an interrupt on the GIC.
+    pub irq: Option<u32>,
+}
+
+/// Generic timer PPIs as INTIDs (PPI n = INTID 16 + n).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Timer {
+    pub secure_phys: Option<u32>,
+    pub nonsecure_phys: u32,
+    pub virt: u32,
+    pub hyp_phys: Option<u32>,
+    pub hyp_virt: Option<u32>,
+    /// `clock-frequency` if the node overrides CNTFRQ.
+    pub frequency: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum PsciConduit {
+    Smc,
+    Hvc,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Psci {
+    pub compatible: String,
+    pub conduit: PsciConduit,
+}
+
+/// How configuration space of a host bridge is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum ConfigAccess {
+    /// `pci-host-ecam-generic` (and compatibles known to be plain ECAM).
+    Ecam,
+    /// A controller that needs its own accessor (DesignWare, Rockchip, brcmstb,...).
+    /// Carries the compatible string so a user sees what is missing.
+    Controller(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum PciWindowKind {
+    Io,
+    Mem32,
+    Mem64,
+}
+
+/// One entry of a host bridge's `ranges`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct PciWindow {
+    pub kind: PciWindowKind,
+    pub prefetchable: bool,
+    /// Address on the PCI side.
+    pub pci_base: u64,
+    /// Address on the CPU side.
+    pub cpu_base: u64,
+    pub size: u64,
+}
+
+/// One `interrupt-map` entry resolved to a GIC interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct PciIntxRoute {
+    /// Child unit address high cell (bus/device/function bits), already masked.
+    pub child_addr_hi: u32,
+    /// INTx pin 1..=4 (A..D), already masked.
+    pub pin: u8,
+    /// GIC INTID.
+    pub intid: u32,
+    /// True for level-triggered.
+    pub level: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct PciHostBridge {
+    pub compatible: String,
+    pub access: ConfigAccess,
+    /// Config space window (`reg[0]` for ECAM).
+    pub config: Region,
+    /// `linux,pci-domain`, else the index of the host bridge.
+    pub segment: u16,
+    /// `bus-range` (default 0..=255).
+    pub bus_start: u8,
+    pub bus_end: u8,
+    pub windows: Vec<PciWindow>,
+    /// `interrupt-map-mask` cells: (child addr hi, pin).
+    pub intx_mask: (u32, u32),
+    pub intx_map: Vec<PciIntxRoute>,
+    /// `msi-map` / `msi-parent` present.
+    pub has_msi: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum ExitMethod {
+    /// PSCI SYSTEM_OFF of the platform firmware.
+    #[default]
+    Psci,
+    /// Semihosting SYS_EXIT_EXTENDED carrying the status (QEMU `-semihosting`).
+    Semihosting,
+}
+
+/// A VM described under `/chosen` (see `docs/interfaces.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct VmConfig {
+    /// Node name (`vm@0`) if no `label`.
+    pub name: String,
+    pub hardware_domain: bool,
+    /// RAM size in bytes.
+    pub memory_size: u64,
+    /// Fixed physical base (`phv,memory-base`).
+    pub memory_base: Option<u64>,
+    pub cpus: u32,
+    /// Where the kernel image was placed by the loader.
+    pub kernel: Region,
+    pub bootargs: String,
+    /// `phv,pci-devices`, as written ("SSSS:BB:DD.F"); parsed by the pci layer.
+    pub pci_devices: Vec<String>,
+}
+
+/// What is missing or wrong in a device tree. Never a panic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum PlatformError {
+    /// The blob is not a valid FDT (bad magic, truncated, bad offsets).
+    InvalidBlob(String),
+    /// A node the hypervisor needs is absent (e.g. "/memory", "interrupt-controller").
+    MissingNode(&'static str),
+    /// A node lacks a property it needs: (node path, property).
+    MissingProperty(String, &'static str),
+    /// A property is present but malformed: (node path, property, why).
+    BadProperty(String, &'static str, &'static str),
+    /// Nothing the hypervisor can drive (e.g. an unknown GIC compatible).
+    Unsupported(String),
+    /// The VM configuration under `/chosen` is inconsistent: (vm, why).
+    BadVmConfig(String, String),
+}
+
+impl core::fmt::Display for PlatformError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::InvalidBlob(why) => write!(f, "not a valid device tree: {why}"),
+            Self::MissingNode(node) => write!(f, "device tree has no {node} node"),
+            Self::MissingProperty(node, prop) => write!(f, "{node}: missing property {prop}"),
+            Self::BadProperty(node, prop, why) => write!(f, "{node}: bad {prop}: {why}"),
+            Self::Unsupported(what) => write!(f, "unsupported: {what}"),
+            Self::BadVmConfig(vm, why) => write!(f, "VM {vm}: {why}"),
+        }
+    }
+}
+
+impl Platform {
+    /// Parse a flattened device tree. Never panics, whatever the bytes.
+    pub fn from_fdt(_blob: &[u8]) -> Result<Platform, PlatformError> {
+        Err(PlatformError::Unsupported(String::from("parser not yet written")))
+    }
+}
