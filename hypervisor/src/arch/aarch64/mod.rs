@@ -1,0 +1,3 @@
+//! AArch64 EL2 specifics.
+pub mod head;
+pub mod trap;

@@ -1,0 +1,2 @@
+//! Architecture-specific code.
+pub mod aarch64;
