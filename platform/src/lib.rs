@@ -4,12 +4,31 @@
 //! what the hypervisor needs to know about the machine, with nothing assumed.
 //! [`VmConfig`]s come from the dom0less-style nodes under `/chosen`
 //! (see `docs/interfaces.md`).
+//!
+//! The blob is parsed by our own bounds-checked reader ([`blob`]) rather than
+//! the `fdt` crate, which panics on malformed input: the boot DTB is input
+//! this crate must survive whatever it contains.
 #![no_std]
+// Hostile input must never panic: keep the panicking shortcuts out of the
+// library code (tests may use them).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 extern crate alloc;
 
+mod blob;
+mod discover;
+mod dt;
+mod gic;
+mod pcie;
+mod vm;
+
 use alloc::string::String;
 use alloc::vec::Vec;
+
+pub use blob::BlobError;
 
 /// A physical address range `[base, base + size)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,15 +104,23 @@ pub enum Gic {
         gicv: Option<Region>,
         /// Maintenance interrupt (INTID), if described.
         maintenance_irq: Option<u32>,
+        /// GICv2m MSI frames (`arm,gic-v2m-frame` children).
+        v2m: Vec<Region>,
     },
     V3 {
         compatible: String,
         gicd: Region,
-        /// Redistributor regions (`reg` entries after the first).
+        /// Redistributor regions: the `#redistributor-regions` (default 1)
+        /// `reg` entries after GICD.
         gicr: Vec<Region>,
-        /// GICC/GICH/GICV legacy frames if listed (optional in the binding).
+        /// Legacy GICv2-compatible CPU interface frames, listed after the
+        /// redistributors when the GIC supports them (optional in the binding).
+        gicc: Option<Region>,
+        gich: Option<Region>,
+        gicv: Option<Region>,
+        /// Maintenance interrupt (INTID), if described.
         maintenance_irq: Option<u32>,
-        /// ITS frames found as children.
+        /// ITS frames (`arm,gic-v3-its` children).
         its: Vec<Region>,
     },
 }
@@ -183,18 +210,24 @@ pub struct PciIntxRoute {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PciHostBridge {
+    /// Node path, so a user can tell bridges apart.
+    pub path: String,
+    /// `compatible[0]`.
     pub compatible: String,
     pub access: ConfigAccess,
-    /// Config space window (`reg[0]` for ECAM).
+    /// Config space window: the `reg` entry named "config" in `reg-names`, else `reg[0]`.
     pub config: Region,
     /// `linux,pci-domain`, else the index of the host bridge.
     pub segment: u16,
-    /// `bus-range` (default 0..=255).
+    /// `bus-range` (default 0..=255). For ECAM, limited to the buses the
+    /// config window can hold (1 MiB per bus), as Linux does.
     pub bus_start: u8,
     pub bus_end: u8,
     pub windows: Vec<PciWindow>,
-    /// `interrupt-map-mask` cells: (child addr hi, pin).
+    /// `interrupt-map-mask` cells: (child addr hi, pin); all ones if absent.
     pub intx_mask: (u32, u32),
+    /// `interrupt-map` entries that go to the GIC (entries routed to another
+    /// interrupt controller, e.g. a bridge's own INTx demultiplexer, are omitted).
     pub intx_map: Vec<PciIntxRoute>,
     /// `msi-map` / `msi-parent` present.
     pub has_msi: bool,
@@ -234,7 +267,7 @@ pub struct VmConfig {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum PlatformError {
     /// The blob is not a valid FDT (bad magic, truncated, bad offsets).
-    InvalidBlob(String),
+    InvalidBlob(BlobError),
     /// A node the hypervisor needs is absent (e.g. "/memory", "interrupt-controller").
     MissingNode(&'static str),
     /// A node lacks a property it needs: (node path, property).
@@ -260,9 +293,15 @@ impl core::fmt::Display for PlatformError {
     }
 }
 
+impl From<BlobError> for PlatformError {
+    fn from(error: BlobError) -> Self {
+        Self::InvalidBlob(error)
+    }
+}
+
 impl Platform {
     /// Parse a flattened device tree. Never panics, whatever the bytes.
-    pub fn from_fdt(_blob: &[u8]) -> Result<Platform, PlatformError> {
-        Err(PlatformError::Unsupported(String::from("parser not yet written")))
+    pub fn from_fdt(blob: &[u8]) -> Result<Platform, PlatformError> {
+        discover::platform(blob)
     }
 }
