@@ -4,3 +4,13 @@
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+
+pub mod addr;
+pub mod caps;
+pub mod port;
+pub mod regs;
+#[cfg(feature = "sim")]
+pub mod sim;
+
+pub use addr::{Bdf, EcamWindow};
+pub use port::ConfigPort;

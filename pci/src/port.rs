@@ -1,0 +1,47 @@
+//! The port through which `pci` reaches physical config space.
+
+use crate::addr::Bdf;
+
+/// Config-space access to physical functions.
+///
+/// The hypervisor implements it over ECAM MMIO, tests with [`crate::sim`].
+/// Offsets are 12-bit (0..0x1000) and naturally aligned for the width; an
+/// absent function reads all-ones and ignores writes, as on hardware.
+/// Implementations must not allocate: this is on the trap path.
+pub trait ConfigPort {
+    fn read32(&mut self, bdf: Bdf, offset: u16) -> u32;
+    fn write32(&mut self, bdf: Bdf, offset: u16, value: u32);
+    fn write16(&mut self, bdf: Bdf, offset: u16, value: u16);
+    fn write8(&mut self, bdf: Bdf, offset: u16, value: u8);
+
+    fn read16(&mut self, bdf: Bdf, offset: u16) -> u16 {
+        let dword = self.read32(bdf, offset & !3);
+        (dword >> ((offset & 2) * 8)) as u16
+    }
+
+    fn read8(&mut self, bdf: Bdf, offset: u16) -> u8 {
+        let dword = self.read32(bdf, offset & !3);
+        (dword >> ((offset & 3) * 8)) as u8
+    }
+}
+
+impl<P: ConfigPort + ?Sized> ConfigPort for &mut P {
+    fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
+        (**self).read32(bdf, offset)
+    }
+    fn write32(&mut self, bdf: Bdf, offset: u16, value: u32) {
+        (**self).write32(bdf, offset, value)
+    }
+    fn write16(&mut self, bdf: Bdf, offset: u16, value: u16) {
+        (**self).write16(bdf, offset, value)
+    }
+    fn write8(&mut self, bdf: Bdf, offset: u16, value: u8) {
+        (**self).write8(bdf, offset, value)
+    }
+    fn read16(&mut self, bdf: Bdf, offset: u16) -> u16 {
+        (**self).read16(bdf, offset)
+    }
+    fn read8(&mut self, bdf: Bdf, offset: u16) -> u8 {
+        (**self).read8(bdf, offset)
+    }
+}
