@@ -438,23 +438,32 @@ impl<'a> DeviceTree<'a> {
             .map_err(|_| self.bad(bus, "ranges", "translated address exceeds 64 bits"))
     }
 
-    /// The node's interrupt parent: its own or nearest ancestor's `interrupt-parent`.
+    /// The node's interrupt parent, as Linux's `of_irq_find_parent`: follow
+    /// `interrupt-parent` where present, else the tree parent, until a node
+    /// with `#interrupt-cells` (a controller or an `interrupt-map` nexus).
     pub fn interrupt_parent(&self, id: NodeId) -> Result<Option<NodeId>, PlatformError> {
-        let mut cursor = Some(id);
-        while let Some(current) = cursor {
-            if let Some(handle) = self.prop_u32(current, "interrupt-parent")? {
-                let parent = self.by_phandle(handle).ok_or_else(|| {
+        let mut current = id;
+        // Each hop visits a node; more hops than nodes means a phandle loop.
+        for _ in self.all() {
+            let next = match self.prop_u32(current, "interrupt-parent")? {
+                Some(handle) => self.by_phandle(handle).ok_or_else(|| {
                     self.bad(
                         current,
                         "interrupt-parent",
                         "phandle does not name any node",
                     )
-                })?;
-                return Ok(Some(parent));
+                })?,
+                None => match self.parent(current) {
+                    Some(parent) => parent,
+                    None => return Ok(None),
+                },
+            };
+            if self.has_prop(next, "#interrupt-cells") {
+                return Ok(Some(next));
             }
-            cursor = self.parent(current);
+            current = next;
         }
-        Ok(None)
+        Err(self.bad(id, "interrupt-parent", "interrupt-parent chain loops"))
     }
 
     pub fn interrupt_cells(&self, controller: NodeId) -> Result<u32, PlatformError> {
@@ -462,8 +471,9 @@ impl<'a> DeviceTree<'a> {
             .ok_or_else(|| self.missing(controller, "#interrupt-cells"))
     }
 
-    /// The node's interrupts as (controller, specifier) pairs, from
-    /// `interrupts-extended` or `interrupts` + interrupt parent.
+    /// The node's interrupts as (interrupt parent, specifier) pairs, from
+    /// `interrupts-extended` or `interrupts` + interrupt parent. The parent
+    /// may be a nexus: see [`Self::resolve_interrupt`].
     pub fn interrupt_specs(&self, id: NodeId) -> Result<Vec<(NodeId, Vec<u32>)>, PlatformError> {
         let mut specs = Vec::new();
         if let Some(extended) = self.prop_cells(id, "interrupts-extended")? {
@@ -473,11 +483,16 @@ impl<'a> DeviceTree<'a> {
                     self.bad(id, "interrupts-extended", "phandle does not name any node")
                 })?;
                 let count = self.interrupt_cells(controller)? as usize;
-                let spec = tail.get(..count).ok_or_else(|| {
-                    self.bad(id, "interrupts-extended", "truncated interrupt specifier")
-                })?;
+                let (spec, tail) = (tail.get(..count), tail.get(count..));
+                let (Some(spec), Some(tail)) = (spec, tail) else {
+                    return Err(self.bad(
+                        id,
+                        "interrupts-extended",
+                        "truncated interrupt specifier",
+                    ));
+                };
                 specs.push((controller, spec.to_vec()));
-                rest = &tail[count..];
+                rest = tail;
             }
             return Ok(specs);
         }
@@ -501,25 +516,170 @@ impl<'a> DeviceTree<'a> {
         Ok(specs)
     }
 
-    /// The node's interrupts decoded as GIC INTIDs; None for an interrupt
-    /// that goes to another controller (a GPIO block, a PCIe INTx chip...).
+    /// `#address-cells` used for the child unit address in `nexus`'s
+    /// `interrupt-map`: the nexus's own or nearest ancestor's, default 2
+    /// (Linux's `of_irq_parse_raw` does the same walk).
+    fn nexus_address_cells(&self, nexus: NodeId) -> Result<u32, PlatformError> {
+        let mut cursor = Some(nexus);
+        while let Some(current) = cursor {
+            if self.has_prop(current, "#address-cells") {
+                return self.address_cells(current);
+            }
+            cursor = self.parent(current);
+        }
+        Ok(DEFAULT_ADDRESS_CELLS)
+    }
+
+    /// Parse `nexus`'s `interrupt-map` (and `interrupt-map-mask`, all ones if
+    /// absent). Each entry: child unit address (`#address-cells`), child
+    /// specifier (`#interrupt-cells`), parent phandle, parent unit address
+    /// (the parent's `#address-cells`, 0 if absent, as Linux), parent specifier
+    /// (the parent's `#interrupt-cells`).
+    pub fn interrupt_map(&self, nexus: NodeId) -> Result<InterruptMap, PlatformError> {
+        let address_cells = self.nexus_address_cells(nexus)? as usize;
+        let interrupt_cells = self.interrupt_cells(nexus)? as usize;
+        let child_cells = address_cells + interrupt_cells;
+        let mask = match self.prop_cells(nexus, "interrupt-map-mask")? {
+            Some(mask) if mask.len() == child_cells => mask,
+            Some(_) => {
+                return Err(self.bad(
+                    nexus,
+                    "interrupt-map-mask",
+                    "length is not #address-cells + #interrupt-cells",
+                ));
+            }
+            None => alloc::vec![u32::MAX; child_cells],
+        };
+        let map = self
+            .prop_cells(nexus, "interrupt-map")?
+            .ok_or_else(|| self.missing(nexus, "interrupt-map"))?;
+        let truncated = || self.bad(nexus, "interrupt-map", "truncated entry");
+        let mut entries = Vec::new();
+        let mut rest: &[u32] = &map;
+        while !rest.is_empty() {
+            let child = rest.get(..child_cells).ok_or_else(truncated)?;
+            let &handle = rest.get(child_cells).ok_or_else(truncated)?;
+            let parent = self.by_phandle(handle).ok_or_else(|| {
+                self.bad(nexus, "interrupt-map", "phandle does not name any node")
+            })?;
+            let parent_address_cells =
+                self.prop_u32(parent, "#address-cells")?.unwrap_or(0) as usize;
+            let parent_interrupt_cells = self.interrupt_cells(parent)? as usize;
+            let address_start = child_cells + 1;
+            let spec_start = address_start
+                .checked_add(parent_address_cells)
+                .ok_or_else(truncated)?;
+            let spec_end = spec_start
+                .checked_add(parent_interrupt_cells)
+                .ok_or_else(truncated)?;
+            let parent_address = rest.get(address_start..spec_start).ok_or_else(truncated)?;
+            let parent_spec = rest.get(spec_start..spec_end).ok_or_else(truncated)?;
+            entries.push(InterruptMapEntry {
+                child_address: child.get(..address_cells).unwrap_or_default().to_vec(),
+                child_spec: child.get(address_cells..).unwrap_or_default().to_vec(),
+                parent,
+                parent_address: parent_address.to_vec(),
+                parent_spec: parent_spec.to_vec(),
+            });
+            rest = rest.get(spec_end..).ok_or_else(truncated)?;
+        }
+        Ok(InterruptMap {
+            address_cells,
+            mask,
+            entries,
+        })
+    }
+
+    /// Follow `interrupt-map` nexuses from an interrupt (`spec` at `parent`,
+    /// raised by a device at unit `address`) to the interrupt controller that
+    /// finally receives it. None if a nexus has no entry for it.
+    pub fn resolve_interrupt(
+        &self,
+        parent: NodeId,
+        address: &[u32],
+        spec: &[u32],
+    ) -> Result<Option<(NodeId, Vec<u32>)>, PlatformError> {
+        let (mut parent, mut address, mut spec) = (parent, address.to_vec(), spec.to_vec());
+        // Real trees have one or two nexus levels; the bound stops map loops.
+        for _ in 0..MAX_NEXUS_HOPS {
+            if self.has_prop(parent, "interrupt-controller")
+                || !self.has_prop(parent, "interrupt-map")
+            {
+                return Ok(Some((parent, spec)));
+            }
+            let map = self.interrupt_map(parent)?;
+            let (address_mask, spec_mask) =
+                map.mask.split_at(map.address_cells.min(map.mask.len()));
+            let masked = |cells: &[u32], mask: &[u32], width: usize| -> Vec<u32> {
+                (0..width)
+                    .map(|i| cells.get(i).copied().unwrap_or(0) & mask.get(i).copied().unwrap_or(0))
+                    .collect()
+            };
+            let want_address = masked(&address, address_mask, map.address_cells);
+            let want_spec = masked(&spec, spec_mask, spec_mask.len());
+            let hit = map.entries.into_iter().find(|e| {
+                masked(&e.child_address, address_mask, map.address_cells) == want_address
+                    && masked(&e.child_spec, spec_mask, spec_mask.len()) == want_spec
+            });
+            let Some(entry) = hit else {
+                return Ok(None);
+            };
+            (parent, address, spec) = (entry.parent, entry.parent_address, entry.parent_spec);
+        }
+        Err(self.bad(parent, "interrupt-map", "nexus chain too long or looping"))
+    }
+
+    /// The node's interrupts decoded as GIC INTIDs, through any nexus; None
+    /// for an interrupt that ends at another controller (a GPIO block, a
+    /// PCIe INTx demultiplexer...).
     pub fn gic_interrupts(
         &self,
         id: NodeId,
         gic: NodeId,
     ) -> Result<Vec<Option<GicIrq>>, PlatformError> {
-        self.interrupt_specs(id)?
+        let specs = self.interrupt_specs(id)?;
+        // A nexus matches on the device's unit address: its first reg address.
+        let address = self
+            .prop_cells(id, "reg")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        specs
             .into_iter()
-            .map(|(controller, spec)| {
-                if controller != gic {
-                    return Ok(None);
-                }
-                decode_gic_spec(&spec).map(Some).ok_or_else(|| {
-                    self.bad(id, "interrupts", "not a valid GIC interrupt specifier")
-                })
-            })
+            .map(
+                |(parent, spec)| match self.resolve_interrupt(parent, &address, &spec)? {
+                    Some((controller, spec)) if controller == gic => {
+                        decode_gic_spec(&spec).map(Some).ok_or_else(|| {
+                            self.bad(id, "interrupts", "not a valid GIC interrupt specifier")
+                        })
+                    }
+                    _ => Ok(None),
+                },
+            )
             .collect()
     }
+}
+
+/// How many `interrupt-map` nexuses an interrupt may pass before we call it a loop.
+const MAX_NEXUS_HOPS: usize = 8;
+
+/// A parsed `interrupt-map`.
+#[derive(Clone, Debug)]
+pub struct InterruptMap {
+    /// Child unit address cells of each entry (the rest of the child part is the specifier).
+    pub address_cells: usize,
+    /// `interrupt-map-mask`: address cells then specifier cells.
+    pub mask: Vec<u32>,
+    pub entries: Vec<InterruptMapEntry>,
+}
+
+#[derive(Clone, Debug)]
+pub struct InterruptMapEntry {
+    pub child_address: Vec<u32>,
+    pub child_spec: Vec<u32>,
+    pub parent: NodeId,
+    pub parent_address: Vec<u32>,
+    pub parent_spec: Vec<u32>,
 }
 
 /// Decode a GIC binding specifier `<type number flags [ppi-partition]>`:
@@ -529,9 +689,11 @@ pub fn decode_gic_spec(spec: &[u32]) -> Option<GicIrq> {
     let (&kind, rest) = spec.split_first()?;
     let (&number, rest) = rest.split_first()?;
     let flags = rest.first().copied().unwrap_or(0);
+    // PPI numbers are not bounded to 0..16: like Linux we take 16 + n, as
+    // some shipped trees (Cavium ThunderX) use PPI numbers above 15.
     let intid = match kind {
         0 if number < 988 => 32 + number,
-        1 if number < 16 => 16 + number,
+        1 if number < 1004 => 16 + number,
         2 if number < 1024 => 4096 + number,
         3 if number < 64 => 1056 + number,
         _ => return None,

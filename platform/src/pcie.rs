@@ -162,64 +162,40 @@ fn windows(dt: &DeviceTree, id: NodeId) -> Result<Vec<PciWindow>, PlatformError>
 }
 
 /// `interrupt-map-mask` (address hi, pin) and the `interrupt-map` entries
-/// that land on the GIC. Entries routed to another controller (e.g. a
-/// bridge's own INTx demultiplexer) are left out: they have no GIC INTID.
+/// that end at the GIC (followed through any further nexus). Entries routed
+/// to another controller (e.g. a bridge's own INTx demultiplexer) are left
+/// out: they have no GIC INTID.
 fn interrupt_map(
     dt: &DeviceTree,
     id: NodeId,
     gic: NodeId,
 ) -> Result<((u32, u32), Vec<PciIntxRoute>), PlatformError> {
-    let address_cells = dt.address_cells(id)? as usize;
-    let interrupt_cells = dt.prop_u32(id, "#interrupt-cells")?.unwrap_or(1) as usize;
-    let child_cells = address_cells + interrupt_cells;
-    let mask = match dt.prop_cells(id, "interrupt-map-mask")? {
-        Some(mask) if mask.len() == child_cells => mask,
-        Some(_) => {
-            return Err(dt.bad(
-                id,
-                "interrupt-map-mask",
-                "length is not #address-cells + #interrupt-cells",
-            ));
-        }
-        None => alloc::vec![u32::MAX; child_cells],
-    };
-    let mask_hi = mask.first().copied().unwrap_or(0);
-    let mask_pin = mask.get(address_cells).copied().unwrap_or(0);
+    if !dt.has_prop(id, "interrupt-map") {
+        return Ok(((u32::MAX, u32::MAX), Vec::new()));
+    }
+    let map = dt.interrupt_map(id)?;
+    let mask_hi = map.mask.first().copied().unwrap_or(0);
+    let mask_pin = map.mask.get(map.address_cells).copied().unwrap_or(0);
     let mut routes = Vec::new();
-    let Some(map) = dt.prop_cells(id, "interrupt-map")? else {
-        return Ok(((mask_hi, mask_pin), routes));
-    };
-    let truncated = || dt.bad(id, "interrupt-map", "truncated entry");
-    let mut rest: &[u32] = &map;
-    while !rest.is_empty() {
-        let child = rest.get(..child_cells).ok_or_else(truncated)?;
-        let &handle = rest.get(child_cells).ok_or_else(truncated)?;
-        let parent = dt
-            .by_phandle(handle)
-            .ok_or_else(|| dt.bad(id, "interrupt-map", "phandle does not name any node"))?;
-        // The parent unit address uses the parent's own #address-cells,
-        // defaulting to 0 here (not 2) as in Linux's of_irq_parse_raw.
-        let parent_address_cells = dt.prop_u32(parent, "#address-cells")?.unwrap_or(0) as usize;
-        let parent_interrupt_cells = dt.interrupt_cells(parent)? as usize;
-        let spec_start = child_cells + 1 + parent_address_cells;
-        let spec_end = spec_start
-            .checked_add(parent_interrupt_cells)
-            .ok_or_else(truncated)?;
-        let spec = rest.get(spec_start..spec_end).ok_or_else(truncated)?;
-        if parent == gic {
-            let irq = decode_gic_spec(spec).ok_or_else(|| {
-                dt.bad(id, "interrupt-map", "not a valid GIC interrupt specifier")
-            })?;
-            let pin = child.get(address_cells).copied().unwrap_or(0) & mask_pin;
-            routes.push(PciIntxRoute {
-                child_addr_hi: child.first().copied().unwrap_or(0) & mask_hi,
-                pin: u8::try_from(pin)
-                    .map_err(|_| dt.bad(id, "interrupt-map", "INTx pin above 255"))?,
-                intid: irq.intid,
-                level: irq.level,
-            });
+    for entry in map.entries {
+        let Some((controller, spec)) =
+            dt.resolve_interrupt(entry.parent, &entry.parent_address, &entry.parent_spec)?
+        else {
+            continue;
+        };
+        if controller != gic {
+            continue;
         }
-        rest = rest.get(spec_end..).ok_or_else(truncated)?;
+        let irq = decode_gic_spec(&spec)
+            .ok_or_else(|| dt.bad(id, "interrupt-map", "not a valid GIC interrupt specifier"))?;
+        let pin = entry.child_spec.first().copied().unwrap_or(0) & mask_pin;
+        routes.push(PciIntxRoute {
+            child_addr_hi: entry.child_address.first().copied().unwrap_or(0) & mask_hi,
+            pin: u8::try_from(pin)
+                .map_err(|_| dt.bad(id, "interrupt-map", "INTx pin above 255"))?,
+            intid: irq.intid,
+            level: irq.level,
+        });
     }
     Ok(((mask_hi, mask_pin), routes))
 }
