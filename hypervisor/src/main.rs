@@ -8,8 +8,13 @@ extern crate alloc;
 #[cfg(target_arch = "aarch64")]
 mod arch;
 mod console;
-mod heap;
 mod drivers;
+mod guest_fdt;
+mod heap;
+mod memory;
+mod mmio;
+mod smccc;
+mod vuart;
 
 #[cfg(all(target_arch = "aarch64", not(test)))]
 #[unsafe(no_mangle)]

@@ -1,0 +1,236 @@
+//! The device tree each VM boots with, built by the hypervisor from what the
+//! VM was given: its memory, vCPUs, PSCI through HVC, the timer, the
+//! interrupt controller of the platform's version, and its console.
+
+use alloc::format;
+use alloc::vec::Vec;
+use platform::{Gic, Region, Timer};
+use vm_fdt::{FdtWriter, Error as FdtError};
+
+/// What goes into a VM's device tree.
+#[derive(Debug)]
+pub struct GuestDescription<'a> {
+    pub memory: Region,
+    pub vcpus: u32,
+    pub bootargs: &'a str,
+    pub gic: &'a Gic,
+    pub timer: &'a Timer,
+    /// The console's IPA and SPI (INTID) if any.
+    pub uart: Region,
+    pub uart_irq: Option<u32>,
+}
+
+const GIC_PHANDLE: u32 = 1;
+const CLOCK_PHANDLE: u32 = 2;
+/// GIC interrupt specifier types.
+const GIC_SPI: u32 = 0;
+const GIC_PPI: u32 = 1;
+const IRQ_LEVEL_HIGH: u32 = 4;
+/// Size of one GICv3 redistributor (RD + SGI frames).
+const GICR_FRAME_SIZE: u64 = 0x2_0000;
+
+fn cells(values: &[u64]) -> Vec<u32> {
+    values
+        .iter()
+        .flat_map(|v| [(*v >> 32) as u32, *v as u32])
+        .collect()
+}
+
+/// Build the VM's flattened device tree.
+pub fn build(desc: &GuestDescription) -> Result<Vec<u8>, FdtError> {
+    let mut fdt = FdtWriter::new()?;
+    let root = fdt.begin_node("")?;
+    fdt.property_string("compatible", "linux,dummy-virt")?;
+    fdt.property_string("model", "phv virtual machine")?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_u32("interrupt-parent", GIC_PHANDLE)?;
+
+    let uart_name = format!("pl011@{:x}", desc.uart.base);
+    let chosen = fdt.begin_node("chosen")?;
+    fdt.property_string("bootargs", desc.bootargs)?;
+    fdt.property_string("stdout-path", &format!("/{uart_name}"))?;
+    fdt.end_node(chosen)?;
+
+    let memory = fdt.begin_node(&format!("memory@{:x}", desc.memory.base))?;
+    fdt.property_string("device_type", "memory")?;
+    fdt.property_array_u32("reg", &cells(&[desc.memory.base, desc.memory.size]))?;
+    fdt.end_node(memory)?;
+
+    let cpus = fdt.begin_node("cpus")?;
+    fdt.property_u32("#address-cells", 1)?;
+    fdt.property_u32("#size-cells", 0)?;
+    for i in 0..desc.vcpus {
+        let cpu = fdt.begin_node(&format!("cpu@{i}"))?;
+        fdt.property_string("device_type", "cpu")?;
+        fdt.property_string("compatible", "arm,armv8")?;
+        fdt.property_u32("reg", i)?;
+        fdt.property_string("enable-method", "psci")?;
+        fdt.end_node(cpu)?;
+    }
+    fdt.end_node(cpus)?;
+
+    let psci = fdt.begin_node("psci")?;
+    fdt.property_string_list("compatible", ["arm,psci-1.0", "arm,psci-0.2"].map(Into::into).to_vec())?;
+    fdt.property_string("method", "hvc")?;
+    fdt.end_node(psci)?;
+
+    let ppi_flags = match desc.gic {
+        // GICv2 PPIs carry a CPU mask in bits 15:8.
+        Gic::V2 { .. } => (((1u32 << desc.vcpus.min(8)) - 1) << 8) | IRQ_LEVEL_HIGH,
+        Gic::V3 { .. } => IRQ_LEVEL_HIGH,
+    };
+    let t = desc.timer;
+    let timer = fdt.begin_node("timer")?;
+    fdt.property_string("compatible", "arm,armv8-timer")?;
+    let mut timer_irqs = Vec::new();
+    for intid in [t.secure_phys.unwrap_or(29), t.nonsecure_phys, t.virt, t.hyp_phys.unwrap_or(26)] {
+        timer_irqs.extend_from_slice(&[GIC_PPI, intid.saturating_sub(16), ppi_flags]);
+    }
+    fdt.property_array_u32("interrupts", &timer_irqs)?;
+    fdt.property_null("always-on")?;
+    fdt.end_node(timer)?;
+
+    match desc.gic {
+        Gic::V2 { gicd, gicc, .. } => {
+            let node = fdt.begin_node(&format!("intc@{:x}", gicd.base))?;
+            fdt.property_string("compatible", "arm,cortex-a15-gic")?;
+            fdt.property_array_u32("reg", &cells(&[gicd.base, gicd.size, gicc.base, gicc.size]))?;
+            gic_common(&mut fdt)?;
+            fdt.end_node(node)?;
+        }
+        Gic::V3 { gicd, gicr, .. } => {
+            let node = fdt.begin_node(&format!("intc@{:x}", gicd.base))?;
+            fdt.property_string("compatible", "arm,gic-v3")?;
+            let gicr_base = gicr.first().map_or(gicd.end(), |r| r.base);
+            let gicr_size = GICR_FRAME_SIZE * u64::from(desc.vcpus);
+            fdt.property_array_u32("reg", &cells(&[gicd.base, gicd.size, gicr_base, gicr_size]))?;
+            fdt.property_u32("#redistributor-regions", 1)?;
+            gic_common(&mut fdt)?;
+            fdt.end_node(node)?;
+        }
+    }
+
+    let clock = fdt.begin_node("apb-pclk")?;
+    fdt.property_string("compatible", "fixed-clock")?;
+    fdt.property_u32("#clock-cells", 0)?;
+    fdt.property_u32("clock-frequency", 24_000_000)?;
+    fdt.property_string("clock-output-names", "clk24mhz")?;
+    fdt.property_phandle(CLOCK_PHANDLE)?;
+    fdt.end_node(clock)?;
+
+    let uart = fdt.begin_node(&uart_name)?;
+    fdt.property_string_list("compatible", ["arm,pl011", "arm,primecell"].map(Into::into).to_vec())?;
+    fdt.property_array_u32("reg", &cells(&[desc.uart.base, desc.uart.size]))?;
+    if let Some(irq) = desc.uart_irq {
+        fdt.property_array_u32("interrupts", &[GIC_SPI, irq.saturating_sub(32), IRQ_LEVEL_HIGH])?;
+    }
+    fdt.property_array_u32("clocks", &[CLOCK_PHANDLE, CLOCK_PHANDLE])?;
+    fdt.property_string_list("clock-names", ["uartclk", "apb_pclk"].map(Into::into).to_vec())?;
+    fdt.end_node(uart)?;
+
+    fdt.end_node(root)?;
+    fdt.finish()
+}
+
+fn gic_common(fdt: &mut FdtWriter) -> Result<(), FdtError> {
+    fdt.property_null("interrupt-controller")?;
+    fdt.property_u32("#interrupt-cells", 3)?;
+    fdt.property_u32("#address-cells", 0)?;
+    fdt.property_phandle(GIC_PHANDLE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+
+    fn timer() -> Timer {
+        Timer {
+            secure_phys: Some(29),
+            nonsecure_phys: 30,
+            virt: 27,
+            hyp_phys: Some(26),
+            hyp_virt: Some(28),
+            frequency: None,
+        }
+    }
+
+    fn parse(blob: &[u8]) -> fdt::Fdt<'_> {
+        fdt::Fdt::new(blob).expect("the writer produced a valid FDT")
+    }
+
+    #[test]
+    fn guest_tree_describes_what_the_vm_has() {
+        let gic = Gic::V3 {
+            compatible: String::from("arm,gic-v3"),
+            gicd: Region::new(0x800_0000, 0x1_0000),
+            gicr: alloc::vec![Region::new(0x80a_0000, 0xf6_0000)],
+            gicc: None,
+            gich: None,
+            gicv: None,
+            maintenance_irq: Some(25),
+            its: Vec::new(),
+        };
+        let desc = GuestDescription {
+            memory: Region::new(0x4800_0000, 0x400_0000),
+            vcpus: 2,
+            bootargs: "test=hello",
+            gic: &gic,
+            timer: &timer(),
+            uart: Region::new(0x900_0000, 0x1000),
+            uart_irq: Some(33),
+        };
+        let blob = build(&desc).unwrap();
+        let tree = parse(&blob);
+        assert_eq!(tree.chosen().bootargs(), Some("test=hello"));
+        let mem: Vec<_> = tree.memory().regions().collect();
+        assert_eq!(mem.len(), 1);
+        assert_eq!(mem[0].starting_address as u64, 0x4800_0000);
+        assert_eq!(mem[0].size, Some(0x400_0000));
+        assert_eq!(tree.cpus().count(), 2);
+        let psci = tree.find_node("/psci").unwrap();
+        assert_eq!(psci.property("method").unwrap().as_str(), Some("hvc"));
+        let gic = tree.find_compatible(&["arm,gic-v3"]).unwrap();
+        let regs: Vec<_> = gic.reg().unwrap().collect();
+        assert_eq!(regs[1].starting_address as u64, 0x80a_0000);
+        assert_eq!(regs[1].size, Some(2 * 0x2_0000), "one redistributor per vCPU");
+        let uart = tree.find_compatible(&["arm,pl011"]).unwrap();
+        assert_eq!(uart.reg().unwrap().next().unwrap().starting_address as u64, 0x900_0000);
+        assert_eq!(tree.chosen().stdout().unwrap().name, "pl011@9000000");
+    }
+
+    #[test]
+    fn gicv2_ppis_carry_the_cpu_mask() {
+        let gic = Gic::V2 {
+            compatible: String::from("arm,cortex-a15-gic"),
+            gicd: Region::new(0x800_0000, 0x1_0000),
+            gicc: Region::new(0x801_0000, 0x1_0000),
+            gich: Some(Region::new(0x803_0000, 0x1_0000)),
+            gicv: Some(Region::new(0x804_0000, 0x1_0000)),
+            maintenance_irq: Some(25),
+            v2m: Vec::new(),
+        };
+        let desc = GuestDescription {
+            memory: Region::new(0x4800_0000, 0x200_0000),
+            vcpus: 1,
+            bootargs: "",
+            gic: &gic,
+            timer: &timer(),
+            uart: Region::new(0x900_0000, 0x1000),
+            uart_irq: None,
+        };
+        let blob = build(&desc).unwrap();
+        let tree = parse(&blob);
+        let timer = tree.find_node("/timer").unwrap();
+        let irqs: Vec<u32> = timer
+            .property("interrupts")
+            .unwrap()
+            .value
+            .chunks(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(irqs[6..9], [GIC_PPI, 11, 0x104], "virtual timer PPI 11, cpu mask 1");
+        assert!(tree.find_compatible(&["arm,cortex-a15-gic"]).is_some());
+    }
+}

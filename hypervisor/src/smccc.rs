@@ -1,0 +1,341 @@
+//! SMCCC dispatcher for HVC and trapped SMC from VMs: PSCI emulated for the
+//! VM's own vCPUs, SMCCC version/features, and our vendor hypervisor
+//! service. Every argument is treated as hostile input; unknown calls return
+//! NOT_SUPPORTED. The dispatcher is pure: it acts on the caller's VM through
+//! [`HypercallHost`] and says what the trap handler must do next.
+
+use smccc::psci;
+
+/// SMCCC return codes.
+pub const SUCCESS: u64 = 0;
+pub const NOT_SUPPORTED: u64 = -1i64 as u64;
+pub const NOT_REQUIRED: u64 = -2i64 as u64;
+pub const INVALID_PARAMETER: u64 = -3i64 as u64;
+
+/// PSCI return codes.
+pub mod psci_ret {
+    pub const SUCCESS: u64 = 0;
+    pub const NOT_SUPPORTED: u64 = -1i64 as u64;
+    pub const INVALID_PARAMETERS: u64 = -2i64 as u64;
+    pub const DENIED: u64 = -3i64 as u64;
+    pub const ALREADY_ON: u64 = -4i64 as u64;
+    pub const ON_PENDING: u64 = -5i64 as u64;
+    pub const INVALID_ADDRESS: u64 = -9i64 as u64;
+}
+
+pub const SMCCC_VERSION: u32 = 0x8000_0000;
+pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+/// We implement SMCCC 1.2 (x1..x17 arguments, x0..x17 results).
+pub const SMCCC_VERSION_1_2: u64 = 0x1_0002;
+/// PSCI 1.1.
+pub const PSCI_VERSION_1_1: u64 = 0x1_0001;
+
+/// Owner numbers (bits 29:24 of a function id).
+pub const OWNER_ARCH: u32 = 0;
+pub const OWNER_STANDARD_SECURE: u32 = 4;
+pub const OWNER_VENDOR_HYP: u32 = 6;
+
+/// Our vendor-specific hypervisor service (see docs/interfaces.md).
+pub mod vendor {
+    pub const CALL_COUNT: u32 = 0x8600_FF00;
+    pub const UID: u32 = 0x8600_FF01;
+    pub const REVISION: u32 = 0x8600_FF03;
+    pub const CONSOLE_WRITE: u32 = 0xC600_0001;
+    pub const TEST_FAIL: u32 = 0xC600_0002;
+    /// Calls in the service, excluding the generic queries.
+    pub const COUNT: u64 = 2;
+    /// Most bytes one CONSOLE_WRITE carries (x2..x7).
+    pub const CONSOLE_WRITE_MAX: usize = 48;
+    /// UUID 7b3c9a1e-5d42-4f0b-9e61-2c8d0a4f1b37 as four little-endian words.
+    pub const UID_WORDS: [u64; 4] = [0x1e9a_3c7b, 0x0b4f_425d, 0x8d2c_619e, 0x371b_4f0a];
+    pub const REVISION_MAJOR: u64 = 0;
+    pub const REVISION_MINOR: u64 = 1;
+}
+
+/// Power state of a vCPU as PSCI AFFINITY_INFO reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuPower {
+    On = 0,
+    Off = 1,
+    OnPending = 2,
+}
+
+/// Why CPU_ON was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuOnError {
+    NoSuchCpu,
+    AlreadyOn,
+    OnPending,
+    InvalidAddress,
+}
+
+/// What the dispatcher needs from the calling VM.
+pub trait HypercallHost {
+    fn is_hardware_domain(&self) -> bool;
+    /// The vCPU with this MPIDR affinity value, if the VM has one.
+    fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize>;
+    fn vcpu_power(&self, vcpu: usize) -> VcpuPower;
+    /// Start `vcpu` at `entry` (an IPA) with x0 = `context_id`.
+    fn cpu_on(&mut self, vcpu: usize, entry: u64, context_id: u64) -> Result<(), CpuOnError>;
+    fn console_write(&mut self, bytes: &[u8]);
+    fn test_fail(&mut self, code: u64);
+}
+
+/// What the trap handler does after a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Write x0..x3 and resume the caller.
+    Return([u64; 4]),
+    /// The calling vCPU powers off (PSCI CPU_OFF).
+    CpuOff,
+    /// PSCI SYSTEM_OFF from the calling VM.
+    SystemOff,
+    /// PSCI SYSTEM_RESET from the calling VM.
+    SystemReset,
+}
+
+fn ret(x0: u64) -> Outcome {
+    Outcome::Return([x0, 0, 0, 0])
+}
+
+/// The PSCI functions we emulate, for PSCI_FEATURES.
+const PSCI_SUPPORTED: [u32; 10] = [
+    psci::PSCI_VERSION,
+    psci::PSCI_CPU_OFF,
+    psci::PSCI_CPU_ON_32,
+    psci::PSCI_CPU_ON_64,
+    psci::PSCI_AFFINITY_INFO_32,
+    psci::PSCI_AFFINITY_INFO_64,
+    psci::PSCI_MIGRATE_INFO_TYPE,
+    psci::PSCI_SYSTEM_OFF,
+    psci::PSCI_SYSTEM_RESET,
+    psci::PSCI_FEATURES,
+];
+
+/// Dispatch one SMCCC call. `regs` are x0..x7 of the caller.
+pub fn dispatch(host: &mut dyn HypercallHost, regs: &[u64; 8]) -> Outcome {
+    let function_id = regs[0] as u32;
+    // Bits 63:32 of x0 are ignored by SMCCC; yielding calls are not offered.
+    if function_id & 0x8000_0000 == 0 {
+        return ret(NOT_SUPPORTED);
+    }
+    // SMC32/HVC32 calls take W registers: upper halves are ignored.
+    let is_64 = function_id & 0x4000_0000 != 0;
+    let arg = |i: usize| {
+        let v = regs[i];
+        if is_64 { v } else { v & 0xffff_ffff }
+    };
+    match (function_id >> 24) & 0x3f {
+        OWNER_ARCH => match function_id {
+            SMCCC_VERSION => ret(SMCCC_VERSION_1_2),
+            // No architectural workarounds are needed or offered.
+            SMCCC_ARCH_FEATURES => match arg(1) as u32 {
+                SMCCC_VERSION | SMCCC_ARCH_FEATURES => ret(SUCCESS),
+                _ => ret(NOT_SUPPORTED),
+            },
+            _ => ret(NOT_SUPPORTED),
+        },
+        OWNER_STANDARD_SECURE => psci_call(host, function_id, arg(1), arg(2), arg(3)),
+        OWNER_VENDOR_HYP => vendor_call(host, function_id, regs),
+        _ => ret(NOT_SUPPORTED),
+    }
+}
+
+fn psci_call(host: &mut dyn HypercallHost, id: u32, a1: u64, a2: u64, a3: u64) -> Outcome {
+    match id {
+        psci::PSCI_VERSION => ret(PSCI_VERSION_1_1),
+        psci::PSCI_FEATURES => {
+            if PSCI_SUPPORTED.contains(&(a1 as u32)) && a1 >> 32 == 0 {
+                ret(psci_ret::SUCCESS)
+            } else {
+                ret(psci_ret::NOT_SUPPORTED)
+            }
+        }
+        // Migration not required: the trusted OS (if any) is MP.
+        psci::PSCI_MIGRATE_INFO_TYPE => ret(2),
+        psci::PSCI_CPU_ON_32 | psci::PSCI_CPU_ON_64 => {
+            let Some(vcpu) = host.vcpu_by_mpidr(a1) else {
+                return ret(psci_ret::INVALID_PARAMETERS);
+            };
+            match host.cpu_on(vcpu, a2, a3) {
+                Ok(()) => ret(psci_ret::SUCCESS),
+                Err(CpuOnError::NoSuchCpu) => ret(psci_ret::INVALID_PARAMETERS),
+                Err(CpuOnError::AlreadyOn) => ret(psci_ret::ALREADY_ON),
+                Err(CpuOnError::OnPending) => ret(psci_ret::ON_PENDING),
+                Err(CpuOnError::InvalidAddress) => ret(psci_ret::INVALID_ADDRESS),
+            }
+        }
+        psci::PSCI_AFFINITY_INFO_32 | psci::PSCI_AFFINITY_INFO_64 => {
+            // Only affinity level 0 (a single vCPU) is meaningful here.
+            if a2 != 0 {
+                return ret(psci_ret::INVALID_PARAMETERS);
+            }
+            match host.vcpu_by_mpidr(a1) {
+                Some(vcpu) => ret(host.vcpu_power(vcpu) as u64),
+                None => ret(psci_ret::INVALID_PARAMETERS),
+            }
+        }
+        psci::PSCI_CPU_OFF => Outcome::CpuOff,
+        psci::PSCI_SYSTEM_OFF => Outcome::SystemOff,
+        psci::PSCI_SYSTEM_RESET => Outcome::SystemReset,
+        _ => ret(psci_ret::NOT_SUPPORTED),
+    }
+}
+
+fn vendor_call(host: &mut dyn HypercallHost, id: u32, regs: &[u64; 8]) -> Outcome {
+    match id {
+        vendor::CALL_COUNT => ret(vendor::COUNT),
+        vendor::UID => Outcome::Return(vendor::UID_WORDS),
+        vendor::REVISION => Outcome::Return([vendor::REVISION_MAJOR, vendor::REVISION_MINOR, 0, 0]),
+        vendor::CONSOLE_WRITE => {
+            let len = regs[1];
+            if len > vendor::CONSOLE_WRITE_MAX as u64 {
+                return ret(INVALID_PARAMETER);
+            }
+            let mut bytes = [0u8; vendor::CONSOLE_WRITE_MAX];
+            for (chunk, reg) in bytes.chunks_mut(8).zip(&regs[2..8]) {
+                chunk.copy_from_slice(&reg.to_le_bytes());
+            }
+            host.console_write(&bytes[..len as usize]);
+            ret(len)
+        }
+        vendor::TEST_FAIL => {
+            host.test_fail(regs[1]);
+            ret(SUCCESS)
+        }
+        _ => ret(NOT_SUPPORTED),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    #[derive(Default)]
+    struct FakeVm {
+        hwdom: bool,
+        power: Vec<VcpuPower>,
+        console: Vec<u8>,
+        failed: Option<u64>,
+        started: Vec<(usize, u64, u64)>,
+    }
+
+    impl HypercallHost for FakeVm {
+        fn is_hardware_domain(&self) -> bool {
+            self.hwdom
+        }
+        fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize> {
+            (mpidr < self.power.len() as u64).then_some(mpidr as usize)
+        }
+        fn vcpu_power(&self, vcpu: usize) -> VcpuPower {
+            self.power[vcpu]
+        }
+        fn cpu_on(&mut self, vcpu: usize, entry: u64, ctx: u64) -> Result<(), CpuOnError> {
+            match self.power[vcpu] {
+                VcpuPower::On => Err(CpuOnError::AlreadyOn),
+                VcpuPower::OnPending => Err(CpuOnError::OnPending),
+                VcpuPower::Off if entry % 4 != 0 => Err(CpuOnError::InvalidAddress),
+                VcpuPower::Off => {
+                    self.power[vcpu] = VcpuPower::OnPending;
+                    self.started.push((vcpu, entry, ctx));
+                    Ok(())
+                }
+            }
+        }
+        fn console_write(&mut self, bytes: &[u8]) {
+            self.console.extend_from_slice(bytes);
+        }
+        fn test_fail(&mut self, code: u64) {
+            self.failed = Some(code);
+        }
+    }
+
+    fn call(vm: &mut FakeVm, regs: &[u64]) -> Outcome {
+        let mut r = [0u64; 8];
+        r[..regs.len()].copy_from_slice(regs);
+        dispatch(vm, &r)
+    }
+
+    fn two_vcpus() -> FakeVm {
+        FakeVm {
+            power: std::vec![VcpuPower::On, VcpuPower::Off],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn versions_and_features() {
+        let mut vm = two_vcpus();
+        assert_eq!(call(&mut vm, &[0x8000_0000]), ret(0x1_0002));
+        assert_eq!(call(&mut vm, &[0x8400_0000]), ret(0x1_0001));
+        assert_eq!(call(&mut vm, &[0x8400_000A, 0xC400_0003]), ret(0));
+        assert_eq!(call(&mut vm, &[0x8400_000A, 0xC400_0001]), ret(NOT_SUPPORTED));
+        assert_eq!(call(&mut vm, &[0x8000_0001, 0x8000_8000]), ret(NOT_SUPPORTED));
+        assert_eq!(call(&mut vm, &[0x8400_0006]), ret(2));
+    }
+
+    #[test]
+    fn cpu_on_and_affinity_info() {
+        let mut vm = two_vcpus();
+        assert_eq!(call(&mut vm, &[0xC400_0004, 1, 0]), ret(1), "vCPU 1 off");
+        assert_eq!(call(&mut vm, &[0xC400_0004, 0, 0]), ret(0), "vCPU 0 on");
+        assert_eq!(call(&mut vm, &[0xC400_0004, 0, 1]), ret(psci_ret::INVALID_PARAMETERS));
+        assert_eq!(call(&mut vm, &[0xC400_0003, 7, 0x4000, 0]), ret(psci_ret::INVALID_PARAMETERS));
+        assert_eq!(call(&mut vm, &[0xC400_0003, 0, 0x4000, 0]), ret(psci_ret::ALREADY_ON));
+        assert_eq!(call(&mut vm, &[0xC400_0003, 1, 0x4002, 0]), ret(psci_ret::INVALID_ADDRESS));
+        assert_eq!(call(&mut vm, &[0xC400_0003, 1, 0x4000, 0x55]), ret(0));
+        assert_eq!(vm.started, std::vec![(1, 0x4000, 0x55)]);
+        assert_eq!(call(&mut vm, &[0xC400_0003, 1, 0x4000, 0]), ret(psci_ret::ON_PENDING));
+        assert_eq!(call(&mut vm, &[0xC400_0004, 1, 0]), ret(2));
+    }
+
+    #[test]
+    fn smc32_ignores_upper_argument_bits() {
+        let mut vm = two_vcpus();
+        // CPU_ON_32 with junk in the upper half of the target and entry.
+        let junk = 0xdead_beef_0000_0000;
+        assert_eq!(call(&mut vm, &[0x8400_0003, junk | 1, junk | 0x4000, 0]), ret(0));
+        assert_eq!(vm.started, std::vec![(1, 0x4000, 0)]);
+    }
+
+    #[test]
+    fn power_calls_end_the_vcpu_or_system() {
+        let mut vm = two_vcpus();
+        assert_eq!(call(&mut vm, &[0x8400_0002]), Outcome::CpuOff);
+        assert_eq!(call(&mut vm, &[0x8400_0008]), Outcome::SystemOff);
+        assert_eq!(call(&mut vm, &[0x8400_0009]), Outcome::SystemReset);
+    }
+
+    #[test]
+    fn console_write_checks_length() {
+        let mut vm = two_vcpus();
+        let word = u64::from_le_bytes(*b"hello, w");
+        assert_eq!(call(&mut vm, &[0xC600_0001, 5, word]), ret(5));
+        assert_eq!(vm.console, b"hello");
+        assert_eq!(call(&mut vm, &[0xC600_0001, 49, word]), ret(INVALID_PARAMETER));
+        assert_eq!(call(&mut vm, &[0xC600_0001, u64::MAX]), ret(INVALID_PARAMETER));
+        assert_eq!(vm.console, b"hello", "rejected calls print nothing");
+        assert_eq!(call(&mut vm, &[0xC600_0001, 48, word, word, word, word, word, word]), ret(48));
+        assert_eq!(vm.console.len(), 53);
+    }
+
+    #[test]
+    fn unknown_and_yielding_calls_are_not_supported() {
+        let mut vm = two_vcpus();
+        assert_eq!(call(&mut vm, &[0xC600_00FF]), ret(NOT_SUPPORTED));
+        assert_eq!(call(&mut vm, &[0x8500_FF01]), ret(NOT_SUPPORTED));
+        assert_eq!(call(&mut vm, &[0x0400_0000]), ret(NOT_SUPPORTED), "yielding call");
+        assert_eq!(call(&mut vm, &[0x8400_00FF]), ret(psci_ret::NOT_SUPPORTED));
+        assert_eq!(call(&mut vm, &[0xBF00_0000]), ret(NOT_SUPPORTED));
+    }
+
+    #[test]
+    fn vendor_queries_and_test_fail() {
+        let mut vm = two_vcpus();
+        assert_eq!(call(&mut vm, &[0x8600_FF01]), Outcome::Return(vendor::UID_WORDS));
+        assert_eq!(call(&mut vm, &[0x8600_FF00]), ret(vendor::COUNT));
+        assert_eq!(call(&mut vm, &[0xC600_0002, 7]), ret(0));
+        assert_eq!(vm.failed, Some(7));
+    }
+}
