@@ -382,12 +382,16 @@ impl<'a> DeviceTree<'a> {
             .collect()
     }
 
-    /// `reg` entry named `name` in `reg-names`, else None.
-    pub fn reg_by_name(&self, id: NodeId, name: &str) -> Result<Option<Region>, PlatformError> {
+    /// The `reg` entry whose `reg-names` name satisfies `wanted`, else None.
+    pub fn reg_named(
+        &self,
+        id: NodeId,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Option<Region>, PlatformError> {
         let Some(names) = self.prop_strings(id, "reg-names")? else {
             return Ok(None);
         };
-        let Some(index) = names.iter().position(|n| *n == name) else {
+        let Some(index) = names.iter().position(|n| wanted(n)) else {
             return Ok(None);
         };
         Ok(self.reg(id)?.get(index).copied())

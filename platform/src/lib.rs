@@ -215,7 +215,8 @@ pub struct PciHostBridge {
     /// `compatible[0]`.
     pub compatible: String,
     pub access: ConfigAccess,
-    /// Config space window: the `reg` entry named "config" in `reg-names`, else `reg[0]`.
+    /// Config space window: the `reg` entry named "config" in `reg-names`
+    /// (else the first name starting with "config"), else `reg[0]`.
     pub config: Region,
     /// `linux,pci-domain`, else the index of the host bridge.
     pub segment: u16,

@@ -58,7 +58,12 @@ fn describe(
     } else {
         ConfigAccess::Controller(compatible.clone())
     };
-    let config = match dt.reg_by_name(id, "config")? {
+    // DesignWare and most others name it "config"; Layerscape "config_axi_slave".
+    let named_config = match dt.reg_named(id, |n| n == "config")? {
+        Some(region) => Some(region),
+        None => dt.reg_named(id, |n| n.starts_with("config"))?,
+    };
+    let config = match named_config {
         Some(region) => region,
         None => *dt
             .reg(id)?
