@@ -14,3 +14,12 @@ pub mod sim;
 
 pub use addr::{Bdf, EcamWindow};
 pub use port::ConfigPort;
+pub mod reset;
+pub mod topology;
+pub mod units;
+
+pub use reset::{ResetAction, ResetCoverage, ResetError, ResetMethod};
+pub use topology::{
+    AcsPolicy, Function, FunctionKind, HostBridge, ReportOutcome, Topology, TopologyConfig, TopologyError,
+};
+pub use units::{Unit, UnitId, UnitTable};

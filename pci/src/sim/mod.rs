@@ -48,7 +48,6 @@ struct SimFn {
     /// MSI-X table, 4 dwords per entry.
     msix: Box<[u32]>,
     devfn: u8,
-    segment: u16,
     /// Bridge above (NONE: on the root bus). A VF has its PF's parent.
     parent: u32,
     children: Vec<u32>,
@@ -113,9 +112,7 @@ impl Fabric {
     /// the root bus (root ports, RCiEPs, ...) as (devfn, spec).
     pub fn add_root_complex(&mut self, segment: u16, root_bus: u8, children: &[(u8, Spec)]) {
         let mut roots = Vec::new();
-        let fresh = self.fns.len();
-        self.add_children(segment, NONE, children, &mut roots);
-        let _ = fresh;
+        self.add_children(NONE, children, &mut roots);
         self.segments.push(SimSegment {
             segment,
             root_bus,
@@ -144,7 +141,7 @@ impl Fabric {
         t
     }
 
-    fn new_fn(&mut self, tpl: Arc<Template>, devfn: u8, segment: u16, parent: u32) -> u32 {
+    fn new_fn(&mut self, tpl: Arc<Template>, devfn: u8, parent: u32) -> u32 {
         let idx = self.fns.len() as u32;
         let entries = tpl.msix_entries as usize;
         let mut msix = vec![0u32; entries * 4].into_boxed_slice();
@@ -156,7 +153,6 @@ impl Fabric {
             tpl,
             msix,
             devfn,
-            segment,
             parent,
             children: Vec::new(),
             vfs: Vec::new(),
@@ -170,12 +166,12 @@ impl Fabric {
         idx
     }
 
-    fn add_children(&mut self, segment: u16, parent: u32, children: &[(u8, Spec)], out: &mut Vec<u32>) {
+    fn add_children(&mut self, parent: u32, children: &[(u8, Spec)], out: &mut Vec<u32>) {
         for (devfn, spec) in children {
             let dev = devfn >> 3;
             let multifunction = children.iter().filter(|(d, _)| d >> 3 == dev).count() > 1;
             let tpl = self.template(&spec.f, multifunction, false);
-            let idx = self.new_fn(tpl, *devfn, segment, parent);
+            let idx = self.new_fn(tpl, *devfn, parent);
             out.push(idx);
             if let Some(sriov) = spec.f.sriov {
                 let mut vf_spec = spec.f.clone();
@@ -186,13 +182,13 @@ impl Fabric {
                 vf_spec.pm = None;
                 let vtpl = self.template(&vf_spec, false, true);
                 for i in 0..sriov.total_vfs {
-                    let v = self.new_fn(vtpl.clone(), i as u8, segment, parent);
+                    let v = self.new_fn(vtpl.clone(), i as u8, parent);
                     self.fns[v as usize].vf_of = idx;
                     self.fns[idx as usize].vfs.push(v);
                 }
             }
             let mut kids = Vec::new();
-            self.add_children(segment, idx, &spec.children, &mut kids);
+            self.add_children(idx, &spec.children, &mut kids);
             self.fns[idx as usize].children = kids;
         }
     }

@@ -1,0 +1,392 @@
+//! Assignment units: the sets of functions that must go to one owner together.
+//!
+//! # The rule
+//!
+//! Two functions share a unit when a transaction from one can reach the other
+//! without passing a point that forces it up to the host bridge (and its
+//! IOMMU). Such a point is a root or downstream port with ACS Source
+//! Validation, P2P Request Redirect, P2P Completion Redirect and Upstream
+//! Forwarding (SV|RR|CR|UF) enabled, or the host bridge itself. Concretely,
+//! units are the smallest partition of the tracked functions such that:
+//!
+//! 1. **Multi-function devices.** Functions of one slot (segment, bus,
+//!    device) that are not ACS-isolated share a unit. A function is
+//!    ACS-isolated if a quirk says so, or: root and downstream ports when
+//!    their ACS controls (among SV|RR|CR|UF, those they advertise) are all
+//!    enabled; endpoints, RCiEPs and upstream ports when single-function or
+//!    with those ACS controls enabled; VFs always; PCIe-to-PCI bridges,
+//!    RCECs and conventional functions never.
+//! 2. **DMA aliasing.** A PCIe-to-PCI bridge (or conventional bridge)
+//!    shares a unit with everything below it: requests from conventional
+//!    devices carry the bridge's requester id.
+//! 3. **Ports without ACS.** A root or downstream port that is not
+//!    ACS-isolated shares a unit with everything below it.
+//! 4. **Switches.** If a downstream port of a switch is not ACS-isolated and
+//!    has functions below it, every downstream port of that switch and
+//!    everything below them share a unit: a request entering the switch
+//!    through that port is routed across the switch's internal bus to any
+//!    sibling's subtree, whether or not the sibling has ACS. (Linux up to at
+//!    least 6.1 splits such a switch per downstream port, which is unsafe.)
+//! 5. **Quirks.** [`AcsQuirk`] entries, keyed by vendor and device id range,
+//!    declare functions isolated (e.g. root ports known not to forward
+//!    peer-to-peer) or not isolated, overriding the register test.
+//!
+//! Before a function is tracked, the tracker enables the ACS controls it
+//! advertises among [`crate::topology::AcsPolicy::enable`] (SV|RR|CR|UF by
+//! default), so units reflect what the hypervisor enforced, not what
+//! firmware left behind.
+//!
+//! A unit's id is its lowest address, so ids are stable while that function
+//! stays, and units only depend on the tree, never on report order.
+//!
+//! # Examples
+//!
+//! ```text
+//! 00:01.0 root port, ACS on ── 01:00.0 nvme          units {00:01.0} {01:00.0}
+//! 00:02.0 root port, no ACS ── 02:00.0 e1000e        unit  {00:02.0, 02:00.0}
+//! 00:03.0 root port, ACS on ── 03:00.0 switch up ─┬─ 04:00.0 down, no ACS ── 05:00.0 e1000e
+//!                                                 └─ 04:01.0 down, no ACS ── 06:00.0 nvme
+//!         units {00:03.0} {03:00.0} {04:00.0, 04:01.0, 05:00.0, 06:00.0}
+//! 00:04.0 root port, ACS on ── 07:00.0 pcie-pci-bridge ─┬─ 08:01.0 conventional
+//!                                                       └─ 08:02.0 conventional
+//!         units {00:04.0} {07:00.0, 08:01.0, 08:02.0}
+//! 00:1f.0 + 00:1f.1 RCiEP functions of one device without ACS: unit {00:1f.0, 00:1f.1}
+//! ```
+//!
+//! The tests in `tests/units.rs` check these and more by hand.
+
+use alloc::vec::Vec;
+
+use crate::addr::Bdf;
+use crate::regs::*;
+use crate::topology::{Function, FunctionKind, Topology, bus_span};
+
+/// What a quirk says about a function's isolation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcsQuirkEffect {
+    /// Behaves as if ACS SV|RR|CR|UF were enabled (no peer-to-peer path).
+    Isolated,
+    /// Never isolating, whatever its registers say.
+    NotIsolated,
+}
+
+/// A quirk table entry, keyed by vendor and an inclusive device id range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcsQuirk {
+    pub vendor: u16,
+    pub device_first: u16,
+    pub device_last: u16,
+    pub effect: AcsQuirkEffect,
+}
+
+impl AcsQuirk {
+    pub const fn new(vendor: u16, device_first: u16, device_last: u16, effect: AcsQuirkEffect) -> Self {
+        Self {
+            vendor,
+            device_first,
+            device_last,
+            effect,
+        }
+    }
+
+    fn matches(&self, f: &Function) -> bool {
+        f.vendor == self.vendor && (self.device_first..=self.device_last).contains(&f.device)
+    }
+}
+
+/// Default quirks: root ports known not to forward peer-to-peer, and
+/// multi-function endpoints known to have no internal peer-to-peer path
+/// (a subset of Linux's `pci_dev_acs_enabled[]`).
+pub fn default_acs_quirks() -> Vec<AcsQuirk> {
+    use AcsQuirkEffect::Isolated;
+    alloc::vec![
+        // Qualcomm root ports.
+        AcsQuirk::new(0x17cb, 0x0400, 0x0401, Isolated),
+        AcsQuirk::new(0x17cb, 0x0111, 0x0111, Isolated),
+        AcsQuirk::new(0x17cb, 0x0115, 0x0115, Isolated),
+        AcsQuirk::new(0x17cb, 0x0120, 0x0120, Isolated),
+        // HXT root port.
+        AcsQuirk::new(0x1dbf, 0x0401, 0x0401, Isolated),
+        // Cavium ThunderX1 root ports.
+        AcsQuirk::new(0x177d, 0xa000, 0xa7ff, Isolated),
+        AcsQuirk::new(0x177d, 0xaf84, 0xaf84, Isolated),
+        AcsQuirk::new(0x177d, 0xb884, 0xb884, Isolated),
+        // Applied Micro X-Gene / Ampere root ports.
+        AcsQuirk::new(0x10e8, 0xe004, 0xe00c, Isolated),
+        // NXP Layerscape LX2 root ports.
+        AcsQuirk::new(0x1957, 0x8d00, 0x8dff, Isolated),
+        // Amazon Annapurna root port.
+        AcsQuirk::new(0x1c36, 0x0031, 0x0031, Isolated),
+        // Broadcom root port.
+        AcsQuirk::new(0x14e4, 0xd714, 0xd714, Isolated),
+        // Solarflare multi-function NICs.
+        AcsQuirk::new(0x1924, 0x0000, 0xffff, Isolated),
+    ]
+}
+
+/// Whether a function counts as ACS-isolated on its own (rule 1 above).
+pub fn acs_isolated(f: &Function, quirks: &[AcsQuirk]) -> bool {
+    if let Some(q) = quirks.iter().find(|q| q.matches(f)) {
+        return q.effect == AcsQuirkEffect::Isolated;
+    }
+    match f.kind {
+        FunctionKind::VirtualFunction => true,
+        FunctionKind::Conventional
+        | FunctionKind::ConventionalBridge
+        | FunctionKind::PcieToPciBridge
+        | FunctionKind::PciToPcieBridge
+        | FunctionKind::Rcec => false,
+        FunctionKind::RootPort | FunctionKind::DownstreamPort => acs_flags_enabled(f),
+        FunctionKind::Endpoint
+        | FunctionKind::LegacyEndpoint
+        | FunctionKind::Rciep
+        | FunctionKind::UpstreamPort => !f.is_multifunction() || acs_flags_enabled(f),
+    }
+}
+
+/// ACS present and every isolation control it advertises enabled. Controls
+/// it does not advertise count as hard-wired on (as in Linux): a device
+/// without e.g. a peer-to-peer path need not implement its redirect.
+pub fn acs_flags_enabled(f: &Function) -> bool {
+    if f.caps.acs == 0 {
+        return false;
+    }
+    let required = ACS_ISOLATION & f.acs_cap;
+    f.acs_ctrl & required == required
+}
+
+/// Identifies a unit: its lowest function address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnitId(pub Bdf);
+
+/// One assignment unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unit<'a> {
+    pub id: UnitId,
+    /// Members in address order.
+    pub members: &'a [Bdf],
+}
+
+/// All units of a tree. Compact: about 16 bytes per function.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitTable {
+    /// Attached functions in address order.
+    keys: Vec<Bdf>,
+    /// Unit index of each function of `keys`.
+    unit_of: Vec<u32>,
+    /// Members of all units, unit after unit, units in id order.
+    members: Vec<Bdf>,
+    /// Start of each unit in `members`, plus the end.
+    starts: Vec<u32>,
+}
+
+impl UnitTable {
+    /// Number of units.
+    pub fn len(&self) -> usize {
+        self.starts.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn unit(&self, i: usize) -> Option<Unit<'_>> {
+        let s = *self.starts.get(i)? as usize;
+        let e = *self.starts.get(i + 1)? as usize;
+        let members = self.members.get(s..e)?;
+        Some(Unit {
+            id: UnitId(*members.first()?),
+            members,
+        })
+    }
+
+    /// Units in id order.
+    pub fn iter(&self) -> impl Iterator<Item = Unit<'_>> + '_ {
+        (0..self.len()).filter_map(|i| self.unit(i))
+    }
+
+    /// The unit holding `bdf` (O(log n)).
+    pub fn unit_of(&self, bdf: Bdf) -> Option<Unit<'_>> {
+        let i = self.keys.binary_search(&bdf).ok()?;
+        self.unit(*self.unit_of.get(i)? as usize)
+    }
+
+    /// The unit with this id.
+    pub fn get(&self, id: UnitId) -> Option<Unit<'_>> {
+        self.unit_of(id.0).filter(|u| u.id == id)
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        4 * (self.keys.capacity() + self.unit_of.capacity() + self.members.capacity() + self.starts.capacity())
+    }
+}
+
+struct UnionFind(Vec<u32>);
+
+impl UnionFind {
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.0[x as usize] != x {
+            let p = self.0[x as usize];
+            self.0[x as usize] = self.0[p as usize];
+            x = p;
+        }
+        x
+    }
+    /// The smaller root wins, so a set's root is its lowest index.
+    fn union(&mut self, a: u32, b: u32) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra < rb {
+            self.0[rb as usize] = ra;
+        } else if rb < ra {
+            self.0[ra as usize] = rb;
+        }
+    }
+}
+
+impl Topology {
+    /// Computes the units of the current tree from scratch, in O(n log n).
+    pub fn compute_units(&self) -> UnitTable {
+        let keys: Vec<Bdf> = self.fns.keys().copied().collect();
+        let n = keys.len();
+        let mut uf = UnionFind((0..n as u32).collect());
+        let quirks = &self.config.acs_quirks;
+        // Index range of the functions on buses lo..=hi of a segment.
+        let span = |seg: u16, lo: u8, hi: u8| -> (u32, u32) {
+            let r = bus_span(seg, lo, hi);
+            let a = keys.partition_point(|k| k < r.start());
+            let b = keys.partition_point(|k| k <= r.end());
+            (a as u32, b as u32)
+        };
+        // (first, end, anchor): union the anchor with everything in first..end.
+        let mut intervals: Vec<(u32, u32, u32)> = Vec::new();
+        let mut slot_start = 0usize;
+        let mut isolated: Vec<bool> = Vec::with_capacity(n);
+        for (i, (&b, f)) in self.fns.iter().enumerate() {
+            let iso = acs_isolated(f, quirks);
+            isolated.push(iso);
+            // Rule 1: non-isolated functions of one slot.
+            if i > 0 && (keys[i - 1].segment, keys[i - 1].bus, keys[i - 1].device()) != (b.segment, b.bus, b.device())
+            {
+                slot_start = i;
+            }
+            if !iso && f.kind != FunctionKind::VirtualFunction {
+                if let Some(j) = (slot_start..i).find(|&j| {
+                    !isolated[j] && self.fns.get(&keys[j]).is_some_and(|g| g.kind != FunctionKind::VirtualFunction)
+                }) {
+                    uf.union(j as u32, i as u32);
+                }
+            }
+            // Rules 2 and 3: a bridge that does not isolate its subtree.
+            let merges_below = match f.kind {
+                FunctionKind::PcieToPciBridge
+                | FunctionKind::PciToPcieBridge
+                | FunctionKind::ConventionalBridge => true,
+                FunctionKind::RootPort | FunctionKind::DownstreamPort => !iso,
+                _ => false,
+            };
+            if merges_below {
+                let (a, e) = span(b.segment, f.secondary, f.subordinate);
+                intervals.push((a, e, i as u32));
+            }
+        }
+        // Rule 4: switches with a non-isolated, populated downstream port.
+        let mut i = 0;
+        while i < n {
+            let b = keys[i];
+            let (a, e) = span(b.segment, b.bus, b.bus);
+            let (a, e) = (a as usize, e as usize);
+            let ports: Vec<usize> = (a..e)
+                .filter(|&j| self.fns.get(&keys[j]).is_some_and(|g| g.kind == FunctionKind::DownstreamPort))
+                .collect();
+            let leaky = ports.iter().any(|&j| {
+                let g = &self.fns[&keys[j]];
+                let (sa, se) = span(keys[j].segment, g.secondary, g.subordinate);
+                !isolated[j] && se > sa
+            });
+            if leaky {
+                let anchor = ports[0] as u32;
+                for &j in &ports {
+                    uf.union(anchor, j as u32);
+                    let g = &self.fns[&keys[j]];
+                    let (sa, se) = span(keys[j].segment, g.secondary, g.subordinate);
+                    intervals.push((sa, se, anchor));
+                }
+            }
+            i = e.max(i + 1);
+        }
+        // Union the intervals in O(n): merge overlapping ones first.
+        intervals.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::new();
+        for &(a, e, anchor) in &intervals {
+            if a < e {
+                uf.union(anchor, a);
+                match merged.last_mut() {
+                    Some(last) if a < last.1 => last.1 = last.1.max(e),
+                    _ => merged.push((a, e)),
+                }
+            }
+        }
+        for (a, e) in merged {
+            for j in a + 1..e {
+                uf.union(a, j);
+            }
+        }
+        // Number units by their lowest member.
+        let mut unit_of = alloc::vec![u32::MAX; n];
+        let mut count = 0u32;
+        let mut sizes: Vec<u32> = Vec::new();
+        for j in 0..n as u32 {
+            let r = uf.find(j);
+            if r == j {
+                unit_of[j as usize] = count;
+                sizes.push(0);
+                count += 1;
+            } else {
+                unit_of[j as usize] = unit_of[r as usize];
+            }
+            sizes[unit_of[j as usize] as usize] += 1;
+        }
+        let mut starts = Vec::with_capacity(count as usize + 1);
+        let mut acc = 0u32;
+        for s in &sizes {
+            starts.push(acc);
+            acc += s;
+        }
+        starts.push(acc);
+        let mut fill: Vec<u32> = starts.clone();
+        let mut members = alloc::vec![Bdf::from_key(0); n];
+        for (j, &u) in unit_of.iter().enumerate() {
+            let slot = &mut fill[u as usize];
+            members[*slot as usize] = keys[j];
+            *slot += 1;
+        }
+        UnitTable {
+            keys,
+            unit_of,
+            members,
+            starts,
+        }
+    }
+
+    /// The units of the tree; recomputed on the first call after a change.
+    pub fn units(&mut self) -> &UnitTable {
+        if self.units.is_none() {
+            self.units = Some(self.compute_units());
+        }
+        self.units.get_or_insert_with(UnitTable::default)
+    }
+
+    /// The unit of an attached function.
+    pub fn unit_of(&mut self, bdf: Bdf) -> Option<UnitId> {
+        self.units().unit_of(bdf).map(|u| u.id)
+    }
+
+    /// Members of the unit of `bdf`.
+    pub fn unit_members(&mut self, bdf: Bdf) -> Vec<Bdf> {
+        self.units()
+            .unit_of(bdf)
+            .map(|u| u.members.to_vec())
+            .unwrap_or_default()
+    }
+}
