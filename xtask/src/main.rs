@@ -1,4 +1,321 @@
-fn main() {
-    eprintln!("xtask: not yet implemented");
-    std::process::exit(2);
+//! `cargo xtask`: build, run, test and benchmark phv. See README.md.
+
+mod dtb;
+mod host;
+mod image;
+mod prereq;
+mod qemu;
+mod runner;
+mod scenario;
+mod util;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use util::{Error, IoContext, Result};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+  run [--gic 2|3]              build, then boot the demo scenario in QEMU (Ctrl-A x quits)
+  test [--gic 2|3] [--scenario NAME] [--host-only|--qemu-only]
+                               host tests, then every QEMU scenario; ends with `N passed, N failed`
+  build                        build the hypervisor image and the test guests into build/
+  dtb [--out DIR]              dump QEMU virt DTBs (GICv2, GICv3) [default: platform/tests/data]
+  platform FILE.dtb            print the platform the hypervisor would discover, as JSON
+  bench [pci|hyp|all]          benchmarks (pci: the pci crate's tracker bench)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Small argument reader: `--flag`, `--opt VALUE`, positionals.
+struct Args {
+    rest: Vec<String>,
+}
+
+impl Args {
+    fn new(a: &[String]) -> Self {
+        Args { rest: a.to_vec() }
+    }
+    fn flag(&mut self, name: &str) -> bool {
+        let before = self.rest.len();
+        self.rest.retain(|a| a != name);
+        before != self.rest.len()
+    }
+    fn opt(&mut self, name: &str) -> Result<Option<String>> {
+        let Some(i) = self.rest.iter().position(|a| a == name) else {
+            return Ok(None);
+        };
+        if i + 1 >= self.rest.len() {
+            return Err(Error::Usage(format!("{name} needs a value")));
+        }
+        let v = self.rest.remove(i + 1);
+        self.rest.remove(i);
+        Ok(Some(v))
+    }
+    fn gic(&mut self) -> Result<Option<u8>> {
+        match self.opt("--gic")?.as_deref() {
+            None => Ok(None),
+            Some("2") => Ok(Some(2)),
+            Some("3") => Ok(Some(3)),
+            Some(v) => Err(Error::Usage(format!("--gic takes 2 or 3, not {v}"))),
+        }
+    }
+    fn positional(&mut self) -> Option<String> {
+        let i = self.rest.iter().position(|a| !a.starts_with("--"))?;
+        Some(self.rest.remove(i))
+    }
+    fn done(self) -> Result<()> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Usage(format!(
+                "unexpected arguments: {}\n{USAGE}",
+                self.rest.join(" ")
+            )))
+        }
+    }
+}
+
+fn dispatch(argv: &[String]) -> Result<ExitCode> {
+    let Some(cmd) = argv.first() else {
+        eprint!("{USAGE}");
+        return Ok(ExitCode::from(2));
+    };
+    let mut a = Args::new(&argv[1..]);
+    match cmd.as_str() {
+        "run" => {
+            let gic = a.gic()?.unwrap_or(3);
+            a.done()?;
+            cmd_run(gic)
+        }
+        "test" => {
+            let gic = a.gic()?;
+            let only = a.opt("--scenario")?;
+            let host_only = a.flag("--host-only");
+            let qemu_only = a.flag("--qemu-only");
+            a.done()?;
+            if host_only && qemu_only {
+                return Err(Error::Usage(
+                    "--host-only and --qemu-only exclude each other".into(),
+                ));
+            }
+            cmd_test(gic, only.as_deref(), !qemu_only, !host_only)
+        }
+        "build" => {
+            a.done()?;
+            prereq::ensure(false)?;
+            let images = image::build_all()?;
+            print_image("hypervisor", &images.hypervisor)?;
+            for (name, p) in &images.guests {
+                print_image(name, p)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "dtb" => {
+            let out = a
+                .opt("--out")?
+                .map(PathBuf::from)
+                .unwrap_or_else(|| util::root().join("platform/tests/data"));
+            a.done()?;
+            cmd_dtb(&out)
+        }
+        "platform" => {
+            let file = a
+                .positional()
+                .ok_or_else(|| Error::Usage(format!("platform needs a DTB file\n{USAGE}")))?;
+            a.done()?;
+            cmd_platform(&file)
+        }
+        "bench" => {
+            let which = a.positional().unwrap_or_else(|| "all".into());
+            a.done()?;
+            cmd_bench(&which)
+        }
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(Error::Usage(format!("unknown command `{other}`\n{USAGE}"))),
+    }
+}
+
+fn print_image(name: &str, p: &std::path::Path) -> Result<()> {
+    let size = std::fs::metadata(p)
+        .ctx(|| format!("stat {}", p.display()))?
+        .len();
+    println!("{name}: {} ({size} bytes)", p.display());
+    Ok(())
+}
+
+fn cmd_run(gic: u8) -> Result<ExitCode> {
+    prereq::ensure(true)?;
+    let s = scenario::load("demo")?;
+    if !s.gic.contains(&gic) {
+        return Err(Error::Usage(format!(
+            "the demo scenario does not run on GICv{gic}"
+        )));
+    }
+    let images = image::build_all()?;
+    let code = runner::run_interactive(&s, gic, &images)?;
+    eprintln!("xtask: QEMU exited with status {code}");
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn cmd_test(gic: Option<u8>, only: Option<&str>, host: bool, qemu: bool) -> Result<ExitCode> {
+    prereq::ensure(qemu)?;
+    let mut passed = 0u64;
+    let mut failed = 0u64;
+    let mut summary: Vec<String> = Vec::new();
+
+    if host {
+        for suite in host::SUITES {
+            let c = host::run(suite)?;
+            passed += c.passed;
+            failed += c.failed;
+            let verdict = if c.failed == 0 { "PASS" } else { "FAIL" };
+            summary.push(format!(
+                "{verdict} host:{} ({} passed, {} failed)",
+                suite.name, c.passed, c.failed
+            ));
+        }
+    }
+
+    if qemu {
+        let scenarios = match only {
+            Some(n) => vec![scenario::load(n)?],
+            None => scenario::load_all()?,
+        };
+        match image::build_all() {
+            Ok(images) => {
+                for s in &scenarios {
+                    for &g in s.gic.iter().filter(|g| gic.is_none_or(|x| x == **g)) {
+                        println!("==== {}-gic{g}: {}", s.name, s.description);
+                        let line = match runner::run(s, g, &images) {
+                            Ok(r) if r.passed() => {
+                                passed += 1;
+                                format!("PASS {} ({:.1} s)", r.name, r.duration.as_secs_f64())
+                            }
+                            Ok(r) => {
+                                failed += 1;
+                                println!(
+                                    "---- console of {} ({}) ----",
+                                    r.name,
+                                    r.log_path.display()
+                                );
+                                println!("{}", runner::tail(&r.log, 300));
+                                println!("---- end of {} ----", r.name);
+                                format!("FAIL {}: {}", r.name, r.problems.join("; "))
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                format!("FAIL {}-gic{g}: {e}", s.name)
+                            }
+                        };
+                        println!("{line}");
+                        summary.push(line);
+                    }
+                }
+            }
+            Err(e) => {
+                // Nothing can boot: every run fails.
+                let runs: usize = scenarios
+                    .iter()
+                    .map(|s| {
+                        s.gic
+                            .iter()
+                            .filter(|g| gic.is_none_or(|x| x == **g))
+                            .count()
+                    })
+                    .sum();
+                failed += runs as u64;
+                summary.push(format!(
+                    "FAIL build of the images: {e} ({runs} QEMU runs not started)"
+                ));
+            }
+        }
+    }
+
+    println!("\n==== summary ====");
+    for l in &summary {
+        println!("{l}");
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn cmd_dtb(out: &std::path::Path) -> Result<ExitCode> {
+    prereq::ensure(true)?;
+    for gic in [2u8, 3] {
+        let m = qemu::Machine {
+            gic,
+            smp: 2,
+            memory_mib: 1024,
+            virtualization: true,
+            extra: Vec::new(),
+        };
+        let f = out.join(format!("qemu-virt-gicv{gic}.dtb"));
+        m.dump_dtb(&f)?;
+        println!("{}", f.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_platform(file: &str) -> Result<ExitCode> {
+    let bytes = std::fs::read(file).ctx(|| format!("read {file}"))?;
+    let (text, code) = match platform::Platform::from_fdt(&bytes) {
+        Ok(p) => (serde_json::to_string_pretty(&p), ExitCode::SUCCESS),
+        Err(e) => (
+            serde_json::to_string_pretty(&serde_json::json!({ "error": e.to_string() })),
+            ExitCode::FAILURE,
+        ),
+    };
+    println!("{}", text.map_err(|e| Error::Other(format!("JSON: {e}")))?);
+    Ok(code)
+}
+
+/// Benchmark suites. `hyp` (the hypervisor's own paths, timed in QEMU with
+/// `-icount shift=0` so figures repeat exactly) is the place for the next ones.
+fn cmd_bench(which: &str) -> Result<ExitCode> {
+    let (pci, hyp) = match which {
+        "pci" => (true, false),
+        "hyp" => (false, true),
+        "all" => (true, true),
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown benchmark set `{other}` (pci, hyp, all)"
+            )));
+        }
+    };
+    prereq::ensure(hyp)?;
+    if pci {
+        util::run(util::cargo().args([
+            "bench",
+            "-p",
+            "pci",
+            "--features",
+            "sim",
+            "--bench",
+            "tracker",
+        ]))?;
+    }
+    if hyp {
+        // TODO(hyp benchmarks): boot a bench scenario with `-icount shift=0`
+        // added to the machine args and parse the guest's reported cycle counts.
+        eprintln!("xtask: hyp benchmarks: none yet");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,291 @@
+//! QEMU scenarios: `tests-qemu/scenarios/*.toml` (format in tests-qemu/README.md).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::util::{self, Error, IoContext, Result};
+
+fn default_gic() -> Vec<u8> {
+    vec![2, 3]
+}
+fn default_smp() -> u32 {
+    2
+}
+fn default_memory() -> u64 {
+    1024
+}
+fn default_timeout() -> u64 {
+    60
+}
+fn default_true() -> bool {
+    true
+}
+fn default_cpus() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Set from the file name.
+    #[serde(skip)]
+    pub name: String,
+    pub description: String,
+    #[serde(default = "default_gic")]
+    pub gic: Vec<u8>,
+    #[serde(default = "default_smp")]
+    pub smp: u32,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+    #[serde(default)]
+    pub qemu_args: Vec<String>,
+    /// `false`: boot the (single) VM's image directly at EL1 under QEMU's own
+    /// PSCI, without the hypervisor; checks the test guests themselves.
+    #[serde(default = "default_true")]
+    pub hypervisor: bool,
+    #[serde(default)]
+    pub vm: Vec<Vm>,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    pub label: String,
+    #[serde(default)]
+    pub hardware_domain: bool,
+    pub memory_mib: u64,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    pub image: String,
+    #[serde(default)]
+    pub bootargs: String,
+    /// Fixed physical base of the VM's RAM (`phv,memory-base`).
+    #[serde(default)]
+    pub memory_base: Option<u64>,
+}
+
+impl Vm {
+    /// The bootargs the guest gets: the scenario's, plus `label=` and `role=`
+    /// so the test guest knows its name and whether it is the hardware domain.
+    pub fn full_bootargs(&self) -> String {
+        let role = if self.hardware_domain {
+            "hwdom"
+        } else {
+            "guest"
+        };
+        let mut s = self.bootargs.trim().to_string();
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(&format!("label={} role={role}", self.label));
+        s
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default)]
+    pub exit_code: i32,
+    /// Substrings that must each appear on some console line.
+    #[serde(default)]
+    pub lines: Vec<String>,
+    /// With `ordered`, `lines` must appear in this order.
+    #[serde(default)]
+    pub ordered: bool,
+    /// Substrings that must appear on no line. Seeing one ends the run early.
+    #[serde(default)]
+    pub absent: Vec<String>,
+}
+
+impl Scenario {
+    pub fn parse(name: &str, text: &str) -> Result<Scenario> {
+        let mut s: Scenario =
+            toml::from_str(text).map_err(|e| Error::Usage(format!("scenario {name}: {e}")))?;
+        s.name = name.to_string();
+        s.validate()
+            .map_err(|e| Error::Usage(format!("scenario {name}: {e}")))?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.gic.is_empty() || self.gic.iter().any(|g| *g != 2 && *g != 3) {
+            return Err(format!("gic must list 2 and/or 3, got {:?}", self.gic));
+        }
+        if self.vm.is_empty() {
+            return Err("no [[vm]]".into());
+        }
+        let hwdoms = self.vm.iter().filter(|v| v.hardware_domain).count();
+        if self.hypervisor && hwdoms != 1 {
+            return Err(format!(
+                "exactly one VM must be the hardware domain, found {hwdoms}"
+            ));
+        }
+        if !self.hypervisor && self.vm.len() != 1 {
+            return Err("hypervisor = false takes exactly one [[vm]]".into());
+        }
+        for (i, v) in self.vm.iter().enumerate() {
+            if v.label.is_empty() || v.label.contains(char::is_whitespace) {
+                return Err(format!("vm {i}: label must be one non-empty word"));
+            }
+            if self.vm[..i].iter().any(|w| w.label == v.label) {
+                return Err(format!("vm label `{}` used twice", v.label));
+            }
+            if v.cpus == 0 || v.memory_mib == 0 {
+                return Err(format!("vm {}: cpus and memory_mib must be > 0", v.label));
+            }
+            if v.memory_base.is_some_and(|b| b % (2 << 20) != 0) {
+                return Err(format!("vm {}: memory_base must be 2 MiB aligned", v.label));
+            }
+        }
+        let cpus: u32 = self.vm.iter().map(|v| v.cpus).sum();
+        if self.hypervisor && cpus > self.smp {
+            return Err(format!("VMs need {cpus} CPUs but smp = {}", self.smp));
+        }
+        if self.expect.lines.is_empty() {
+            return Err("expect.lines is empty: a scenario must check something".into());
+        }
+        Ok(())
+    }
+}
+
+pub fn dir() -> PathBuf {
+    util::root().join("tests-qemu/scenarios")
+}
+
+/// Load one scenario by name (file stem) from the scenarios directory.
+pub fn load(name: &str) -> Result<Scenario> {
+    load_file(&dir().join(format!("{name}.toml")))
+}
+
+pub fn load_file(path: &Path) -> Result<Scenario> {
+    let text = std::fs::read_to_string(path).ctx(|| format!("read {}", path.display()))?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Scenario::parse(&name, &text)
+}
+
+/// All scenarios, sorted by name.
+pub fn load_all() -> Result<Vec<Scenario>> {
+    let d = dir();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&d)
+        .ctx(|| format!("read {}", d.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| load_file(p)).collect()
+}
+
+/// What was wrong with a run's console log and exit status (empty: pass).
+pub fn check(expect: &Expect, log: &str, exit_code: Option<i32>) -> Vec<String> {
+    let mut problems = Vec::new();
+    match exit_code {
+        Some(c) if c == expect.exit_code => {}
+        Some(c) => problems.push(format!("exit status {c}, expected {}", expect.exit_code)),
+        None => problems.push(format!(
+            "no exit status (killed), expected {}",
+            expect.exit_code
+        )),
+    }
+    let lines: Vec<&str> = log.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let mut from = 0;
+    for want in &expect.lines {
+        let start = if expect.ordered { from } else { 0 };
+        match lines[start..]
+            .iter()
+            .position(|l| l.contains(want.as_str()))
+        {
+            Some(i) => from = start + i + 1,
+            None if expect.ordered && lines.iter().any(|l| l.contains(want.as_str())) => {
+                problems.push(format!("line `{want}` out of order"))
+            }
+            None => problems.push(format!("missing line `{want}`")),
+        }
+    }
+    for bad in &expect.absent {
+        if let Some(l) = lines.iter().find(|l| l.contains(bad.as_str())) {
+            problems.push(format!("unexpected `{bad}` in line `{l}`"));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &str = r#"
+description = "two"
+gic = [3]
+timeout_s = 10
+[[vm]]
+label = "hwdom"
+hardware_domain = true
+memory_mib = 64
+image = "test-guest"
+bootargs = "test=hello"
+memory_base = 0x48000000
+[[vm]]
+label = "guest"
+memory_mib = 32
+image = "test-guest"
+[expect]
+lines = ["[hwdom] hello: ok", "phv: system off, status 0"]
+absent = ["PANIC"]
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let s = Scenario::parse("two", TWO).unwrap();
+        assert_eq!(s.gic, vec![3]);
+        assert_eq!((s.smp, s.memory_mib, s.timeout_s), (2, 1024, 10));
+        assert!(s.hypervisor);
+        assert_eq!(s.vm[0].memory_base, Some(0x4800_0000));
+        assert_eq!(s.vm[1].cpus, 1);
+        assert_eq!(s.vm[0].full_bootargs(), "test=hello label=hwdom role=hwdom");
+        assert_eq!(s.vm[1].full_bootargs(), "label=guest role=guest");
+        assert_eq!(s.expect.exit_code, 0);
+    }
+
+    #[test]
+    fn rejects_bad_scenarios() {
+        let no_hwdom = TWO.replace("hardware_domain = true", "");
+        assert!(Scenario::parse("x", &no_hwdom).is_err());
+        assert!(Scenario::parse("x", &TWO.replace("gic = [3]", "gic = [4]")).is_err());
+        assert!(
+            Scenario::parse("x", &TWO.replace("label = \"guest\"", "label = \"hwdom\"")).is_err()
+        );
+        assert!(Scenario::parse("x", &TWO.replace("timeout_s", "timeout")).is_err());
+        assert!(Scenario::parse("x", &TWO.replace("timeout_s = 10", "smp = 1")).is_err());
+    }
+
+    fn expect(ordered: bool) -> Expect {
+        Expect {
+            exit_code: 0,
+            lines: vec!["a: ok".into(), "b: ok".into()],
+            ordered,
+            absent: vec!["FAIL".into()],
+        }
+    }
+
+    #[test]
+    fn checks_lines_exit_and_absent() {
+        assert!(check(&expect(false), "x\r\nb: ok\r\na: ok\r\n", Some(0)).is_empty());
+        assert_eq!(
+            check(&expect(true), "b: ok\na: ok\n", Some(0)),
+            vec!["line `b: ok` out of order"]
+        );
+        assert!(check(&expect(true), "a: ok\nb: ok\n", Some(0)).is_empty());
+        let p = check(&expect(false), "a: ok\nFAIL: x\n", Some(1));
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(check(&expect(false), "a: ok\nb: ok", None).len(), 1);
+    }
+}
