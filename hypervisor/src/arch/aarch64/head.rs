@@ -141,6 +141,7 @@ primary_entry:
     adrp    x1, CPU_STACKS
     add     x1, x1, :lo12:CPU_STACKS
     add     x1, x1, #{stack_size}
+    sub     x1, x1, #{frame_size}      /* the trap frame sits at the top */
     mov     sp, x1
     mov     x0, x19
     mov     x1, x20
@@ -172,6 +173,7 @@ secondary_entry:
     add     x2, x19, #1
     mov     x3, #{stack_size}
     madd    x1, x2, x3, x1
+    sub     x1, x1, #{frame_size}
     mov     sp, x1
     mov     x0, x19
     bl      secondary_main
@@ -181,6 +183,7 @@ secondary_entry:
     mair = const MAIR_EL2_VALUE,
     sctlr = const SCTLR_EL2_MMU_ON,
     stack_size = const STACK_SIZE,
+    frame_size = const super::trap::TRAP_FRAME_SIZE,
 );
 
 unsafe extern "C" {

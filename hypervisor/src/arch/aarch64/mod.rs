@@ -1,3 +1,6 @@
 //! AArch64 EL2 specifics.
+pub mod cpu;
+pub mod firmware;
 pub mod head;
+pub mod mmu;
 pub mod trap;

@@ -1,0 +1,574 @@
+//! VMs and vCPUs: creation from the boot configuration, the per-CPU run
+//! loop, and the handling of every trap from EL1.
+
+use crate::arch::aarch64::cpu::{self, El1Context, Injected};
+use crate::arch::aarch64::firmware;
+use crate::arch::aarch64::head::{CPU_STACKS, STACK_SIZE};
+use crate::arch::aarch64::mmu::{self, Stage2Map};
+use crate::arch::aarch64::trap::{TRAP_FRAME_SIZE, TrapFrame, enter_guest};
+use crate::console;
+use crate::guest_fdt::{self, GuestDescription};
+use crate::memory::{FreeMemory, MemoryError};
+use crate::mmio::{MmioAccess, MmioDevice, MmioMap, MmioRegion, esr, fault_ipa};
+use crate::smccc::{self, CpuOnError, HypercallHost, Outcome, VcpuPower};
+use crate::vuart::VirtualUart;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use platform::{ExitMethod, Platform, Region, VmConfig};
+use spin::{Mutex, Once};
+
+const MIB: u64 = 1 << 20;
+/// The kernel goes 2 MiB into the VM's RAM; the VM's DTB at the start.
+const KERNEL_OFFSET: u64 = 2 * MIB;
+/// Size of the emulated UART window.
+const UART_WINDOW: u64 = 0x1000;
+
+/// One vCPU, pinned to a physical CPU.
+#[derive(Debug)]
+pub struct Vcpu {
+    pub pcpu: usize,
+    power: AtomicU8,
+    /// Entry point and x0 for the next power-on.
+    boot: Mutex<(u64, u64)>,
+}
+
+impl Vcpu {
+    fn power(&self) -> VcpuPower {
+        match self.power.load(Ordering::Acquire) {
+            0 => VcpuPower::On,
+            2 => VcpuPower::OnPending,
+            _ => VcpuPower::Off,
+        }
+    }
+    fn set_power(&self, p: VcpuPower) {
+        self.power.store(p as u8, Ordering::Release);
+    }
+}
+
+#[derive(Debug)]
+pub struct Vm {
+    pub name: String,
+    /// "[name] ", printed before each console line (built at boot so the
+    /// trap path formats nothing).
+    prefix: Vec<u8>,
+    pub hardware_domain: bool,
+    pub ram: Region,
+    /// Where the loader left the kernel image (kept for restarts).
+    image: Region,
+    entry: u64,
+    dtb: Vec<u8>,
+    vttbr: u64,
+    pub mmio: MmioMap,
+    uart: Mutex<VirtualUart>,
+    pub vcpus: Vec<Vcpu>,
+    stopped: AtomicBool,
+}
+
+/// Everything the hypervisor runs with, fixed after boot.
+#[derive(Debug)]
+pub struct System {
+    pub platform: Platform,
+    pub vms: Vec<Vm>,
+    /// For each physical CPU (index into `platform.cpus`): the vCPU pinned to
+    /// it as (VM index, vCPU index).
+    pub pins: Vec<Option<(usize, usize)>>,
+    pub boot_cpu: usize,
+}
+
+pub static SYSTEM: Once<System> = Once::new();
+/// A VM reported a failure (TEST_FAIL) or had to be stopped.
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Why a VM could not be built.
+#[derive(Debug)]
+pub enum VmError {
+    Memory(MemoryError),
+    /// The kernel image does not fit the VM's RAM.
+    ImageTooLarge { image: u64, room: u64 },
+    Fdt(vm_fdt::Error),
+    DtbTooLarge(usize),
+    Stage2(mmu::MapError),
+    /// More vCPUs than free physical CPUs.
+    NotEnoughCpus { wanted: usize, free: usize },
+    NoUart,
+}
+
+/// Where an arm64 Image wants to be placed: (text_offset, image_size), or
+/// None for a raw binary.
+fn image_header(bytes: &[u8]) -> Option<(u64, u64)> {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    if bytes.get(0x38..0x3c)? != b"ARM\x64" {
+        return None;
+    }
+    Some((word(0x08)?, word(0x10)?))
+}
+
+impl Vm {
+    /// Build a VM: RAM, stage 2, kernel copied in, device tree written.
+    fn new(
+        index: usize,
+        config: &VmConfig,
+        platform: &Platform,
+        free: &mut FreeMemory,
+        pcpus: Vec<usize>,
+    ) -> Result<Vm, VmError> {
+        let ram = match config.memory_base {
+            Some(base) => free.claim(base, config.memory_size),
+            None => free.allocate(config.memory_size, 2 * MIB),
+        }
+        .map_err(VmError::Memory)?;
+
+        // SAFETY: the module region is RAM the loader filled, identity
+        // mapped, reserved from allocation; nothing writes it.
+        let image = unsafe {
+            core::slice::from_raw_parts(config.kernel.base as *const u8, config.kernel.size as usize)
+        };
+        let (text_offset, image_size) = image_header(image).unwrap_or((0, 0));
+        let load = ram.base + KERNEL_OFFSET + text_offset;
+        let need = image_size.max(config.kernel.size);
+        let room = ram.end().saturating_sub(load);
+        if need > room {
+            return Err(VmError::ImageTooLarge { image: need, room });
+        }
+
+        let uart = platform.uart.as_ref().ok_or(VmError::NoUart)?;
+        let uart_window = Region::new(uart.region.base, UART_WINDOW);
+        let dtb = guest_fdt::build(&GuestDescription {
+            memory: ram,
+            vcpus: config.cpus,
+            bootargs: &config.bootargs,
+            gic: &platform.gic,
+            timer: &platform.timer,
+            uart: uart_window,
+            uart_irq: uart.irq,
+        })
+        .map_err(VmError::Fdt)?;
+        if dtb.len() as u64 > KERNEL_OFFSET {
+            return Err(VmError::DtbTooLarge(dtb.len()));
+        }
+
+        let mut stage2 = Stage2Map::new(index as u16 + 1);
+        stage2.map_ram(ram).map_err(VmError::Stage2)?;
+        let mut mmio = MmioMap::default();
+        mmio.add(MmioRegion {
+            base: uart_window.base,
+            size: uart_window.size,
+            device: MmioDevice::Uart,
+        })
+        .map_err(|_| VmError::NoUart)?;
+
+        let mut prefix = Vec::with_capacity(config.name.len() + 3);
+        prefix.push(b'[');
+        prefix.extend_from_slice(config.name.as_bytes());
+        prefix.extend_from_slice(b"] ");
+        let vm = Vm {
+            name: config.name.clone(),
+            prefix,
+            hardware_domain: config.hardware_domain,
+            ram,
+            image: config.kernel,
+            entry: load,
+            dtb,
+            vttbr: stage2.vttbr(),
+            mmio,
+            uart: Mutex::new(VirtualUart::default()),
+            vcpus: pcpus
+                .into_iter()
+                .map(|pcpu| Vcpu {
+                    pcpu,
+                    power: AtomicU8::new(VcpuPower::Off as u8),
+                    boot: Mutex::new((0, 0)),
+                })
+                .collect(),
+            stopped: AtomicBool::new(false),
+        };
+        // The stage-2 tables must outlive the VM: they live as long as the
+        // system does.
+        core::mem::forget(stage2);
+        vm.load_images();
+        Ok(vm)
+    }
+
+    /// Copy the kernel and the device tree into the VM's RAM (again, on a
+    /// restart) and make vCPU 0 ready to start at the kernel entry.
+    fn load_images(&self) {
+        // SAFETY: `image` is the loader's module (reserved RAM), `entry` and
+        // `ram.base` are inside this VM's RAM, which nothing else uses, and
+        // `new` checked that both copies fit.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.image.base as *const u8,
+                self.entry as *mut u8,
+                self.image.size as usize,
+            );
+            core::ptr::copy_nonoverlapping(self.dtb.as_ptr(), self.ram.base as *mut u8, self.dtb.len());
+        }
+        mmu::clean_dcache_range(self.entry, self.image.size);
+        mmu::clean_dcache_range(self.ram.base, self.dtb.len() as u64);
+        if let Some(v0) = self.vcpus.first() {
+            *v0.boot.lock() = (self.entry, self.ram.base);
+            v0.set_power(VcpuPower::OnPending);
+        }
+        cpu::send_event();
+    }
+
+    fn emit_line(&self, line: &[u8]) {
+        console::write_bytes(&[&self.prefix, line, b"\n"]);
+    }
+}
+
+/// Build every configured VM and pin its vCPUs: the hardware domain's vCPU 0
+/// on the boot CPU, then free CPUs in DTB order.
+pub fn create_vms(
+    platform: &Platform,
+    free: &mut FreeMemory,
+    boot_cpu: usize,
+) -> Result<(Vec<Vm>, Vec<Option<(usize, usize)>>), (String, VmError)> {
+    let ncpus = platform.cpus.len();
+    let mut pins: Vec<Option<(usize, usize)>> = alloc::vec![None; ncpus];
+    let mut order: Vec<usize> = (0..platform.vms.len()).collect();
+    // The hardware domain first, so it gets the boot CPU.
+    order.sort_by_key(|&i| !platform.vms[i].hardware_domain);
+    let mut next_free = (0..ncpus).filter(|&c| c != boot_cpu);
+    let mut vms: Vec<Option<Vm>> = (0..platform.vms.len()).map(|_| None).collect();
+    for (rank, &i) in order.iter().enumerate() {
+        let config = &platform.vms[i];
+        let mut pcpus = Vec::new();
+        for v in 0..config.cpus as usize {
+            let pcpu = if rank == 0 && v == 0 {
+                Some(boot_cpu)
+            } else {
+                next_free.next()
+            };
+            match pcpu {
+                Some(p) => {
+                    pins[p] = Some((i, v));
+                    pcpus.push(p);
+                }
+                None => {
+                    let used = pins.iter().flatten().count();
+                    return Err((
+                        config.name.clone(),
+                        VmError::NotEnoughCpus {
+                            wanted: used + config.cpus as usize - v,
+                            free: ncpus,
+                        },
+                    ));
+                }
+            }
+        }
+        let vm = Vm::new(i, config, platform, free, pcpus).map_err(|e| (config.name.clone(), e))?;
+        vms[i] = Some(vm);
+    }
+    Ok((vms.into_iter().flatten().collect(), pins))
+}
+
+/// The trap frame of physical CPU `cpu`: the top of its stack.
+fn frame_of(cpu: usize) -> *mut TrapFrame {
+    let stacks = core::ptr::addr_of_mut!(CPU_STACKS) as usize;
+    (stacks + (cpu + 1) * STACK_SIZE - TRAP_FRAME_SIZE) as *mut TrapFrame
+}
+
+/// Run whatever vCPU is pinned to this CPU, forever: wait until it is
+/// powered on, then enter it. Called again when the vCPU powers off.
+pub fn run_pcpu(cpu: usize) -> ! {
+    let sys = system();
+    let Some((vm_index, vcpu_index)) = sys.pins.get(cpu).copied().flatten() else {
+        loop {
+            cpu::wait_for_event();
+        }
+    };
+    let vm = &sys.vms[vm_index];
+    let vcpu = &vm.vcpus[vcpu_index];
+    while vcpu.power() != VcpuPower::OnPending || vm.stopped.load(Ordering::Acquire) {
+        cpu::wait_for_event();
+    }
+    let (entry, context) = *vcpu.boot.lock();
+    vcpu.set_power(VcpuPower::On);
+    cpu::load_vm(vm.vttbr, vcpu_index);
+    El1Context::reset().restore();
+    let frame = frame_of(cpu);
+    // SAFETY: the frame area at the top of this CPU's stack is reserved (the
+    // stack pointer starts below it) and only this CPU uses it.
+    unsafe {
+        frame.write(TrapFrame {
+            elr: entry,
+            spsr: cpu::SPSR_EL1H_MASKED,
+            ..TrapFrame::default()
+        });
+        (*frame).x[0] = context;
+    }
+    if vcpu_index == 0 {
+        log::info!(
+            "entering {} vCPU 0 on CPU {cpu} at {entry:#x}, counter {}",
+            vm.name,
+            cpu::counter()
+        );
+    }
+    // SAFETY: the frame holds a complete initial register state, the VM's
+    // stage 2 and EL1 state are loaded.
+    unsafe { enter_guest(frame) }
+}
+
+pub fn system() -> &'static System {
+    match SYSTEM.get() {
+        Some(s) => s,
+        None => halt("trap before the system was set up"),
+    }
+}
+
+fn halt(why: &str) -> ! {
+    console::print(format_args!("phv: halting: {why}\n"));
+    loop {
+        cpu::wait_for_event();
+    }
+}
+
+/// The VM and vCPU running on this CPU.
+fn current() -> (&'static Vm, usize) {
+    let sys = system();
+    match sys.pins.get(cpu::cpu_index()).copied().flatten() {
+        Some((vm, vcpu)) => (&sys.vms[vm], vcpu),
+        None => halt("trap on a CPU without a vCPU"),
+    }
+}
+
+/// The hypercall view of the calling vCPU's VM.
+struct Caller<'a> {
+    vm: &'a Vm,
+}
+
+impl HypercallHost for Caller<'_> {
+    fn is_hardware_domain(&self) -> bool {
+        self.vm.hardware_domain
+    }
+    fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize> {
+        // Our vCPUs have Aff0 = index and nothing above.
+        let index = usize::try_from(mpidr).ok()?;
+        (index < self.vm.vcpus.len()).then_some(index)
+    }
+    fn vcpu_power(&self, vcpu: usize) -> VcpuPower {
+        self.vm.vcpus[vcpu].power()
+    }
+    fn cpu_on(&mut self, vcpu: usize, entry: u64, context_id: u64) -> Result<(), CpuOnError> {
+        let target = self.vm.vcpus.get(vcpu).ok_or(CpuOnError::NoSuchCpu)?;
+        if !self.vm.ram.contains(entry) || entry % 4 != 0 {
+            return Err(CpuOnError::InvalidAddress);
+        }
+        let mut boot = target.boot.lock();
+        match target.power() {
+            VcpuPower::On => Err(CpuOnError::AlreadyOn),
+            VcpuPower::OnPending => Err(CpuOnError::OnPending),
+            VcpuPower::Off => {
+                *boot = (entry, context_id);
+                target.set_power(VcpuPower::OnPending);
+                cpu::send_event();
+                Ok(())
+            }
+        }
+    }
+    fn console_write(&mut self, bytes: &[u8]) {
+        let mut uart = self.vm.uart.lock();
+        for &b in bytes {
+            uart.write(0, b.into(), &mut |line| self.vm.emit_line(line));
+        }
+    }
+    fn test_fail(&mut self, code: u64) {
+        FAILED.store(true, Ordering::Release);
+        log::error!("{} reports a failure (code {code})", self.vm.name);
+    }
+}
+
+/// Synchronous exception from EL1.
+#[unsafe(no_mangle)]
+extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
+    let (vm, vcpu) = current();
+    let syn = cpu::syndrome();
+    match esr::class(syn.esr) {
+        esr::EC_HVC64 => hypercall(vm, vcpu, frame),
+        esr::EC_SMC64 => {
+            // A trapped SMC leaves ELR at the instruction itself.
+            frame.elr += 4;
+            hypercall(vm, vcpu, frame);
+        }
+        esr::EC_DABT_LOW => data_abort(vm, vcpu, frame, syn),
+        esr::EC_IABT_LOW => {
+            let ipa = fault_ipa(syn.hpfar, syn.far);
+            log::warn!(
+                "{} vCPU {vcpu}: instruction fetch from IPA {ipa:#x} outside its memory at {:#x}; external abort injected",
+                vm.name,
+                frame.elr
+            );
+            cpu::inject_sync(frame, Injected::InstructionAbort, syn.far);
+        }
+        ec => {
+            log::warn!(
+                "{} vCPU {vcpu}: unexpected trap EC {ec:#x} (ESR {:#x}) at {:#x}; undefined instruction injected",
+                vm.name,
+                syn.esr,
+                frame.elr
+            );
+            cpu::inject_sync(frame, Injected::Undefined, 0);
+        }
+    }
+}
+
+fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
+    let mut regs = [0u64; 8];
+    regs.copy_from_slice(&frame.x[..8]);
+    match smccc::dispatch(&mut Caller { vm }, &regs) {
+        Outcome::Return(values) => frame.x[..4].copy_from_slice(&values),
+        Outcome::CpuOff => {
+            vm.vcpus[vcpu].set_power(VcpuPower::Off);
+            run_pcpu(cpu::cpu_index());
+        }
+        Outcome::SystemOff if vm.hardware_domain => system_off(),
+        Outcome::SystemOff => {
+            log::info!("{} powered off", vm.name);
+            stop_vm(vm, vcpu);
+        }
+        Outcome::SystemReset if vm.hardware_domain => {
+            log::info!("{} asked for a system reset", vm.name);
+            console::flush();
+            let _ = firmware::system_reset(psci_conduit());
+            halt("system reset failed");
+        }
+        Outcome::SystemReset => {
+            let others_on = vm
+                .vcpus
+                .iter()
+                .enumerate()
+                .any(|(i, v)| i != vcpu && v.power() != VcpuPower::Off);
+            if others_on {
+                log::warn!("{} reset with other vCPUs running: powered off instead", vm.name);
+                stop_vm(vm, vcpu);
+            }
+            log::info!("{} restarts", vm.name);
+            vm.vcpus[vcpu].set_power(VcpuPower::Off);
+            vm.load_images();
+            run_pcpu(cpu::cpu_index());
+        }
+    }
+}
+
+/// Stop a VM: the calling vCPU now, the others when they next trap.
+fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
+    vm.stopped.store(true, Ordering::Release);
+    vm.vcpus[vcpu].set_power(VcpuPower::Off);
+    let mut uart = vm.uart.lock();
+    if uart.pending() > 0 {
+        uart.flush(&mut |line| vm.emit_line(line));
+    }
+    drop(uart);
+    run_pcpu(cpu::cpu_index())
+}
+
+fn psci_conduit() -> platform::PsciConduit {
+    system()
+        .platform
+        .psci
+        .as_ref()
+        .map_or(platform::PsciConduit::Smc, |p| p.conduit)
+}
+
+/// The hardware domain powered off: end the run with a status.
+fn system_off() -> ! {
+    let sys = system();
+    for vm in &sys.vms {
+        let mut uart = vm.uart.lock();
+        if uart.pending() > 0 {
+            uart.flush(&mut |line| vm.emit_line(line));
+        }
+    }
+    let status = u32::from(FAILED.load(Ordering::Acquire));
+    console::print(format_args!("phv: system off, status {status}\n"));
+    console::flush();
+    match sys.platform.exit_method {
+        ExitMethod::Semihosting => firmware::semihosting_exit(status),
+        ExitMethod::Psci => {
+            let _ = firmware::system_off(psci_conduit());
+        }
+    }
+    halt("system off failed")
+}
+
+fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
+    let ipa = fault_ipa(syn.hpfar, syn.far);
+    let access = match MmioAccess::decode(syn.esr, ipa) {
+        Ok(a) => a,
+        Err(why) => {
+            log::warn!(
+                "{} vCPU {vcpu}: data abort at IPA {ipa:#x} (pc {:#x}) cannot be emulated ({why:?}); external abort injected",
+                vm.name,
+                frame.elr
+            );
+            let write = syn.esr & esr::WNR != 0;
+            cpu::inject_sync(frame, Injected::DataAbort { write }, syn.far);
+            return;
+        }
+    };
+    let Some((region, offset)) = vm.mmio.find(ipa, access.width) else {
+        log::warn!(
+            "{} vCPU {vcpu}: {} of {} bytes at IPA {ipa:#x} (pc {:#x}) hits nothing it owns; external abort injected",
+            vm.name,
+            if access.write { "write" } else { "read" },
+            access.width.bytes(),
+            frame.elr
+        );
+        cpu::inject_sync(frame, Injected::DataAbort { write: access.write }, syn.far);
+        return;
+    };
+    match region.device {
+        MmioDevice::Uart => {
+            let mut uart = vm.uart.lock();
+            if access.write {
+                let value = access.store_value(frame.reg(access.reg)) as u32;
+                uart.write(offset, value, &mut |line| vm.emit_line(line));
+            } else {
+                let value = access.load_result(u64::from(uart.read(offset)));
+                frame.set_reg(access.reg, value);
+            }
+        }
+    }
+    frame.elr += 4;
+    // A stopped VM's other vCPUs stop at their next trap.
+    if vm.stopped.load(Ordering::Acquire) {
+        vm.vcpus[vcpu].set_power(VcpuPower::Off);
+        run_pcpu(cpu::cpu_index());
+    }
+}
+
+/// IRQ or FIQ while a vCPU ran: nothing is routed to EL2 yet.
+#[unsafe(no_mangle)]
+extern "C" fn lower_el_irq(_frame: &mut TrapFrame) {}
+
+#[unsafe(no_mangle)]
+extern "C" fn lower_el_serror(frame: &mut TrapFrame) {
+    let (vm, vcpu) = current();
+    let syn = cpu::syndrome();
+    log::error!(
+        "{} vCPU {vcpu}: SError (ESR {:#x}) at {:#x}",
+        vm.name,
+        syn.esr,
+        frame.elr
+    );
+}
+
+/// A fault in the hypervisor itself: report and stop this CPU.
+#[unsafe(no_mangle)]
+extern "C" fn hyp_fault(frame: &mut TrapFrame) {
+    let syn = cpu::syndrome();
+    FAILED.store(true, Ordering::Release);
+    console::print(format_args!(
+        "phv: FAULT in the hypervisor on CPU {}: ESR {:#x} FAR {:#x} ELR {:#x}\n",
+        cpu::cpu_index(),
+        syn.esr,
+        syn.far,
+        frame.elr
+    ));
+}
