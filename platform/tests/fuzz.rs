@@ -27,13 +27,29 @@ impl XorShift {
     }
 }
 
-const BOUNDARY_WORDS: [u32; 12] = [0, 1, 2, 3, 4, 9, 0x7fff_ffff, 0x8000_0000, 0xffff_fff0, 0xffff_fffc, 0xffff_ffff, 0xd00d_feed];
+const BOUNDARY_WORDS: [u32; 12] = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    9,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_fff0,
+    0xffff_fffc,
+    0xffff_ffff,
+    0xd00d_feed,
+];
 
 fn must_not_panic(what: &str, blob: &[u8]) {
     if catch_unwind(AssertUnwindSafe(|| Platform::from_fdt(blob))).is_err() {
         let path = std::env::temp_dir().join("phv-platform-fuzz-crash.dtb");
         std::fs::write(&path, blob).unwrap();
-        panic!("from_fdt panicked on {what}; blob written to {}", path.display());
+        panic!(
+            "from_fdt panicked on {what}; blob written to {}",
+            path.display()
+        );
     }
 }
 
@@ -53,30 +69,75 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         ("qemu-virt-gicv2", compact(&data("qemu-virt-gicv2.dtb"))),
         ("juno-r2", data("boards/juno-r2.dtb")),
         ("imx8mp-evk", data("boards/imx8mp-evk.dtb")),
-        ("bcm2711-rpi-4-b", common::with_memory(&data("boards/bcm2711-rpi-4-b.dtb"), 0x8000_0000, 0x4000_0000)),
+        (
+            "bcm2711-rpi-4-b",
+            common::with_memory(
+                &data("boards/bcm2711-rpi-4-b.dtb"),
+                0x8000_0000,
+                0x4000_0000,
+            ),
+        ),
     ];
     // A tree with VM nodes, so /chosen parsing is mutated too.
     let mut b = FdtBuilder::new();
-    b.begin("").cells("#address-cells", &[2]).cells("#size-cells", &[2]).cells("interrupt-parent", &[1]);
-    b.begin("memory@40000000").string("device_type", "memory").cells("reg", &[0, 0x4000_0000, 0, 0x4000_0000]).end();
-    b.begin("cpus").cells("#address-cells", &[1]).cells("#size-cells", &[0]);
-    b.begin("cpu@0").string("device_type", "cpu").cells("reg", &[0]).end().end();
-    b.begin("intc").strings_prop("compatible", &["arm,gic-v3"]).empty("interrupt-controller");
-    b.cells("#interrupt-cells", &[3]).cells("phandle", &[1]).cells("reg", &[0, 0x800_0000, 0, 0x1_0000, 0, 0x80a_0000, 0, 0x2_0000]).end();
-    b.begin("timer").string("compatible", "arm,armv8-timer").cells("interrupts", &[1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]).end();
-    b.begin("chosen").begin("vm@0").string("compatible", "phv,vm").empty("phv,hardware-domain");
-    b.cells("#address-cells", &[2]).cells("#size-cells", &[2]).cells("memory", &[0, 0x400_0000]).cells("cpus", &[1]);
-    b.begin("module@44000000").strings_prop("compatible", &["multiboot,kernel", "multiboot,module"]);
-    b.cells("reg", &[0, 0x4400_0000, 0, 0x10_0000]).end().end().end().end();
+    b.begin("")
+        .cells("#address-cells", &[2])
+        .cells("#size-cells", &[2])
+        .cells("interrupt-parent", &[1]);
+    b.begin("memory@40000000")
+        .string("device_type", "memory")
+        .cells("reg", &[0, 0x4000_0000, 0, 0x4000_0000])
+        .end();
+    b.begin("cpus")
+        .cells("#address-cells", &[1])
+        .cells("#size-cells", &[0]);
+    b.begin("cpu@0")
+        .string("device_type", "cpu")
+        .cells("reg", &[0])
+        .end()
+        .end();
+    b.begin("intc")
+        .strings_prop("compatible", &["arm,gic-v3"])
+        .empty("interrupt-controller");
+    b.cells("#interrupt-cells", &[3])
+        .cells("phandle", &[1])
+        .cells(
+            "reg",
+            &[0, 0x800_0000, 0, 0x1_0000, 0, 0x80a_0000, 0, 0x2_0000],
+        )
+        .end();
+    b.begin("timer")
+        .string("compatible", "arm,armv8-timer")
+        .cells("interrupts", &[1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4])
+        .end();
+    b.begin("chosen")
+        .begin("vm@0")
+        .string("compatible", "phv,vm")
+        .empty("phv,hardware-domain");
+    b.cells("#address-cells", &[2])
+        .cells("#size-cells", &[2])
+        .cells("memory", &[0, 0x400_0000])
+        .cells("cpus", &[1]);
+    b.begin("module@44000000")
+        .strings_prop("compatible", &["multiboot,kernel", "multiboot,module"]);
+    b.cells("reg", &[0, 0x4400_0000, 0, 0x10_0000])
+        .end()
+        .end()
+        .end()
+        .end();
     corpus.push(("synthetic-vm", b.finish()));
     for (name, blob) in &corpus {
-        Platform::from_fdt(blob).unwrap_or_else(|e| panic!("corpus {name} must parse before mutation: {e}"));
+        Platform::from_fdt(blob)
+            .unwrap_or_else(|e| panic!("corpus {name} must parse before mutation: {e}"));
     }
     corpus
 }
 
 fn iterations() -> usize {
-    std::env::var("PHV_FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+    std::env::var("PHV_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
 }
 
 #[test]
@@ -91,7 +152,10 @@ fn truncated_blobs_never_panic() {
             if len >= 8 {
                 let mut cut = blob[..len].to_vec();
                 cut[4..8].copy_from_slice(&(len as u32).to_be_bytes());
-                must_not_panic(&format!("{name} truncated to {len} with totalsize fixed"), &cut);
+                must_not_panic(
+                    &format!("{name} truncated to {len} with totalsize fixed"),
+                    &cut,
+                );
             }
         }
     }
