@@ -383,7 +383,10 @@ impl Fabric {
         };
         if !self.ready(idx) {
             let f = &self.fns[idx];
-            if offset == 0 && f.tpl.spec.readiness.mode == NotReady::Rrs && self.rrs_visible(idx) {
+            // Held in reset, the link is down: unsupported request, all-ones.
+            // Initialising after reset: RRS completions.
+            if !f.held
+                && offset == 0 && f.tpl.spec.readiness.mode == NotReady::Rrs && self.rrs_visible(idx) {
                 return (VENDOR_ID_RRS as u32 | 0xffff_0000) & ones;
             }
             return ones;
