@@ -184,7 +184,9 @@ impl<'a> Tree<'a> {
         }
         let version = header_word(5).ok_or(too_short)?;
         let last_compatible = header_word(6).ok_or(too_short)?;
-        if !(16..=17).contains(&version) && !(version > 17 && last_compatible <= 17) {
+        // Later versions stay readable by a v17 reader if they say so.
+        let readable = version >= 16 && (version <= 17 || last_compatible <= 17);
+        if !readable {
             return Err(BlobError::UnsupportedVersion {
                 version,
                 last_compatible,

@@ -41,7 +41,7 @@ fn cell(value: &[u8], index: usize) -> Option<u32> {
 
 /// Big-endian cells of a property value; None if the length is not a multiple of 4.
 pub fn cells(value: &[u8]) -> Option<Vec<u32>> {
-    if value.len() % 4 != 0 {
+    if !value.len().is_multiple_of(4) {
         return None;
     }
     Some(
@@ -179,10 +179,7 @@ impl<'a> DeviceTree<'a> {
             None => (spec, None),
         };
         let aliases = self.find_path("/aliases")?;
-        let target = self
-            .node(aliases)
-            .prop(alias)
-            .and_then(|v| string_list(v))?;
+        let target = self.node(aliases).prop(alias).and_then(string_list)?;
         let base = self.find_path(target.first()?)?;
         match rest {
             None => Some(base),

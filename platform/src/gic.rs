@@ -119,10 +119,11 @@ fn frames_of_children(
 ) -> Result<Vec<Region>, PlatformError> {
     let mut frames = Vec::new();
     for child in dt.children(gic) {
-        if dt.is_compatible(child, compatible) && dt.is_enabled(child) {
-            if let Some(&frame) = dt.reg(child)?.first() {
-                frames.push(frame);
-            }
+        if dt.is_compatible(child, compatible)
+            && dt.is_enabled(child)
+            && let Some(&frame) = dt.reg(child)?.first()
+        {
+            frames.push(frame);
         }
     }
     Ok(frames)

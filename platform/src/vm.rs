@@ -103,13 +103,13 @@ pub fn vms(
             ));
         }
         for other in vms.iter().skip(index + 1) {
-            if let Some(other_base) = other.memory_base {
-                if ram.overlaps(&Region::new(other_base, other.memory_size)) {
-                    return Err(bad_vm(
-                        &vm.name,
-                        format!("RAM overlaps VM {}'s", other.name),
-                    ));
-                }
+            if let Some(other_base) = other.memory_base
+                && ram.overlaps(&Region::new(other_base, other.memory_size))
+            {
+                return Err(bad_vm(
+                    &vm.name,
+                    format!("RAM overlaps VM {}'s", other.name),
+                ));
             }
         }
     }
@@ -130,20 +130,20 @@ fn vm(dt: &DeviceTree, id: NodeId) -> Result<VmConfig, PlatformError> {
     };
     let memory_size =
         number("memory")?.ok_or_else(|| bad_vm(&name, "missing memory (RAM size in bytes)"))?;
-    if memory_size == 0 || memory_size % VM_RAM_ALIGN != 0 {
+    if memory_size == 0 || !memory_size.is_multiple_of(VM_RAM_ALIGN) {
         return Err(bad_vm(
             &name,
             format!("memory size {memory_size:#x} must be a nonzero multiple of 2 MiB"),
         ));
     }
     let memory_base = number("phv,memory-base")?;
-    if let Some(base) = memory_base {
-        if base % VM_RAM_ALIGN != 0 {
-            return Err(bad_vm(
-                &name,
-                format!("phv,memory-base {base:#x} is not 2 MiB aligned"),
-            ));
-        }
+    if let Some(base) = memory_base
+        && !base.is_multiple_of(VM_RAM_ALIGN)
+    {
+        return Err(bad_vm(
+            &name,
+            format!("phv,memory-base {base:#x} is not 2 MiB aligned"),
+        ));
     }
     let cpus = dt
         .prop_u32(id, "cpus")
