@@ -65,7 +65,7 @@ fn memory(dt: &DeviceTree) -> Result<Vec<Region>, PlatformError> {
     let merged = sort_and_merge(regions);
     if merged.is_empty() {
         return Err(PlatformError::MissingNode(
-            "memory (device_type = \"memory\" with a nonempty reg)",
+            "memory node with device_type = \"memory\" and a nonzero size (bootloaders usually add it)",
         ));
     }
     Ok(merged)

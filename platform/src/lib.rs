@@ -30,11 +30,50 @@ use alloc::vec::Vec;
 
 pub use blob::BlobError;
 
+/// JSON shows addresses, sizes and MPIDRs as "0x..." strings: what a user
+/// compares against a datasheet or a DTS (JSON numbers have no hex form).
+#[cfg(feature = "serde")]
+mod hex {
+    use core::fmt::LowerHex;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer, T: LowerHex>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{value:#x}"))
+    }
+
+    pub fn serialize_option<S: Serializer, T: LowerHex>(
+        value: &Option<T>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serialize(value, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn serialize_pair<S: Serializer, T: LowerHex>(
+        value: &(T, T),
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = serializer.serialize_tuple(2)?;
+        tuple.serialize_element(&format_args!("{:#x}", value.0))?;
+        tuple.serialize_element(&format_args!("{:#x}", value.1))?;
+        tuple.end()
+    }
+}
+
 /// A physical address range `[base, base + size)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Region {
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize"))]
     pub base: u64,
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize"))]
     pub size: u64,
 }
 
@@ -82,6 +121,7 @@ pub struct Platform {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Cpu {
     /// MPIDR affinity bits from the cpu node's `reg`.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize"))]
     pub mpidr: u64,
     /// `enable-method` (e.g. "psci", "spin-table"), if present.
     pub enable_method: Option<String>,
@@ -187,9 +227,12 @@ pub struct PciWindow {
     pub kind: PciWindowKind,
     pub prefetchable: bool,
     /// Address on the PCI side.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize"))]
     pub pci_base: u64,
     /// Address on the CPU side.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize"))]
     pub cpu_base: u64,
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize"))]
     pub size: u64,
 }
 
@@ -198,6 +241,7 @@ pub struct PciWindow {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PciIntxRoute {
     /// Child unit address high cell (bus/device/function bits), already masked.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize"))]
     pub child_addr_hi: u32,
     /// INTx pin 1..=4 (A..D), already masked.
     pub pin: u8,
@@ -226,6 +270,7 @@ pub struct PciHostBridge {
     pub bus_end: u8,
     pub windows: Vec<PciWindow>,
     /// `interrupt-map-mask` cells: (child addr hi, pin); all ones if absent.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize_pair"))]
     pub intx_mask: (u32, u32),
     /// `interrupt-map` entries that go to the GIC (entries routed to another
     /// interrupt controller, e.g. a bridge's own INTx demultiplexer, are omitted).
@@ -252,8 +297,10 @@ pub struct VmConfig {
     pub name: String,
     pub hardware_domain: bool,
     /// RAM size in bytes.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize"))]
     pub memory_size: u64,
     /// Fixed physical base (`phv,memory-base`).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize_option"))]
     pub memory_base: Option<u64>,
     pub cpus: u32,
     /// Where the kernel image was placed by the loader.
@@ -269,7 +316,7 @@ pub struct VmConfig {
 pub enum PlatformError {
     /// The blob is not a valid FDT (bad magic, truncated, bad offsets).
     InvalidBlob(BlobError),
-    /// A node the hypervisor needs is absent (e.g. "/memory", "interrupt-controller").
+    /// A node the hypervisor needs is absent (e.g. "/cpus", "interrupt-controller").
     MissingNode(&'static str),
     /// A node lacks a property it needs: (node path, property).
     MissingProperty(String, &'static str),
@@ -285,7 +332,7 @@ impl core::fmt::Display for PlatformError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::InvalidBlob(why) => write!(f, "not a valid device tree: {why}"),
-            Self::MissingNode(node) => write!(f, "device tree has no {node} node"),
+            Self::MissingNode(node) => write!(f, "device tree has no {node}"),
             Self::MissingProperty(node, prop) => write!(f, "{node}: missing property {prop}"),
             Self::BadProperty(node, prop, why) => write!(f, "{node}: bad {prop}: {why}"),
             Self::Unsupported(what) => write!(f, "unsupported: {what}"),
