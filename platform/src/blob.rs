@@ -327,7 +327,15 @@ fn parse_structure<'a>(structure: &'a [u8], strings: &'a [u8]) -> Result<Vec<Nod
                 offset = align4(value_end).ok_or(BlobError::Truncated { offset })?;
             }
             FDT_NOP => {}
-            FDT_END => break,
+            FDT_END => {
+                if !open.is_empty() {
+                    // The block ends while nodes are still open.
+                    return Err(BlobError::Truncated {
+                        offset: token_offset,
+                    });
+                }
+                break;
+            }
             _ => {
                 return Err(BlobError::BadToken {
                     offset: token_offset,
@@ -335,9 +343,6 @@ fn parse_structure<'a>(structure: &'a [u8], strings: &'a [u8]) -> Result<Vec<Nod
                 });
             }
         }
-    }
-    if !open.is_empty() {
-        return Err(BlobError::Truncated { offset });
     }
     if nodes.is_empty() {
         return Err(BlobError::NoRoot);

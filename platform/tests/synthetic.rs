@@ -938,6 +938,66 @@ fn broken_headers_are_invalid_blobs() {
 }
 
 #[test]
+fn version_16_blobs_without_size_dt_struct_parse() {
+    let mut blob = tree(with_gic(|_| {}), |_| {});
+    blob[20..24].copy_from_slice(&16u32.to_be_bytes());
+    // A v16 header ends before size_dt_struct: whatever is there is ignored.
+    blob[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(parse(&blob).model, "synthetic");
+}
+
+#[test]
+fn malformed_structure_blocks_are_invalid_blobs() {
+    let mut b = FdtBuilder::new();
+    for _ in 0..65 {
+        b.begin("n");
+    }
+    for _ in 0..65 {
+        b.end();
+    }
+    assert_eq!(
+        Platform::from_fdt(&b.finish()),
+        Err(PlatformError::InvalidBlob(BlobError::TooDeep))
+    );
+
+    let mut b = FdtBuilder::new();
+    b.string("model", "outside any node");
+    assert_eq!(
+        Platform::from_fdt(&b.finish()),
+        Err(PlatformError::InvalidBlob(BlobError::Misplaced {
+            offset: 0
+        }))
+    );
+
+    let mut b = FdtBuilder::new();
+    b.begin("").end().end();
+    assert_eq!(
+        Platform::from_fdt(&b.finish()),
+        Err(PlatformError::InvalidBlob(BlobError::UnbalancedEnd {
+            offset: 12
+        }))
+    );
+
+    let mut b = FdtBuilder::new();
+    b.begin("").begin("unclosed").end();
+    assert_eq!(
+        Platform::from_fdt(&b.finish()),
+        Err(PlatformError::InvalidBlob(BlobError::Truncated {
+            offset: 28
+        }))
+    );
+
+    let mut b = FdtBuilder::new();
+    b.begin("").end().begin("second-root").end();
+    assert_eq!(
+        Platform::from_fdt(&b.finish()),
+        Err(PlatformError::InvalidBlob(BlobError::Misplaced {
+            offset: 12
+        }))
+    );
+}
+
+#[test]
 fn errors_display_what_is_wrong() {
     let err =
         PlatformError::BadProperty("/pcie@10000000".into(), "bus-range", "start is above end");
