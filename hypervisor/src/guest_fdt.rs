@@ -5,7 +5,7 @@
 use alloc::format;
 use alloc::vec::Vec;
 use platform::{Gic, Region, Timer};
-use vm_fdt::{FdtWriter, Error as FdtError};
+use vm_fdt::{Error as FdtError, FdtWriter};
 
 /// What goes into a VM's device tree.
 #[derive(Debug)]
@@ -71,7 +71,10 @@ pub fn build(desc: &GuestDescription) -> Result<Vec<u8>, FdtError> {
     fdt.end_node(cpus)?;
 
     let psci = fdt.begin_node("psci")?;
-    fdt.property_string_list("compatible", ["arm,psci-1.0", "arm,psci-0.2"].map(Into::into).to_vec())?;
+    fdt.property_string_list(
+        "compatible",
+        ["arm,psci-1.0", "arm,psci-0.2"].map(Into::into).to_vec(),
+    )?;
     fdt.property_string("method", "hvc")?;
     fdt.end_node(psci)?;
 
@@ -84,7 +87,12 @@ pub fn build(desc: &GuestDescription) -> Result<Vec<u8>, FdtError> {
     let timer = fdt.begin_node("timer")?;
     fdt.property_string("compatible", "arm,armv8-timer")?;
     let mut timer_irqs = Vec::new();
-    for intid in [t.secure_phys.unwrap_or(29), t.nonsecure_phys, t.virt, t.hyp_phys.unwrap_or(26)] {
+    for intid in [
+        t.secure_phys.unwrap_or(29),
+        t.nonsecure_phys,
+        t.virt,
+        t.hyp_phys.unwrap_or(26),
+    ] {
         timer_irqs.extend_from_slice(&[GIC_PPI, intid.saturating_sub(16), ppi_flags]);
     }
     fdt.property_array_u32("interrupts", &timer_irqs)?;
@@ -120,13 +128,22 @@ pub fn build(desc: &GuestDescription) -> Result<Vec<u8>, FdtError> {
     fdt.end_node(clock)?;
 
     let uart = fdt.begin_node(&uart_name)?;
-    fdt.property_string_list("compatible", ["arm,pl011", "arm,primecell"].map(Into::into).to_vec())?;
+    fdt.property_string_list(
+        "compatible",
+        ["arm,pl011", "arm,primecell"].map(Into::into).to_vec(),
+    )?;
     fdt.property_array_u32("reg", &cells(&[desc.uart.base, desc.uart.size]))?;
     if let Some(irq) = desc.uart_irq {
-        fdt.property_array_u32("interrupts", &[GIC_SPI, irq.saturating_sub(32), IRQ_LEVEL_HIGH])?;
+        fdt.property_array_u32(
+            "interrupts",
+            &[GIC_SPI, irq.saturating_sub(32), IRQ_LEVEL_HIGH],
+        )?;
     }
     fdt.property_array_u32("clocks", &[CLOCK_PHANDLE, CLOCK_PHANDLE])?;
-    fdt.property_string_list("clock-names", ["uartclk", "apb_pclk"].map(Into::into).to_vec())?;
+    fdt.property_string_list(
+        "clock-names",
+        ["uartclk", "apb_pclk"].map(Into::into).to_vec(),
+    )?;
     fdt.end_node(uart)?;
 
     fdt.end_node(root)?;
@@ -194,9 +211,16 @@ mod tests {
         let gic = tree.find_compatible(&["arm,gic-v3"]).unwrap();
         let regs: Vec<_> = gic.reg().unwrap().collect();
         assert_eq!(regs[1].starting_address as u64, 0x80a_0000);
-        assert_eq!(regs[1].size, Some(2 * 0x2_0000), "one redistributor per vCPU");
+        assert_eq!(
+            regs[1].size,
+            Some(2 * 0x2_0000),
+            "one redistributor per vCPU"
+        );
         let uart = tree.find_compatible(&["arm,pl011"]).unwrap();
-        assert_eq!(uart.reg().unwrap().next().unwrap().starting_address as u64, 0x900_0000);
+        assert_eq!(
+            uart.reg().unwrap().next().unwrap().starting_address as u64,
+            0x900_0000
+        );
         assert_eq!(tree.chosen().stdout().unwrap().name, "pl011@9000000");
     }
 
@@ -230,7 +254,11 @@ mod tests {
             .chunks(4)
             .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        assert_eq!(irqs[6..9], [GIC_PPI, 11, 0x104], "virtual timer PPI 11, cpu mask 1");
+        assert_eq!(
+            irqs[6..9],
+            [GIC_PPI, 11, 0x104],
+            "virtual timer PPI 11, cpu mask 1"
+        );
         assert!(tree.find_compatible(&["arm,cortex-a15-gic"]).is_some());
     }
 }

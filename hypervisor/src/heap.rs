@@ -14,7 +14,7 @@ struct HeapSpace([u8; HEAP_SIZE]);
 
 static mut HEAP_SPACE: HeapSpace = HeapSpace([0; HEAP_SIZE]);
 
-#[cfg_attr(not(test), global_allocator)]
+#[global_allocator]
 static HEAP: LockedHeap<32> = LockedHeap::empty();
 
 /// Hand the .bss heap region to the allocator. Called once by the boot CPU.

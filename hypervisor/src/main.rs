@@ -5,30 +5,37 @@
 //! MMU, then [`primary_main`] discovers the platform from the DTB, builds
 //! the real EL2 tables, creates the VMs described under `/chosen`, starts the
 //! other CPUs and enters the hardware domain.
-#![cfg_attr(not(test), no_std)]
-#![cfg_attr(not(test), no_main)]
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+// On the host only the pure modules are built, for their tests.
+#![cfg_attr(not(target_os = "none"), allow(dead_code))]
 
 extern crate alloc;
 
-#[cfg(target_arch = "aarch64")]
+// Hardware-facing modules exist only on the target; the pure ones below
+// are host-tested.
+#[cfg(target_os = "none")]
 mod arch;
+#[cfg(target_os = "none")]
 mod console;
+#[cfg(target_os = "none")]
 mod drivers;
 mod guest_fdt;
+#[cfg(target_os = "none")]
 mod heap;
 mod memory;
 mod mmio;
 mod smccc;
-#[cfg(target_arch = "aarch64")]
+#[cfg(target_os = "none")]
 mod vm;
 mod vuart;
 
-#[cfg(all(target_arch = "aarch64", not(test)))]
+#[cfg(target_os = "none")]
 mod boot {
     use crate::arch::aarch64::{cpu, firmware, head, mmu, trap};
     use crate::memory::FreeMemory;
     use crate::vm::{self, System};
-    use crate::{console, heap, println};
+    use crate::{console, heap};
     use alloc::vec::Vec;
     use platform::{Gic, Platform, Region};
 
@@ -44,7 +51,7 @@ mod boot {
 
     /// The boot DTB as a slice, if the header is sane.
     fn dtb_slice(dtb: usize) -> Option<&'static [u8]> {
-        if dtb == 0 || dtb % 8 != 0 {
+        if dtb == 0 || !dtb.is_multiple_of(8) {
             return None;
         }
         // SAFETY: the bootstrap map covers the DTB's GiB as Normal memory;
@@ -56,7 +63,7 @@ mod boot {
                 u32::from_be(p.add(1).read_volatile()) as usize,
             )
         };
-        if magic != FDT_MAGIC || size > DTB_MAX || size < 40 {
+        if magic != FDT_MAGIC || !(40..=DTB_MAX).contains(&size) {
             return None;
         }
         // SAFETY: `size` bytes from the header, bounded above; the loader
@@ -78,10 +85,22 @@ mod boot {
         }
         let gic_frames: Vec<Region> = match &platform.gic {
             Gic::V2 {
-                gicd, gicc, gich, gicv, ..
-            } => [Some(*gicd), Some(*gicc), *gich, *gicv].into_iter().flatten().collect(),
+                gicd,
+                gicc,
+                gich,
+                gicv,
+                ..
+            } => [Some(*gicd), Some(*gicc), *gich, *gicv]
+                .into_iter()
+                .flatten()
+                .collect(),
             Gic::V3 {
-                gicd, gicr, gicc, gich, gicv, ..
+                gicd,
+                gicr,
+                gicc,
+                gich,
+                gicv,
+                ..
             } => [Some(*gicd), *gicc, *gich, *gicv]
                 .into_iter()
                 .flatten()
@@ -102,27 +121,42 @@ mod boot {
 
     fn report(sys: &System, image: (u64, u64), free: &FreeMemory) {
         let p = &sys.platform;
-        println!("phv: passthrough hypervisor {}", env!("CARGO_PKG_VERSION"));
-        println!("phv: platform: {}", p.model);
+        log::info!("passthrough hypervisor {}", env!("CARGO_PKG_VERSION"));
+        log::info!("platform: {}", p.model);
         for r in &p.memory {
-            println!("phv: memory {:#x}..{:#x} ({} MiB)", r.base, r.end(), r.size >> 20);
+            log::info!(
+                "memory {:#x}..{:#x} ({} MiB)",
+                r.base,
+                r.end(),
+                r.size >> 20
+            );
         }
         for r in &p.reserved {
-            println!("phv: reserved {:#x}..{:#x}", r.base, r.end());
+            log::info!("reserved {:#x}..{:#x}", r.base, r.end());
         }
-        println!(
-            "phv: image {:#x}..{:#x} ({} KiB with bss)",
+        log::info!(
+            "image {:#x}..{:#x} ({} KiB with bss)",
             image.0,
             image.1,
             (image.1 - image.0) >> 10
         );
         let mpidrs: Vec<u64> = p.cpus.iter().map(|c| c.mpidr).collect();
-        println!("phv: {} CPUs, MPIDRs {:x?}, boot CPU {}", p.cpus.len(), mpidrs, sys.boot_cpu);
+        log::info!(
+            "{} CPUs, MPIDRs {:x?}, boot CPU {}",
+            p.cpus.len(),
+            mpidrs,
+            sys.boot_cpu
+        );
         match &p.gic {
             Gic::V2 {
-                gicd, gicc, gich, gicv, maintenance_irq, ..
-            } => println!(
-                "phv: GICv2 GICD {:#x} GICC {:#x} GICH {:x?} GICV {:x?} maintenance {:?}",
+                gicd,
+                gicc,
+                gich,
+                gicv,
+                maintenance_irq,
+                ..
+            } => log::info!(
+                "GICv2 GICD {:#x} GICC {:#x} GICH {:x?} GICV {:x?} maintenance {:?}",
                 gicd.base,
                 gicc.base,
                 gich.map(|r| r.base),
@@ -130,9 +164,13 @@ mod boot {
                 maintenance_irq
             ),
             Gic::V3 {
-                gicd, gicr, its, maintenance_irq, ..
-            } => println!(
-                "phv: GICv3 GICD {:#x} GICR {:x?} ITS {:x?} maintenance {:?}",
+                gicd,
+                gicr,
+                its,
+                maintenance_irq,
+                ..
+            } => log::info!(
+                "GICv3 GICD {:#x} GICR {:x?} ITS {:x?} maintenance {:?}",
                 gicd.base,
                 gicr.iter().map(|r| r.base).collect::<Vec<_>>(),
                 its.iter().map(|r| r.base).collect::<Vec<_>>(),
@@ -140,22 +178,27 @@ mod boot {
             ),
         }
         if let Some(u) = &p.uart {
-            println!("phv: UART {} at {:#x} irq {:?}", u.compatible, u.region.base, u.irq);
+            log::info!(
+                "UART {} at {:#x} irq {:?}",
+                u.compatible,
+                u.region.base,
+                u.irq
+            );
         }
         let t = &p.timer;
-        println!(
-            "phv: timer INTIDs phys {} virt {} hyp {:?}, counter {} Hz",
+        log::info!(
+            "timer INTIDs phys {} virt {} hyp {:?}, counter {} Hz",
             t.nonsecure_phys,
             t.virt,
             t.hyp_phys,
             counter_frequency()
         );
         if let Some(psci) = &p.psci {
-            println!("phv: PSCI {} via {:?}", psci.compatible, psci.conduit);
+            log::info!("PSCI {} via {:?}", psci.compatible, psci.conduit);
         }
         for b in &p.pci_host_bridges {
-            println!(
-                "phv: PCIe {:04x} {} {:?} config {:#x} (+{:#x}) buses {}..={} windows {} INTx routes {}",
+            log::info!(
+                "PCIe {:04x} {} {:?} config {:#x} (+{:#x}) buses {}..={} windows {} INTx routes {}",
                 b.segment,
                 b.compatible,
                 b.access,
@@ -167,8 +210,8 @@ mod boot {
                 b.intx_map.len()
             );
             for w in &b.windows {
-                println!(
-                    "phv:   {:?}{} cpu {:#x} pci {:#x} size {:#x}",
+                log::info!(
+                    "  {:?}{} cpu {:#x} pci {:#x} size {:#x}",
                     w.kind,
                     if w.prefetchable { " prefetchable" } else { "" },
                     w.cpu_base,
@@ -178,10 +221,14 @@ mod boot {
             }
         }
         for vm in &sys.vms {
-            println!(
-                "phv: VM {}{}: RAM {:#x}..{:#x} ({} MiB), vCPUs on CPUs {:?}",
+            log::info!(
+                "VM {}{}: RAM {:#x}..{:#x} ({} MiB), vCPUs on CPUs {:?}",
                 vm.name,
-                if vm.hardware_domain { " (hardware domain)" } else { "" },
+                if vm.hardware_domain {
+                    " (hardware domain)"
+                } else {
+                    ""
+                },
                 vm.ram.base,
                 vm.ram.end(),
                 vm.ram.size >> 20,
@@ -189,8 +236,8 @@ mod boot {
             );
         }
         let (used, total) = heap::usage();
-        println!(
-            "phv: free memory {} MiB, heap {} KiB of {} KiB used",
+        log::info!(
+            "free memory {} MiB, heap {} KiB of {} KiB used",
             free.total() >> 20,
             used >> 10,
             total >> 10
@@ -218,18 +265,20 @@ mod boot {
         match &platform.uart {
             // SAFETY: the bootstrap map covers all devices as Device memory;
             // the hypervisor owns the console UART.
-            Some(u) if u.compatible.contains("pl011") => unsafe { console::init(u.region.base as usize) },
+            Some(u) if u.compatible.contains("pl011") => unsafe {
+                console::init(u.region.base as usize)
+            },
             _ => park(),
         }
         let dtb_region = Region::new(dtb as u64, blob.len() as u64);
         if let Err(e) = el2_map(&platform, dtb_region) {
-            println!("phv: cannot build EL2 tables: {e:?}");
+            log::error!("cannot build EL2 tables: {e:?}");
             park();
         }
 
         let me = cpu::mpidr();
         let Some(boot_cpu) = platform.cpus.iter().position(|c| c.mpidr == me) else {
-            println!("phv: boot CPU MPIDR {me:#x} is not in the DTB");
+            log::error!("boot CPU MPIDR {me:#x} is not in the DTB");
             park();
         };
         // The boot CPU is logical CPU `boot_cpu` from now on.
@@ -243,13 +292,13 @@ mod boot {
         let mut free = FreeMemory::new(&platform.memory, &reserved);
 
         if platform.vms.is_empty() {
-            println!("phv: no VMs under /chosen: nothing to run");
+            log::error!("no VMs under /chosen: nothing to run");
             park();
         }
         let (vms, pins) = match vm::create_vms(&platform, &mut free, boot_cpu) {
             Ok(v) => v,
             Err((name, e)) => {
-                println!("phv: cannot create VM {name}: {e:?}");
+                log::error!("cannot create VM {name}: {e}");
                 park();
             }
         };
@@ -260,6 +309,15 @@ mod boot {
             boot_cpu,
         });
         report(sys, image, &free);
+        match cpu::El1Context::self_test() {
+            Ok(()) => {
+                log::info!("vCPU context save/restore checked: EL1 system registers and FP/SIMD")
+            }
+            Err(i) => {
+                log::error!("vCPU context save/restore broken at register {i}");
+                park();
+            }
+        }
 
         cpu::init_el2(mmu::vtcr());
         let conduit = sys.platform.psci.as_ref().map(|p| p.conduit);
@@ -268,12 +326,14 @@ mod boot {
                 continue;
             }
             let Some(conduit) = conduit else {
-                println!("phv: no PSCI to start CPU {index}");
+                log::error!("no PSCI to start CPU {index}");
                 park();
             };
-            let entry = head::secondary_entry as usize as u64;
-            if let Err(e) = firmware::cpu_on(conduit, sys.platform.cpus[index].mpidr, entry, index as u64) {
-                println!("phv: starting CPU {index} failed: {e:?}");
+            let entry = head::secondary_entry as *const () as u64;
+            if let Err(e) =
+                firmware::cpu_on(conduit, sys.platform.cpus[index].mpidr, entry, index as u64)
+            {
+                log::error!("starting CPU {index} failed: {e:?}");
             }
         }
         console::flush();
@@ -289,7 +349,12 @@ mod boot {
     }
 }
 
-#[cfg(not(test))]
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("the hypervisor runs at EL2 on aarch64: build it with `cargo xtask build`");
+}
+
+#[cfg(target_os = "none")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     console::print(format_args!("phv: PANIC: {info}\n"));

@@ -81,10 +81,6 @@ impl FreeMemory {
     pub fn total(&self) -> u64 {
         self.free.iter().map(|r| r.size).sum()
     }
-
-    pub fn ranges(&self) -> &[Region] {
-        &self.free
-    }
 }
 
 #[cfg(test)]
@@ -102,7 +98,7 @@ mod tests {
         ];
         let free = FreeMemory::new(&ram, &reserved);
         assert_eq!(
-            free.ranges(),
+            free.free,
             [
                 Region::new(0x4000_0000, 2 * MIB),
                 Region::new(0x4060_0000, 0x4800_0000 - 0x4060_0000),
@@ -125,7 +121,10 @@ mod tests {
             free.allocate(512 * MIB, 2 * MIB),
             Err(MemoryError::Exhausted { size: 512 * MIB })
         );
-        assert_eq!(free.allocate(0, 2 * MIB), Err(MemoryError::Exhausted { size: 0 }));
+        assert_eq!(
+            free.allocate(0, 2 * MIB),
+            Err(MemoryError::Exhausted { size: 0 })
+        );
     }
 
     #[test]
@@ -134,7 +133,10 @@ mod tests {
         let mut free = FreeMemory::new(&ram, &[Region::new(0x4000_0000, 4 * MIB)]);
         assert_eq!(
             free.claim(0x4000_0000, 2 * MIB),
-            Err(MemoryError::NotFree { base: 0x4000_0000, size: 2 * MIB })
+            Err(MemoryError::NotFree {
+                base: 0x4000_0000,
+                size: 2 * MIB
+            })
         );
         assert!(free.claim(0x4800_0000, 16 * MIB).is_ok());
         assert!(free.claim(0x4800_0000, 2 * MIB).is_err(), "claimed twice");

@@ -53,10 +53,8 @@ pub enum DecodeError {
 
 pub mod esr {
     pub const EC_SHIFT: u32 = 26;
-    pub const EC_WFX: u64 = 0x01;
     pub const EC_HVC64: u64 = 0x16;
     pub const EC_SMC64: u64 = 0x17;
-    pub const EC_SYSREG: u64 = 0x18;
     pub const EC_IABT_LOW: u64 = 0x20;
     pub const EC_DABT_LOW: u64 = 0x24;
 
@@ -70,7 +68,6 @@ pub mod esr {
     pub const CM: u64 = 1 << 8;
     pub const S1PTW: u64 = 1 << 7;
     pub const WNR: u64 = 1 << 6;
-    pub const IL: u64 = 1 << 25;
 
     pub const fn class(esr: u64) -> u64 {
         (esr >> EC_SHIFT) & 0x3f
@@ -196,10 +193,6 @@ impl MmioMap {
             (offset.checked_add(width.bytes())? <= r.size).then_some((*r, offset))
         })
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = &MmioRegion> {
-        self.regions.iter().flatten()
-    }
 }
 
 #[cfg(test)]
@@ -214,7 +207,7 @@ mod tests {
             | if sse { esr::SSE } else { 0 }
             | if sf { esr::SF } else { 0 }
             | (esr::EC_DABT_LOW << esr::EC_SHIFT)
-            | esr::IL
+            | (1 << 25)
     }
 
     #[test]
@@ -285,7 +278,11 @@ mod tests {
         map.add(uart).unwrap();
         assert_eq!(map.add(uart), Err(MmioMapError::Overlap));
         assert_eq!(map.find(0x900_0018, Width::Word), Some((uart, 0x18)));
-        assert_eq!(map.find(0x900_0ffc, Width::Double), None, "straddles the end");
+        assert_eq!(
+            map.find(0x900_0ffc, Width::Double),
+            None,
+            "straddles the end"
+        );
         assert_eq!(map.find(0x8ff_fffc, Width::Word), None);
         for i in 1..MAX_MMIO_REGIONS as u64 {
             map.add(MmioRegion {

@@ -9,7 +9,6 @@ use smccc::psci;
 /// SMCCC return codes.
 pub const SUCCESS: u64 = 0;
 pub const NOT_SUPPORTED: u64 = -1i64 as u64;
-pub const NOT_REQUIRED: u64 = -2i64 as u64;
 pub const INVALID_PARAMETER: u64 = -3i64 as u64;
 
 /// PSCI return codes.
@@ -17,7 +16,6 @@ pub mod psci_ret {
     pub const SUCCESS: u64 = 0;
     pub const NOT_SUPPORTED: u64 = -1i64 as u64;
     pub const INVALID_PARAMETERS: u64 = -2i64 as u64;
-    pub const DENIED: u64 = -3i64 as u64;
     pub const ALREADY_ON: u64 = -4i64 as u64;
     pub const ON_PENDING: u64 = -5i64 as u64;
     pub const INVALID_ADDRESS: u64 = -9i64 as u64;
@@ -71,7 +69,6 @@ pub enum CpuOnError {
 
 /// What the dispatcher needs from the calling VM.
 pub trait HypercallHost {
-    fn is_hardware_domain(&self) -> bool;
     /// The vCPU with this MPIDR affinity value, if the VM has one.
     fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize>;
     fn vcpu_power(&self, vcpu: usize) -> VcpuPower;
@@ -214,7 +211,6 @@ mod tests {
 
     #[derive(Default)]
     struct FakeVm {
-        hwdom: bool,
         power: Vec<VcpuPower>,
         console: Vec<u8>,
         failed: Option<u64>,
@@ -222,9 +218,6 @@ mod tests {
     }
 
     impl HypercallHost for FakeVm {
-        fn is_hardware_domain(&self) -> bool {
-            self.hwdom
-        }
         fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize> {
             (mpidr < self.power.len() as u64).then_some(mpidr as usize)
         }
@@ -235,7 +228,7 @@ mod tests {
             match self.power[vcpu] {
                 VcpuPower::On => Err(CpuOnError::AlreadyOn),
                 VcpuPower::OnPending => Err(CpuOnError::OnPending),
-                VcpuPower::Off if entry % 4 != 0 => Err(CpuOnError::InvalidAddress),
+                VcpuPower::Off if !entry.is_multiple_of(4) => Err(CpuOnError::InvalidAddress),
                 VcpuPower::Off => {
                     self.power[vcpu] = VcpuPower::OnPending;
                     self.started.push((vcpu, entry, ctx));
@@ -270,8 +263,14 @@ mod tests {
         assert_eq!(call(&mut vm, &[0x8000_0000]), ret(0x1_0002));
         assert_eq!(call(&mut vm, &[0x8400_0000]), ret(0x1_0001));
         assert_eq!(call(&mut vm, &[0x8400_000A, 0xC400_0003]), ret(0));
-        assert_eq!(call(&mut vm, &[0x8400_000A, 0xC400_0001]), ret(NOT_SUPPORTED));
-        assert_eq!(call(&mut vm, &[0x8000_0001, 0x8000_8000]), ret(NOT_SUPPORTED));
+        assert_eq!(
+            call(&mut vm, &[0x8400_000A, 0xC400_0001]),
+            ret(NOT_SUPPORTED)
+        );
+        assert_eq!(
+            call(&mut vm, &[0x8000_0001, 0x8000_8000]),
+            ret(NOT_SUPPORTED)
+        );
         assert_eq!(call(&mut vm, &[0x8400_0006]), ret(2));
     }
 
@@ -280,13 +279,28 @@ mod tests {
         let mut vm = two_vcpus();
         assert_eq!(call(&mut vm, &[0xC400_0004, 1, 0]), ret(1), "vCPU 1 off");
         assert_eq!(call(&mut vm, &[0xC400_0004, 0, 0]), ret(0), "vCPU 0 on");
-        assert_eq!(call(&mut vm, &[0xC400_0004, 0, 1]), ret(psci_ret::INVALID_PARAMETERS));
-        assert_eq!(call(&mut vm, &[0xC400_0003, 7, 0x4000, 0]), ret(psci_ret::INVALID_PARAMETERS));
-        assert_eq!(call(&mut vm, &[0xC400_0003, 0, 0x4000, 0]), ret(psci_ret::ALREADY_ON));
-        assert_eq!(call(&mut vm, &[0xC400_0003, 1, 0x4002, 0]), ret(psci_ret::INVALID_ADDRESS));
+        assert_eq!(
+            call(&mut vm, &[0xC400_0004, 0, 1]),
+            ret(psci_ret::INVALID_PARAMETERS)
+        );
+        assert_eq!(
+            call(&mut vm, &[0xC400_0003, 7, 0x4000, 0]),
+            ret(psci_ret::INVALID_PARAMETERS)
+        );
+        assert_eq!(
+            call(&mut vm, &[0xC400_0003, 0, 0x4000, 0]),
+            ret(psci_ret::ALREADY_ON)
+        );
+        assert_eq!(
+            call(&mut vm, &[0xC400_0003, 1, 0x4002, 0]),
+            ret(psci_ret::INVALID_ADDRESS)
+        );
         assert_eq!(call(&mut vm, &[0xC400_0003, 1, 0x4000, 0x55]), ret(0));
         assert_eq!(vm.started, std::vec![(1, 0x4000, 0x55)]);
-        assert_eq!(call(&mut vm, &[0xC400_0003, 1, 0x4000, 0]), ret(psci_ret::ON_PENDING));
+        assert_eq!(
+            call(&mut vm, &[0xC400_0003, 1, 0x4000, 0]),
+            ret(psci_ret::ON_PENDING)
+        );
         assert_eq!(call(&mut vm, &[0xC400_0004, 1, 0]), ret(2));
     }
 
@@ -295,7 +309,10 @@ mod tests {
         let mut vm = two_vcpus();
         // CPU_ON_32 with junk in the upper half of the target and entry.
         let junk = 0xdead_beef_0000_0000;
-        assert_eq!(call(&mut vm, &[0x8400_0003, junk | 1, junk | 0x4000, 0]), ret(0));
+        assert_eq!(
+            call(&mut vm, &[0x8400_0003, junk | 1, junk | 0x4000, 0]),
+            ret(0)
+        );
         assert_eq!(vm.started, std::vec![(1, 0x4000, 0)]);
     }
 
@@ -313,10 +330,22 @@ mod tests {
         let word = u64::from_le_bytes(*b"hello, w");
         assert_eq!(call(&mut vm, &[0xC600_0001, 5, word]), ret(5));
         assert_eq!(vm.console, b"hello");
-        assert_eq!(call(&mut vm, &[0xC600_0001, 49, word]), ret(INVALID_PARAMETER));
-        assert_eq!(call(&mut vm, &[0xC600_0001, u64::MAX]), ret(INVALID_PARAMETER));
+        assert_eq!(
+            call(&mut vm, &[0xC600_0001, 49, word]),
+            ret(INVALID_PARAMETER)
+        );
+        assert_eq!(
+            call(&mut vm, &[0xC600_0001, u64::MAX]),
+            ret(INVALID_PARAMETER)
+        );
         assert_eq!(vm.console, b"hello", "rejected calls print nothing");
-        assert_eq!(call(&mut vm, &[0xC600_0001, 48, word, word, word, word, word, word]), ret(48));
+        assert_eq!(
+            call(
+                &mut vm,
+                &[0xC600_0001, 48, word, word, word, word, word, word]
+            ),
+            ret(48)
+        );
         assert_eq!(vm.console.len(), 53);
     }
 
@@ -325,7 +354,11 @@ mod tests {
         let mut vm = two_vcpus();
         assert_eq!(call(&mut vm, &[0xC600_00FF]), ret(NOT_SUPPORTED));
         assert_eq!(call(&mut vm, &[0x8500_FF01]), ret(NOT_SUPPORTED));
-        assert_eq!(call(&mut vm, &[0x0400_0000]), ret(NOT_SUPPORTED), "yielding call");
+        assert_eq!(
+            call(&mut vm, &[0x0400_0000]),
+            ret(NOT_SUPPORTED),
+            "yielding call"
+        );
         assert_eq!(call(&mut vm, &[0x8400_00FF]), ret(psci_ret::NOT_SUPPORTED));
         assert_eq!(call(&mut vm, &[0xBF00_0000]), ret(NOT_SUPPORTED));
     }
@@ -333,7 +366,10 @@ mod tests {
     #[test]
     fn vendor_queries_and_test_fail() {
         let mut vm = two_vcpus();
-        assert_eq!(call(&mut vm, &[0x8600_FF01]), Outcome::Return(vendor::UID_WORDS));
+        assert_eq!(
+            call(&mut vm, &[0x8600_FF01]),
+            Outcome::Return(vendor::UID_WORDS)
+        );
         assert_eq!(call(&mut vm, &[0x8600_FF00]), ret(vendor::COUNT));
         assert_eq!(call(&mut vm, &[0xC600_0002, 7]), ret(0));
         assert_eq!(vm.failed, Some(7));

@@ -14,7 +14,7 @@ use crate::smccc::{self, CpuOnError, HypercallHost, Outcome, VcpuPower};
 use crate::vuart::VirtualUart;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use platform::{ExitMethod, Platform, Region, VmConfig};
 use spin::{Mutex, Once};
 
@@ -63,7 +63,13 @@ pub struct Vm {
     uart: Mutex<VirtualUart>,
     pub vcpus: Vec<Vcpu>,
     stopped: AtomicBool,
+    /// Faults logged so far: a guest that faults in a loop must not flood
+    /// the console and slow everyone else down.
+    faults_logged: AtomicU32,
 }
+
+/// Fault log lines per VM before further ones are counted, not printed.
+const FAULT_LOG_LIMIT: u32 = 16;
 
 /// Everything the hypervisor runs with, fixed after boot.
 #[derive(Debug)]
@@ -72,7 +78,7 @@ pub struct System {
     pub vms: Vec<Vm>,
     /// For each physical CPU (index into `platform.cpus`): the vCPU pinned to
     /// it as (VM index, vCPU index).
-    pub pins: Vec<Option<(usize, usize)>>,
+    pub pins: Pins,
     pub boot_cpu: usize,
 }
 
@@ -80,18 +86,53 @@ pub static SYSTEM: Once<System> = Once::new();
 /// A VM reported a failure (TEST_FAIL) or had to be stopped.
 static FAILED: AtomicBool = AtomicBool::new(false);
 
+/// Physical CPU -> (VM index, vCPU index) pinned to it.
+pub type Pins = Vec<Option<(usize, usize)>>;
+
 /// Why a VM could not be built.
 #[derive(Debug)]
 pub enum VmError {
     Memory(MemoryError),
     /// The kernel image does not fit the VM's RAM.
-    ImageTooLarge { image: u64, room: u64 },
+    ImageTooLarge {
+        image: u64,
+        room: u64,
+    },
     Fdt(vm_fdt::Error),
     DtbTooLarge(usize),
     Stage2(mmu::MapError),
     /// More vCPUs than free physical CPUs.
-    NotEnoughCpus { wanted: usize, free: usize },
+    NotEnoughCpus {
+        wanted: usize,
+        free: usize,
+    },
     NoUart,
+}
+
+impl core::fmt::Display for VmError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Memory(MemoryError::Exhausted { size }) => {
+                write!(f, "no free memory for {} MiB of RAM", size >> 20)
+            }
+            Self::Memory(MemoryError::NotFree { base, size }) => {
+                write!(f, "memory {base:#x}+{size:#x} is not free RAM")
+            }
+            Self::ImageTooLarge { image, room } => {
+                write!(
+                    f,
+                    "kernel image needs {image:#x} bytes, RAM has {room:#x} after the load address"
+                )
+            }
+            Self::Fdt(e) => write!(f, "cannot build its device tree: {e:?}"),
+            Self::DtbTooLarge(n) => write!(f, "its device tree is too large ({n} bytes)"),
+            Self::Stage2(e) => write!(f, "cannot build stage-2 tables: {:?}", e.0),
+            Self::NotEnoughCpus { wanted, free } => {
+                write!(f, "needs {wanted} physical CPUs, the platform has {free}")
+            }
+            Self::NoUart => write!(f, "the platform has no console UART to emulate"),
+        }
+    }
 }
 
 /// Where an arm64 Image wants to be placed: (text_offset, image_size), or
@@ -126,7 +167,10 @@ impl Vm {
         // SAFETY: the module region is RAM the loader filled, identity
         // mapped, reserved from allocation; nothing writes it.
         let image = unsafe {
-            core::slice::from_raw_parts(config.kernel.base as *const u8, config.kernel.size as usize)
+            core::slice::from_raw_parts(
+                config.kernel.base as *const u8,
+                config.kernel.size as usize,
+            )
         };
         let (text_offset, image_size) = image_header(image).unwrap_or((0, 0));
         let load = ram.base + KERNEL_OFFSET + text_offset;
@@ -186,6 +230,7 @@ impl Vm {
                 })
                 .collect(),
             stopped: AtomicBool::new(false),
+            faults_logged: AtomicU32::new(0),
         };
         // The stage-2 tables must outlive the VM: they live as long as the
         // system does.
@@ -206,7 +251,11 @@ impl Vm {
                 self.entry as *mut u8,
                 self.image.size as usize,
             );
-            core::ptr::copy_nonoverlapping(self.dtb.as_ptr(), self.ram.base as *mut u8, self.dtb.len());
+            core::ptr::copy_nonoverlapping(
+                self.dtb.as_ptr(),
+                self.ram.base as *mut u8,
+                self.dtb.len(),
+            );
         }
         mmu::clean_dcache_range(self.entry, self.image.size);
         mmu::clean_dcache_range(self.ram.base, self.dtb.len() as u64);
@@ -215,6 +264,16 @@ impl Vm {
             v0.set_power(VcpuPower::OnPending);
         }
         cpu::send_event();
+    }
+
+    /// Whether to log another fault of this VM (and say so once when the
+    /// limit is reached).
+    fn log_fault(&self) -> bool {
+        let n = self.faults_logged.fetch_add(1, Ordering::Relaxed);
+        if n == FAULT_LOG_LIMIT {
+            log::warn!("{}: further faults are not logged", self.name);
+        }
+        n < FAULT_LOG_LIMIT
     }
 
     fn emit_line(&self, line: &[u8]) {
@@ -228,9 +287,9 @@ pub fn create_vms(
     platform: &Platform,
     free: &mut FreeMemory,
     boot_cpu: usize,
-) -> Result<(Vec<Vm>, Vec<Option<(usize, usize)>>), (String, VmError)> {
+) -> Result<(Vec<Vm>, Pins), (String, VmError)> {
     let ncpus = platform.cpus.len();
-    let mut pins: Vec<Option<(usize, usize)>> = alloc::vec![None; ncpus];
+    let mut pins: Pins = alloc::vec![None; ncpus];
     let mut order: Vec<usize> = (0..platform.vms.len()).collect();
     // The hardware domain first, so it gets the boot CPU.
     order.sort_by_key(|&i| !platform.vms[i].hardware_domain);
@@ -344,9 +403,6 @@ struct Caller<'a> {
 }
 
 impl HypercallHost for Caller<'_> {
-    fn is_hardware_domain(&self) -> bool {
-        self.vm.hardware_domain
-    }
     fn vcpu_by_mpidr(&self, mpidr: u64) -> Option<usize> {
         // Our vCPUs have Aff0 = index and nothing above.
         let index = usize::try_from(mpidr).ok()?;
@@ -357,7 +413,7 @@ impl HypercallHost for Caller<'_> {
     }
     fn cpu_on(&mut self, vcpu: usize, entry: u64, context_id: u64) -> Result<(), CpuOnError> {
         let target = self.vm.vcpus.get(vcpu).ok_or(CpuOnError::NoSuchCpu)?;
-        if !self.vm.ram.contains(entry) || entry % 4 != 0 {
+        if !self.vm.ram.contains(entry) || !entry.is_multiple_of(4) {
             return Err(CpuOnError::InvalidAddress);
         }
         let mut boot = target.boot.lock();
@@ -399,20 +455,24 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
         esr::EC_DABT_LOW => data_abort(vm, vcpu, frame, syn),
         esr::EC_IABT_LOW => {
             let ipa = fault_ipa(syn.hpfar, syn.far);
-            log::warn!(
-                "{} vCPU {vcpu}: instruction fetch from IPA {ipa:#x} outside its memory at {:#x}; external abort injected",
-                vm.name,
-                frame.elr
-            );
+            if vm.log_fault() {
+                log::warn!(
+                    "{} vCPU {vcpu}: instruction fetch from IPA {ipa:#x} outside its memory at {:#x}; external abort injected",
+                    vm.name,
+                    frame.elr
+                );
+            }
             cpu::inject_sync(frame, Injected::InstructionAbort, syn.far);
         }
         ec => {
-            log::warn!(
-                "{} vCPU {vcpu}: unexpected trap EC {ec:#x} (ESR {:#x}) at {:#x}; undefined instruction injected",
-                vm.name,
-                syn.esr,
-                frame.elr
-            );
+            if vm.log_fault() {
+                log::warn!(
+                    "{} vCPU {vcpu}: unexpected trap EC {ec:#x} (ESR {:#x}) at {:#x}; undefined instruction injected",
+                    vm.name,
+                    syn.esr,
+                    frame.elr
+                );
+            }
             cpu::inject_sync(frame, Injected::Undefined, 0);
         }
     }
@@ -445,7 +505,10 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
                 .enumerate()
                 .any(|(i, v)| i != vcpu && v.power() != VcpuPower::Off);
             if others_on {
-                log::warn!("{} reset with other vCPUs running: powered off instead", vm.name);
+                log::warn!(
+                    "{} reset with other vCPUs running: powered off instead",
+                    vm.name
+                );
                 stop_vm(vm, vcpu);
             }
             log::info!("{} restarts", vm.name);
@@ -502,25 +565,35 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
     let access = match MmioAccess::decode(syn.esr, ipa) {
         Ok(a) => a,
         Err(why) => {
-            log::warn!(
-                "{} vCPU {vcpu}: data abort at IPA {ipa:#x} (pc {:#x}) cannot be emulated ({why:?}); external abort injected",
-                vm.name,
-                frame.elr
-            );
+            if vm.log_fault() {
+                log::warn!(
+                    "{} vCPU {vcpu}: data abort at IPA {ipa:#x} (pc {:#x}) cannot be emulated ({why:?}); external abort injected",
+                    vm.name,
+                    frame.elr
+                );
+            }
             let write = syn.esr & esr::WNR != 0;
             cpu::inject_sync(frame, Injected::DataAbort { write }, syn.far);
             return;
         }
     };
     let Some((region, offset)) = vm.mmio.find(ipa, access.width) else {
-        log::warn!(
-            "{} vCPU {vcpu}: {} of {} bytes at IPA {ipa:#x} (pc {:#x}) hits nothing it owns; external abort injected",
-            vm.name,
-            if access.write { "write" } else { "read" },
-            access.width.bytes(),
-            frame.elr
+        if vm.log_fault() {
+            log::warn!(
+                "{} vCPU {vcpu}: {} of {} bytes at IPA {ipa:#x} (pc {:#x}) hits nothing it owns; external abort injected",
+                vm.name,
+                if access.write { "write" } else { "read" },
+                access.width.bytes(),
+                frame.elr
+            );
+        }
+        cpu::inject_sync(
+            frame,
+            Injected::DataAbort {
+                write: access.write,
+            },
+            syn.far,
         );
-        cpu::inject_sync(frame, Injected::DataAbort { write: access.write }, syn.far);
         return;
     };
     match region.device {

@@ -63,7 +63,7 @@ impl VirtualUart {
             UARTIFLS => self.ifls,
             UARTIMSC => self.imsc,
             UARTDR | UARTRIS | UARTMIS => 0,
-            0xfe0..=0xffc if offset % 4 == 0 => ID_REGS[((offset - 0xfe0) / 4) as usize],
+            0xfe0..=0xffc if offset.is_multiple_of(4) => ID_REGS[((offset - 0xfe0) / 4) as usize],
             _ => 0,
         }
     }

@@ -3,8 +3,8 @@
 //! aarch64-paging.
 
 use super::head::{MAIR_EL2_VALUE, SCTLR_EL2_MMU_ON, SECONDARY_BOOT, SecondaryBoot};
-use aarch64_paging::idmap::IdMap;
 use aarch64_paging::descriptor::{El23Attributes, PhysicalAddress, Stage2Attributes};
+use aarch64_paging::idmap::IdMap;
 use aarch64_paging::paging::{El2, MemoryRegion, Stage2};
 use platform::Region;
 
@@ -57,15 +57,11 @@ impl El2Map {
     }
 
     pub fn map_normal(&mut self, r: Region) -> Result<(), MapError> {
-        self.map
-            .map_range(&region(r), EL2_NORMAL)
-            .map_err(MapError)
+        self.map.map_range(&region(r), EL2_NORMAL).map_err(MapError)
     }
 
     pub fn map_device(&mut self, r: Region) -> Result<(), MapError> {
-        self.map
-            .map_range(&region(r), EL2_DEVICE)
-            .map_err(MapError)
+        self.map.map_range(&region(r), EL2_DEVICE).map_err(MapError)
     }
 
     /// Switch this CPU from the bootstrap tables to these, and record the
