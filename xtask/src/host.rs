@@ -26,6 +26,10 @@ pub const SUITES: &[Suite] = &[
         args: &["test", "-p", "hypervisor"],
     },
     Suite {
+        name: "test-guests",
+        args: &["test", "-p", "test-guests"],
+    },
+    Suite {
         name: "xtask",
         args: &["test", "-p", "xtask"],
     },

@@ -1,8 +1,12 @@
-#![cfg_attr(not(test), no_std)]
-#![cfg_attr(not(test), no_main)]
+//! The test guest: one image, the test chosen by `test=NAME` in its bootargs.
+//! See tests-qemu/README.md for the tests and their arguments.
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
+#[cfg(target_os = "none")]
+mod tests;
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("test-guest is a bare-metal image: build it with --target aarch64-unknown-none");
 }
