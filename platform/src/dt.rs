@@ -363,16 +363,14 @@ impl<'a> DeviceTree<'a> {
                 let base = self.translate(parent, address)?;
                 let size = u64::try_from(size)
                     .map_err(|_| self.bad(id, "reg", "size does not fit in 64 bits"))?;
-                if base.checked_add(size).is_none() && size != 0 {
-                    // A region ending exactly at 2^64 is representable by Region::end (saturating),
-                    // anything beyond is a malformed tree.
-                    if base.wrapping_add(size) != 0 {
-                        return Err(self.bad(
-                            id,
-                            "reg",
-                            "region wraps past the end of the address space",
-                        ));
-                    }
+                // A region may end exactly at 2^64 (Region::end saturates there);
+                // one that would go beyond is a malformed tree.
+                if u128::from(base) + u128::from(size) > 1u128 << 64 {
+                    return Err(self.bad(
+                        id,
+                        "reg",
+                        "region wraps past the end of the address space",
+                    ));
                 }
                 Ok(Region::new(base, size))
             })
@@ -468,8 +466,15 @@ impl<'a> DeviceTree<'a> {
     }
 
     pub fn interrupt_cells(&self, controller: NodeId) -> Result<u32, PlatformError> {
-        self.prop_u32(controller, "#interrupt-cells")?
-            .ok_or_else(|| self.missing(controller, "#interrupt-cells"))
+        let cells = self
+            .prop_u32(controller, "#interrupt-cells")?
+            .ok_or_else(|| self.missing(controller, "#interrupt-cells"))?;
+        // Real controllers use 1 to 4. The bound also keeps a hostile value
+        // from sizing an allocation (the default interrupt-map-mask).
+        if cells > MAX_INTERRUPT_CELLS {
+            return Err(self.bad(controller, "#interrupt-cells", "more than 8 cells"));
+        }
+        Ok(cells)
     }
 
     /// The node's interrupts as (interrupt parent, specifier) pairs, from
@@ -660,6 +665,8 @@ impl<'a> DeviceTree<'a> {
             .collect()
     }
 }
+
+const MAX_INTERRUPT_CELLS: u32 = 8;
 
 /// How many `interrupt-map` nexuses an interrupt may pass before we call it a loop.
 const MAX_NEXUS_HOPS: usize = 8;

@@ -5,7 +5,7 @@
 //! [`VmConfig`]s come from the dom0less-style nodes under `/chosen`
 //! (see `docs/interfaces.md`).
 //!
-//! The blob is parsed by our own bounds-checked reader ([`blob`]) rather than
+//! The blob is parsed by our own bounds-checked reader (`src/blob.rs`) rather than
 //! the `fdt` crate, which panics on malformed input: the boot DTB is input
 //! this crate must survive whatever it contains.
 #![no_std]

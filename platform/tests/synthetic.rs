@@ -688,6 +688,34 @@ fn device_behind_an_interrupt_nexus_resolves_to_the_gic() {
 }
 
 #[test]
+fn absurd_interrupt_cells_are_refused_not_allocated() {
+    let blob = tree(
+        with_gic(|b| {
+            b.begin("bus")
+                .cells("#address-cells", &[1])
+                .cells("#size-cells", &[1])
+                .empty("ranges");
+            b.cells("#interrupt-cells", &[u32::MAX])
+                .cells("interrupt-map", &[0, 5, GIC_PHANDLE, 0, 5, 4]);
+            b.begin("serial@90000")
+                .string("compatible", "arm,pl011")
+                .cells("reg", &[0x9_0000, 0x1000]);
+            b.cells("interrupts", &[5]).end();
+            b.end();
+        }),
+        |_| {},
+    );
+    assert_eq!(
+        Platform::from_fdt(&blob),
+        Err(PlatformError::BadProperty(
+            "/bus".into(),
+            "#interrupt-cells",
+            "more than 8 cells"
+        ))
+    );
+}
+
+#[test]
 fn timer_interrupt_names_override_the_positional_order() {
     let mut b = FdtBuilder::new();
     b.begin("")
