@@ -7,6 +7,7 @@ extern crate alloc;
 
 pub mod addr;
 pub mod caps;
+mod fnmap;
 pub mod port;
 pub mod regs;
 #[cfg(feature = "sim")]

@@ -28,6 +28,7 @@ use core::ops::RangeInclusive;
 
 use crate::addr::Bdf;
 use crate::caps::{CapError, CapOffsets};
+use crate::fnmap::FnMap;
 use crate::port::ConfigPort;
 use crate::regs::*;
 use crate::reset::{MethodList, ResetQuirk};
@@ -261,7 +262,7 @@ enum Placement {
 #[derive(Debug)]
 pub struct Topology {
     pub(crate) config: TopologyConfig,
-    pub(crate) fns: BTreeMap<Bdf, Function>,
+    pub(crate) fns: FnMap<Function>,
     orphans: BTreeMap<Bdf, Function>,
     /// (segment << 8 | secondary bus) -> attached bridge.
     bus_owner: BTreeMap<u32, Bdf>,
@@ -284,7 +285,7 @@ impl Topology {
     pub fn new(config: TopologyConfig) -> Self {
         Self {
             config,
-            fns: BTreeMap::new(),
+            fns: FnMap::default(),
             orphans: BTreeMap::new(),
             bus_owner: BTreeMap::new(),
             vf_ranges: BTreeMap::new(),
@@ -590,7 +591,7 @@ impl Topology {
     /// Checks the tree's structural invariants; returns the first violation.
     /// Used by tests and the fuzzer.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
-        for (&b, f) in &self.fns {
+        for (&b, f) in self.fns.iter() {
             let hb = self.host_bridge(b).map_err(|_| "function outside host bridges")?;
             let (lo, hi) = if b.bus == hb.bus_start {
                 (hb.bus_start, hb.bus_end)

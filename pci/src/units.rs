@@ -247,10 +247,16 @@ impl UnionFind {
 impl Topology {
     /// Computes the units of the current tree from scratch, in O(n log n).
     pub fn compute_units(&self) -> UnitTable {
-        let keys: Vec<Bdf> = self.fns.keys().copied().collect();
+        let quirks = &self.config.acs_quirks;
+        let mut keys: Vec<Bdf> = Vec::with_capacity(self.fns.len());
+        // Per function: kind, bus range, ACS-isolated.
+        let mut info: Vec<(FunctionKind, u8, u8, bool)> = Vec::with_capacity(self.fns.len());
+        for (&b, f) in self.fns.iter() {
+            keys.push(b);
+            info.push((f.kind, f.secondary, f.subordinate, acs_isolated(f, quirks)));
+        }
         let n = keys.len();
         let mut uf = UnionFind((0..n as u32).collect());
-        let quirks = &self.config.acs_quirks;
         // Index range of the functions on buses lo..=hi of a segment.
         let span = |seg: u16, lo: u8, hi: u8| -> (u32, u32) {
             let r = bus_span(seg, lo, hi);
@@ -261,24 +267,20 @@ impl Topology {
         // (first, end, anchor): union the anchor with everything in first..end.
         let mut intervals: Vec<(u32, u32, u32)> = Vec::new();
         let mut slot_start = 0usize;
-        let mut isolated: Vec<bool> = Vec::with_capacity(n);
-        for (i, (&b, f)) in self.fns.iter().enumerate() {
-            let iso = acs_isolated(f, quirks);
-            isolated.push(iso);
-            // Rule 1: non-isolated functions of one slot.
+        let mut bus_start = 0usize;
+        for i in 0..n {
+            let b = keys[i];
+            let (kind, sec, sub, iso) = info[i];
+            // Rule 1: non-isolated functions of one slot (VFs are isolated).
             if i > 0 && (keys[i - 1].segment, keys[i - 1].bus, keys[i - 1].device()) != (b.segment, b.bus, b.device())
             {
                 slot_start = i;
             }
-            if !iso && f.kind != FunctionKind::VirtualFunction {
-                if let Some(j) = (slot_start..i).find(|&j| {
-                    !isolated[j] && self.fns.get(&keys[j]).is_some_and(|g| g.kind != FunctionKind::VirtualFunction)
-                }) {
-                    uf.union(j as u32, i as u32);
-                }
+            if !iso && let Some(j) = (slot_start..i).find(|&j| !info[j].3) {
+                uf.union(j as u32, i as u32);
             }
             // Rules 2 and 3: a bridge that does not isolate its subtree.
-            let merges_below = match f.kind {
+            let merges_below = match kind {
                 FunctionKind::PcieToPciBridge
                 | FunctionKind::PciToPcieBridge
                 | FunctionKind::ConventionalBridge => true,
@@ -286,34 +288,29 @@ impl Topology {
                 _ => false,
             };
             if merges_below {
-                let (a, e) = span(b.segment, f.secondary, f.subordinate);
+                let (a, e) = span(b.segment, sec, sub);
                 intervals.push((a, e, i as u32));
             }
-        }
-        // Rule 4: switches with a non-isolated, populated downstream port.
-        let mut i = 0;
-        while i < n {
-            let b = keys[i];
-            let (a, e) = span(b.segment, b.bus, b.bus);
-            let (a, e) = (a as usize, e as usize);
-            let ports: Vec<usize> = (a..e)
-                .filter(|&j| self.fns.get(&keys[j]).is_some_and(|g| g.kind == FunctionKind::DownstreamPort))
-                .collect();
-            let leaky = ports.iter().any(|&j| {
-                let g = &self.fns[&keys[j]];
-                let (sa, se) = span(keys[j].segment, g.secondary, g.subordinate);
-                !isolated[j] && se > sa
-            });
-            if leaky {
-                let anchor = ports[0] as u32;
-                for &j in &ports {
-                    uf.union(anchor, j as u32);
-                    let g = &self.fns[&keys[j]];
-                    let (sa, se) = span(keys[j].segment, g.secondary, g.subordinate);
-                    intervals.push((sa, se, anchor));
+            // Rule 4, at the last function of each bus: a switch with a
+            // non-isolated, populated downstream port.
+            if i > 0 && (keys[i - 1].segment, keys[i - 1].bus) != (b.segment, b.bus) {
+                bus_start = i;
+            }
+            let bus_ends = i + 1 == n || (keys[i + 1].segment, keys[i + 1].bus) != (b.segment, b.bus);
+            if bus_ends {
+                let ports = || (bus_start..=i).filter(|&j| info[j].0 == FunctionKind::DownstreamPort);
+                let leaky = ports().any(|j| {
+                    let (sa, se) = span(keys[j].segment, info[j].1, info[j].2);
+                    !info[j].3 && se > sa
+                });
+                if leaky && let Some(anchor) = ports().next() {
+                    for j in ports() {
+                        uf.union(anchor as u32, j as u32);
+                        let (sa, se) = span(keys[j].segment, info[j].1, info[j].2);
+                        intervals.push((sa, se, anchor as u32));
+                    }
                 }
             }
-            i = e.max(i + 1);
         }
         // Union the intervals in O(n): merge overlapping ones first.
         intervals.sort_unstable();
