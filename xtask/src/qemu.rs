@@ -143,6 +143,7 @@ pub fn run_captured(
     let mut stopped_on = None;
     let mut stop_deadline: Option<Instant> = None;
     let mut exit = None;
+    let mut killed = false;
     let grace = Duration::from_millis(500);
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
@@ -173,6 +174,7 @@ pub fn run_captured(
                     stop_deadline.is_some_and(|d| now >= d)
                 };
                 if kill {
+                    killed = true;
                     let _ = child.kill();
                     let st = child.wait().ctx(|| "wait for QEMU".into())?;
                     exit = Some(st.code());
@@ -189,7 +191,8 @@ pub fn run_captured(
         // Killed runs have no exit code.
         exit_code: if timed_out { None } else { exit.flatten() },
         timed_out,
-        stopped_on,
+        // Only report the pattern if it actually cut the run short.
+        stopped_on: stopped_on.filter(|_| killed && !timed_out),
         log: String::from_utf8_lossy(&log).into_owned(),
         duration,
     })

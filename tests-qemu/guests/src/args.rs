@@ -12,7 +12,7 @@ impl<'a> Args<'a> {
             .filter_map(|t| t.split_once('='))
             .filter(|(k, _)| *k == key)
             .map(|(_, v)| v)
-            .last()
+            .next_back()
     }
 
     /// `key`, `key=1`, `key=true`, `key=yes` are set; absent or anything else is not.

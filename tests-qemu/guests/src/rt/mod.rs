@@ -88,10 +88,12 @@ extern "C" fn rt_primary_main(dtb: usize, load_addr: usize) -> ! {
         None => "",
     };
     let args = Args(bootargs);
-    if let Some(uart) = fdt.find_compatible(&["arm,pl011"]) {
-        if let Some(r) = uart.reg().and_then(|mut r| r.next()) {
-            console::set_pl011(r.starting_address as usize);
-        }
+    if let Some(r) = fdt
+        .find_compatible(&["arm,pl011"])
+        .and_then(|uart| uart.reg())
+        .and_then(|mut r| r.next())
+    {
+        console::set_pl011(r.starting_address as usize);
     }
     let native = args.flag("native");
     if native || args.get("console") == Some("pl011") {
