@@ -31,7 +31,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -79,7 +82,11 @@ fn run(f: &mut Fabric, bdfs: &[Bdf], hbs: &[HostBridge]) -> (Duration, usize, is
     let reported = start.elapsed();
     let units = t.units().len();
     if std::env::var_os("PCI_BENCH_SPLIT").is_some() {
-        eprintln!("    reports {:.2} ms, units {:.2} ms", reported.as_secs_f64() * 1e3, (start.elapsed() - reported).as_secs_f64() * 1e3);
+        eprintln!(
+            "    reports {:.2} ms, units {:.2} ms",
+            reported.as_secs_f64() * 1e3,
+            (start.elapsed() - reported).as_secs_f64() * 1e3
+        );
     }
     let elapsed = start.elapsed();
     let bytes = LIVE.load(Ordering::Relaxed) - before;
@@ -143,5 +150,7 @@ fn main() {
         "  65,536 functions, reverse report order: {:8.2} ms",
         t3.as_secs_f64() * 1e3
     );
-    println!("  memory per tracked function:   {per_fn:8.1} B  (2 segments: {per_fn2:.1} B)  target <= 256 B");
+    println!(
+        "  memory per tracked function:   {per_fn:8.1} B  (2 segments: {per_fn2:.1} B)  target <= 256 B"
+    );
 }

@@ -116,11 +116,7 @@ impl EcamWindow {
         {
             return None;
         }
-        Some(
-            (((bdf.bus - self.bus_start) as u64) << 20)
-                | ((bdf.devfn as u64) << 12)
-                | reg as u64,
-        )
+        Some((((bdf.bus - self.bus_start) as u64) << 20) | ((bdf.devfn as u64) << 12) | reg as u64)
     }
 }
 

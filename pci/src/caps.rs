@@ -120,10 +120,16 @@ pub fn walk_ext_caps<P: ConfigPort + ?Sized>(
             return Ok(None);
         }
         if next < EXT_CAP_START {
-            return Err(CapError::PointerInHeader { at: pointer, pointer: next });
+            return Err(CapError::PointerInHeader {
+                at: pointer,
+                pointer: next,
+            });
         }
         if next & 3 != 0 {
-            return Err(CapError::Misaligned { at: pointer, pointer: next });
+            return Err(CapError::Misaligned {
+                at: pointer,
+                pointer: next,
+            });
         }
         at = pointer;
         pointer = next;

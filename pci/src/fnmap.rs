@@ -103,7 +103,10 @@ impl<V> FnMap<V> {
         let last = self.slab.len() - 1;
         if idx != last {
             let moved = self.keys[last];
-            let ms = self.segs.binary_search_by_key(&moved.segment, |s| s.id).ok()?;
+            let ms = self
+                .segs
+                .binary_search_by_key(&moved.segment, |s| s.id)
+                .ok()?;
             let mbus = &mut self.segs[ms].buses[moved.bus as usize];
             if let Ok(p) = mbus.binary_search_by_key(&moved.devfn, |e| e.0) {
                 mbus[p].1 = idx as u32;
@@ -124,8 +127,16 @@ impl<V> FnMap<V> {
                 let bhi = if s.id == hi.segment { hi.bus } else { 255 };
                 (blo..=bhi).flat_map(move |b| {
                     let entries = &s.buses[b as usize];
-                    let dlo = if (s.id, b) == (lo.segment, lo.bus) { lo.devfn } else { 0 };
-                    let dhi = if (s.id, b) == (hi.segment, hi.bus) { hi.devfn } else { 255 };
+                    let dlo = if (s.id, b) == (lo.segment, lo.bus) {
+                        lo.devfn
+                    } else {
+                        0
+                    };
+                    let dhi = if (s.id, b) == (hi.segment, hi.bus) {
+                        hi.devfn
+                    } else {
+                        255
+                    };
                     let start = entries.partition_point(|e| e.0 < dlo);
                     entries[start..]
                         .iter()
@@ -145,7 +156,9 @@ impl<V> FnMap<V> {
         let buses: usize = self
             .segs
             .iter()
-            .map(|s| s.buses.capacity() * 24 + s.buses.iter().map(|b| b.capacity() * 8).sum::<usize>())
+            .map(|s| {
+                s.buses.capacity() * 24 + s.buses.iter().map(|b| b.capacity() * 8).sum::<usize>()
+            })
             .sum();
         buses + self.keys.capacity() * 4 + self.slab.capacity() * core::mem::size_of::<V>()
     }

@@ -21,6 +21,7 @@ pub mod units;
 
 pub use reset::{ResetAction, ResetCoverage, ResetError, ResetMethod};
 pub use topology::{
-    AcsPolicy, Function, FunctionKind, HostBridge, ReportOutcome, Topology, TopologyConfig, TopologyError,
+    AcsPolicy, Function, FunctionKind, HostBridge, ReportOutcome, Topology, TopologyConfig,
+    TopologyError,
 };
 pub use units::{Unit, UnitId, UnitTable};

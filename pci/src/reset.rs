@@ -176,15 +176,24 @@ pub fn default_reset_quirks() -> Vec<ResetQuirk> {
 /// Why a reset query or override was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetError {
-    NotTracked { bdf: Bdf },
+    NotTracked {
+        bdf: Bdf,
+    },
     /// The method is not supported by the function.
-    Unsupported { bdf: Bdf, method: ResetMethod },
+    Unsupported {
+        bdf: Bdf,
+        method: ResetMethod,
+    },
     /// An override list names a method twice.
-    Duplicate { method: ResetMethod },
+    Duplicate {
+        method: ResetMethod,
+    },
     /// The query named no functions.
     EmptySet,
     /// The functions of a query have different owners.
-    MixedOwners { bdf: Bdf },
+    MixedOwners {
+        bdf: Bdf,
+    },
 }
 
 /// One reset operation.
@@ -288,7 +297,11 @@ impl Topology {
 
     /// Sets the function's method order. Every method must be supported and
     /// appear once; an empty list disables reset. On error nothing changes.
-    pub fn set_reset_methods(&mut self, bdf: Bdf, methods: &[ResetMethod]) -> Result<(), ResetError> {
+    pub fn set_reset_methods(
+        &mut self,
+        bdf: Bdf,
+        methods: &[ResetMethod],
+    ) -> Result<(), ResetError> {
         let supported = self.supported_reset_methods(bdf)?;
         let mut list = MethodList::default();
         for &method in methods {
@@ -314,7 +327,10 @@ impl Topology {
         if !self.supported_reset_methods(bdf)?.contains(method) {
             return Err(ResetError::Unsupported { bdf, method });
         }
-        let parent = || self.parent_bridge(bdf).ok_or(ResetError::Unsupported { bdf, method });
+        let parent = || {
+            self.parent_bridge(bdf)
+                .ok_or(ResetError::Unsupported { bdf, method })
+        };
         Ok(match method {
             ResetMethod::Slot => ResetAction::Slot { port: parent()? },
             ResetMethod::Bus => ResetAction::SecondaryBus { bridge: parent()? },
@@ -404,7 +420,11 @@ impl Topology {
             }
         }
         let foreign_of = |touched: &BTreeSet<Bdf>| -> Vec<Bdf> {
-            touched.iter().copied().filter(|&b| owner_of(b) != owner).collect()
+            touched
+                .iter()
+                .copied()
+                .filter(|&b| owner_of(b) != owner)
+                .collect()
         };
         let mut foreign = foreign_of(&touched);
         if (!foreign.is_empty() || !uncovered.is_empty())
@@ -437,7 +457,9 @@ impl Topology {
             if first.segment == last.segment
                 && f.secondary <= first.bus
                 && last.bus <= f.subordinate
-                && set.iter().all(|x| x.segment == b.segment && x.bus >= f.secondary && x.bus <= f.subordinate)
+                && set.iter().all(|x| {
+                    x.segment == b.segment && x.bus >= f.secondary && x.bus <= f.subordinate
+                })
             {
                 return self.bus_resettable(b).then_some(b);
             }

@@ -224,14 +224,22 @@ pub enum TopologyError {
     /// Header type other than 0 (normal) or 1 (bridge).
     UnsupportedHeaderType { bdf: Bdf, header_type: u8 },
     /// The header type does not match the PCIe Device/Port Type.
-    HeaderTypeMismatch { bdf: Bdf, header_type: u8, port_type: u8 },
+    HeaderTypeMismatch {
+        bdf: Bdf,
+        header_type: u8,
+        port_type: u8,
+    },
     /// A PCIe Device/Port Type this tracker does not know.
     UnknownPortType { bdf: Bdf, port_type: u8 },
     /// A capability list is corrupt.
     Capability { bdf: Bdf, error: CapError },
     /// A bridge's bus numbers are unset or inconsistent (secondary must be
     /// above its own bus, subordinate at least secondary, inside the host bridge).
-    InvalidBusRange { bdf: Bdf, secondary: u8, subordinate: u8 },
+    InvalidBusRange {
+        bdf: Bdf,
+        secondary: u8,
+        subordinate: u8,
+    },
     /// A bridge's bus range is not inside its parent bridge's.
     OutsideParentRange { bdf: Bdf, parent: Bdf },
     /// A bridge's bus range overlaps another bridge's.
@@ -383,7 +391,8 @@ impl Topology {
         let Some(f) = self.fns.remove(&bdf) else {
             return false;
         };
-        if f.kind.is_bridge() && self.bus_owner.get(&bus_key(bdf.segment, f.secondary)) == Some(&bdf)
+        if f.kind.is_bridge()
+            && self.bus_owner.get(&bus_key(bdf.segment, f.secondary)) == Some(&bdf)
         {
             self.bus_owner.remove(&bus_key(bdf.segment, f.secondary));
         }
@@ -400,7 +409,9 @@ impl Topology {
         if f.kind == FunctionKind::VirtualFunction {
             let key = bdf.key();
             return match self.vf_ranges.range(..=key).next_back() {
-                Some((&first, &(_, last, stride))) if key <= last && (key - first) % stride == 0 => {
+                Some((&first, &(_, last, stride)))
+                    if key <= last && (key - first).is_multiple_of(stride) =>
+                {
                     Ok(Placement::Attached)
                 }
                 _ => Ok(Placement::Orphan),
@@ -474,7 +485,8 @@ impl Topology {
             }
         }
         if f.kind.is_bridge() {
-            self.bus_owner.insert(bus_key(bdf.segment, f.secondary), bdf);
+            self.bus_owner
+                .insert(bus_key(bdf.segment, f.secondary), bdf);
         }
         if let Some((first, last, stride)) = f.vf_keys(bdf) {
             self.vf_ranges.insert(first, (bdf, last, stride));
@@ -487,7 +499,12 @@ impl Topology {
     /// Parents always sort before their children (a bridge's secondary bus
     /// is above its own; a VF's routing id is above its PF's), so one pass in
     /// address order also attaches orphans below orphans.
-    fn adopt<P: ConfigPort + ?Sized>(&mut self, parent: Bdf, port: &mut P, hb: HostBridge) -> usize {
+    fn adopt<P: ConfigPort + ?Sized>(
+        &mut self,
+        parent: Bdf,
+        port: &mut P,
+        hb: HostBridge,
+    ) -> usize {
         if self.orphans.is_empty() {
             return 0;
         }
@@ -592,7 +609,9 @@ impl Topology {
     /// Used by tests and the fuzzer.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
         for (&b, f) in self.fns.iter() {
-            let hb = self.host_bridge(b).map_err(|_| "function outside host bridges")?;
+            let hb = self
+                .host_bridge(b)
+                .map_err(|_| "function outside host bridges")?;
             let (lo, hi) = if b.bus == hb.bus_start {
                 (hb.bus_start, hb.bus_end)
             } else if f.kind == FunctionKind::VirtualFunction {
@@ -658,7 +677,8 @@ fn probe<P: ConfigPort + ?Sized>(
     if header_type > HEADER_TYPE_BRIDGE {
         return Err(TopologyError::UnsupportedHeaderType { bdf, header_type });
     }
-    let caps = CapOffsets::scan(port, bdf).map_err(|error| TopologyError::Capability { bdf, error })?;
+    let caps =
+        CapOffsets::scan(port, bdf).map_err(|error| TopologyError::Capability { bdf, error })?;
     let mut fl = 0;
     if header & HEADER_TYPE_MULTIFUNCTION != 0 {
         fl |= flags::MULTIFUNCTION;
@@ -668,7 +688,8 @@ fn probe<P: ConfigPort + ?Sized>(
         let port_type = ((pflags & PCIE_FLAGS_TYPE_MASK) >> PCIE_FLAGS_TYPE_SHIFT) as u8;
         let kind = FunctionKind::from_pcie_type(port_type)
             .ok_or(TopologyError::UnknownPortType { bdf, port_type })?;
-        if kind.is_bridge() != (header_type == HEADER_TYPE_BRIDGE) || (vf && kind != FunctionKind::Endpoint)
+        if kind.is_bridge() != (header_type == HEADER_TYPE_BRIDGE)
+            || (vf && kind != FunctionKind::Endpoint)
         {
             return Err(TopologyError::HeaderTypeMismatch {
                 bdf,
@@ -712,7 +733,10 @@ fn probe<P: ConfigPort + ?Sized>(
         let buses = port.read32(bdf, PRIMARY_BUS);
         secondary = (buses >> 8) as u8;
         subordinate = (buses >> 16) as u8;
-        if buses == u32::MAX || secondary <= bdf.bus || subordinate < secondary || subordinate > hb.bus_end
+        if buses == u32::MAX
+            || secondary <= bdf.bus
+            || subordinate < secondary
+            || subordinate > hb.bus_end
         {
             return Err(TopologyError::InvalidBusRange {
                 bdf,

@@ -80,7 +80,12 @@ pub struct AcsQuirk {
 }
 
 impl AcsQuirk {
-    pub const fn new(vendor: u16, device_first: u16, device_last: u16, effect: AcsQuirkEffect) -> Self {
+    pub const fn new(
+        vendor: u16,
+        device_first: u16,
+        device_last: u16,
+        effect: AcsQuirkEffect,
+    ) -> Self {
         Self {
             vendor,
             device_first,
@@ -218,7 +223,10 @@ impl UnitTable {
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        4 * (self.keys.capacity() + self.unit_of.capacity() + self.members.capacity() + self.starts.capacity())
+        4 * (self.keys.capacity()
+            + self.unit_of.capacity()
+            + self.members.capacity()
+            + self.starts.capacity())
     }
 }
 
@@ -272,7 +280,9 @@ impl Topology {
             let b = keys[i];
             let (kind, sec, sub, iso) = info[i];
             // Rule 1: non-isolated functions of one slot (VFs are isolated).
-            if i > 0 && (keys[i - 1].segment, keys[i - 1].bus, keys[i - 1].device()) != (b.segment, b.bus, b.device())
+            if i > 0
+                && (keys[i - 1].segment, keys[i - 1].bus, keys[i - 1].device())
+                    != (b.segment, b.bus, b.device())
             {
                 slot_start = i;
             }
@@ -296,9 +306,11 @@ impl Topology {
             if i > 0 && (keys[i - 1].segment, keys[i - 1].bus) != (b.segment, b.bus) {
                 bus_start = i;
             }
-            let bus_ends = i + 1 == n || (keys[i + 1].segment, keys[i + 1].bus) != (b.segment, b.bus);
+            let bus_ends =
+                i + 1 == n || (keys[i + 1].segment, keys[i + 1].bus) != (b.segment, b.bus);
             if bus_ends {
-                let ports = || (bus_start..=i).filter(|&j| info[j].0 == FunctionKind::DownstreamPort);
+                let ports =
+                    || (bus_start..=i).filter(|&j| info[j].0 == FunctionKind::DownstreamPort);
                 let leaky = ports().any(|j| {
                     let (sa, se) = span(keys[j].segment, info[j].1, info[j].2);
                     !info[j].3 && se > sa

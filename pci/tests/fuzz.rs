@@ -21,8 +21,20 @@ fn fabric() -> Fabric {
                     0,
                     0,
                     Spec::qemu_x3130_upstream()
-                        .child(0, 0, Spec::qemu_x3130_downstream().acs(None).child(0, 0, Spec::qemu_e1000e()))
-                        .child(1, 0, Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_nvme())),
+                        .child(
+                            0,
+                            0,
+                            Spec::qemu_x3130_downstream().acs(None).child(
+                                0,
+                                0,
+                                Spec::qemu_e1000e(),
+                            ),
+                        )
+                        .child(
+                            1,
+                            0,
+                            Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_nvme()),
+                        ),
                 ),
             ),
             (
@@ -35,7 +47,12 @@ fn fabric() -> Fabric {
                         .child(2, 0, Spec::conventional(0x8086, 0x100e)),
                 ),
             ),
-            (devfn(2, 1), Spec::qemu_root_port().acs(None).child(0, 0, Spec::endpoint(1, 2).sriov(3, 4))),
+            (
+                devfn(2, 1),
+                Spec::qemu_root_port()
+                    .acs(None)
+                    .child(0, 0, Spec::endpoint(1, 2).sriov(3, 4)),
+            ),
             (devfn(0x1f, 0), Spec::rciep(0x1234, 5)),
             (devfn(0x1f, 1), Spec::rciep(0x1234, 6)),
         ],
@@ -86,7 +103,10 @@ fn check(t: &mut Topology) -> Result<(), TestCaseError> {
     let n = t.len();
     let fns: Vec<Bdf> = t.functions().map(|(b, _)| b).collect();
     let table = t.units();
-    let mut seen: Vec<Bdf> = table.iter().flat_map(|u| u.members.iter().copied()).collect();
+    let mut seen: Vec<Bdf> = table
+        .iter()
+        .flat_map(|u| u.members.iter().copied())
+        .collect();
     seen.sort();
     prop_assert_eq!(seen.len(), n, "every function in exactly one unit");
     prop_assert_eq!(&seen, &fns);
@@ -154,7 +174,10 @@ fn all_ones_port() {
     }
     let mut t = Topology::new(config(&[(0, 0)]));
     for bus in [0u8, 1, 255] {
-        assert!(t.report_add(Bdf::new(0, bus, 0, 0), &mut Dead as &mut dyn ConfigPort).is_err());
+        assert!(
+            t.report_add(Bdf::new(0, bus, 0, 0), &mut Dead as &mut dyn ConfigPort)
+                .is_err()
+        );
     }
     assert!(t.is_empty());
 }

@@ -3,10 +3,10 @@
 mod common;
 use common::*;
 
+use ResetMethod::*;
 use pci::reset::{ResetQuirk, quirk};
 use pci::sim::{Fabric, Spec, devfn};
 use pci::{Bdf, ResetAction, ResetError, ResetMethod, Topology};
-use ResetMethod::*;
 
 /// 00:01.0 root port (hot-plug slot) -> 01:00.0 switch up -> 02:00.0 down -> 03:00.0 e1000e
 ///                                                         -> 02:01.0 down -> 04:00.0 nvme
@@ -25,8 +25,20 @@ fn fabric() -> Fabric {
                     0,
                     0,
                     Spec::qemu_x3130_upstream()
-                        .child(0, 0, Spec::qemu_x3130_downstream().hotplug_slot(false).child(0, 0, Spec::qemu_e1000e()))
-                        .child(1, 0, Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_nvme())),
+                        .child(
+                            0,
+                            0,
+                            Spec::qemu_x3130_downstream().hotplug_slot(false).child(
+                                0,
+                                0,
+                                Spec::qemu_e1000e(),
+                            ),
+                        )
+                        .child(
+                            1,
+                            0,
+                            Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_nvme()),
+                        ),
                 ),
             ),
             (
@@ -48,12 +60,17 @@ fn fabric() -> Fabric {
             ),
             (
                 devfn(4, 0),
-                Spec::qemu_root_port()
-                    .hotplug_slot(false)
-                    .child(0, 0, Spec::endpoint(0x8086, 0x1521).sriov(2, 0x1520)),
+                Spec::qemu_root_port().hotplug_slot(false).child(
+                    0,
+                    0,
+                    Spec::endpoint(0x8086, 0x1521).sriov(2, 0x1520),
+                ),
             ),
             (devfn(0x1f, 0), Spec::rciep(0x1234, 1).af_flr(true)),
-            (devfn(0x1e, 0), Spec::rciep(0x1234, 2).flr(false).pm(Some(true))),
+            (
+                devfn(0x1e, 0),
+                Spec::rciep(0x1234, 2).flr(false).pm(Some(true)),
+            ),
         ],
     )
 }
@@ -88,7 +105,10 @@ fn scopes() {
     let t = track(&mut f);
     assert_eq!(t.reset_scope(b("04:00.0"), Flr).unwrap(), [b("04:00.0")]);
     assert_eq!(t.reset_scope(b("04:00.0"), Bus).unwrap(), [b("04:00.0")]);
-    assert_eq!(t.reset_action(b("04:00.0"), Slot).unwrap(), ResetAction::Slot { port: b("02:01.0") });
+    assert_eq!(
+        t.reset_action(b("04:00.0"), Slot).unwrap(),
+        ResetAction::Slot { port: b("02:01.0") }
+    );
     assert_eq!(
         t.reset_scope(b("06:01.0"), Bus).unwrap(),
         [b("06:01.0"), b("06:02.0")]
@@ -104,7 +124,10 @@ fn scopes() {
     );
     assert_eq!(
         t.reset_scope(b("03:00.0"), Flr),
-        Err(ResetError::Unsupported { bdf: b("03:00.0"), method: Flr })
+        Err(ResetError::Unsupported {
+            bdf: b("03:00.0"),
+            method: Flr
+        })
     );
     assert_eq!(
         t.reset_scope(b("09:00.0"), Flr),
@@ -125,7 +148,10 @@ fn override_is_validated() {
     );
     assert_eq!(
         t.set_reset_methods(nvme, &[AfFlr]),
-        Err(ResetError::Unsupported { bdf: nvme, method: AfFlr })
+        Err(ResetError::Unsupported {
+            bdf: nvme,
+            method: AfFlr
+        })
     );
     // A refused override keeps the old one.
     assert_eq!(methods(&t, "04:00.0"), [Bus, Flr]);
@@ -145,9 +171,11 @@ fn quirks_remove_methods() {
         &[
             (
                 devfn(1, 0),
-                Spec::qemu_root_port()
-                    .hotplug_slot(false)
-                    .child(0, 0, Spec::endpoint(0x8086, 0x1502).af_flr(true)),
+                Spec::qemu_root_port().hotplug_slot(false).child(
+                    0,
+                    0,
+                    Spec::endpoint(0x8086, 0x1502).af_flr(true),
+                ),
             ),
             (
                 devfn(2, 0),
@@ -158,16 +186,22 @@ fn quirks_remove_methods() {
             ),
             (
                 devfn(3, 0),
-                Spec::qemu_root_port()
-                    .hotplug_slot(false)
-                    .child(0, 0, Spec::endpoint(0x1234, 0x0002)),
+                Spec::qemu_root_port().hotplug_slot(false).child(
+                    0,
+                    0,
+                    Spec::endpoint(0x1234, 0x0002),
+                ),
             ),
         ],
     );
     let bdfs = f.enumerate();
     let mut cfg = config(&[(0, 0)]);
-    cfg.reset_quirks
-        .push(ResetQuirk::new(0x1234, 0x0002, 0x0002, quirk::NO_PM_RESET | quirk::DEVICE_SPECIFIC));
+    cfg.reset_quirks.push(ResetQuirk::new(
+        0x1234,
+        0x0002,
+        0x0002,
+        quirk::NO_PM_RESET | quirk::DEVICE_SPECIFIC,
+    ));
     let mut t = Topology::new(cfg);
     for x in bdfs {
         t.report_add(x, &mut f).unwrap();
@@ -193,9 +227,21 @@ fn coverage_prefers_function_resets_the_owner_can_do() {
     let mut f = fabric();
     let t = track(&mut f);
     // Guest A owns the nvme: FLR covers it, touches nothing else.
-    let owner = |x: Bdf| if x == b("04:00.0") { Owner::A } else { Owner::Hw };
+    let owner = |x: Bdf| {
+        if x == b("04:00.0") {
+            Owner::A
+        } else {
+            Owner::Hw
+        }
+    };
     let c = t.reset_coverage(&[b("04:00.0")], owner).unwrap();
-    assert_eq!(c.actions, [ResetAction::Function { bdf: b("04:00.0"), method: Flr }]);
+    assert_eq!(
+        c.actions,
+        [ResetAction::Function {
+            bdf: b("04:00.0"),
+            method: Flr
+        }]
+    );
     assert_eq!(c.touched, [b("04:00.0")]);
     assert!(c.is_safe());
 }
@@ -206,9 +252,20 @@ fn coverage_of_a_multifunction_device_without_flr() {
     let t = track(&mut f);
     let (f0, f1) = (b("07:00.0"), b("07:00.1"));
     // A owns both functions: one SBR of the root port covers them.
-    let both = |x: Bdf| if x == f0 || x == f1 { Owner::A } else { Owner::Hw };
+    let both = |x: Bdf| {
+        if x == f0 || x == f1 {
+            Owner::A
+        } else {
+            Owner::Hw
+        }
+    };
     let c = t.reset_coverage(&[f0, f1], both).unwrap();
-    assert_eq!(c.actions, [ResetAction::SecondaryBus { bridge: b("00:03.0") }]);
+    assert_eq!(
+        c.actions,
+        [ResetAction::SecondaryBus {
+            bridge: b("00:03.0")
+        }]
+    );
     assert_eq!(c.touched, [f0, f1]);
     assert!(c.is_safe());
     // A owns one, B the other: the only reset touches B's function.
@@ -235,15 +292,32 @@ fn coverage_falls_back_to_a_common_bridge() {
     // owns the whole switch: one SBR of the root port covers both.
     t.set_reset_methods(b("03:00.0"), &[]).unwrap();
     t.set_reset_methods(b("04:00.0"), &[]).unwrap();
-    let owner = |x: Bdf| if x.bus >= 1 && x.bus <= 4 { Owner::A } else { Owner::Hw };
+    let owner = |x: Bdf| {
+        if x.bus >= 1 && x.bus <= 4 {
+            Owner::A
+        } else {
+            Owner::Hw
+        }
+    };
     let c = t
         .reset_coverage(&[b("03:00.0"), b("04:00.0")], owner)
         .unwrap();
-    assert_eq!(c.actions, [ResetAction::SecondaryBus { bridge: b("01:00.0") }]);
+    assert_eq!(
+        c.actions,
+        [ResetAction::SecondaryBus {
+            bridge: b("01:00.0")
+        }]
+    );
     assert_eq!(c.touched.len(), 4);
     assert!(c.is_safe());
     // If the switch ports belong to the hardware domain, nothing safe exists.
-    let owner = |x: Bdf| if x.bus == 3 || x.bus == 4 { Owner::A } else { Owner::Hw };
+    let owner = |x: Bdf| {
+        if x.bus == 3 || x.bus == 4 {
+            Owner::A
+        } else {
+            Owner::Hw
+        }
+    };
     let c = t
         .reset_coverage(&[b("03:00.0"), b("04:00.0")], owner)
         .unwrap();

@@ -20,7 +20,11 @@ fn qemu_fabric() -> Fabric {
                     0,
                     0,
                     Spec::qemu_x3130_upstream()
-                        .child(0, 0, Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_e1000e()))
+                        .child(
+                            0,
+                            0,
+                            Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_e1000e()),
+                        )
                         .child(
                             1,
                             0,
@@ -123,7 +127,9 @@ fn flr_returns_function_to_defaults_with_rrs_window() {
     let nvme = b("04:00.0");
     f.write32(nvme, BAR0, 0x1000_0000);
     f.write16(nvme, COMMAND, COMMAND_MEMORY | COMMAND_BUS_MASTER);
-    let pcie = pci::caps::find_cap(&mut f, nvme, CAP_ID_PCIE).unwrap().unwrap();
+    let pcie = pci::caps::find_cap(&mut f, nvme, CAP_ID_PCIE)
+        .unwrap()
+        .unwrap();
     f.write16(nvme, pcie + PCIE_DEVCTL, PCIE_DEVCTL_BCR_FLR);
     // Not ready for 50 ms: the root port has RRS SV enabled, so vendor id reads 0x0001.
     assert_eq!(f.read16(nvme, VENDOR_ID), VENDOR_ID_RRS);
@@ -144,7 +150,10 @@ fn pm_reset_depends_on_no_soft_reset() {
         let mut f = Fabric::new().with_root_complex(
             0,
             0,
-            &[(devfn(1, 0), Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e().pm(Some(nsr))))],
+            &[(
+                devfn(1, 0),
+                Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e().pm(Some(nsr))),
+            )],
         );
         f.enumerate();
         let e = b("01:00.0");
@@ -210,7 +219,9 @@ fn never_ready_after_reset() {
     );
     f.enumerate();
     let nvme = b("01:00.0");
-    let pcie = pci::caps::find_cap(&mut f, nvme, CAP_ID_PCIE).unwrap().unwrap();
+    let pcie = pci::caps::find_cap(&mut f, nvme, CAP_ID_PCIE)
+        .unwrap()
+        .unwrap();
     f.write16(nvme, pcie + PCIE_DEVCTL, PCIE_DEVCTL_BCR_FLR);
     f.advance_ns(10_000_000_000);
     assert_eq!(f.read32(nvme, VENDOR_ID), u32::MAX);
@@ -221,11 +232,16 @@ fn aer_propagates_to_root_port() {
     let mut f = qemu_fabric();
     f.enumerate();
     let (rp, e) = (b("00:01.0"), b("03:00.0"));
-    let raer = pci::caps::find_ext_cap(&mut f, rp, EXT_CAP_ID_AER).unwrap().unwrap();
+    let raer = pci::caps::find_ext_cap(&mut f, rp, EXT_CAP_ID_AER)
+        .unwrap()
+        .unwrap();
     f.write32(rp, raer + AER_ROOT_COMMAND, 0x7);
     // Surprise Down (bit 5) is fatal by default severity.
     let m = f.inject_aer(e, SimAerError::Uncorrectable(5)).unwrap();
-    assert_eq!((m.root_port, m.source, m.fatal, m.interrupt), (rp, e, true, true));
+    assert_eq!(
+        (m.root_port, m.source, m.fatal, m.interrupt),
+        (rp, e, true, true)
+    );
     let st = f.read32(rp, raer + AER_ROOT_STATUS);
     assert_eq!(
         st,
@@ -233,13 +249,16 @@ fn aer_propagates_to_root_port() {
     );
     assert_eq!(f.read32(rp, raer + AER_ERROR_SOURCE) >> 16, e.rid() as u32);
     // A second one sets "multiple"; the source id keeps the first.
-    f.inject_aer(b("04:00.0"), SimAerError::Uncorrectable(14)).unwrap();
+    f.inject_aer(b("04:00.0"), SimAerError::Uncorrectable(14))
+        .unwrap();
     let st = f.read32(rp, raer + AER_ROOT_STATUS);
     assert_ne!(st & AER_ROOT_STATUS_MULTI_UNCOR, 0);
     assert_ne!(st & AER_ROOT_STATUS_NONFATAL, 0);
     assert_eq!(f.read32(rp, raer + AER_ERROR_SOURCE) >> 16, e.rid() as u32);
     // The endpoint's own status is set and RW1C.
-    let eaer = pci::caps::find_ext_cap(&mut f, e, EXT_CAP_ID_AER).unwrap().unwrap();
+    let eaer = pci::caps::find_ext_cap(&mut f, e, EXT_CAP_ID_AER)
+        .unwrap()
+        .unwrap();
     assert_eq!(f.read32(e, eaer + AER_UNCOR_STATUS), 1 << 5);
     f.write32(e, eaer + AER_UNCOR_STATUS, 1 << 5);
     assert_eq!(f.read32(e, eaer + AER_UNCOR_STATUS), 0);
@@ -250,7 +269,10 @@ fn aer_propagates_to_root_port() {
     assert!(f.inject_aer(e, SimAerError::Correctable(13)).is_none());
     let m = f.inject_aer(e, SimAerError::Correctable(0)).unwrap();
     assert!(m.correctable && m.interrupt);
-    assert_eq!(f.read32(rp, raer + AER_ERROR_SOURCE) & 0xffff, e.rid() as u32);
+    assert_eq!(
+        f.read32(rp, raer + AER_ERROR_SOURCE) & 0xffff,
+        e.rid() as u32
+    );
 }
 
 #[test]
@@ -269,7 +291,9 @@ fn sriov_vfs_appear_with_vf_enable() {
     // A VF's vendor and device ids read all-ones; the rest answers.
     assert_eq!(f.read32(vf, VENDOR_ID), u32::MAX);
     assert_ne!(f.read32(vf, COMMAND), u32::MAX);
-    let sriov = pci::caps::find_ext_cap(&mut f, pf, EXT_CAP_ID_SRIOV).unwrap().unwrap();
+    let sriov = pci::caps::find_ext_cap(&mut f, pf, EXT_CAP_ID_SRIOV)
+        .unwrap()
+        .unwrap();
     f.write16(pf, sriov + SRIOV_CTRL, 0);
     assert_eq!(f.read32(vf, COMMAND), u32::MAX);
     assert_eq!(f.present_functions().len(), 2);
@@ -278,8 +302,22 @@ fn sriov_vfs_appear_with_vf_enable() {
 #[test]
 fn multi_segment_fabric() {
     let mut f = Fabric::new()
-        .with_root_complex(0, 0, &[(devfn(1, 0), Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()))])
-        .with_root_complex(1, 0x80, &[(devfn(1, 0), Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e()))]);
+        .with_root_complex(
+            0,
+            0,
+            &[(
+                devfn(1, 0),
+                Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+            )],
+        )
+        .with_root_complex(
+            1,
+            0x80,
+            &[(
+                devfn(1, 0),
+                Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e()),
+            )],
+        );
     let all = f.enumerate();
     assert_eq!(all.len(), 4);
     assert_eq!(f.read16(Bdf::new(1, 0x81, 0, 0), VENDOR_ID), 0x8086);

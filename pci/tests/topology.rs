@@ -31,8 +31,18 @@ fn fabric() -> Fabric {
                                 .child(0, 0, Spec::endpoint(0x15b3, 1))
                                 .child(0, 1, Spec::endpoint(0x15b3, 1)),
                         )
-                        .child(1, 0, Spec::qemu_x3130_downstream().acs(None).child(0, 0, Spec::qemu_nvme()))
-                        .child(2, 0, Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_e1000e())),
+                        .child(
+                            1,
+                            0,
+                            Spec::qemu_x3130_downstream()
+                                .acs(None)
+                                .child(0, 0, Spec::qemu_nvme()),
+                        )
+                        .child(
+                            2,
+                            0,
+                            Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_e1000e()),
+                        ),
                 ),
             ),
             (
@@ -47,9 +57,11 @@ fn fabric() -> Fabric {
             ),
             (
                 devfn(3, 0),
-                Spec::qemu_root_port()
-                    .acs(None)
-                    .child(0, 0, Spec::endpoint(0x8086, 0x1521).sriov(4, 0x1520)),
+                Spec::qemu_root_port().acs(None).child(
+                    0,
+                    0,
+                    Spec::endpoint(0x8086, 0x1521).sriov(4, 0x1520),
+                ),
             ),
             (devfn(0x1f, 0), Spec::rciep(0x1234, 5)),
         ],
@@ -88,8 +100,14 @@ fn reports_validate_against_config_space() {
         Err(TopologyError::InvalidBusRange { .. })
     ));
     assert!(narrow.is_empty());
-    assert_eq!(t.report_add(b("00:01.0"), &mut f), Ok(ReportOutcome::Attached { adopted: 0 }));
-    assert_eq!(t.report_add(b("00:01.0"), &mut f), Ok(ReportOutcome::AlreadyTracked));
+    assert_eq!(
+        t.report_add(b("00:01.0"), &mut f),
+        Ok(ReportOutcome::Attached { adopted: 0 })
+    );
+    assert_eq!(
+        t.report_add(b("00:01.0"), &mut f),
+        Ok(ReportOutcome::AlreadyTracked)
+    );
     assert_eq!(t.len(), 1);
 }
 
@@ -99,7 +117,7 @@ fn header_type_must_match_port_type() {
     f.enumerate();
     let mut t = fresh();
     // Make the root port claim a type 0 header.
-    assert!(f.poke(b("00:02.0"), HEADER_TYPE as u16, &[0]));
+    assert!(f.poke(b("00:02.0"), HEADER_TYPE, &[0]));
     assert_eq!(
         t.report_add(b("00:02.0"), &mut f),
         Err(TopologyError::HeaderTypeMismatch {
@@ -108,7 +126,7 @@ fn header_type_must_match_port_type() {
             port_type: PCIE_TYPE_ROOT_PORT
         })
     );
-    assert!(f.poke(b("00:02.0"), HEADER_TYPE as u16, &[2]));
+    assert!(f.poke(b("00:02.0"), HEADER_TYPE, &[2]));
     assert_eq!(
         t.report_add(b("00:02.0"), &mut f),
         Err(TopologyError::UnsupportedHeaderType {
@@ -138,11 +156,16 @@ fn not_ready_function_is_refused() {
     );
     f.enumerate();
     let nvme = b("01:00.0");
-    let pcie = pci::caps::find_cap(&mut f, nvme, CAP_ID_PCIE).unwrap().unwrap();
+    let pcie = pci::caps::find_cap(&mut f, nvme, CAP_ID_PCIE)
+        .unwrap()
+        .unwrap();
     f.write16(nvme, pcie + PCIE_DEVCTL, PCIE_DEVCTL_BCR_FLR);
     let mut t = fresh();
     t.report_add(b("00:01.0"), &mut f).unwrap();
-    assert_eq!(t.report_add(nvme, &mut f), Err(TopologyError::NotReady { bdf: nvme }));
+    assert_eq!(
+        t.report_add(nvme, &mut f),
+        Err(TopologyError::NotReady { bdf: nvme })
+    );
     f.advance_ns(1_000_000);
     assert!(t.report_add(nvme, &mut f).is_ok());
 }
@@ -160,7 +183,13 @@ fn corrupt_capability_list_is_refused_without_side_effects() {
     let acs_before = f.read32(rp, 0x100 + 0x40 + 4);
     let e = t.report_add(rp, &mut f);
     assert!(
-        matches!(e, Err(TopologyError::Capability { error: CapError::Loop { .. }, .. })),
+        matches!(
+            e,
+            Err(TopologyError::Capability {
+                error: CapError::Loop { .. },
+                ..
+            })
+        ),
         "{e:?}"
     );
     assert_eq!(f.read32(rp, 0x100 + 0x40 + 4), acs_before);
@@ -169,20 +198,29 @@ fn corrupt_capability_list_is_refused_without_side_effects() {
     assert!(f.poke(rp, first as u16 + 1, &[0x10]));
     assert!(matches!(
         t.report_add(rp, &mut f),
-        Err(TopologyError::Capability { error: CapError::PointerInHeader { .. }, .. })
+        Err(TopologyError::Capability {
+            error: CapError::PointerInHeader { .. },
+            ..
+        })
     ));
     // Misaligned.
     assert!(f.poke(rp, first as u16 + 1, &[0x41]));
     assert!(matches!(
         t.report_add(rp, &mut f),
-        Err(TopologyError::Capability { error: CapError::Misaligned { .. }, .. })
+        Err(TopologyError::Capability {
+            error: CapError::Misaligned { .. },
+            ..
+        })
     ));
     // An extended list that loops.
     assert!(f.poke(rp, first as u16 + 1, &[second]));
     assert!(f.poke(rp, 0x100, &[0x01, 0x00, 0x02, 0x10]));
     assert!(matches!(
         t.report_add(rp, &mut f),
-        Err(TopologyError::Capability { error: CapError::Loop { .. }, .. })
+        Err(TopologyError::Capability {
+            error: CapError::Loop { .. },
+            ..
+        })
     ));
 }
 
@@ -201,13 +239,19 @@ fn bridge_ranges_must_nest_and_not_overlap() {
     f.write32(dp, PRIMARY_BUS, 0x0003_0302);
     assert_eq!(
         t.report_add(dp, &mut f),
-        Err(TopologyError::BusRangeOverlap { bdf: dp, other: b("02:00.0") })
+        Err(TopologyError::BusRangeOverlap {
+            bdf: dp,
+            other: b("02:00.0")
+        })
     );
     // Bus 5 with subordinate beyond the upstream port's range (2..=5).
     f.write32(dp, PRIMARY_BUS, 0x0006_0502);
     assert_eq!(
         t.report_add(dp, &mut f),
-        Err(TopologyError::OutsideParentRange { bdf: dp, parent: b("01:00.0") })
+        Err(TopologyError::OutsideParentRange {
+            bdf: dp,
+            parent: b("01:00.0")
+        })
     );
     // Overlapping a sibling's range without sharing its secondary bus.
     f.write32(dp, PRIMARY_BUS, 0x0005_0502);
@@ -220,7 +264,10 @@ fn bridge_ranges_must_nest_and_not_overlap() {
     }
     assert_eq!(
         t2.report_add(dp, &mut f),
-        Err(TopologyError::BusRangeOverlap { bdf: dp, other: b("02:01.0") })
+        Err(TopologyError::BusRangeOverlap {
+            bdf: dp,
+            other: b("02:01.0")
+        })
     );
     // Secondary not above the bridge's own bus.
     f.write32(dp, PRIMARY_BUS, 0x0005_0202);
@@ -236,10 +283,22 @@ fn orphans_wait_for_their_bridge() {
     let mut f = fabric();
     f.enumerate();
     let mut t = fresh();
-    assert_eq!(t.report_add(b("03:00.1"), &mut f), Ok(ReportOutcome::Orphaned));
-    assert_eq!(t.report_add(b("03:00.0"), &mut f), Ok(ReportOutcome::Orphaned));
-    assert_eq!(t.report_add(b("02:00.0"), &mut f), Ok(ReportOutcome::Orphaned));
-    assert_eq!(t.report_add(b("01:00.0"), &mut f), Ok(ReportOutcome::Orphaned));
+    assert_eq!(
+        t.report_add(b("03:00.1"), &mut f),
+        Ok(ReportOutcome::Orphaned)
+    );
+    assert_eq!(
+        t.report_add(b("03:00.0"), &mut f),
+        Ok(ReportOutcome::Orphaned)
+    );
+    assert_eq!(
+        t.report_add(b("02:00.0"), &mut f),
+        Ok(ReportOutcome::Orphaned)
+    );
+    assert_eq!(
+        t.report_add(b("01:00.0"), &mut f),
+        Ok(ReportOutcome::Orphaned)
+    );
     assert!(t.is_empty());
     assert_eq!(
         t.report_add(b("00:01.0"), &mut f),
@@ -253,9 +312,15 @@ fn orphans_wait_for_their_bridge() {
         vec![b("02:00.0"), b("01:00.0"), b("00:01.0")]
     );
     // VFs before their PF.
-    assert_eq!(t.report_add(b("08:00.2"), &mut f), Ok(ReportOutcome::Orphaned));
+    assert_eq!(
+        t.report_add(b("08:00.2"), &mut f),
+        Ok(ReportOutcome::Orphaned)
+    );
     t.report_add(b("00:03.0"), &mut f).unwrap();
-    assert_eq!(t.report_add(b("08:00.0"), &mut f), Ok(ReportOutcome::Attached { adopted: 1 }));
+    assert_eq!(
+        t.report_add(b("08:00.0"), &mut f),
+        Ok(ReportOutcome::Attached { adopted: 1 })
+    );
     t.check_invariants().unwrap();
 }
 
@@ -267,11 +332,17 @@ fn removing_a_bridge_removes_its_subtree() {
     assert_eq!(t.report_remove(b("01:00.0")), Ok(8));
     assert_eq!(t.len(), n - 8);
     assert!(!t.contains(b("03:00.0")) && !t.contains(b("05:00.0")));
-    assert_eq!(t.report_remove(b("01:00.0")), Err(TopologyError::NotTracked { bdf: b("01:00.0") }));
+    assert_eq!(
+        t.report_remove(b("01:00.0")),
+        Err(TopologyError::NotTracked { bdf: b("01:00.0") })
+    );
     // Removing a PF removes its VFs.
     assert_eq!(t.report_remove(b("08:00.0")), Ok(5));
     t.check_invariants().unwrap();
-    assert_eq!(t.units().iter().map(|u| u.members.len()).sum::<usize>(), t.len());
+    assert_eq!(
+        t.units().iter().map(|u| u.members.len()).sum::<usize>(),
+        t.len()
+    );
 }
 
 /// Canonical result: functions and units after in-order reports.

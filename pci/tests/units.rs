@@ -19,8 +19,14 @@ fn t1_root_ports_with_acs() {
         0,
         0,
         &[
-            (devfn(1, 0), Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme())),
-            (devfn(2, 0), Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e())),
+            (
+                devfn(1, 0),
+                Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+            ),
+            (
+                devfn(2, 0),
+                Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e()),
+            ),
         ],
     );
     let mut t = track(&mut f);
@@ -43,9 +49,14 @@ fn t2_root_port_disable_acs() {
         &[
             (
                 devfn(1, 0),
-                Spec::qemu_root_port().acs(None).child(0, 0, Spec::qemu_e1000e()),
+                Spec::qemu_root_port()
+                    .acs(None)
+                    .child(0, 0, Spec::qemu_e1000e()),
             ),
-            (devfn(2, 0), Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme())),
+            (
+                devfn(2, 0),
+                Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+            ),
         ],
     );
     let mut t = track(&mut f);
@@ -269,14 +280,22 @@ fn t7_rciep() {
             (devfn(0x1f, 0), Spec::rciep(0x1234, 0x0001)),
             (devfn(0x1e, 0), Spec::rciep(0x1234, 0x0002)),
             (devfn(0x1e, 1), Spec::rciep(0x1234, 0x0003)),
-            (devfn(0x1d, 0), Spec::rciep(0x1234, 0x0004).acs(Some(ACS_ENABLED))),
+            (
+                devfn(0x1d, 0),
+                Spec::rciep(0x1234, 0x0004).acs(Some(ACS_ENABLED)),
+            ),
             (devfn(0x1d, 1), Spec::rcec(0x1234, 0x0005)),
         ],
     );
     let mut t = track(&mut f);
     assert_eq!(
         units(&mut t),
-        set(&[&["00:1d.0"], &["00:1d.1"], &["00:1e.0", "00:1e.1"], &["00:1f.0"]])
+        set(&[
+            &["00:1d.0"],
+            &["00:1d.1"],
+            &["00:1e.0", "00:1e.1"],
+            &["00:1f.0"]
+        ])
     );
     // An RCEC alone in its slot is still a unit of its own.
     let _ = SimKind::Rcec;
@@ -291,7 +310,10 @@ fn quirk_isolated_root_port() {
     let mut f = Fabric::new().with_root_complex(
         0,
         0,
-        &[(devfn(1, 0), rp(0x17cb, 0x0400)), (devfn(2, 0), rp(0x17cb, 0x0999))],
+        &[
+            (devfn(1, 0), rp(0x17cb, 0x0400)),
+            (devfn(2, 0), rp(0x17cb, 0x0999)),
+        ],
     );
     let mut t = track(&mut f);
     assert_eq!(
@@ -302,11 +324,19 @@ fn quirk_isolated_root_port() {
     let mut f2 = Fabric::new().with_root_complex(
         0,
         0,
-        &[(devfn(1, 0), Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()))],
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+        )],
     );
     let bdfs = f2.enumerate();
     let mut cfg = config(&[(0, 0)]);
-    cfg.acs_quirks.push(AcsQuirk::new(0x1b36, 0x000c, 0x000c, AcsQuirkEffect::NotIsolated));
+    cfg.acs_quirks.push(AcsQuirk::new(
+        0x1b36,
+        0x000c,
+        0x000c,
+        AcsQuirkEffect::NotIsolated,
+    ));
     let mut t2 = Topology::new(cfg);
     for x in bdfs {
         t2.report_add(x, &mut f2).unwrap();
@@ -320,7 +350,10 @@ fn acs_policy_off_keeps_ports_open() {
     let mut f = Fabric::new().with_root_complex(
         0,
         0,
-        &[(devfn(1, 0), Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()))],
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+        )],
     );
     let bdfs = f.enumerate();
     let mut cfg = config(&[(0, 0)]);
@@ -346,7 +379,13 @@ fn sriov_vfs_are_isolated() {
     let mut t = track(&mut f);
     assert_eq!(
         units(&mut t),
-        set(&[&["00:01.0"], &["01:00.0"], &["01:00.1"], &["01:00.2"], &["01:00.3"]])
+        set(&[
+            &["00:01.0"],
+            &["01:00.0"],
+            &["01:00.1"],
+            &["01:00.2"],
+            &["01:00.3"]
+        ])
     );
     let vf = t.function(b("01:00.2")).unwrap();
     assert_eq!((vf.vendor, vf.device), (0x8086, 0x1520));
@@ -361,12 +400,17 @@ fn unit_ids_and_lookup() {
         0,
         &[(
             devfn(1, 0),
-            Spec::qemu_root_port().acs(None).child(0, 0, Spec::qemu_e1000e()),
+            Spec::qemu_root_port()
+                .acs(None)
+                .child(0, 0, Spec::qemu_e1000e()),
         )],
     );
     let mut t = track(&mut f);
     assert_eq!(t.unit_of(b("01:00.0")), Some(pci::UnitId(b("00:01.0"))));
-    assert_eq!(t.unit_members(b("01:00.0")), vec![b("00:01.0"), b("01:00.0")]);
+    assert_eq!(
+        t.unit_members(b("01:00.0")),
+        vec![b("00:01.0"), b("01:00.0")]
+    );
     assert_eq!(t.unit_of(b("05:00.0")), None);
     let table = t.units();
     assert!(table.get(pci::UnitId(b("01:00.0"))).is_none());

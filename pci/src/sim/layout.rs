@@ -132,7 +132,11 @@ pub(crate) fn build(spec: &FnSpec, multifunction: bool, vf: bool) -> Template {
             ext += SRIOV_CAP_SIZE;
         }
     }
-    let len = if ext_caps.len == 0 { 0x100 } else { ext as usize };
+    let len = if ext_caps.len == 0 {
+        0x100
+    } else {
+        ext as usize
+    };
     let mut b = Builder {
         cfg: vec![0u8; len].into_boxed_slice(),
         wmask: vec![0u8; len].into_boxed_slice(),
@@ -224,10 +228,7 @@ pub(crate) fn build(spec: &FnSpec, multifunction: bool, vf: bool) -> Template {
             CAP_ID_PM => {
                 b.v16(off + PM_PMC, 0x0003);
                 let nsr = spec.pm == Some(true);
-                b.v16(
-                    off + PM_CTRL,
-                    if nsr { PM_CTRL_NO_SOFT_RESET } else { 0 },
-                );
+                b.v16(off + PM_CTRL, if nsr { PM_CTRL_NO_SOFT_RESET } else { 0 });
                 b.w16(off + PM_CTRL, PM_CTRL_STATE_MASK | 0x0100);
                 b.c16(off + PM_CTRL, 0x8000);
             }
@@ -382,7 +383,11 @@ mod heapless_list {
             }
         }
         pub fn first(&self) -> u8 {
-            if self.len == 0 { 0 } else { self.items[0].1 as u8 }
+            if self.len == 0 {
+                0
+            } else {
+                self.items[0].1 as u8
+            }
         }
     }
 }

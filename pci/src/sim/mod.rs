@@ -123,7 +123,12 @@ impl Fabric {
     }
 
     /// Builder form of [`Fabric::add_root_complex`].
-    pub fn with_root_complex(mut self, segment: u16, root_bus: u8, children: &[(u8, Spec)]) -> Self {
+    pub fn with_root_complex(
+        mut self,
+        segment: u16,
+        root_bus: u8,
+        children: &[(u8, Spec)],
+    ) -> Self {
         self.add_root_complex(segment, root_bus, children);
         self
     }
@@ -262,7 +267,12 @@ impl Fabric {
     /// Every function that currently answers at an address, in address order.
     pub fn present_functions(&mut self) -> Vec<Bdf> {
         self.rebuild_routes();
-        let mut out: Vec<Bdf> = self.fns.iter().filter(|f| f.present).filter_map(|f| f.at).collect();
+        let mut out: Vec<Bdf> = self
+            .fns
+            .iter()
+            .filter(|f| f.present)
+            .filter_map(|f| f.at)
+            .collect();
         out.sort_unstable();
         out
     }
@@ -374,8 +384,12 @@ impl Fabric {
     // ---- config access ----
 
     fn read(&mut self, bdf: Bdf, offset: u16, width: u16) -> u32 {
-        let ones = if width == 4 { u32::MAX } else { (1u32 << (width * 8)) - 1 };
-        if offset >= CONFIG_SPACE_SIZE || offset % width != 0 {
+        let ones = if width == 4 {
+            u32::MAX
+        } else {
+            (1u32 << (width * 8)) - 1
+        };
+        if offset >= CONFIG_SPACE_SIZE || !offset.is_multiple_of(width) {
             return ones;
         }
         let Some(idx) = self.route(bdf) else {
@@ -386,7 +400,10 @@ impl Fabric {
             // Held in reset, the link is down: unsupported request, all-ones.
             // Initialising after reset: RRS completions.
             if !f.held
-                && offset == 0 && f.tpl.spec.readiness.mode == NotReady::Rrs && self.rrs_visible(idx) {
+                && offset == 0
+                && f.tpl.spec.readiness.mode == NotReady::Rrs
+                && self.rrs_visible(idx)
+            {
                 return (VENDOR_ID_RRS as u32 | 0xffff_0000) & ones;
             }
             return ones;
@@ -401,7 +418,7 @@ impl Fabric {
     }
 
     fn write(&mut self, bdf: Bdf, offset: u16, width: u16, value: u32) {
-        if offset >= CONFIG_SPACE_SIZE || offset % width != 0 {
+        if offset >= CONFIG_SPACE_SIZE || !offset.is_multiple_of(width) {
             return;
         }
         let Some(idx) = self.route(bdf) else {
@@ -427,7 +444,8 @@ impl Fabric {
             let f = &mut self.fns[idx];
             for i in 0..width {
                 let o = (offset + i) as usize;
-                let (Some(cur), Some(&wm), Some(&c)) = (f.cfg.get(o).copied(), tpl.wmask.get(o), tpl.w1c.get(o))
+                let (Some(cur), Some(&wm), Some(&c)) =
+                    (f.cfg.get(o).copied(), tpl.wmask.get(o), tpl.w1c.get(o))
                 else {
                     continue;
                 };
@@ -455,7 +473,8 @@ impl Fabric {
             self.reset_function(idx);
             return;
         }
-        if layout.af != 0 && byte_written(layout.af + AF_CTRL).is_some_and(|b| b & AF_CTRL_FLR != 0) {
+        if layout.af != 0 && byte_written(layout.af + AF_CTRL).is_some_and(|b| b & AF_CTRL_FLR != 0)
+        {
             self.reset_function(idx);
             return;
         }
@@ -574,7 +593,9 @@ impl Fabric {
     /// Reads MSI-X table entry `entry` (address lo, address hi, data, vector control).
     pub fn msix_entry(&mut self, bdf: Bdf, entry: u16) -> Option<[u32; 4]> {
         let idx = self.index_of(bdf)?;
-        let e = self.fns[idx].msix.get(entry as usize * 4..entry as usize * 4 + 4)?;
+        let e = self.fns[idx]
+            .msix
+            .get(entry as usize * 4..entry as usize * 4 + 4)?;
         Some([e[0], e[1], e[2], e[3]])
     }
 
@@ -607,7 +628,7 @@ impl Fabric {
             return Err(());
         }
         let l = f.tpl.layout;
-        if l.msix == 0 || offset % 4 != 0 {
+        if l.msix == 0 || !offset.is_multiple_of(4) {
             return Ok(None);
         }
         let table = rd32(&f.cfg, l.msix + MSIX_TABLE);
@@ -645,7 +666,13 @@ impl Fabric {
         } else {
             (aer + AER_UNCOR_STATUS, aer + AER_UNCOR_MASK)
         };
-        if f.tpl.w1c.get(status as usize..status as usize + 4).map_or(0, rd32_slice) & m == 0 {
+        if f.tpl
+            .w1c
+            .get(status as usize..status as usize + 4)
+            .map_or(0, rd32_slice)
+            & m
+            == 0
+        {
             return None;
         }
         let cur = rd32(&f.cfg, status);
@@ -701,15 +728,14 @@ impl Fabric {
         wr32(&mut g.cfg, raer + AER_ROOT_STATUS, st);
         wr32(&mut g.cfg, raer + AER_ERROR_SOURCE, src);
         let cmd = rd32(&g.cfg, raer + AER_ROOT_COMMAND);
-        let interrupt = cmd
-            & if correctable {
+        let interrupt =
+            cmd & if correctable {
                 1
             } else if fatal {
                 4
             } else {
                 2
-            }
-            != 0;
+            } != 0;
         Some(SimAerMessage {
             root_port,
             source: bdf,
