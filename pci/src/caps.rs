@@ -191,7 +191,7 @@ impl CapOffsets {
             false
         })?;
         if found.pcie != 0 {
-            walk_ext_caps(port, bdf, |c| {
+            let ext = walk_ext_caps(port, bdf, |c| {
                 let slot = match c.id {
                     EXT_CAP_ID_AER => &mut found.aer,
                     EXT_CAP_ID_ACS => &mut found.acs,
@@ -203,8 +203,148 @@ impl CapOffsets {
                     *slot = c.offset;
                 }
                 false
-            })?;
+            });
+            match ext {
+                // Like Linux: all-ones at 0x100 means no extended config
+                // space (e.g. a host bridge that does not decode it), not a
+                // vanished function (the standard list just answered).
+                Err(CapError::AllOnes { at: EXT_CAP_START }) => {}
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One function's config space in an array; other addresses read all-ones.
+    struct Array([u8; 4096]);
+
+    impl ConfigPort for Array {
+        fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
+            if bdf != Bdf::new(0, 0, 0, 0) {
+                return u32::MAX;
+            }
+            let o = offset as usize & 0xffc;
+            u32::from_le_bytes([self.0[o], self.0[o + 1], self.0[o + 2], self.0[o + 3]])
+        }
+        fn write32(&mut self, _: Bdf, _: u16, _: u32) {}
+        fn write16(&mut self, _: Bdf, _: u16, _: u16) {}
+        fn write8(&mut self, _: Bdf, _: u16, _: u8) {}
+    }
+
+    fn space(caps: &[(u16, u8, u8)], ext: &[(u16, u32)]) -> Array {
+        let mut a = [0u8; 4096];
+        a[STATUS as usize] = STATUS_CAP_LIST as u8;
+        a[CAP_PTR as usize] = caps.first().map_or(0, |c| c.0 as u8);
+        for &(off, id, next) in caps {
+            a[off as usize] = id;
+            a[off as usize + 1] = next;
+        }
+        for &(off, v) in ext {
+            a[off as usize..off as usize + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        Array(a)
+    }
+
+    const F: Bdf = Bdf::new(0, 0, 0, 0);
+
+    #[test]
+    fn finds_capabilities() {
+        let mut p = space(
+            &[
+                (0x40, CAP_ID_PM, 0x50),
+                (0x50, CAP_ID_PCIE, 0x60),
+                (0x60, CAP_ID_MSIX, 0),
+            ],
+            &[(0x100, 0x0001 | (0x140 << 20)), (0x140, 0x000d)],
+        );
+        assert_eq!(find_cap(&mut p, F, CAP_ID_MSIX), Ok(Some(0x60)));
+        assert_eq!(find_cap(&mut p, F, CAP_ID_MSI), Ok(None));
+        assert_eq!(find_ext_cap(&mut p, F, EXT_CAP_ID_ACS), Ok(Some(0x140)));
+        let offs = CapOffsets::scan(&mut p, F).unwrap();
+        assert_eq!(
+            (offs.pm, offs.pcie, offs.msix, offs.aer, offs.acs),
+            (0x40, 0x50, 0x60, 0x100, 0x140)
+        );
+    }
+
+    #[test]
+    fn hostile_lists_end_with_errors() {
+        let mut p = space(&[(0x40, 1, 0x50), (0x50, 2, 0x40)], &[]);
+        assert_eq!(
+            find_cap(&mut p, F, 9),
+            Err(CapError::Loop {
+                at: 0x51,
+                pointer: 0x40
+            })
+        );
+        let mut p = space(&[(0x40, 1, 0x3c)], &[]);
+        assert_eq!(
+            find_cap(&mut p, F, 9),
+            Err(CapError::PointerInHeader {
+                at: 0x41,
+                pointer: 0x3c
+            })
+        );
+        let mut p = space(&[(0x40, 1, 0x52)], &[]);
+        assert_eq!(
+            find_cap(&mut p, F, 9),
+            Err(CapError::Misaligned {
+                at: 0x41,
+                pointer: 0x52
+            })
+        );
+        let mut p = space(&[(0x40, 0xff, 0xff)], &[]);
+        assert_eq!(find_cap(&mut p, F, 9), Err(CapError::AllOnes { at: 0x40 }));
+        let mut p = space(&[], &[(0x100, 1 | (0x80 << 20))]);
+        assert_eq!(
+            find_ext_cap(&mut p, F, 9),
+            Err(CapError::PointerInHeader {
+                at: 0x100,
+                pointer: 0x80
+            })
+        );
+        let mut p = space(&[], &[(0x100, 1 | (0x142 << 20))]);
+        assert_eq!(
+            find_ext_cap(&mut p, F, 9),
+            Err(CapError::Misaligned {
+                at: 0x100,
+                pointer: 0x142
+            })
+        );
+        let mut p = space(
+            &[],
+            &[(0x100, 1 | (0x140 << 20)), (0x140, 2 | (0x100 << 20))],
+        );
+        assert_eq!(
+            find_ext_cap(&mut p, F, 9),
+            Err(CapError::Loop {
+                at: 0x140,
+                pointer: 0x100
+            })
+        );
+        let mut p = space(&[], &[(0x100, 1 | (0x140 << 20)), (0x140, u32::MAX)]);
+        assert_eq!(
+            find_ext_cap(&mut p, F, 9),
+            Err(CapError::AllOnes { at: 0x140 })
+        );
+        // An absent function.
+        assert_eq!(
+            find_cap(&mut p, Bdf::new(0, 1, 0, 0), 1),
+            Err(CapError::AllOnes { at: STATUS })
+        );
+    }
+
+    #[test]
+    fn all_ones_extended_space_means_none() {
+        let mut p = space(&[(0x40, CAP_ID_PCIE, 0)], &[(0x100, u32::MAX)]);
+        let offs = CapOffsets::scan(&mut p, F).unwrap();
+        assert_eq!((offs.pcie, offs.aer), (0x40, 0));
     }
 }

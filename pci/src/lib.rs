@@ -1,5 +1,43 @@
-//! PCIe logic of the hypervisor. Pure state machine: no hardware access except
-//! through [`ConfigPort`]-style ports, no unsafe code.
+//! PCIe logic of the hypervisor. A pure state machine: `no_std` + `alloc`, no
+//! unsafe code, no hardware access except through [`ConfigPort`].
+//!
+//! - [`addr`]: function addresses ([`Bdf`]) and ECAM window decoding.
+//! - [`regs`]: config-space offsets and bits.
+//! - [`port`]: the [`ConfigPort`] trait the hypervisor implements over ECAM.
+//! - [`caps`]: bounded, defensive capability-list walkers.
+//! - [`topology`]: the [`Topology`] tracker: validates "function added /
+//!   removed" reports from the hardware domain, in any order, and keeps the
+//!   tree (orphans wait for their bridge).
+//! - [`units`]: assignment units (ACS, DMA aliases, multi-function devices,
+//!   switches, quirks); the rules with examples are in that module's docs.
+//! - [`reset`]: per-function reset methods (probed like Linux's
+//!   `reset_method`, overridable, quirked), their scopes, and the coverage
+//!   query a VMM asks before relying on reset.
+//! - `sim` (feature `sim`): a simulated fabric that answers config accesses
+//!   like hardware, for tests, fuzzing and benchmarks.
+//!
+//! ```
+//! # #[cfg(feature = "sim")] {
+//! use pci::sim::{Fabric, Spec, devfn};
+//! use pci::{HostBridge, Topology, TopologyConfig};
+//!
+//! let mut fabric = Fabric::new().with_root_complex(
+//!     0,
+//!     0,
+//!     &[(devfn(1, 0), Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()))],
+//! );
+//! let found = fabric.enumerate();
+//! let mut topo = Topology::new(TopologyConfig::new(&[HostBridge {
+//!     segment: 0,
+//!     bus_start: 0,
+//!     bus_end: 255,
+//! }]));
+//! for bdf in found.iter().rev() {
+//!     topo.report_add(*bdf, &mut fabric).unwrap(); // any order
+//! }
+//! assert_eq!(topo.units().len(), 2); // root port, nvme: ACS enabled by the tracker
+//! # }
+//! ```
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -10,15 +48,14 @@ pub mod caps;
 mod fnmap;
 pub mod port;
 pub mod regs;
+pub mod reset;
 #[cfg(feature = "sim")]
 pub mod sim;
-
-pub use addr::{Bdf, EcamWindow};
-pub use port::ConfigPort;
-pub mod reset;
 pub mod topology;
 pub mod units;
 
+pub use addr::{Bdf, EcamWindow};
+pub use port::ConfigPort;
 pub use reset::{ResetAction, ResetCoverage, ResetError, ResetMethod};
 pub use topology::{
     AcsPolicy, Function, FunctionKind, HostBridge, ReportOutcome, Topology, TopologyConfig,

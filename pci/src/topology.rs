@@ -201,10 +201,10 @@ impl Function {
         }
         let stride = self.vf_stride.max(1) as u32;
         let first = pf.rid() as u32 + self.vf_offset as u32;
-        let last = first + stride * (self.num_vfs as u32 - 1);
-        if last > 0xffff {
-            return None;
-        }
+        let last = stride
+            .checked_mul(self.num_vfs as u32 - 1)
+            .and_then(|span| first.checked_add(span))
+            .filter(|&last| last <= 0xffff)?;
         let base = (pf.segment as u32) << 16;
         Some((base | first, base | last, stride))
     }

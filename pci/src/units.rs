@@ -386,6 +386,12 @@ impl Topology {
         self.units.get_or_insert_with(UnitTable::default)
     }
 
+    /// The units if they are up to date (no report since the last
+    /// [`Topology::units`]), for callers that only hold `&self`.
+    pub fn units_if_fresh(&self) -> Option<&UnitTable> {
+        self.units.as_ref()
+    }
+
     /// The unit of an attached function.
     pub fn unit_of(&mut self, bdf: Bdf) -> Option<UnitId> {
         self.units().unit_of(bdf).map(|u| u.id)
