@@ -191,7 +191,21 @@ impl CapOffsets {
             false
         })?;
         if found.pcie != 0 {
+            let mut too_big = None;
             let ext = walk_ext_caps(port, bdf, |c| {
+                // Registers we access must stay inside the 4 KiB space: an
+                // ECAM port would otherwise reach the next function's.
+                let size = match c.id {
+                    EXT_CAP_ID_AER => AER_CAP_SIZE_ROOT,
+                    EXT_CAP_ID_ACS => ACS_CAP_SIZE,
+                    EXT_CAP_ID_ARI => ARI_CAP_SIZE,
+                    EXT_CAP_ID_SRIOV => SRIOV_CAP_SIZE,
+                    _ => 4,
+                };
+                if c.offset + size > CONFIG_SPACE_SIZE {
+                    too_big = Some(c.offset);
+                    return true;
+                }
                 let slot = match c.id {
                     EXT_CAP_ID_AER => &mut found.aer,
                     EXT_CAP_ID_ACS => &mut found.acs,
@@ -212,6 +226,12 @@ impl CapOffsets {
                 other => {
                     other?;
                 }
+            }
+            if let Some(pointer) = too_big {
+                return Err(CapError::OutOfRange {
+                    at: pointer,
+                    pointer,
+                });
             }
         }
         Ok(found)
@@ -338,6 +358,21 @@ mod tests {
         assert_eq!(
             find_cap(&mut p, Bdf::new(0, 1, 0, 0), 1),
             Err(CapError::AllOnes { at: STATUS })
+        );
+    }
+
+    #[test]
+    fn capability_past_the_end_of_config_space() {
+        let mut p = space(
+            &[(0x40, CAP_ID_PCIE, 0)],
+            &[(0x100, 0x0010 | (0xfe0 << 20)), (0xfe0, 0x0010)],
+        );
+        assert_eq!(
+            CapOffsets::scan(&mut p, F),
+            Err(CapError::OutOfRange {
+                at: 0xfe0,
+                pointer: 0xfe0
+            })
         );
     }
 

@@ -164,14 +164,6 @@ impl<V> FnMap<V> {
     }
 }
 
-impl<V> core::ops::Index<&Bdf> for FnMap<V> {
-    type Output = V;
-    fn index(&self, k: &Bdf) -> &V {
-        // Callers index only with keys they got from this map.
-        self.get(k).expect("key from this map")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,10 @@ use crate::addr::Bdf;
 /// Config-space access to physical functions.
 ///
 /// The hypervisor implements it over ECAM MMIO, tests with [`crate::sim`].
-/// Offsets are 12-bit (0..0x1000) and naturally aligned for the width; an
-/// absent function reads all-ones and ignores writes, as on hardware.
+/// Callers pass offsets below 0x1000, naturally aligned for the width (`pci`
+/// checks capability pointers so that it never computes a register past the
+/// function's 4 KiB). An absent function reads all-ones and ignores writes,
+/// as on hardware.
 /// Implementations must not allocate: this is on the trap path.
 pub trait ConfigPort {
     fn read32(&mut self, bdf: Bdf, offset: u16) -> u32;

@@ -157,6 +157,7 @@ proptest! {
             }
         }
         check(&mut t)?;
+        prop_assert_eq!(f.bad_accesses(), 0, "out-of-range or misaligned config access");
     }
 }
 

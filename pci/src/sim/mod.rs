@@ -101,6 +101,7 @@ pub struct Fabric {
     templates: Vec<Arc<Template>>,
     now_ns: u64,
     routes_dirty: bool,
+    bad_accesses: u64,
 }
 
 impl Fabric {
@@ -390,6 +391,7 @@ impl Fabric {
             (1u32 << (width * 8)) - 1
         };
         if offset >= CONFIG_SPACE_SIZE || !offset.is_multiple_of(width) {
+            self.bad_accesses += 1;
             return ones;
         }
         let Some(idx) = self.route(bdf) else {
@@ -419,6 +421,7 @@ impl Fabric {
 
     fn write(&mut self, bdf: Bdf, offset: u16, width: u16, value: u32) {
         if offset >= CONFIG_SPACE_SIZE || !offset.is_multiple_of(width) {
+            self.bad_accesses += 1;
             return;
         }
         let Some(idx) = self.route(bdf) else {
@@ -546,6 +549,12 @@ impl Fabric {
     }
 
     // ---- test hooks ----
+
+    /// Accesses with an offset past 4 KiB or misaligned for their width:
+    /// never legitimate, so tests assert this stays 0.
+    pub fn bad_accesses(&self) -> u64 {
+        self.bad_accesses
+    }
 
     fn index_of(&mut self, bdf: Bdf) -> Option<usize> {
         self.rebuild_routes();
