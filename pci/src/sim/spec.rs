@@ -154,9 +154,10 @@ const CLASS_NVME: u32 = 0x010802 << 8;
 const CLASS_OTHER: u32 = 0xff0000 << 8;
 const CLASS_RCEC: u32 = 0x080700 << 8;
 
-/// ACS as QEMU's root and downstream ports offer it (SV|TB|RR|CR|UF), disabled at reset.
+/// ACS as QEMU's root and downstream ports offer it (`pcie_acs_init`:
+/// SV|TB|RR|CR|UF|DT), all controls off at reset.
 pub const ACS_QEMU: SimAcs = SimAcs {
-    cap: ACS_SV | ACS_TB | ACS_RR | ACS_CR | ACS_UF,
+    cap: ACS_SV | ACS_TB | ACS_RR | ACS_CR | ACS_UF | ACS_DT,
     ctrl: 0,
 };
 /// ACS with every isolation control present and already enabled.
@@ -230,8 +231,8 @@ impl Spec {
 
     // QEMU's own devices, with the ids and capabilities QEMU gives them.
 
-    /// `pcie-root-port` (1b36:000c): ACS (QEMU ≥ 4.0 unless `disable-acs`), AER,
-    /// hot-plug slot, RRS SV not advertised.
+    /// `pcie-root-port` (1b36:000c): ACS unless `disable-acs` (use
+    /// `.acs(None)` for that), AER, hot-plug slot, RRS SV not advertised.
     pub fn qemu_root_port() -> Self {
         let mut s = Self::new(SimKind::RootPort, 0x1b36, 0x000c);
         s.f.acs = Some(ACS_QEMU);
@@ -242,9 +243,11 @@ impl Spec {
         s.f.rrs_sv = false;
         s
     }
-    /// `x3130-upstream` (104c:8232): no ACS.
+    /// `x3130-upstream` (104c:8232): an ACS capability that advertises no
+    /// control (QEMU gives upstream ports an empty one unless `disable-acs`).
     pub fn qemu_x3130_upstream() -> Self {
         let mut s = Self::new(SimKind::SwitchUpstream, 0x104c, 0x8232);
+        s.f.acs = Some(ACS_NONE_ADVERTISED);
         s.f.msi = true;
         s
     }
