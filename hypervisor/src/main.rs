@@ -25,6 +25,8 @@ mod guest_fdt;
 mod heap;
 mod memory;
 mod mmio;
+mod pci_calls;
+mod pci_host;
 mod smccc;
 #[cfg(target_os = "none")]
 mod vm;
@@ -35,7 +37,7 @@ mod boot {
     use crate::arch::aarch64::{cpu, firmware, head, mmu, trap};
     use crate::memory::FreeMemory;
     use crate::vm::{self, System};
-    use crate::{console, heap};
+    use crate::{console, heap, pci_host};
     use alloc::vec::Vec;
     use platform::{Gic, Platform, Region};
 
@@ -295,13 +297,15 @@ mod boot {
             log::error!("no VMs under /chosen: nothing to run");
             park();
         }
-        let (vms, pins) = match vm::create_vms(&platform, &mut free, boot_cpu) {
+        let ecam = pci_host::EcamPort::from_platform(&platform);
+        let (vms, pins) = match vm::create_vms(&platform, &mut free, boot_cpu, ecam.regions()) {
             Ok(v) => v,
             Err((name, e)) => {
                 log::error!("cannot create VM {name}: {e}");
                 park();
             }
         };
+        vm::PCI.call_once(|| spin::Mutex::new(pci_host::PciState::new(ecam.windows(), ecam)));
         let sys = vm::SYSTEM.call_once(|| System {
             platform,
             vms,

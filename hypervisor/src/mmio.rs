@@ -138,6 +138,9 @@ impl MmioAccess {
 pub enum MmioDevice {
     /// The VM's virtual PL011 console.
     Uart,
+    /// A physical ECAM window (index into the platform's ECAM regions),
+    /// trapped for the hardware domain.
+    HostEcam(u8),
 }
 
 /// An emulated MMIO region of a VM's IPA space.

@@ -10,6 +10,14 @@ use smccc::psci;
 pub const SUCCESS: u64 = 0;
 pub const NOT_SUPPORTED: u64 = -1i64 as u64;
 pub const INVALID_PARAMETER: u64 = -3i64 as u64;
+/// Our vendor service: the caller may not make this call or touch this object.
+pub const DENIED: u64 = -4i64 as u64;
+/// Our vendor service: the named object does not exist (not tracked, nothing
+/// answers at the address).
+pub const NOT_FOUND: u64 = -5i64 as u64;
+/// Our vendor service: the report is inconsistent with config space; x1 holds
+/// the reason code (see `docs/interfaces.md`).
+pub const REJECTED: u64 = -6i64 as u64;
 
 /// PSCI return codes.
 pub mod psci_ret {
@@ -40,8 +48,17 @@ pub mod vendor {
     pub const REVISION: u32 = 0x8600_FF03;
     pub const CONSOLE_WRITE: u32 = 0xC600_0001;
     pub const TEST_FAIL: u32 = 0xC600_0002;
+    /// hwdom: a function was found at (x1 = segment, x2 = bus << 8 | devfn).
+    pub const PCI_ADD: u32 = 0xC600_0010;
+    /// hwdom: the function at (x1, x2) is gone.
+    pub const PCI_REMOVE: u32 = 0xC600_0011;
+    /// hwdom: enumeration of segment x1 is complete.
+    pub const PCI_ENUMERATION_DONE: u32 = 0xC600_0012;
+    /// The assignment unit of (x1, x2): x1 = the unit's id (its first
+    /// member's bus << 8 | devfn), x2 = number of members.
+    pub const PCI_UNIT_OF: u32 = 0xC600_0013;
     /// Calls in the service, excluding the generic queries.
-    pub const COUNT: u64 = 2;
+    pub const COUNT: u64 = 6;
     /// Most bytes one CONSOLE_WRITE carries (x2..x7).
     pub const CONSOLE_WRITE_MAX: usize = 48;
     /// UUID 7b3c9a1e-5d42-4f0b-9e61-2c8d0a4f1b37 as four little-endian words.
@@ -67,6 +84,22 @@ pub enum CpuOnError {
     InvalidAddress,
 }
 
+/// A PCI call, with its arguments range-checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PciCall {
+    Add { segment: u16, rid: u16 },
+    Remove { segment: u16, rid: u16 },
+    EnumerationDone { segment: u16 },
+    UnitOf { segment: u16, rid: u16 },
+}
+
+/// Why a PCI call failed: the SMCCC status and a reason code for x1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallError {
+    pub status: u64,
+    pub reason: u64,
+}
+
 /// What the dispatcher needs from the calling VM.
 pub trait HypercallHost {
     /// The vCPU with this MPIDR affinity value, if the VM has one.
@@ -76,6 +109,8 @@ pub trait HypercallHost {
     fn cpu_on(&mut self, vcpu: usize, entry: u64, context_id: u64) -> Result<(), CpuOnError>;
     fn console_write(&mut self, bytes: &[u8]);
     fn test_fail(&mut self, code: u64);
+    /// A PCI call; the host checks who may make it. Returns x1..x3.
+    fn pci(&mut self, call: PciCall) -> Result<[u64; 3], CallError>;
 }
 
 /// What the trap handler does after a call.
@@ -200,6 +235,24 @@ fn vendor_call(host: &mut dyn HypercallHost, id: u32, regs: &[u64; 8]) -> Outcom
             host.test_fail(regs[1]);
             ret(SUCCESS)
         }
+        vendor::PCI_ADD
+        | vendor::PCI_REMOVE
+        | vendor::PCI_UNIT_OF
+        | vendor::PCI_ENUMERATION_DONE => {
+            let (Ok(segment), Ok(rid)) = (u16::try_from(regs[1]), u16::try_from(regs[2])) else {
+                return ret(INVALID_PARAMETER);
+            };
+            let call = match id {
+                vendor::PCI_ADD => PciCall::Add { segment, rid },
+                vendor::PCI_REMOVE => PciCall::Remove { segment, rid },
+                vendor::PCI_UNIT_OF => PciCall::UnitOf { segment, rid },
+                _ => PciCall::EnumerationDone { segment },
+            };
+            match host.pci(call) {
+                Ok([a, b, c]) => Outcome::Return([SUCCESS, a, b, c]),
+                Err(e) => Outcome::Return([e.status, e.reason, 0, 0]),
+            }
+        }
         _ => ret(NOT_SUPPORTED),
     }
 }
@@ -215,6 +268,7 @@ mod tests {
         console: Vec<u8>,
         failed: Option<u64>,
         started: Vec<(usize, u64, u64)>,
+        pci_calls: Vec<PciCall>,
     }
 
     impl HypercallHost for FakeVm {
@@ -241,6 +295,16 @@ mod tests {
         }
         fn test_fail(&mut self, code: u64) {
             self.failed = Some(code);
+        }
+        fn pci(&mut self, call: PciCall) -> Result<[u64; 3], CallError> {
+            self.pci_calls.push(call);
+            match call {
+                PciCall::Add { rid: 0xffff, .. } => Err(CallError {
+                    status: NOT_FOUND,
+                    reason: 3,
+                }),
+                _ => Ok([1, 2, 3]),
+            }
         }
     }
 
@@ -361,6 +425,45 @@ mod tests {
         );
         assert_eq!(call(&mut vm, &[0x8400_00FF]), ret(psci_ret::NOT_SUPPORTED));
         assert_eq!(call(&mut vm, &[0xBF00_0000]), ret(NOT_SUPPORTED));
+    }
+
+    #[test]
+    fn pci_calls_are_range_checked_then_passed_on() {
+        let mut vm = two_vcpus();
+        assert_eq!(
+            call(&mut vm, &[0xC600_0010, 0, 0x0108]),
+            Outcome::Return([0, 1, 2, 3])
+        );
+        assert_eq!(
+            call(&mut vm, &[0xC600_0010, 0x1_0000, 0x0108]),
+            ret(INVALID_PARAMETER)
+        );
+        assert_eq!(
+            call(&mut vm, &[0xC600_0013, 0, 0x1_0000]),
+            ret(INVALID_PARAMETER)
+        );
+        assert_eq!(
+            call(&mut vm, &[0xC600_0010, 0, 0xffff]),
+            Outcome::Return([NOT_FOUND, 3, 0, 0])
+        );
+        assert_eq!(
+            call(&mut vm, &[0xC600_0012, 1, 0]),
+            Outcome::Return([0, 1, 2, 3])
+        );
+        assert_eq!(
+            vm.pci_calls,
+            [
+                PciCall::Add {
+                    segment: 0,
+                    rid: 0x108
+                },
+                PciCall::Add {
+                    segment: 0,
+                    rid: 0xffff
+                },
+                PciCall::EnumerationDone { segment: 1 }
+            ]
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::console;
 use crate::guest_fdt::{self, GuestDescription};
 use crate::memory::{FreeMemory, MemoryError};
 use crate::mmio::{MmioAccess, MmioDevice, MmioMap, MmioRegion, esr, fault_ipa};
-use crate::smccc::{self, CpuOnError, HypercallHost, Outcome, VcpuPower};
+use crate::pci_host::{self, PciState};
+use crate::smccc::{self, CallError, CpuOnError, HypercallHost, Outcome, PciCall, VcpuPower};
 use crate::vuart::VirtualUart;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -83,6 +84,8 @@ pub struct System {
 }
 
 pub static SYSTEM: Once<System> = Once::new();
+/// PCI state: one lock, held for one config access or one call.
+pub static PCI: Once<Mutex<PciState>> = Once::new();
 /// A VM reported a failure (TEST_FAIL) or had to be stopped.
 static FAILED: AtomicBool = AtomicBool::new(false);
 
@@ -107,6 +110,8 @@ pub enum VmError {
         free: usize,
     },
     NoUart,
+    /// More emulated MMIO regions than a VM can have.
+    TooManyRegions,
 }
 
 impl core::fmt::Display for VmError {
@@ -131,6 +136,7 @@ impl core::fmt::Display for VmError {
                 write!(f, "needs {wanted} physical CPUs, the platform has {free}")
             }
             Self::NoUart => write!(f, "the platform has no console UART to emulate"),
+            Self::TooManyRegions => write!(f, "too many emulated MMIO regions"),
         }
     }
 }
@@ -157,6 +163,7 @@ impl Vm {
         platform: &Platform,
         free: &mut FreeMemory,
         pcpus: Vec<usize>,
+        ecam: &[pci_host::EcamRegion],
     ) -> Result<Vm, VmError> {
         let ram = match config.memory_base {
             Some(base) => free.claim(base, config.memory_size),
@@ -205,6 +212,18 @@ impl Vm {
             device: MmioDevice::Uart,
         })
         .map_err(|_| VmError::NoUart)?;
+        if config.hardware_domain {
+            // The hardware domain sees the ECAM windows where they are, but
+            // every access traps: nothing of config space is mapped.
+            for (i, r) in ecam.iter().enumerate() {
+                mmio.add(MmioRegion {
+                    base: r.base,
+                    size: r.window.size(),
+                    device: MmioDevice::HostEcam(i as u8),
+                })
+                .map_err(|_| VmError::TooManyRegions)?;
+            }
+        }
 
         let mut prefix = Vec::with_capacity(config.name.len() + 3);
         prefix.push(b'[');
@@ -287,6 +306,7 @@ pub fn create_vms(
     platform: &Platform,
     free: &mut FreeMemory,
     boot_cpu: usize,
+    ecam: &[pci_host::EcamRegion],
 ) -> Result<(Vec<Vm>, Pins), (String, VmError)> {
     let ncpus = platform.cpus.len();
     let mut pins: Pins = alloc::vec![None; ncpus];
@@ -321,7 +341,8 @@ pub fn create_vms(
                 }
             }
         }
-        let vm = Vm::new(i, config, platform, free, pcpus).map_err(|e| (config.name.clone(), e))?;
+        let vm = Vm::new(i, config, platform, free, pcpus, ecam)
+            .map_err(|e| (config.name.clone(), e))?;
         vms[i] = Some(vm);
     }
     Ok((vms.into_iter().flatten().collect(), pins))
@@ -437,6 +458,20 @@ impl HypercallHost for Caller<'_> {
     fn test_fail(&mut self, code: u64) {
         FAILED.store(true, Ordering::Release);
         log::error!("{} reports a failure (code {code})", self.vm.name);
+    }
+    fn pci(&mut self, call: PciCall) -> Result<[u64; 3], CallError> {
+        let Some(pci) = PCI.get() else {
+            return Err(CallError {
+                status: smccc::NOT_SUPPORTED,
+                reason: 0,
+            });
+        };
+        crate::pci_calls::handle(
+            &mut pci.lock(),
+            self.vm.hardware_domain,
+            &self.vm.name,
+            call,
+        )
     }
 }
 
@@ -597,6 +632,21 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
         return;
     };
     match region.device {
+        MmioDevice::HostEcam(index) => {
+            let value = access.store_value(frame.reg(access.reg));
+            let result = PCI.get().map_or(u64::MAX, |pci| {
+                crate::pci_calls::hwdom_ecam_access(
+                    &mut pci.lock(),
+                    usize::from(index),
+                    offset,
+                    access.width.bytes(),
+                    access.write.then_some(value),
+                )
+            });
+            if !access.write {
+                frame.set_reg(access.reg, access.load_result(result));
+            }
+        }
         MmioDevice::Uart => {
             let mut uart = vm.uart.lock();
             if access.write {

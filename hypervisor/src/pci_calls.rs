@@ -1,0 +1,336 @@
+//! PCI hypercalls and the hardware domain's ECAM accesses, on top of the
+//! `pci` tracker. Generic over the config port, so all of it is tested on
+//! the host against `pci::sim`.
+
+use crate::pci_host::{PciState, split_access};
+use crate::smccc::{self, CallError, PciCall};
+use pci::{Bdf, ConfigPort, ReportOutcome, TopologyError};
+
+/// Reason codes returned in x1 with REJECTED / NOT_FOUND (docs/interfaces.md).
+pub fn reason(e: &TopologyError) -> u64 {
+    match e {
+        TopologyError::UnknownSegment { .. } => 1,
+        TopologyError::BusOutsideHostBridge { .. } => 2,
+        TopologyError::NoFunction { .. } => 3,
+        TopologyError::NotReady { .. } => 4,
+        TopologyError::UnsupportedHeaderType { .. } => 5,
+        TopologyError::HeaderTypeMismatch { .. } => 6,
+        TopologyError::UnknownPortType { .. } => 7,
+        TopologyError::Capability { .. } => 8,
+        TopologyError::InvalidBusRange { .. } => 9,
+        TopologyError::OutsideParentRange { .. } => 10,
+        TopologyError::BusRangeOverlap { .. } => 11,
+        TopologyError::NotAVirtualFunction { .. } => 12,
+        TopologyError::NotTracked { .. } => 13,
+    }
+}
+
+fn refused(e: TopologyError) -> CallError {
+    let status = match e {
+        TopologyError::NoFunction { .. } | TopologyError::NotTracked { .. } => smccc::NOT_FOUND,
+        TopologyError::UnknownSegment { .. } | TopologyError::BusOutsideHostBridge { .. } => {
+            smccc::INVALID_PARAMETER
+        }
+        _ => smccc::REJECTED,
+    };
+    CallError {
+        status,
+        reason: reason(&e),
+    }
+}
+
+const DENIED: CallError = CallError {
+    status: smccc::DENIED,
+    reason: 0,
+};
+
+/// Carry out a PCI call from a VM (`hwdom` says whether it is the hardware
+/// domain). Reports are validated by the tracker; a refused one changes
+/// nothing and is logged.
+pub fn handle<P: ConfigPort>(
+    pci: &mut PciState<P>,
+    hwdom: bool,
+    caller: &str,
+    call: PciCall,
+) -> Result<[u64; 3], CallError> {
+    if !hwdom {
+        log::warn!("{caller}: PCI call {call:?} is reserved to the hardware domain: denied");
+        return Err(DENIED);
+    }
+    match call {
+        PciCall::Add { segment, rid } => {
+            let bdf = Bdf::from_rid(segment, rid);
+            match pci.topology.report_add(bdf, &mut pci.port) {
+                Ok(ReportOutcome::Attached { adopted }) => Ok([0, adopted as u64, 0]),
+                Ok(ReportOutcome::Orphaned) => Ok([1, 0, 0]),
+                Ok(ReportOutcome::AlreadyTracked) => Ok([2, 0, 0]),
+                Err(e) => {
+                    log::warn!("{caller}: report of {bdf} refused: {e:?}");
+                    Err(refused(e))
+                }
+            }
+        }
+        PciCall::Remove { segment, rid } => {
+            let bdf = Bdf::from_rid(segment, rid);
+            match pci.topology.report_remove(bdf) {
+                Ok(removed) => Ok([removed as u64, 0, 0]),
+                Err(e) => {
+                    log::warn!("{caller}: removal of {bdf} refused: {e:?}");
+                    Err(refused(e))
+                }
+            }
+        }
+        PciCall::EnumerationDone { segment } => {
+            if !pci.windows.iter().any(|w| w.segment == segment) {
+                return Err(CallError {
+                    status: smccc::INVALID_PARAMETER,
+                    reason: 1,
+                });
+            }
+            if !pci.enumerated.contains(&segment) {
+                pci.enumerated.push(segment);
+            }
+            let (functions, units, orphans) = log_tree(pci, segment);
+            Ok([functions, units, orphans])
+        }
+        PciCall::UnitOf { segment, rid } => {
+            let bdf = Bdf::from_rid(segment, rid);
+            if !pci.topology.contains(bdf) {
+                return Err(refused(TopologyError::NotTracked { bdf }));
+            }
+            let members = pci.topology.unit_members(bdf);
+            let id = members.first().copied().unwrap_or(bdf);
+            Ok([u64::from(id.rid()), members.len() as u64, 0])
+        }
+    }
+}
+
+/// Log the tree of one segment and its assignment units; returns (functions,
+/// units, orphans) of the segment.
+fn log_tree<P: ConfigPort>(pci: &mut PciState<P>, segment: u16) -> (u64, u64, u64) {
+    let topo = &mut pci.topology;
+    let functions: alloc::vec::Vec<Bdf> = topo
+        .functions()
+        .map(|(bdf, _)| bdf)
+        .filter(|b| b.segment == segment)
+        .collect();
+    let orphans = topo.orphans().filter(|b| b.segment == segment).count() as u64;
+    log::info!(
+        "PCI segment {segment:04x} enumerated: {} functions, {orphans} waiting for their bridge",
+        functions.len()
+    );
+    for &bdf in &functions {
+        if let Some(f) = topo.function(bdf) {
+            let parent = topo.parent_bridge(bdf);
+            log::info!(
+                "  {bdf} {:04x}:{:04x} {:?} parent {}",
+                f.vendor,
+                f.device,
+                f.kind,
+                parent.map_or(
+                    alloc::string::String::from("host bridge"),
+                    |p| alloc::format!("{p}")
+                )
+            );
+        }
+    }
+    let units = topo.units();
+    let mut count = 0;
+    for unit in units.iter() {
+        if unit.members.first().is_some_and(|b| b.segment == segment) {
+            count += 1;
+            log::info!("  unit {:?}: {:?}", unit.id.0, unit.members);
+        }
+    }
+    (functions.len() as u64, count, orphans)
+}
+
+/// A trapped ECAM access of the hardware domain: `offset` into ECAM window
+/// `window`, `width` bytes, a write if `write` holds the value. Returns the
+/// value read (all-ones where nothing answers).
+pub fn hwdom_ecam_access<P: ConfigPort>(
+    pci: &mut PciState<P>,
+    window: usize,
+    offset: u64,
+    width: u64,
+    write: Option<u64>,
+) -> u64 {
+    let Some(window) = pci.windows.get(window).copied() else {
+        return u64::MAX;
+    };
+    let mut result = 0u64;
+    for (at, w) in split_access(offset, width) {
+        let shift = (at - offset) * 8;
+        let mask = if w == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * w)) - 1
+        };
+        let Some((bdf, reg)) = window.decode(at) else {
+            result |= mask << shift;
+            continue;
+        };
+        match write {
+            Some(value) => {
+                let piece = (value >> shift) & mask;
+                match w {
+                    4 => pci.port.write32(bdf, reg, piece as u32),
+                    2 => pci.port.write16(bdf, reg, piece as u16),
+                    _ => pci.port.write8(bdf, reg, piece as u8),
+                }
+            }
+            None => {
+                let piece = match w {
+                    4 => u64::from(pci.port.read32(bdf, reg)),
+                    2 => u64::from(pci.port.read16(bdf, reg)),
+                    _ => u64::from(pci.port.read8(bdf, reg)),
+                };
+                result |= piece << shift;
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pci::EcamWindow;
+    use pci::sim::{Fabric, Spec, devfn};
+    use std::vec::Vec;
+
+    fn state() -> (PciState<Fabric>, Vec<Bdf>) {
+        let mut fabric = Fabric::new().with_root_complex(
+            0,
+            0,
+            &[(
+                devfn(1, 0),
+                Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+            )],
+        );
+        let found = fabric.enumerate();
+        let window = EcamWindow {
+            segment: 0,
+            bus_start: 0,
+            bus_end: 255,
+        };
+        (PciState::new(std::vec![window], fabric), found)
+    }
+
+    #[test]
+    fn hwdom_reports_build_the_tree_in_any_order() {
+        let (mut pci, found) = state();
+        assert_eq!(found.len(), 2);
+        // Child first: it waits as an orphan.
+        let child = found[1];
+        let r = handle(
+            &mut pci,
+            true,
+            "hwdom",
+            PciCall::Add {
+                segment: 0,
+                rid: child.rid(),
+            },
+        );
+        assert_eq!(r, Ok([1, 0, 0]));
+        let r = handle(
+            &mut pci,
+            true,
+            "hwdom",
+            PciCall::Add {
+                segment: 0,
+                rid: found[0].rid(),
+            },
+        );
+        assert_eq!(r, Ok([0, 1, 0]), "attached, adopting the orphan");
+        let r = handle(
+            &mut pci,
+            true,
+            "hwdom",
+            PciCall::EnumerationDone { segment: 0 },
+        );
+        assert_eq!(
+            r,
+            Ok([2, 2, 0]),
+            "two functions, two units (ACS root port), no orphans"
+        );
+        let r = handle(
+            &mut pci,
+            true,
+            "hwdom",
+            PciCall::UnitOf {
+                segment: 0,
+                rid: child.rid(),
+            },
+        );
+        assert_eq!(r, Ok([u64::from(child.rid()), 1, 0]));
+    }
+
+    #[test]
+    fn reports_are_validated_and_reserved_to_the_hwdom() {
+        let (mut pci, _) = state();
+        let nothing = Bdf::new(0, 0, 7, 0);
+        let r = handle(
+            &mut pci,
+            true,
+            "hwdom",
+            PciCall::Add {
+                segment: 0,
+                rid: nothing.rid(),
+            },
+        );
+        assert_eq!(
+            r,
+            Err(CallError {
+                status: smccc::NOT_FOUND,
+                reason: 3
+            })
+        );
+        let r = handle(&mut pci, true, "hwdom", PciCall::Add { segment: 3, rid: 0 });
+        assert_eq!(r.map_err(|e| e.status), Err(smccc::INVALID_PARAMETER));
+        let r = handle(
+            &mut pci,
+            false,
+            "guest",
+            PciCall::Add { segment: 0, rid: 8 },
+        );
+        assert_eq!(r, Err(DENIED));
+        let r = handle(
+            &mut pci,
+            true,
+            "hwdom",
+            PciCall::EnumerationDone { segment: 9 },
+        );
+        assert_eq!(r.map_err(|e| e.status), Err(smccc::INVALID_PARAMETER));
+        assert!(pci.topology.is_empty(), "refused reports change nothing");
+    }
+
+    #[test]
+    fn hwdom_ecam_reads_and_writes_pass_through_with_any_width() {
+        let (mut pci, found) = state();
+        let rp = found[0];
+        let at = |reg: u64| (u64::from(rp.bus) << 20) | (u64::from(rp.devfn) << 12) | reg;
+        // Vendor/device as one 32-bit, two 16-bit and one 64-bit read.
+        let id = hwdom_ecam_access(&mut pci, 0, at(0), 4, None);
+        assert_eq!(id, 0x000c_1b36);
+        assert_eq!(hwdom_ecam_access(&mut pci, 0, at(2), 2, None), 0x000c);
+        let both = hwdom_ecam_access(&mut pci, 0, at(0), 8, None);
+        assert_eq!(both & 0xffff_ffff, id);
+        assert_eq!(both >> 32, u64::from(pci.port.read32(rp, 4)));
+        // An unaligned 32-bit read is served byte-exactly.
+        let odd = hwdom_ecam_access(&mut pci, 0, at(1), 4, None);
+        assert_eq!(
+            odd,
+            u64::from(pci.port.read32(rp, 0) >> 8) | (u64::from(pci.port.read8(rp, 4)) << 24)
+        );
+        // A write of the bridge's subordinate bus lands.
+        hwdom_ecam_access(&mut pci, 0, at(0x1a), 1, Some(0x7));
+        assert_eq!(pci.port.read8(rp, 0x1a), 0x7);
+        // Nothing there: all-ones; a bad window index too.
+        assert_eq!(
+            hwdom_ecam_access(&mut pci, 0, 0x7 << 15, 4, None),
+            0xffff_ffff
+        );
+        assert_eq!(hwdom_ecam_access(&mut pci, 5, 0, 4, None), u64::MAX);
+    }
+}

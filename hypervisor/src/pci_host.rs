@@ -1,0 +1,179 @@
+//! The hypervisor's side of PCIe: the physical ECAM windows as a
+//! [`pci::ConfigPort`], the hardware domain's trapped ECAM accesses, and the
+//! report hypercalls that build the `pci` tracker's tree.
+//!
+//! All decisions are `pci`'s; this module only moves bytes and holds the one
+//! lock around the PCI state, for no longer than one access or call.
+
+use alloc::vec::Vec;
+use pci::{Bdf, ConfigPort, EcamWindow, HostBridge, Topology, TopologyConfig};
+
+use platform::{ConfigAccess, Platform};
+
+/// One ECAM window of the platform, identity mapped at EL2.
+#[derive(Clone, Copy, Debug)]
+pub struct EcamRegion {
+    pub window: EcamWindow,
+    pub base: u64,
+}
+
+/// Physical config space through the platform's ECAM windows.
+#[derive(Debug, Default)]
+pub struct EcamPort {
+    regions: Vec<EcamRegion>,
+}
+
+impl EcamPort {
+    pub fn from_platform(platform: &Platform) -> Self {
+        let regions = platform
+            .pci_host_bridges
+            .iter()
+            .filter(|b| b.access == ConfigAccess::Ecam)
+            .map(|b| EcamRegion {
+                window: EcamWindow {
+                    segment: b.segment,
+                    bus_start: b.bus_start,
+                    bus_end: b.bus_end,
+                },
+                base: b.config.base,
+            })
+            .collect();
+        Self { regions }
+    }
+
+    pub fn regions(&self) -> &[EcamRegion] {
+        &self.regions
+    }
+
+    pub fn windows(&self) -> Vec<EcamWindow> {
+        self.regions.iter().map(|r| r.window).collect()
+    }
+
+    /// Physical address of register `reg` of `bdf`, aligned for `width`.
+    fn address(&self, bdf: Bdf, reg: u16, width: u16) -> Option<usize> {
+        if !reg.is_multiple_of(width) {
+            return None;
+        }
+        self.regions.iter().find_map(|r| {
+            r.window
+                .offset_of(bdf, reg)
+                .map(|off| (r.base + off) as usize)
+        })
+    }
+}
+
+#[cfg(target_os = "none")]
+impl ConfigPort for EcamPort {
+    fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
+        match self.address(bdf, offset, 4) {
+            // SAFETY: inside an ECAM window the EL2 map covers as Device
+            // memory, naturally aligned.
+            Some(a) => unsafe { (a as *const u32).read_volatile() },
+            None => u32::MAX,
+        }
+    }
+    fn read16(&mut self, bdf: Bdf, offset: u16) -> u16 {
+        match self.address(bdf, offset, 2) {
+            // SAFETY: as in read32.
+            Some(a) => unsafe { (a as *const u16).read_volatile() },
+            None => u16::MAX,
+        }
+    }
+    fn read8(&mut self, bdf: Bdf, offset: u16) -> u8 {
+        match self.address(bdf, offset, 1) {
+            // SAFETY: as in read32.
+            Some(a) => unsafe { (a as *const u8).read_volatile() },
+            None => u8::MAX,
+        }
+    }
+    fn write32(&mut self, bdf: Bdf, offset: u16, value: u32) {
+        if let Some(a) = self.address(bdf, offset, 4) {
+            // SAFETY: as in read32.
+            unsafe { (a as *mut u32).write_volatile(value) }
+        }
+    }
+    fn write16(&mut self, bdf: Bdf, offset: u16, value: u16) {
+        if let Some(a) = self.address(bdf, offset, 2) {
+            // SAFETY: as in read32.
+            unsafe { (a as *mut u16).write_volatile(value) }
+        }
+    }
+    fn write8(&mut self, bdf: Bdf, offset: u16, value: u8) {
+        if let Some(a) = self.address(bdf, offset, 1) {
+            // SAFETY: as in read32.
+            unsafe { (a as *mut u8).write_volatile(value) }
+        }
+    }
+}
+
+/// Split an access of `width` bytes at ECAM offset `offset` into naturally
+/// aligned pieces of at most 4 bytes (config space has no 8-byte registers;
+/// an unaligned access that reached us is served byte-exactly). Each piece
+/// is decoded on its own, so one that crosses into the next function's
+/// space reaches that function, as on hardware.
+pub fn split_access(offset: u64, width: u64) -> impl Iterator<Item = (u64, u64)> {
+    let end = offset.saturating_add(width);
+    let mut at = offset;
+    core::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let left = end - at;
+        let w = [4u64, 2, 1]
+            .into_iter()
+            .find(|&w| w <= left && at.is_multiple_of(w))
+            .unwrap_or(1);
+        let piece = (at, w);
+        at += w;
+        Some(piece)
+    })
+}
+
+/// The PCI state the hypervisor keeps: the tracked tree and the port to
+/// physical config space (ECAM on hardware, `pci::sim` in tests).
+#[derive(Debug)]
+pub struct PciState<P = EcamPort> {
+    /// The ECAM windows the hardware domain's accesses are decoded against,
+    /// in the order of its `MmioDevice::HostEcam` regions.
+    pub windows: Vec<EcamWindow>,
+    pub port: P,
+    pub topology: Topology,
+    /// Segments whose enumeration the hardware domain declared complete.
+    pub enumerated: Vec<u16>,
+}
+
+impl<P: ConfigPort> PciState<P> {
+    pub fn new(windows: Vec<EcamWindow>, port: P) -> Self {
+        let bridges: Vec<HostBridge> = windows
+            .iter()
+            .map(|w| HostBridge {
+                segment: w.segment,
+                bus_start: w.bus_start,
+                bus_end: w.bus_end,
+            })
+            .collect();
+        Self {
+            windows,
+            port,
+            topology: Topology::new(TopologyConfig::new(&bridges)),
+            enumerated: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    #[test]
+    fn accesses_split_into_aligned_pieces() {
+        let pieces = |r, w| split_access(r, w).collect::<Vec<_>>();
+        assert_eq!(pieces(0x10, 8), [(0x10, 4), (0x14, 4)]);
+        assert_eq!(pieces(0x10, 4), [(0x10, 4)]);
+        assert_eq!(pieces(0x12, 4), [(0x12, 2), (0x14, 2)]);
+        assert_eq!(pieces(0x11, 4), [(0x11, 1), (0x12, 2), (0x14, 1)]);
+        assert_eq!(pieces(0x13, 2), [(0x13, 1), (0x14, 1)]);
+        assert_eq!(pieces(0xffe, 8), [(0xffe, 2), (0x1000, 4), (0x1004, 2)]);
+    }
+}
