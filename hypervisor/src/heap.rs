@@ -12,6 +12,7 @@ pub const HEAP_SIZE: usize = 16 * 1024 * 1024;
 #[repr(C, align(4096))]
 struct HeapSpace([u8; HEAP_SIZE]);
 
+#[unsafe(link_section = ".bss.noinit")]
 static mut HEAP_SPACE: HeapSpace = HeapSpace([0; HEAP_SIZE]);
 
 #[global_allocator]

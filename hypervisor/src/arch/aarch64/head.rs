@@ -37,6 +37,7 @@ pub static mut SECONDARY_BOOT: SecondaryBoot = SecondaryBoot {
 pub struct Stacks(pub [[u8; STACK_SIZE]; MAX_CPUS]);
 
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.noinit")]
 pub static mut CPU_STACKS: Stacks = Stacks([[0; STACK_SIZE]; MAX_CPUS]);
 
 #[repr(C, align(4096))]
