@@ -134,6 +134,31 @@ fn hello(env: &Env) -> ! {
         }
     }
     t.check(env.cpus >= 1, format_args!("no cpu nodes"));
+    // (QEMU itself omits enable-method with a single CPU: native runs skip this.)
+    for (i, cpu) in fdt.cpus().enumerate().filter(|_| !env.native) {
+        let m = cpu.property("enable-method").and_then(|m| m.as_str());
+        t.check(
+            m == Some("psci"),
+            format_args!("cpu node {i}: enable-method {m:?}, expected \"psci\""),
+        );
+    }
+    let timer = fdt.find_compatible(&["arm,armv8-timer"]).is_some();
+    t.check(timer, format_args!("no arm,armv8-timer node"));
+    let gic = fdt
+        .find_compatible(&["arm,gic-v3", "arm,cortex-a15-gic"])
+        .is_some();
+    t.check(
+        gic,
+        format_args!("no GIC node (arm,gic-v3 or arm,cortex-a15-gic)"),
+    );
+    let stdout = fdt
+        .find_node("/chosen")
+        .and_then(|c| c.property("stdout-path"))
+        .is_some();
+    t.check(stdout, format_args!("no /chosen/stdout-path"));
+    // The emulated PL011: one line written to UARTDR byte by byte.
+    let uart = rt::console::pl011_line(format_args!("hello via pl011 from {}", env.label));
+    t.check(uart, format_args!("no arm,pl011 node"));
 
     // FP: a harmonic sum with a hypercall between terms, then the full
     // register file across one hypercall.
@@ -230,11 +255,47 @@ fn isolation(env: &Env) -> ! {
 }
 
 static CPU1_UP: AtomicBool = AtomicBool::new(false);
+static CPU1_BAD_MPIDR: AtomicBool = AtomicBool::new(false);
 
 fn secondary(cpu: usize) -> ! {
+    // The context id (x0) is the vCPU index we asked for; MPIDR must agree.
+    let mpidr = rt::mpidr();
+    if mpidr != cpu as u64 {
+        CPU1_BAD_MPIDR.store(true, Ordering::SeqCst);
+        println!("FAIL: psci: vCPU started with context {cpu} has MPIDR {mpidr:#x}");
+    }
     println!("cpu{cpu} up");
     CPU1_UP.store(true, Ordering::SeqCst);
     rt::cpu_off()
+}
+
+/// CPU_ON vCPU 1, wait for it to say so, then for AFFINITY_INFO to show it off.
+fn start_and_stop_cpu1(t: &mut Test, round: u32) {
+    CPU1_UP.store(false, Ordering::SeqCst);
+    let entry = rt::secondary_entry_addr();
+    let r = call::hvc3(PSCI_CPU_ON, 1, entry, 1);
+    t.check_eq("CPU_ON(vCPU 1)", r, SUCCESS);
+    if r != SUCCESS {
+        return;
+    }
+    let up = rt::poll_ms(2000, || CPU1_UP.load(Ordering::SeqCst).then_some(()));
+    t.check(
+        up.is_some(),
+        format_args!("round {round}: vCPU 1 did not run within 2 s of CPU_ON"),
+    );
+    t.check(
+        !CPU1_BAD_MPIDR.load(Ordering::SeqCst),
+        format_args!("round {round}: vCPU 1 has the wrong MPIDR"),
+    );
+    let mut last = 0;
+    let off = rt::poll_ms(2000, || {
+        last = call::hvc3(PSCI_AFFINITY_INFO, 1, 0, 0);
+        (last == AFF_OFF).then_some(())
+    });
+    t.check(
+        off.is_some(),
+        format_args!("round {round}: AFFINITY_INFO(vCPU 1) stayed {last} after its CPU_OFF"),
+    );
 }
 
 /// `psci`: the PSCI 1.x subset and SMCCC queries of docs/interfaces.md.
@@ -277,22 +338,9 @@ fn psci(env: &Env) -> ! {
             AFF_OFF,
         );
         rt::set_secondary_main(secondary);
-        let entry = rt::secondary_entry_addr();
-        t.check_eq("CPU_ON(vCPU 1)", hvc(PSCI_CPU_ON, 1, entry, 1), SUCCESS);
-        let up = rt::poll_ms(2000, || CPU1_UP.load(Ordering::SeqCst).then_some(()));
-        t.check(
-            up.is_some(),
-            format_args!("vCPU 1 did not run within 2 s of CPU_ON"),
-        );
-        let mut last = 0;
-        let off = rt::poll_ms(2000, || {
-            last = hvc(PSCI_AFFINITY_INFO, 1, 0, 0);
-            (last == AFF_OFF).then_some(())
-        });
-        t.check(
-            off.is_some(),
-            format_args!("AFFINITY_INFO(vCPU 1) stayed {last} after its CPU_OFF"),
-        );
+        // Twice: a vCPU that did CPU_OFF can be started again.
+        start_and_stop_cpu1(&mut t, 1);
+        start_and_stop_cpu1(&mut t, 2);
     }
     t.check_eq(
         "CPU_ON(nonexistent MPIDR 0xfe)",

@@ -58,6 +58,23 @@ fn pl011_write(bytes: &[u8]) {
     }
 }
 
+/// Print one line straight to the PL011 (the emulated UART under phv),
+/// whatever the console backend is. Returns false if no PL011 is known.
+pub fn pl011_line(args: fmt::Arguments<'_>) -> bool {
+    if PL011.load(Ordering::SeqCst) == 0 {
+        return false;
+    }
+    let locked = lock();
+    let mut w = LineBuf::new();
+    let _ = w.write_fmt(args);
+    let _ = w.write_str("\n");
+    pl011_write(w.as_bytes());
+    if locked {
+        LOCK.store(false, Ordering::Release);
+    }
+    true
+}
+
 /// One CONSOLE_WRITE of at most 48 bytes; returns x0.
 pub fn console_write_raw(len: u64, bytes: &[u8]) -> i64 {
     let mut regs = [0u64; 6];
