@@ -28,6 +28,7 @@ mod mmio;
 mod pci_calls;
 mod pci_host;
 mod smccc;
+mod vgic;
 #[cfg(target_os = "none")]
 mod vm;
 mod vuart;
