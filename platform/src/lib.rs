@@ -306,8 +306,57 @@ pub struct VmConfig {
     /// Where the kernel image was placed by the loader.
     pub kernel: Region,
     pub bootargs: String,
-    /// `phv,pci-devices`, as written ("SSSS:BB:DD.F"); parsed by the pci layer.
-    pub pci_devices: Vec<String>,
+    /// `phv,pci-devices`: the functions to pass through ("SSSS:BB:DD.F" or
+    /// "BB:DD.F").
+    pub pci_devices: Vec<PciFunctionAddress>,
+    /// `phv,pci-whole-units`: take every member of the assignment units of
+    /// `pci_devices` instead of failing when a unit is named only in part.
+    pub pci_whole_units: bool,
+}
+
+/// A PCI function address as a VM configuration names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct PciFunctionAddress {
+    pub segment: u16,
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+}
+
+impl PciFunctionAddress {
+    /// Parse "SSSS:BB:DD.F" or "BB:DD.F" (hexadecimal, function 0..=7,
+    /// device 0..=0x1f).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (rest, function) = s.rsplit_once('.')?;
+        let mut parts = rest.split(':').rev();
+        let device = u8::from_str_radix(parts.next()?, 16).ok()?;
+        let bus = u8::from_str_radix(parts.next()?, 16).ok()?;
+        let segment = match parts.next() {
+            Some(seg) => u16::from_str_radix(seg, 16).ok()?,
+            None => 0,
+        };
+        let function = u8::from_str_radix(function, 16).ok()?;
+        if parts.next().is_some() || device > 0x1f || function > 7 {
+            return None;
+        }
+        Some(Self {
+            segment,
+            bus,
+            device,
+            function,
+        })
+    }
+}
+
+impl core::fmt::Display for PciFunctionAddress {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{}",
+            self.segment, self.bus, self.device, self.function
+        )
+    }
 }
 
 /// What is missing or wrong in a device tree. Never a panic.

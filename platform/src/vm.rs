@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use crate::blob::NodeId;
 use crate::dt::DeviceTree;
-use crate::{ExitMethod, PlatformError, Region, VmConfig};
+use crate::{ExitMethod, PciFunctionAddress, PlatformError, Region, VmConfig};
 
 const VM_COMPATIBLE: &str = "phv,vm";
 const KERNEL_COMPATIBLE: &str = "multiboot,kernel";
@@ -192,13 +192,26 @@ fn vm(dt: &DeviceTree, id: NodeId) -> Result<VmConfig, PlatformError> {
         Some(args) => args,
         None => string(id, "bootargs")?.unwrap_or_default(),
     };
-    let pci_devices = dt
+    let mut pci_devices = Vec::new();
+    for text in dt
         .prop_strings(id, "phv,pci-devices")
         .map_err(|_| bad_vm(&name, "phv,pci-devices is not a string list"))?
         .unwrap_or_default()
-        .into_iter()
-        .map(String::from)
-        .collect();
+    {
+        let Some(address) = PciFunctionAddress::parse(text) else {
+            return Err(bad_vm(
+                &name,
+                format!("phv,pci-devices: \"{text}\" is not a function address SSSS:BB:DD.F"),
+            ));
+        };
+        if pci_devices.contains(&address) {
+            return Err(bad_vm(
+                &name,
+                format!("phv,pci-devices names {address} twice"),
+            ));
+        }
+        pci_devices.push(address);
+    }
     Ok(VmConfig {
         hardware_domain: dt.has_prop(id, "phv,hardware-domain"),
         memory_size,
@@ -207,6 +220,7 @@ fn vm(dt: &DeviceTree, id: NodeId) -> Result<VmConfig, PlatformError> {
         kernel,
         bootargs: String::from(bootargs),
         pci_devices,
+        pci_whole_units: dt.has_prop(id, "phv,pci-whole-units"),
         name,
     })
 }

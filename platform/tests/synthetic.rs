@@ -7,8 +7,8 @@ mod common;
 
 use common::{FdtBuilder, parse};
 use platform::{
-    BlobError, ConfigAccess, ExitMethod, Gic, PciIntxRoute, Platform, PlatformError, Psci,
-    PsciConduit, Region, Timer, Uart, VmConfig,
+    BlobError, ConfigAccess, ExitMethod, Gic, PciFunctionAddress, PciIntxRoute, Platform,
+    PlatformError, Psci, PsciConduit, Region, Timer, Uart, VmConfig,
 };
 
 const GIC_PHANDLE: u32 = 1;
@@ -175,6 +175,7 @@ fn vms_under_chosen_parse_to_exact_configs() {
                 kernel: Region::new(0x4400_0000, 0x10_0000),
                 bootargs: "test=boot".into(),
                 pci_devices: vec![],
+                pci_whole_units: false,
             },
             VmConfig {
                 name: "guest".into(),
@@ -184,7 +185,11 @@ fn vms_under_chosen_parse_to_exact_configs() {
                 cpus: 1,
                 kernel: Region::new(0x4500_0000, 0x10_0000),
                 bootargs: String::new(),
-                pci_devices: vec!["0000:01:00.0".into(), "0000:02:00.0".into()],
+                pci_devices: vec![
+                    PciFunctionAddress::parse("0000:01:00.0").unwrap(),
+                    PciFunctionAddress::parse("02:00.0").unwrap(),
+                ],
+                pci_whole_units: false,
             },
         ]
     );
@@ -1038,4 +1043,24 @@ fn errors_display_what_is_wrong() {
         err.to_string(),
         "not a valid device tree: bad magic 0x00001234 (expected 0xd00dfeed)"
     );
+}
+
+#[test]
+fn pci_function_addresses_parse_strictly() {
+    let a = PciFunctionAddress::parse("0001:02:1f.7").unwrap();
+    assert_eq!((a.segment, a.bus, a.device, a.function), (1, 2, 0x1f, 7));
+    assert_eq!(a.to_string(), "0001:02:1f.7");
+    let b = PciFunctionAddress::parse("03:00.1").unwrap();
+    assert_eq!((b.segment, b.bus, b.device, b.function), (0, 3, 0, 1));
+    for bad in [
+        "",
+        "0000:01:00",
+        "01:20.0",
+        "01:00.8",
+        "x:01:00.0",
+        "0:0:01:00.0",
+        "01:00.-1",
+    ] {
+        assert_eq!(PciFunctionAddress::parse(bad), None, "{bad}");
+    }
 }
