@@ -324,3 +324,74 @@ fn multi_segment_fabric() {
     assert_eq!(f.read16(Bdf::new(0, 0x01, 0, 0), VENDOR_ID), 0x1b36);
     assert_eq!(f.read16(Bdf::new(1, 0x01, 0, 0), VENDOR_ID), 0xffff);
 }
+
+#[test]
+fn mirrors_qemu_device_arguments() {
+    let args = [
+        "-M",
+        "virt",
+        "-device",
+        "pcie-root-port,id=rp0,chassis=1",
+        "-device",
+        "pcie-root-port,id=rp1,chassis=2,disable-acs=on",
+        "-device",
+        "x3130-upstream,id=up,bus=rp0",
+        "-device",
+        "xio3130-downstream,id=dn0,bus=up,chassis=3,slot=0",
+        "-device",
+        "xio3130-downstream,id=dn1,bus=up,chassis=4,slot=1",
+        "-device",
+        "e1000e,bus=dn0",
+        "-device",
+        "nvme,bus=dn1,serial=x,drive=d",
+        "-device",
+        "pcie-pci-bridge,id=br,bus=rp1",
+        "-device",
+        "e1000,bus=br,addr=1",
+        "-device",
+        "e1000,bus=br,addr=2",
+    ];
+    let mut f = Fabric::from_qemu_args(&args).unwrap();
+    let mut t = track(&mut f);
+    assert_eq!(
+        units(&mut t),
+        set(&[
+            &["00:00.0"],
+            &["00:01.0"],
+            &["00:02.0", "05:00.0", "06:01.0", "06:02.0"],
+            &["01:00.0"],
+            &["02:00.0"],
+            &["02:01.0"],
+            &["03:00.0"],
+            &["04:00.0"],
+        ])
+    );
+    assert_eq!(f.read32(b("00:00.0"), VENDOR_ID), 0x0008_1b36);
+    assert!(matches!(
+        Fabric::from_qemu_args(&["-device", "virtio-gpu-pci"]),
+        Err(pci::sim::qemu::QemuArgsError::UnknownDriver(_))
+    ));
+    assert!(matches!(
+        Fabric::from_qemu_args(&["-device", "e1000e,bus=nope"]),
+        Err(pci::sim::qemu::QemuArgsError::UnknownBus(_))
+    ));
+}
+
+#[test]
+fn qemu_igb_vfs_follow_offset_and_stride() {
+    let mut f =
+        Fabric::from_qemu_args(&["-device", "pcie-root-port,id=rp", "-device", "igb,bus=rp"])
+            .unwrap();
+    let mut t = track(&mut f);
+    let vfs: Vec<String> = t
+        .functions()
+        .filter(|(_, g)| g.physfn().is_some())
+        .map(|(x, _)| x.to_string())
+        .collect();
+    assert_eq!(vfs.len(), 8);
+    assert_eq!(vfs[0], "0000:01:10.0");
+    assert_eq!(vfs[1], "0000:01:10.2");
+    assert_eq!(vfs[7], "0000:01:11.6");
+    assert_eq!(t.function(b("01:10.2")).unwrap().device, 0x10ca);
+    assert_eq!(t.units().len(), 3 + 8);
+}

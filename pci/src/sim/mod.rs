@@ -17,6 +17,7 @@
 //! and Error Source ID.
 
 mod layout;
+pub mod qemu;
 mod spec;
 
 use alloc::boxed::Box;
