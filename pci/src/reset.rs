@@ -196,6 +196,22 @@ pub enum ResetError {
     },
 }
 
+impl fmt::Display for ResetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::NotTracked { bdf } => write!(f, "{bdf}: not tracked"),
+            Self::Unsupported { bdf, method } => {
+                write!(f, "{bdf}: reset method {method} not supported")
+            }
+            Self::Duplicate { method } => write!(f, "reset method {method} listed twice"),
+            Self::EmptySet => f.write_str("no functions given"),
+            Self::MixedOwners { bdf } => {
+                write!(f, "{bdf}: owned by another domain than the others")
+            }
+        }
+    }
+}
+
 /// One reset operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ResetAction {

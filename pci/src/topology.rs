@@ -250,6 +250,54 @@ pub enum TopologyError {
     NotTracked { bdf: Bdf },
 }
 
+impl core::fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::UnknownSegment { segment } => {
+                write!(f, "no host bridge for segment {segment:04x}")
+            }
+            Self::BusOutsideHostBridge { bdf } => {
+                write!(f, "{bdf}: bus outside the host bridge's range")
+            }
+            Self::NoFunction { bdf } => write!(f, "{bdf}: no function answers"),
+            Self::NotReady { bdf } => write!(f, "{bdf}: not ready (RRS)"),
+            Self::UnsupportedHeaderType { bdf, header_type } => {
+                write!(f, "{bdf}: unsupported header type {header_type}")
+            }
+            Self::HeaderTypeMismatch {
+                bdf,
+                header_type,
+                port_type,
+            } => write!(
+                f,
+                "{bdf}: header type {header_type} does not match PCIe port type {port_type:#x}"
+            ),
+            Self::UnknownPortType { bdf, port_type } => {
+                write!(f, "{bdf}: unknown PCIe port type {port_type:#x}")
+            }
+            Self::Capability { bdf, error } => {
+                write!(f, "{bdf}: corrupt capability list: {error:?}")
+            }
+            Self::InvalidBusRange {
+                bdf,
+                secondary,
+                subordinate,
+            } => write!(
+                f,
+                "{bdf}: invalid bus numbers secondary {secondary:02x} subordinate {subordinate:02x}"
+            ),
+            Self::OutsideParentRange { bdf, parent } => {
+                write!(f, "{bdf}: bus range outside its parent {parent}'s")
+            }
+            Self::BusRangeOverlap { bdf, other } => {
+                write!(f, "{bdf}: bus range overlaps {other}'s")
+            }
+            Self::NotAVirtualFunction { bdf } => write!(f, "{bdf}: not a VF of any PF"),
+            Self::NotTracked { bdf } => write!(f, "{bdf}: not tracked"),
+        }
+    }
+}
+
 /// What a valid report did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReportOutcome {
@@ -306,20 +354,24 @@ impl Topology {
         &self.config
     }
 
+    /// The host bridge decoding the function's bus (a segment may have
+    /// several, with disjoint bus ranges).
     fn host_bridge(&self, bdf: Bdf) -> Result<HostBridge, TopologyError> {
-        let hb = self
+        let mut same_segment = self
             .config
             .host_bridges
             .iter()
-            .find(|h| h.segment == bdf.segment)
-            .copied()
-            .ok_or(TopologyError::UnknownSegment {
+            .filter(|h| h.segment == bdf.segment)
+            .peekable();
+        if same_segment.peek().is_none() {
+            return Err(TopologyError::UnknownSegment {
                 segment: bdf.segment,
-            })?;
-        if bdf.bus < hb.bus_start || bdf.bus > hb.bus_end {
-            return Err(TopologyError::BusOutsideHostBridge { bdf });
+            });
         }
-        Ok(hb)
+        same_segment
+            .find(|h| (h.bus_start..=h.bus_end).contains(&bdf.bus))
+            .copied()
+            .ok_or(TopologyError::BusOutsideHostBridge { bdf })
     }
 
     // ---- reports ----

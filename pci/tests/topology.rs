@@ -398,3 +398,35 @@ proptest! {
         prop_assert_eq!(snapshot(&mut t), canonical());
     }
 }
+
+#[test]
+fn several_host_bridges_in_one_segment() {
+    let mut f = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+        )],
+    );
+    let all = f.enumerate();
+    let cfg = pci::TopologyConfig::new(&[
+        pci::HostBridge {
+            segment: 0,
+            bus_start: 0x80,
+            bus_end: 0xff,
+        },
+        pci::HostBridge {
+            segment: 0,
+            bus_start: 0,
+            bus_end: 0x7f,
+        },
+    ]);
+    let mut t = Topology::new(cfg);
+    for x in all {
+        t.report_add(x, &mut f).unwrap();
+    }
+    assert_eq!(t.len(), 2);
+    let e = TopologyError::NoFunction { bdf: b("00:05.0") };
+    assert_eq!(e.to_string(), "0000:00:05.0: no function answers");
+}
