@@ -18,7 +18,26 @@ pub struct GuestDescription<'a> {
     /// The console's IPA and SPI (INTID) if any.
     pub uart: Region,
     pub uart_irq: Option<u32>,
+    /// The virtual PCIe host bridge, if the VM has passed-through functions.
+    pub pci: Option<&'a GuestPci>,
 }
+
+/// A VM's virtual PCIe host bridge as its device tree describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestPci {
+    /// Virtual ECAM window (IPA) and its first and last bus.
+    pub ecam: Region,
+    pub bus_end: u8,
+    /// 32-bit and 64-bit memory windows (IPA == PCI address).
+    pub mem32: Region,
+    pub mem64: Region,
+    /// INTx routing: (virtual bus, device, function, pin 1..=4, SPI INTID).
+    pub intx: Vec<(u8, u8, u8, u8, u32)>,
+}
+
+/// PCI address space codes of `ranges` (phys.hi bits 25:24).
+const PCI_SPACE_MEM32: u32 = 0x0200_0000;
+const PCI_SPACE_MEM64: u32 = 0x0300_0000;
 
 const GIC_PHANDLE: u32 = 1;
 const CLOCK_PHANDLE: u32 = 2;
@@ -146,8 +165,49 @@ pub fn build(desc: &GuestDescription) -> Result<Vec<u8>, FdtError> {
     )?;
     fdt.end_node(uart)?;
 
+    if let Some(pci) = desc.pci {
+        pci_node(&mut fdt, pci)?;
+    }
+
     fdt.end_node(root)?;
     fdt.finish()
+}
+
+fn pci_node(fdt: &mut FdtWriter, pci: &GuestPci) -> Result<(), FdtError> {
+    let node = fdt.begin_node(&format!("pcie@{:x}", pci.ecam.base))?;
+    fdt.property_string("compatible", "pci-host-ecam-generic")?;
+    fdt.property_string("device_type", "pci")?;
+    fdt.property_u32("#address-cells", 3)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_u32("#interrupt-cells", 1)?;
+    fdt.property_array_u32("reg", &cells(&[pci.ecam.base, pci.ecam.size]))?;
+    fdt.property_array_u32("bus-range", &[0, u32::from(pci.bus_end)])?;
+    fdt.property_u32("linux,pci-domain", 0)?;
+    fdt.property_null("dma-coherent")?;
+    let mut ranges = Vec::new();
+    for (space, w) in [(PCI_SPACE_MEM32, pci.mem32), (PCI_SPACE_MEM64, pci.mem64)] {
+        if w.size == 0 {
+            continue;
+        }
+        // PCI address (3 cells), CPU address (2), size (2): identity.
+        ranges.extend_from_slice(&[space, (w.base >> 32) as u32, w.base as u32]);
+        ranges.extend_from_slice(&cells(&[w.base, w.size]));
+    }
+    fdt.property_array_u32("ranges", &ranges)?;
+    // One entry per function and pin: mask keeps bus, device, function, pin.
+    fdt.property_array_u32("interrupt-map-mask", &[0x00ff_ff00, 0, 0, 7])?;
+    let mut map = Vec::new();
+    for &(bus, device, function, pin, intid) in &pci.intx {
+        let hi = (u32::from(bus) << 16)
+            | (u32::from(device & 0x1f) << 11)
+            | (u32::from(function & 7) << 8);
+        map.extend_from_slice(&[hi, 0, 0, u32::from(pin), GIC_PHANDLE]);
+        map.extend_from_slice(&[GIC_SPI, intid.saturating_sub(32), IRQ_LEVEL_HIGH]);
+    }
+    if !map.is_empty() {
+        fdt.property_array_u32("interrupt-map", &map)?;
+    }
+    fdt.end_node(node)
 }
 
 fn gic_common(fdt: &mut FdtWriter) -> Result<(), FdtError> {
@@ -197,6 +257,7 @@ mod tests {
             timer: &timer(),
             uart: Region::new(0x900_0000, 0x1000),
             uart_irq: Some(33),
+            pci: None,
         };
         let blob = build(&desc).unwrap();
         let tree = parse(&blob);
@@ -243,6 +304,13 @@ mod tests {
             timer: &timer(),
             uart: Region::new(0x900_0000, 0x1000),
             uart_irq: None,
+            pci: Some(&GuestPci {
+                ecam: Region::new(0x40_1000_0000, 16 << 20),
+                bus_end: 15,
+                mem32: Region::new(0x1000_0000, 0x2eff_0000),
+                mem64: Region::new(0x80_0000_0000, 0x80_0000_0000),
+                intx: alloc::vec![(1, 0, 0, 1, 35), (2, 0, 0, 1, 36)],
+            }),
         };
         let blob = build(&desc).unwrap();
         let tree = parse(&blob);
@@ -260,5 +328,45 @@ mod tests {
             "virtual timer PPI 11, cpu mask 1"
         );
         assert!(tree.find_compatible(&["arm,cortex-a15-gic"]).is_some());
+        let pci = tree.find_compatible(&["pci-host-ecam-generic"]).unwrap();
+        let words = |name: &str| -> Vec<u32> {
+            pci.property(name)
+                .unwrap()
+                .value
+                .chunks(4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        assert_eq!(words("bus-range"), [0, 15]);
+        assert_eq!(words("reg"), [0x40, 0x1000_0000, 0, 16 << 20]);
+        assert_eq!(
+            words("ranges"),
+            [
+                0x0200_0000,
+                0,
+                0x1000_0000,
+                0,
+                0x1000_0000,
+                0,
+                0x2eff_0000,
+                0x0300_0000,
+                0x80,
+                0,
+                0x80,
+                0,
+                0x80,
+                0
+            ]
+        );
+        let map = words("interrupt-map");
+        assert_eq!(map.len(), 16, "two entries of 8 cells");
+        assert_eq!(
+            map[..8],
+            [0x1_0000, 0, 0, 1, GIC_PHANDLE, GIC_SPI, 3, IRQ_LEVEL_HIGH]
+        );
+        assert_eq!(
+            map[8..],
+            [0x2_0000, 0, 0, 1, GIC_PHANDLE, GIC_SPI, 4, IRQ_LEVEL_HIGH]
+        );
     }
 }

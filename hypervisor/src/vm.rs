@@ -60,6 +60,8 @@ pub struct Vm {
     entry: u64,
     dtb: Vec<u8>,
     vttbr: u64,
+    /// Stage-2 tables, changed at run time when passed-through BARs move.
+    pub stage2: Mutex<Stage2Map>,
     pub mmio: MmioMap,
     uart: Mutex<VirtualUart>,
     pub vcpus: Vec<Vcpu>,
@@ -197,6 +199,7 @@ impl Vm {
             timer: &platform.timer,
             uart: uart_window,
             uart_irq: uart.irq,
+            pci: None,
         })
         .map_err(VmError::Fdt)?;
         if dtb.len() as u64 > KERNEL_OFFSET {
@@ -205,6 +208,7 @@ impl Vm {
 
         let mut stage2 = Stage2Map::new(index as u16 + 1);
         stage2.map_ram(ram).map_err(VmError::Stage2)?;
+        let vttbr = stage2.vttbr();
         let mut mmio = MmioMap::default();
         mmio.add(MmioRegion {
             base: uart_window.base,
@@ -237,7 +241,8 @@ impl Vm {
             image: config.kernel,
             entry: load,
             dtb,
-            vttbr: stage2.vttbr(),
+            vttbr,
+            stage2: Mutex::new(stage2),
             mmio,
             uart: Mutex::new(VirtualUart::default()),
             vcpus: pcpus
@@ -251,9 +256,6 @@ impl Vm {
             stopped: AtomicBool::new(false),
             faults_logged: AtomicU32::new(0),
         };
-        // The stage-2 tables must outlive the VM: they live as long as the
-        // system does.
-        core::mem::forget(stage2);
         vm.load_images();
         Ok(vm)
     }

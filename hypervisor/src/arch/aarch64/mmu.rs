@@ -3,9 +3,10 @@
 //! aarch64-paging.
 
 use super::head::{MAIR_EL2_VALUE, SCTLR_EL2_MMU_ON, SECONDARY_BOOT, SecondaryBoot};
+use aarch64_paging::Mapping;
 use aarch64_paging::descriptor::{El23Attributes, PhysicalAddress, Stage2Attributes};
-use aarch64_paging::idmap::IdMap;
-use aarch64_paging::paging::{El2, MemoryRegion, Stage2};
+use aarch64_paging::idmap::{IdMap, IdTranslation};
+use aarch64_paging::paging::{Constraints, El2, MemoryRegion, Stage2};
 use platform::Region;
 
 /// Normal write-back memory (MAIR index 1), inner shareable.
@@ -116,36 +117,75 @@ const S2_RAM: Stage2Attributes = Stage2Attributes::VALID
     .union(Stage2Attributes::S2AP_ACCESS_RW)
     .union(Stage2Attributes::SH_INNER)
     .union(Stage2Attributes::ACCESS_FLAG);
-/// Device memory passed through to a VM.
-#[allow(dead_code)]
+/// Device memory passed through to a VM (a BAR): never executable.
 const S2_DEVICE: Stage2Attributes = Stage2Attributes::VALID
     .union(Stage2Attributes::MEMATTR_DEVICE_nGnRE)
     .union(Stage2Attributes::S2AP_ACCESS_RW)
     .union(Stage2Attributes::ACCESS_FLAG)
     .union(Stage2Attributes::XN);
 
-/// A VM's stage-2 tables. Everything not mapped faults to EL2.
+/// A VM's stage-2 tables. Everything not mapped faults to EL2. RAM is
+/// direct mapped (IPA == PA); passed-through device memory goes wherever
+/// the guest placed it.
 #[derive(Debug)]
 pub struct Stage2Map {
-    map: IdMap<Stage2>,
+    map: Mapping<IdTranslation<Stage2Attributes>, Stage2>,
     vmid: u16,
 }
+
+// SAFETY: the tables are owned by this value alone (heap pages), and every
+// change is made under the VM's lock; the raw pointers inside do not alias
+// anything another thread uses.
+unsafe impl Send for Stage2Map {}
 
 impl Stage2Map {
     pub fn new(vmid: u16) -> Self {
         Self {
-            map: IdMap::new(ROOT_LEVEL, Stage2),
+            map: Mapping::new(IdTranslation::new(), ROOT_LEVEL, Stage2),
             vmid,
         }
     }
 
     pub fn map_ram(&mut self, r: Region) -> Result<(), MapError> {
-        self.map.map_range(&region(r), S2_RAM).map_err(MapError)
+        self.map
+            .map_range(
+                &region(r),
+                PhysicalAddress(r.base as usize),
+                S2_RAM,
+                Constraints::empty(),
+            )
+            .map_err(MapError)
     }
 
-    #[allow(dead_code)]
-    pub fn map_device(&mut self, r: Region) -> Result<(), MapError> {
-        self.map.map_range(&region(r), S2_DEVICE).map_err(MapError)
+    /// Map device memory `pa` at `ipa`, page granular.
+    pub fn map_device(&mut self, ipa: u64, pa: u64, size: u64) -> Result<(), MapError> {
+        let range = region(Region::new(ipa, size));
+        self.map
+            .map_range(
+                &range,
+                PhysicalAddress(pa as usize),
+                S2_DEVICE,
+                Constraints::NO_BLOCK_MAPPINGS,
+            )
+            .map_err(MapError)
+    }
+
+    /// Remove `[ipa, ipa + size)` and invalidate the TLBs of this VM. Must
+    /// run with this VM's VTTBR loaded (from one of its traps).
+    pub fn unmap(&mut self, ipa: u64, size: u64) -> Result<(), MapError> {
+        let range = region(Region::new(ipa, size));
+        let result = self
+            .map
+            .map_range(
+                &range,
+                PhysicalAddress(0),
+                Stage2Attributes::empty(),
+                Constraints::NO_BLOCK_MAPPINGS,
+            )
+            .map_err(MapError);
+        // SAFETY: TLB maintenance for the current VMID has no memory effects.
+        unsafe { core::arch::asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb") };
+        result
     }
 
     /// VTTBR_EL2 value: table base and VMID.
