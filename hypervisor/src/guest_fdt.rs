@@ -27,12 +27,20 @@ pub struct GuestDescription<'a> {
 pub struct GuestPci {
     /// Virtual ECAM window (IPA) and its first and last bus.
     pub ecam: Region,
+    pub bus_start: u8,
     pub bus_end: u8,
     /// 32-bit and 64-bit memory windows (IPA == PCI address).
     pub mem32: Region,
     pub mem64: Region,
-    /// INTx routing: (virtual bus, device, function, pin 1..=4, SPI INTID).
-    pub intx: Vec<(u8, u8, u8, u8, u32)>,
+    /// `interrupt-map-mask` (child address high cell, pin).
+    pub intx_mask: (u32, u32),
+    /// `interrupt-map`: (child address high cell, pin 1..=4, SPI INTID).
+    pub intx: Vec<(u32, u8, u32)>,
+}
+
+/// The child address high cell of a PCI function.
+pub const fn pci_child_hi(bus: u8, device: u8, function: u8) -> u32 {
+    ((bus as u32) << 16) | (((device & 0x1f) as u32) << 11) | (((function & 7) as u32) << 8)
 }
 
 /// PCI address space codes of `ranges` (phys.hi bits 25:24).
@@ -181,7 +189,10 @@ fn pci_node(fdt: &mut FdtWriter, pci: &GuestPci) -> Result<(), FdtError> {
     fdt.property_u32("#size-cells", 2)?;
     fdt.property_u32("#interrupt-cells", 1)?;
     fdt.property_array_u32("reg", &cells(&[pci.ecam.base, pci.ecam.size]))?;
-    fdt.property_array_u32("bus-range", &[0, u32::from(pci.bus_end)])?;
+    fdt.property_array_u32(
+        "bus-range",
+        &[u32::from(pci.bus_start), u32::from(pci.bus_end)],
+    )?;
     fdt.property_u32("linux,pci-domain", 0)?;
     fdt.property_null("dma-coherent")?;
     let mut ranges = Vec::new();
@@ -194,13 +205,12 @@ fn pci_node(fdt: &mut FdtWriter, pci: &GuestPci) -> Result<(), FdtError> {
         ranges.extend_from_slice(&cells(&[w.base, w.size]));
     }
     fdt.property_array_u32("ranges", &ranges)?;
-    // One entry per function and pin: mask keeps bus, device, function, pin.
-    fdt.property_array_u32("interrupt-map-mask", &[0x00ff_ff00, 0, 0, 7])?;
+    fdt.property_array_u32(
+        "interrupt-map-mask",
+        &[pci.intx_mask.0, 0, 0, pci.intx_mask.1],
+    )?;
     let mut map = Vec::new();
-    for &(bus, device, function, pin, intid) in &pci.intx {
-        let hi = (u32::from(bus) << 16)
-            | (u32::from(device & 0x1f) << 11)
-            | (u32::from(function & 7) << 8);
+    for &(hi, pin, intid) in &pci.intx {
         map.extend_from_slice(&[hi, 0, 0, u32::from(pin), GIC_PHANDLE]);
         map.extend_from_slice(&[GIC_SPI, intid.saturating_sub(32), IRQ_LEVEL_HIGH]);
     }
@@ -306,10 +316,15 @@ mod tests {
             uart_irq: None,
             pci: Some(&GuestPci {
                 ecam: Region::new(0x40_1000_0000, 16 << 20),
+                bus_start: 0,
                 bus_end: 15,
                 mem32: Region::new(0x1000_0000, 0x2eff_0000),
                 mem64: Region::new(0x80_0000_0000, 0x80_0000_0000),
-                intx: alloc::vec![(1, 0, 0, 1, 35), (2, 0, 0, 1, 36)],
+                intx_mask: (0xffff00, 7),
+                intx: alloc::vec![
+                    (pci_child_hi(1, 0, 0), 1, 35),
+                    (pci_child_hi(2, 0, 0), 1, 36)
+                ],
             }),
         };
         let blob = build(&desc).unwrap();

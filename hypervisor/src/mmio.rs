@@ -141,6 +141,9 @@ pub enum MmioDevice {
     /// A physical ECAM window (index into the platform's ECAM regions),
     /// trapped for the hardware domain.
     HostEcam(u8),
+    /// A physical PCI memory window of the hardware domain: its BAR pages
+    /// are mapped on first touch, unless a guest owns them.
+    HwdomPciWindow,
 }
 
 /// An emulated MMIO region of a VM's IPA space.

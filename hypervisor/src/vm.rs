@@ -7,7 +7,7 @@ use crate::arch::aarch64::head::{CPU_STACKS, STACK_SIZE};
 use crate::arch::aarch64::mmu::{self, Stage2Map};
 use crate::arch::aarch64::trap::{TRAP_FRAME_SIZE, TrapFrame, enter_guest};
 use crate::console;
-use crate::guest_fdt::{self, GuestDescription};
+use crate::guest_fdt::{self, GuestDescription, GuestPci};
 use crate::memory::{FreeMemory, MemoryError};
 use crate::mmio::{MmioAccess, MmioDevice, MmioMap, MmioRegion, esr, fault_ipa};
 use crate::pci_host::{self, PciState};
@@ -191,6 +191,17 @@ impl Vm {
 
         let uart = platform.uart.as_ref().ok_or(VmError::NoUart)?;
         let uart_window = Region::new(uart.region.base, UART_WINDOW);
+        // The hardware domain enumerates the platform's (first) ECAM host
+        // bridge itself, at its physical addresses.
+        let host_pci = if config.hardware_domain {
+            platform
+                .pci_host_bridges
+                .iter()
+                .find(|b| b.access == platform::ConfigAccess::Ecam)
+                .map(hwdom_pci)
+        } else {
+            None
+        };
         let dtb = guest_fdt::build(&GuestDescription {
             memory: ram,
             vcpus: config.cpus,
@@ -199,7 +210,7 @@ impl Vm {
             timer: &platform.timer,
             uart: uart_window,
             uart_irq: uart.irq,
-            pci: None,
+            pci: host_pci.as_ref(),
         })
         .map_err(VmError::Fdt)?;
         if dtb.len() as u64 > KERNEL_OFFSET {
@@ -226,6 +237,16 @@ impl Vm {
                     device: MmioDevice::HostEcam(i as u8),
                 })
                 .map_err(|_| VmError::TooManyRegions)?;
+            }
+            if let Some(pci) = &host_pci {
+                for window in [pci.mem32, pci.mem64].into_iter().filter(|w| w.size > 0) {
+                    mmio.add(MmioRegion {
+                        base: window.base,
+                        size: window.size,
+                        device: MmioDevice::HwdomPciWindow,
+                    })
+                    .map_err(|_| VmError::TooManyRegions)?;
+                }
             }
         }
 
@@ -299,6 +320,30 @@ impl Vm {
 
     fn emit_line(&self, line: &[u8]) {
         console::write_bytes(&[&self.prefix, line, b"\n"]);
+    }
+}
+
+/// The physical host bridge as the hardware domain's device tree shows it.
+fn hwdom_pci(bridge: &platform::PciHostBridge) -> GuestPci {
+    let window = |kind| {
+        bridge
+            .windows
+            .iter()
+            .find(|w| w.kind == kind && w.cpu_base == w.pci_base)
+            .map_or(Region::new(0, 0), |w| Region::new(w.cpu_base, w.size))
+    };
+    GuestPci {
+        ecam: bridge.config,
+        bus_start: bridge.bus_start,
+        bus_end: bridge.bus_end,
+        mem32: window(platform::PciWindowKind::Mem32),
+        mem64: window(platform::PciWindowKind::Mem64),
+        intx_mask: bridge.intx_mask,
+        intx: bridge
+            .intx_map
+            .iter()
+            .map(|r| (r.child_addr_hi, r.pin, r.intid))
+            .collect(),
     }
 }
 
@@ -599,6 +644,14 @@ fn system_off() -> ! {
 
 fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
     let ipa = fault_ipa(syn.hpfar, syn.far);
+    // Device memory of the hardware domain: map the page and retry the
+    // access, whatever its syndrome.
+    if let Some((region, _)) = vm.mmio.find(ipa, crate::mmio::Width::Byte)
+        && region.device == MmioDevice::HwdomPciWindow
+    {
+        hwdom_bar_fault(vm, vcpu, frame, syn, ipa);
+        return;
+    }
     let access = match MmioAccess::decode(syn.esr, ipa) {
         Ok(a) => a,
         Err(why) => {
@@ -634,6 +687,8 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
         return;
     };
     match region.device {
+        // Handled above, before decoding.
+        MmioDevice::HwdomPciWindow => return,
         MmioDevice::HostEcam(index) => {
             let value = access.store_value(frame.reg(access.reg));
             let result = PCI.get().map_or(u64::MAX, |pci| {
@@ -665,6 +720,32 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
     if vm.stopped.load(Ordering::Acquire) {
         vm.vcpus[vcpu].set_power(VcpuPower::Off);
         run_pcpu(cpu::cpu_index());
+    }
+}
+
+/// The hardware domain touched a page of a PCI window for the first time:
+/// map it (IPA == PA) unless it belongs to a function given to a guest.
+fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome, ipa: u64) {
+    let page = ipa & !0xfff;
+    let guest_owned = PCI
+        .get()
+        .is_some_and(|pci| pci.lock().guest_owns_memory(page, 0x1000));
+    let mapped = !guest_owned && vm.stage2.lock().map_device(page, page, 0x1000).is_ok();
+    if !mapped {
+        if vm.log_fault() {
+            log::warn!(
+                "{} vCPU {vcpu}: access to PCI memory {ipa:#x} (pc {:#x}) {}; external abort injected",
+                vm.name,
+                frame.elr,
+                if guest_owned {
+                    "of a function given to a guest"
+                } else {
+                    "cannot be mapped"
+                }
+            );
+        }
+        let write = syn.esr & esr::WNR != 0;
+        cpu::inject_sync(frame, Injected::DataAbort { write }, syn.far);
     }
 }
 
