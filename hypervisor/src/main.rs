@@ -23,6 +23,8 @@ mod drivers;
 mod guest_fdt;
 #[cfg(target_os = "none")]
 mod heap;
+#[cfg(target_os = "none")]
+mod irq;
 mod memory;
 mod mmio;
 mod pci_calls;
@@ -279,6 +281,11 @@ mod boot {
             park();
         }
 
+        if let Err(e) = crate::irq::init(&platform) {
+            log::error!("cannot use the GIC: {e:?}");
+            park();
+        }
+
         let me = cpu::mpidr();
         let Some(boot_cpu) = platform.cpus.iter().position(|c| c.mpidr == me) else {
             log::error!("boot CPU MPIDR {me:#x} is not in the DTB");
@@ -325,6 +332,10 @@ mod boot {
         }
 
         cpu::init_el2(mmu::vtcr());
+        if let Err(e) = crate::irq::init_cpu(boot_cpu) {
+            log::error!("GIC setup of CPU {boot_cpu} failed: {e:?}");
+            park();
+        }
         let conduit = sys.platform.psci.as_ref().map(|p| p.conduit);
         for (index, pin) in sys.pins.iter().enumerate() {
             if pin.is_none() || index == boot_cpu {
@@ -350,6 +361,10 @@ mod boot {
         cpu::set_cpu_index(cpu_index);
         trap::install_vectors();
         cpu::init_el2(mmu::vtcr());
+        if let Err(e) = crate::irq::init_cpu(cpu_index) {
+            log::error!("GIC setup of CPU {cpu_index} failed: {e:?}");
+            park();
+        }
         vm::run_pcpu(cpu_index)
     }
 }

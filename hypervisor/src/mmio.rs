@@ -138,6 +138,10 @@ impl MmioAccess {
 pub enum MmioDevice {
     /// The VM's virtual PL011 console.
     Uart,
+    /// The VM's virtual GIC distributor.
+    Gicd,
+    /// The VM's virtual GICv3 redistributors (RD and SGI frames per vCPU).
+    Gicr,
     /// A physical ECAM window (index into the platform's ECAM regions),
     /// trapped for the hardware domain.
     HostEcam(u8),

@@ -64,6 +64,8 @@ pub struct Vm {
     pub stage2: Mutex<Stage2Map>,
     pub mmio: MmioMap,
     uart: Mutex<VirtualUart>,
+    /// The VM's virtual GIC (distributor, banked interrupts, ready sets).
+    pub vgic: Mutex<crate::vgic::VGic>,
     pub vcpus: Vec<Vcpu>,
     stopped: AtomicBool,
     /// Faults logged so far: a guest that faults in a loop must not flood
@@ -112,6 +114,8 @@ pub enum VmError {
         free: usize,
     },
     NoUart,
+    /// The virtual GIC's MMIO regions do not fit the VM's map.
+    Gic,
     /// More emulated MMIO regions than a VM can have.
     TooManyRegions,
 }
@@ -138,6 +142,7 @@ impl core::fmt::Display for VmError {
                 write!(f, "needs {wanted} physical CPUs, the platform has {free}")
             }
             Self::NoUart => write!(f, "the platform has no console UART to emulate"),
+            Self::Gic => write!(f, "cannot place its virtual GIC"),
             Self::TooManyRegions => write!(f, "too many emulated MMIO regions"),
         }
     }
@@ -227,6 +232,13 @@ impl Vm {
             device: MmioDevice::Uart,
         })
         .map_err(|_| VmError::NoUart)?;
+        let gic = crate::irq::vm_gic(platform, config.cpus as usize);
+        for region in gic.regions.into_iter().flatten() {
+            mmio.add(region).map_err(|_| VmError::Gic)?;
+        }
+        if let Some((ipa, pa, size)) = gic.direct {
+            stage2.map_device(ipa, pa, size).map_err(VmError::Stage2)?;
+        }
         if config.hardware_domain {
             // The hardware domain sees the ECAM windows where they are, but
             // every access traps: nothing of config space is mapped.
@@ -266,6 +278,7 @@ impl Vm {
             stage2: Mutex::new(stage2),
             mmio,
             uart: Mutex::new(VirtualUart::default()),
+            vgic: Mutex::new(gic.state),
             vcpus: pcpus
                 .into_iter()
                 .map(|pcpu| Vcpu {
@@ -418,6 +431,7 @@ pub fn run_pcpu(cpu: usize) -> ! {
     let (entry, context) = *vcpu.boot.lock();
     vcpu.set_power(VcpuPower::On);
     cpu::load_vm(vm.vttbr, vcpu_index);
+    crate::irq::vcpu_start(vm, vcpu_index);
     El1Context::reset().restore();
     let frame = frame_of(cpu);
     // SAFETY: the frame area at the top of this CPU's stack is reserved (the
@@ -546,6 +560,7 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
             }
             cpu::inject_sync(frame, Injected::InstructionAbort, syn.far);
         }
+        crate::irq::EC_SYSREG if crate::irq::sysreg_trap(vm, vcpu, syn.esr, frame) => {}
         ec => {
             if vm.log_fault() {
                 log::warn!(
@@ -687,6 +702,8 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
         return;
     };
     match region.device {
+        MmioDevice::Gicd => crate::irq::gic_mmio(vm, vcpu, false, offset, &access, frame),
+        MmioDevice::Gicr => crate::irq::gic_mmio(vm, vcpu, true, offset, &access, frame),
         // Handled above, before decoding.
         MmioDevice::HwdomPciWindow => return,
         MmioDevice::HostEcam(index) => {
@@ -749,9 +766,12 @@ fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndro
     }
 }
 
-/// IRQ or FIQ while a vCPU ran: nothing is routed to EL2 yet.
+/// IRQ or FIQ while a vCPU ran: physical interrupts are the hypervisor's.
 #[unsafe(no_mangle)]
-extern "C" fn lower_el_irq(_frame: &mut TrapFrame) {}
+extern "C" fn lower_el_irq(_frame: &mut TrapFrame) {
+    let (vm, vcpu) = current();
+    crate::irq::lower_el_irq(vm, vcpu);
+}
 
 #[unsafe(no_mangle)]
 extern "C" fn lower_el_serror(frame: &mut TrapFrame) {

@@ -22,6 +22,7 @@ mod blob;
 mod discover;
 mod dt;
 mod gic;
+pub mod gic_driver;
 mod pcie;
 mod vm;
 

@@ -15,7 +15,6 @@ const ICENABLER: u64 = 0x180;
 const ISPENDR: u64 = 0x200;
 const ICPENDR: u64 = 0x280;
 const ISACTIVER: u64 = 0x300;
-const ICACTIVER: u64 = 0x380;
 const BIT_REGS_END: u64 = 0x400;
 const IPRIORITYR: u64 = 0x400;
 const IPRIORITYR_END: u64 = 0x800;
@@ -185,7 +184,7 @@ impl VGic {
         if off >= SGI_BASE {
             let off = off - SGI_BASE;
             return match off {
-                IGROUPR..BIT_REGS_END if off % 0x80 == 0 && a.width == 4 => {
+                IGROUPR..BIT_REGS_END if off.is_multiple_of(0x80) && a.width == 4 => {
                     self.bit_access(frame, 0, bit_reg(off), a.write)
                 }
                 IPRIORITYR..0x420 if a.width == 1 || a.width == 4 => {
@@ -481,6 +480,7 @@ fn bit_reg(off: u64) -> BitReg {
         ISPENDR => BitReg::SetPending,
         ICPENDR => BitReg::ClearPending,
         ISACTIVER => BitReg::SetActive,
+        // ICACTIVER: the callers pass offsets below BIT_REGS_END only.
         _ => BitReg::ClearActive,
     }
 }

@@ -33,6 +33,7 @@ pub const MAX_VCPUS: usize = 8;
 pub const MAX_LRS: usize = 16;
 const READY_WORDS: usize = NR_IRQS.div_ceil(64);
 /// INTID read when no interrupt is pending.
+#[cfg(test)]
 pub const SPURIOUS: u32 = 1023;
 
 /// Which GIC architecture the VM sees.
@@ -185,10 +186,6 @@ impl VGic {
         self.vcpus.len()
     }
 
-    pub fn vcpu(&self, v: usize) -> Option<&VcpuGic> {
-        self.vcpus.get(v)
-    }
-
     /// The state of `intid` as seen from vCPU `bank` (private interrupts are
     /// banked).
     pub fn irq(&self, bank: usize, intid: u32) -> Option<&Irq> {
@@ -303,6 +300,7 @@ impl VGic {
     /// `notify_eoi`, the guest's EOI is reported by [`sync`](Self::sync) and
     /// drops the line (the owner re-asserts it if the source is still
     /// asserted: the vfio INTx scheme).
+    #[allow(dead_code)] // PCI INTx (issue 4)
     pub fn set_line(
         &mut self,
         bank: usize,
@@ -545,11 +543,35 @@ impl VGic {
     }
 
     /// Whether vCPU `v` has anything to deliver or held in list registers.
+    #[cfg(test)]
     pub fn has_work(&self, v: usize) -> bool {
         self.vcpus.get(v).is_some_and(|vc| {
             vc.ready.iter().any(|&w| w != 0) || vc.lrs.iter().any(Option::is_some)
         })
     }
+}
+
+/// The vCPUs an ICC_SGI1R_EL1 write from vCPU `from` addresses, as a mask.
+/// Our vCPUs have affinity Aff0 = index and Aff1..Aff3 = 0.
+pub fn sgi1r_targets(value: u64, from: usize, nvcpus: usize) -> u64 {
+    let all = if nvcpus >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << nvcpus) - 1
+    };
+    if value & (1 << 40) != 0 {
+        return all & !(1u64 << (from % 64));
+    }
+    let aff_hi = ((value >> 16) & 0xff) | ((value >> 32) & 0xff) | ((value >> 48) & 0xff);
+    if aff_hi != 0 {
+        return 0;
+    }
+    let rs = (value >> 44) & 0xf;
+    let list = value & 0xffff;
+    if rs * 16 >= 64 {
+        return 0;
+    }
+    (list << (rs * 16)) & all
 }
 
 #[cfg(test)]

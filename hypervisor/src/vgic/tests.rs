@@ -51,10 +51,10 @@ impl FakeLrs {
                 } else {
                     LrState::Invalid
                 };
-                if l.state == LrState::Invalid {
-                    if let Some(p) = l.pintid {
-                        self.deactivated.push(p);
-                    }
+                if l.state == LrState::Invalid
+                    && let Some(p) = l.pintid
+                {
+                    self.deactivated.push(p);
                 }
                 true
             }
@@ -448,4 +448,18 @@ fn reset_vcpu_returns_held_physical_interrupts() {
     assert_eq!(held, 1 << 27);
     assert!(!g.has_work(0));
     assert_eq!(g.irq(0, 27).unwrap().hw, Some(27), "binding kept");
+}
+
+#[test]
+fn sgi1r_decoding() {
+    // TargetList {1, 2}, SGI 3.
+    assert_eq!(sgi1r_targets((3 << 24) | 0b110, 0, 3), 0b110);
+    // Beyond the VM's vCPUs: dropped.
+    assert_eq!(sgi1r_targets(0xffff, 0, 2), 0b11);
+    // IRM: everyone but the sender.
+    assert_eq!(sgi1r_targets(1 << 40, 1, 4), 0b1101);
+    // Aff1 != 0: nobody (no such vCPU).
+    assert_eq!(sgi1r_targets((1 << 16) | 1, 0, 4), 0);
+    // RS = 1 addresses Aff0 16..31: none in an 8-vCPU VM.
+    assert_eq!(sgi1r_targets((1 << 44) | 1, 0, 8), 0);
 }
