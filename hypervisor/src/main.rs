@@ -313,7 +313,9 @@ mod boot {
                 park();
             }
         };
-        vm::PCI.call_once(|| spin::Mutex::new(pci_host::PciState::new(ecam.windows(), ecam)));
+        let mut pci = pci_host::PciState::new(ecam.windows(), ecam);
+        vm::register_pci_guests(&mut pci, &platform, &vms, counter_frequency());
+        vm::PCI.call_once(|| spin::Mutex::new(pci));
         let sys = vm::SYSTEM.call_once(|| System {
             platform,
             vms,

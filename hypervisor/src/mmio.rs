@@ -148,6 +148,11 @@ pub enum MmioDevice {
     /// A physical PCI memory window of the hardware domain: its BAR pages
     /// are mapped on first touch, unless a guest owns them.
     HwdomPciWindow,
+    /// A guest's virtual ECAM.
+    VirtualEcam,
+    /// A guest's PCI memory window: faults here are its trapped MSI-X pages
+    /// (the rest of its BARs is mapped in stage 2).
+    GuestPciWindow,
 }
 
 /// An emulated MMIO region of a VM's IPA space.

@@ -2,8 +2,9 @@
 //! `pci` tracker. Generic over the config port, so all of it is tested on
 //! the host against `pci::sim`.
 
-use crate::pci_host::{PciState, split_access};
+use crate::pci_host::{PciState, PendingGuest, split_access};
 use crate::smccc::{self, CallError, PciCall};
+use alloc::vec::Vec;
 use pci::{Bdf, ConfigPort, ReportOutcome, TopologyError};
 
 /// Reason codes returned in x1 with REJECTED / NOT_FOUND (docs/interfaces.md).
@@ -146,8 +147,10 @@ fn log_tree<P: ConfigPort>(pci: &mut PciState<P>, segment: u16) -> (u64, u64, u6
 }
 
 /// A trapped ECAM access of the hardware domain: `offset` into ECAM window
-/// `window`, `width` bytes, a write if `write` holds the value. Returns the
-/// value read (all-ones where nothing answers).
+/// `window`, `width` bytes, a write if `write` holds the value. Each aligned
+/// piece goes through the ownership filter: guests' functions read as
+/// absent, writes that would disturb a guest are refused (logged). Returns
+/// the value read (all-ones where nothing answers).
 pub fn hwdom_ecam_access<P: ConfigPort>(
     pci: &mut PciState<P>,
     window: usize,
@@ -161,35 +164,138 @@ pub fn hwdom_ecam_access<P: ConfigPort>(
     let mut result = 0u64;
     for (at, w) in split_access(offset, width) {
         let shift = (at - offset) * 8;
-        let mask = if w == 8 {
-            u64::MAX
-        } else {
-            (1u64 << (8 * w)) - 1
-        };
+        let mask = (1u64 << (8 * w)) - 1;
         let Some((bdf, reg)) = window.decode(at) else {
             result |= mask << shift;
             continue;
         };
-        match write {
-            Some(value) => {
-                let piece = (value >> shift) & mask;
-                match w {
-                    4 => pci.port.write32(bdf, reg, piece as u32),
-                    2 => pci.port.write16(bdf, reg, piece as u16),
-                    _ => pci.port.write8(bdf, reg, piece as u8),
-                }
+        let piece = write.map(|v| ((v >> shift) & mask) as u32);
+        let outcome = pci
+            .ownership
+            .hwdom_apply(&mut pci.port, bdf, reg, w as u16, piece);
+        if let Some(why) = outcome.refused {
+            log::warn!("hwdom: write of {w} bytes at {bdf} +{reg:#x} refused: {why:?}");
+        }
+        result |= u64::from(outcome.value) << shift;
+    }
+    result
+}
+
+/// A trapped access of guest `vm` to its virtual ECAM. Until the guest's
+/// virtual bus exists nothing answers there.
+pub fn guest_ecam_access<P: ConfigPort>(
+    _pci: &mut PciState<P>,
+    _vm: u16,
+    offset: u64,
+    width: u64,
+    write: Option<u64>,
+) -> u64 {
+    let _ = (offset, write);
+    if width >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * width)) - 1
+    }
+}
+
+/// What to do with a guest that was waiting for its functions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestStart {
+    /// Its functions are assigned to it, unit by unit: start it.
+    Start { vm: u16, units: Vec<Vec<Bdf>> },
+    /// Its configuration cannot be satisfied (logged): never start it.
+    Fail { vm: u16 },
+}
+
+/// After a report: assign the functions of every waiting guest whose
+/// functions are all in the tree and whose segments are enumerated.
+pub fn ready_guests<P>(pci: &mut PciState<P>) -> Vec<GuestStart> {
+    let mut decisions = Vec::new();
+    let pending = core::mem::take(&mut pci.pending);
+    for guest in pending {
+        let complete = guest
+            .requested
+            .iter()
+            .all(|b| pci.topology.contains(*b) && pci.enumerated.contains(&b.segment));
+        if !complete {
+            pci.pending.push(guest);
+            continue;
+        }
+        match pci.ownership.assign(
+            &mut pci.topology,
+            guest.vm,
+            &guest.requested,
+            guest.whole_units,
+        ) {
+            Ok(units) => {
+                log::info!("{} gets {} unit(s): {units:?}", guest.name, units.len());
+                decisions.push(GuestStart::Start {
+                    vm: guest.vm,
+                    units,
+                });
             }
-            None => {
-                let piece = match w {
-                    4 => u64::from(pci.port.read32(bdf, reg)),
-                    2 => u64::from(pci.port.read16(bdf, reg)),
-                    _ => u64::from(pci.port.read8(bdf, reg)),
-                };
-                result |= piece << shift;
+            Err(e) => {
+                log::error!(
+                    "{} cannot be given {:?}: {}",
+                    guest.name,
+                    guest.requested,
+                    assign_error(&e)
+                );
+                decisions.push(GuestStart::Fail { vm: guest.vm });
             }
         }
     }
-    result
+    decisions
+}
+
+fn assign_error(e: &pci::vpci::AssignError) -> alloc::string::String {
+    use pci::vpci::AssignError;
+    match e {
+        AssignError::NotTracked(b) => alloc::format!("{b} was not reported by the hardware domain"),
+        AssignError::SplitsUnit { unit, missing } => alloc::format!(
+            "the configuration names part of assignment unit {:?}; it also needs {missing:?} \
+             (name them, or set phv,pci-whole-units)",
+            unit.0
+        ),
+        AssignError::AlreadyOwned { bdf, owner } => {
+            alloc::format!("{bdf} already belongs to {owner:?}")
+        }
+        AssignError::IsBridge(b) => {
+            alloc::format!("{b} is a bridge; bridges stay with the hardware domain")
+        }
+        AssignError::NoUnit(b) => alloc::format!("{b} has no assignment unit"),
+    }
+}
+
+/// A waiting guest whose deadline passed: drop it and log which functions
+/// never arrived. Returns whether `vm` was waiting and has now failed.
+pub fn expire_guest<P>(pci: &mut PciState<P>, vm: u16, now: u64) -> bool {
+    let Some(i) = pci
+        .pending
+        .iter()
+        .position(|g| g.vm == vm && now >= g.deadline)
+    else {
+        return false;
+    };
+    let guest = pci.pending.remove(i);
+    let missing: Vec<Bdf> = guest
+        .requested
+        .iter()
+        .filter(|b| !pci.topology.contains(**b))
+        .copied()
+        .collect();
+    let unenumerated: Vec<u16> = guest
+        .requested
+        .iter()
+        .map(|b| b.segment)
+        .filter(|s| !pci.enumerated.contains(s))
+        .collect();
+    log::error!(
+        "{} not started: functions {missing:?} were not reported by the hardware domain \
+         (segments not declared enumerated: {unenumerated:?}) before the deadline",
+        guest.name
+    );
+    true
 }
 
 #[cfg(test)]
@@ -303,6 +409,82 @@ mod tests {
         );
         assert_eq!(r.map_err(|e| e.status), Err(smccc::INVALID_PARAMETER));
         assert!(pci.topology.is_empty(), "refused reports change nothing");
+    }
+
+    fn report_all(pci: &mut PciState<Fabric>, found: &[Bdf]) {
+        for b in found {
+            handle(
+                pci,
+                true,
+                "hwdom",
+                PciCall::Add {
+                    segment: b.segment,
+                    rid: b.rid(),
+                },
+            )
+            .unwrap();
+        }
+        handle(pci, true, "hwdom", PciCall::EnumerationDone { segment: 0 }).unwrap();
+    }
+
+    fn pending(vm: u16, requested: &[Bdf], whole_units: bool) -> PendingGuest {
+        PendingGuest {
+            vm,
+            name: std::format!("vm{vm}"),
+            requested: requested.to_vec(),
+            whole_units,
+            deadline: 100,
+        }
+    }
+
+    #[test]
+    fn a_guest_starts_once_its_functions_are_reported_and_assigned() {
+        let (mut pci, found) = state();
+        let nvme = found[1];
+        pci.pending.push(pending(1, &[nvme], false));
+        assert_eq!(ready_guests(&mut pci), [], "nothing reported yet");
+        report_all(&mut pci, &found);
+        assert_eq!(
+            ready_guests(&mut pci),
+            [GuestStart::Start {
+                vm: 1,
+                units: std::vec![std::vec![nvme]]
+            }]
+        );
+        assert!(pci.pending.is_empty());
+        // The nvme is gone from the hwdom's view; writes to it are dropped.
+        let at = (u64::from(nvme.bus) << 20) | (u64::from(nvme.devfn) << 12);
+        assert_eq!(hwdom_ecam_access(&mut pci, 0, at, 4, None), 0xffff_ffff);
+        let before = pci.port.read32(nvme, 0x10);
+        hwdom_ecam_access(&mut pci, 0, at + 0x10, 4, Some(0x1234_0000));
+        assert_eq!(pci.port.read32(nvme, 0x10), before);
+        // Its root port's bus numbers are protected.
+        let rp = found[0];
+        let rp_at = (u64::from(rp.bus) << 20) | (u64::from(rp.devfn) << 12);
+        let buses = pci.port.read32(rp, 0x18);
+        hwdom_ecam_access(&mut pci, 0, rp_at + 0x18, 4, Some(0x0020_2000));
+        assert_eq!(pci.port.read32(rp, 0x18), buses);
+    }
+
+    #[test]
+    fn a_guest_whose_functions_never_come_fails_after_its_deadline() {
+        let (mut pci, found) = state();
+        let absent = Bdf::new(0, 9, 0, 0);
+        pci.pending.push(pending(2, &[absent], false));
+        report_all(&mut pci, &found);
+        assert_eq!(ready_guests(&mut pci), []);
+        assert!(!expire_guest(&mut pci, 2, 99), "before the deadline");
+        assert!(expire_guest(&mut pci, 2, 100));
+        assert!(pci.pending.is_empty());
+        assert!(!expire_guest(&mut pci, 2, 200), "only once");
+    }
+
+    #[test]
+    fn a_guest_naming_a_bridge_fails() {
+        let (mut pci, found) = state();
+        pci.pending.push(pending(3, &[found[0]], false));
+        report_all(&mut pci, &found);
+        assert_eq!(ready_guests(&mut pci), [GuestStart::Fail { vm: 3 }]);
     }
 
     #[test]

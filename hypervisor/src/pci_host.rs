@@ -5,7 +5,9 @@
 //! All decisions are `pci`'s; this module only moves bytes and holds the one
 //! lock around the PCI state, for no longer than one access or call.
 
+use alloc::string::String;
 use alloc::vec::Vec;
+use pci::vpci::Ownership;
 use pci::{Bdf, ConfigPort, EcamWindow, HostBridge, Topology, TopologyConfig};
 
 use platform::{ConfigAccess, Platform};
@@ -140,6 +142,23 @@ pub struct PciState<P = EcamPort> {
     pub topology: Topology,
     /// Segments whose enumeration the hardware domain declared complete.
     pub enumerated: Vec<u16>,
+    /// Who owns each function.
+    pub ownership: Ownership,
+    /// Guests waiting for their functions to be reported.
+    pub pending: Vec<PendingGuest>,
+}
+
+/// A guest that starts once the hardware domain has reported every function
+/// it is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingGuest {
+    /// The VM's index (its owner id in `pci`).
+    pub vm: u16,
+    pub name: String,
+    pub requested: Vec<Bdf>,
+    pub whole_units: bool,
+    /// Counter value after which a missing function is an error.
+    pub deadline: u64,
 }
 
 impl<P> PciState<P> {
@@ -166,6 +185,8 @@ impl<P: ConfigPort> PciState<P> {
             port,
             topology: Topology::new(TopologyConfig::new(&bridges)),
             enumerated: Vec::new(),
+            ownership: Ownership::new(),
+            pending: Vec::new(),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::console;
 use crate::guest_fdt::{self, GuestDescription, GuestPci};
 use crate::memory::{FreeMemory, MemoryError};
 use crate::mmio::{MmioAccess, MmioDevice, MmioMap, MmioRegion, esr, fault_ipa};
+use crate::pci_calls::GuestStart;
 use crate::pci_host::{self, PciState};
 use crate::smccc::{self, CallError, CpuOnError, HypercallHost, Outcome, PciCall, VcpuPower};
 use crate::vuart::VirtualUart;
@@ -49,6 +50,8 @@ impl Vcpu {
 
 #[derive(Debug)]
 pub struct Vm {
+    /// Index in the system's VM table (the owner id `pci` knows it by).
+    pub index: u16,
     pub name: String,
     /// "[name] ", printed before each console line (built at boot so the
     /// trap path formats nothing).
@@ -58,7 +61,12 @@ pub struct Vm {
     /// Where the loader left the kernel image (kept for restarts).
     image: Region,
     entry: u64,
-    dtb: Vec<u8>,
+    /// The device tree the VM boots with (rebuilt when its PCI functions
+    /// are assigned).
+    dtb: Mutex<Vec<u8>>,
+    bootargs: String,
+    /// The virtual PCIe host bridge of a guest given PCI functions.
+    pub guest_pci: Option<GuestPci>,
     vttbr: u64,
     /// Stage-2 tables, changed at run time when passed-through BARs move.
     pub stage2: Mutex<Stage2Map>,
@@ -72,6 +80,11 @@ pub struct Vm {
     /// the console and slow everyone else down.
     faults_logged: AtomicU32,
 }
+
+/// Bus numbers of a guest's virtual ECAM (one root port per unit below).
+const GUEST_PCI_BUSES: u8 = 16;
+/// How long a guest waits for the hardware domain to report its functions.
+const PCI_REPORT_TIMEOUT_MS: u64 = 10_000;
 
 /// Fault log lines per VM before further ones are counted, not printed.
 const FAULT_LOG_LIMIT: u32 = 16;
@@ -118,6 +131,8 @@ pub enum VmError {
     Gic,
     /// More emulated MMIO regions than a VM can have.
     TooManyRegions,
+    /// PCI functions are configured but the platform has no ECAM host bridge.
+    NoPciHostBridge,
 }
 
 impl core::fmt::Display for VmError {
@@ -144,6 +159,12 @@ impl core::fmt::Display for VmError {
             Self::NoUart => write!(f, "the platform has no console UART to emulate"),
             Self::Gic => write!(f, "cannot place its virtual GIC"),
             Self::TooManyRegions => write!(f, "too many emulated MMIO regions"),
+            Self::NoPciHostBridge => {
+                write!(
+                    f,
+                    "is given PCI functions but the platform has no ECAM host bridge"
+                )
+            }
         }
     }
 }
@@ -207,6 +228,24 @@ impl Vm {
         } else {
             None
         };
+        // A guest given functions sees a virtual host bridge at the physical
+        // bridge's addresses (which cannot collide with RAM).
+        let guest_pci = if config.pci_devices.is_empty() || config.hardware_domain {
+            None
+        } else {
+            let bridge = platform
+                .pci_host_bridges
+                .iter()
+                .find(|b| b.access == platform::ConfigAccess::Ecam)
+                .ok_or(VmError::NoPciHostBridge)?;
+            let mut virtual_bridge = hwdom_pci(bridge);
+            virtual_bridge.ecam.size = u64::from(GUEST_PCI_BUSES) << 20;
+            virtual_bridge.bus_start = 0;
+            virtual_bridge.bus_end = GUEST_PCI_BUSES - 1;
+            virtual_bridge.intx_mask = (0x00ff_ff00, 7);
+            virtual_bridge.intx.clear();
+            Some(virtual_bridge)
+        };
         let dtb = guest_fdt::build(&GuestDescription {
             memory: ram,
             vcpus: config.cpus,
@@ -224,7 +263,6 @@ impl Vm {
 
         let mut stage2 = Stage2Map::new(index as u16 + 1);
         stage2.map_ram(ram).map_err(VmError::Stage2)?;
-        let vttbr = stage2.vttbr();
         let mut mmio = MmioMap::default();
         mmio.add(MmioRegion {
             base: uart_window.base,
@@ -261,19 +299,40 @@ impl Vm {
                 }
             }
         }
+        if let Some(pci) = &guest_pci {
+            mmio.add(MmioRegion {
+                base: pci.ecam.base,
+                size: pci.ecam.size,
+                device: MmioDevice::VirtualEcam,
+            })
+            .map_err(|_| VmError::TooManyRegions)?;
+            for window in [pci.mem32, pci.mem64].into_iter().filter(|w| w.size > 0) {
+                mmio.add(MmioRegion {
+                    base: window.base,
+                    size: window.size,
+                    device: MmioDevice::GuestPciWindow,
+                })
+                .map_err(|_| VmError::TooManyRegions)?;
+            }
+        }
 
         let mut prefix = Vec::with_capacity(config.name.len() + 3);
         prefix.push(b'[');
         prefix.extend_from_slice(config.name.as_bytes());
         prefix.extend_from_slice(b"] ");
+        // Only now is the table live (no fallible step may drop it after).
+        let vttbr = stage2.vttbr();
         let vm = Vm {
+            index: index as u16,
             name: config.name.clone(),
             prefix,
             hardware_domain: config.hardware_domain,
             ram,
             image: config.kernel,
             entry: load,
-            dtb,
+            dtb: Mutex::new(dtb),
+            bootargs: config.bootargs.clone(),
+            guest_pci,
             vttbr,
             stage2: Mutex::new(stage2),
             mmio,
@@ -290,13 +349,40 @@ impl Vm {
             stopped: AtomicBool::new(false),
             faults_logged: AtomicU32::new(0),
         };
-        vm.load_images();
+        // A guest given PCI functions starts when they have been reported.
+        if vm.guest_pci.is_none() {
+            vm.load_images();
+        }
         Ok(vm)
+    }
+
+    /// Rebuild the device tree with the guest's virtual PCIe host bridge
+    /// (now that its functions are known) and start the VM.
+    fn start_with_pci(&self, platform: &Platform, pci: &GuestPci) -> Result<(), VmError> {
+        let uart = platform.uart.as_ref().ok_or(VmError::NoUart)?;
+        let dtb = guest_fdt::build(&GuestDescription {
+            memory: self.ram,
+            vcpus: self.vcpus.len() as u32,
+            bootargs: &self.bootargs,
+            gic: &platform.gic,
+            timer: &platform.timer,
+            uart: Region::new(uart.region.base, UART_WINDOW),
+            uart_irq: uart.irq,
+            pci: Some(pci),
+        })
+        .map_err(VmError::Fdt)?;
+        if dtb.len() as u64 > KERNEL_OFFSET {
+            return Err(VmError::DtbTooLarge(dtb.len()));
+        }
+        *self.dtb.lock() = dtb;
+        self.load_images();
+        Ok(())
     }
 
     /// Copy the kernel and the device tree into the VM's RAM (again, on a
     /// restart) and make vCPU 0 ready to start at the kernel entry.
     fn load_images(&self) {
+        let dtb = self.dtb.lock();
         // SAFETY: `image` is the loader's module (reserved RAM), `entry` and
         // `ram.base` are inside this VM's RAM, which nothing else uses, and
         // `new` checked that both copies fit.
@@ -306,14 +392,11 @@ impl Vm {
                 self.entry as *mut u8,
                 self.image.size as usize,
             );
-            core::ptr::copy_nonoverlapping(
-                self.dtb.as_ptr(),
-                self.ram.base as *mut u8,
-                self.dtb.len(),
-            );
+            core::ptr::copy_nonoverlapping(dtb.as_ptr(), self.ram.base as *mut u8, dtb.len());
         }
         mmu::clean_dcache_range(self.entry, self.image.size);
-        mmu::clean_dcache_range(self.ram.base, self.dtb.len() as u64);
+        mmu::clean_dcache_range(self.ram.base, dtb.len() as u64);
+        drop(dtb);
         if let Some(v0) = self.vcpus.first() {
             *v0.boot.lock() = (self.entry, self.ram.base);
             v0.set_power(VcpuPower::OnPending);
@@ -425,7 +508,19 @@ pub fn run_pcpu(cpu: usize) -> ! {
     };
     let vm = &sys.vms[vm_index];
     let vcpu = &vm.vcpus[vcpu_index];
+    // A guest waiting for its PCI functions fails here, on its own CPU,
+    // when its deadline passes.
+    let mut waits_for_pci = vm.guest_pci.is_some() && vcpu_index == 0;
     while vcpu.power() != VcpuPower::OnPending || vm.stopped.load(Ordering::Acquire) {
+        if waits_for_pci && let Some(pci) = PCI.get() {
+            let mut pci = pci.lock();
+            if !pci.pending.iter().any(|g| usize::from(g.vm) == vm_index) {
+                waits_for_pci = false;
+            } else if crate::pci_calls::expire_guest(&mut pci, vm_index as u16, cpu::counter()) {
+                FAILED.store(true, Ordering::Release);
+                waits_for_pci = false;
+            }
+        }
         cpu::wait_for_event();
     }
     let (entry, context) = *vcpu.boot.lock();
@@ -527,12 +622,64 @@ impl HypercallHost for Caller<'_> {
                 reason: 0,
             });
         };
-        crate::pci_calls::handle(
-            &mut pci.lock(),
-            self.vm.hardware_domain,
-            &self.vm.name,
-            call,
-        )
+        let mut pci = pci.lock();
+        let result =
+            crate::pci_calls::handle(&mut pci, self.vm.hardware_domain, &self.vm.name, call);
+        start_ready_guests(&mut pci);
+        result
+    }
+}
+
+/// Start the guests whose functions have all been reported (called with the
+/// PCI lock held, after each report of the hardware domain).
+fn start_ready_guests(pci: &mut PciState) {
+    let decisions = crate::pci_calls::ready_guests(pci);
+    if decisions.is_empty() {
+        return;
+    }
+    let sys = system();
+    for decision in decisions {
+        match decision {
+            GuestStart::Start { vm, units } => {
+                let Some(vm) = sys.vms.get(usize::from(vm)) else {
+                    continue;
+                };
+                let Some(bridge) = &vm.guest_pci else {
+                    continue;
+                };
+                match vm.start_with_pci(&sys.platform, bridge) {
+                    Ok(()) => log::info!("{} starts with {} PCI unit(s)", vm.name, units.len()),
+                    Err(e) => {
+                        log::error!("{} cannot start: {e}", vm.name);
+                        FAILED.store(true, Ordering::Release);
+                    }
+                }
+            }
+            GuestStart::Fail { .. } => FAILED.store(true, Ordering::Release),
+        }
+    }
+}
+
+/// Register the guests that wait for PCI functions (at boot, before any VM
+/// runs).
+pub fn register_pci_guests(pci: &mut PciState, platform: &Platform, vms: &[Vm], frequency: u64) {
+    let timeout = PCI_REPORT_TIMEOUT_MS.saturating_mul(frequency) / 1000;
+    for (index, (vm, config)) in vms.iter().zip(&platform.vms).enumerate() {
+        if vm.guest_pci.is_none() {
+            continue;
+        }
+        let requested = config
+            .pci_devices
+            .iter()
+            .map(|a| pci::Bdf::new(a.segment, a.bus, a.device, a.function))
+            .collect();
+        pci.pending.push(pci_host::PendingGuest {
+            vm: index as u16,
+            name: vm.name.clone(),
+            requested,
+            whole_units: config.pci_whole_units,
+            deadline: cpu::counter().saturating_add(timeout),
+        });
     }
 }
 
@@ -706,6 +853,39 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
         MmioDevice::Gicr => crate::irq::gic_mmio(vm, vcpu, true, offset, &access, frame),
         // Handled above, before decoding.
         MmioDevice::HwdomPciWindow => return,
+        MmioDevice::VirtualEcam => {
+            let value = access.store_value(frame.reg(access.reg));
+            let result = PCI.get().map_or(u64::MAX, |pci| {
+                crate::pci_calls::guest_ecam_access(
+                    &mut pci.lock(),
+                    vm.index,
+                    offset,
+                    access.width.bytes(),
+                    access.write.then_some(value),
+                )
+            });
+            if !access.write {
+                frame.set_reg(access.reg, access.load_result(result));
+            }
+        }
+        MmioDevice::GuestPciWindow => {
+            // Not an MSI-X page of one of its BARs: nothing is there.
+            if vm.log_fault() {
+                log::warn!(
+                    "{} vCPU {vcpu}: access to PCI memory {ipa:#x} (pc {:#x}) outside its mapped BARs; external abort injected",
+                    vm.name,
+                    frame.elr
+                );
+            }
+            cpu::inject_sync(
+                frame,
+                Injected::DataAbort {
+                    write: access.write,
+                },
+                syn.far,
+            );
+            return;
+        }
         MmioDevice::HostEcam(index) => {
             let value = access.store_value(frame.reg(access.reg));
             let result = PCI.get().map_or(u64::MAX, |pci| {
