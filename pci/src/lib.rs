@@ -53,9 +53,10 @@ pub mod reset;
 pub mod sim;
 pub mod topology;
 pub mod units;
+pub mod vpci;
 
 pub use addr::{Bdf, EcamWindow};
-pub use port::ConfigPort;
+pub use port::{ConfigPort, MemoryPort};
 pub use reset::{ResetAction, ResetCoverage, ResetError, ResetMethod};
 pub use topology::{
     AcsPolicy, Function, FunctionKind, HostBridge, ReportOutcome, Topology, TopologyConfig,

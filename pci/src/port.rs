@@ -47,3 +47,21 @@ impl<P: ConfigPort + ?Sized> ConfigPort for &mut P {
         (**self).read8(bdf, offset)
     }
 }
+
+/// Access to physical BAR memory (MMIO), for the registers that share an
+/// MSI-X page with the table or PBA. The hypervisor implements it over its
+/// device mappings, tests with [`crate::sim`]. `width` is 1, 2, 4 or 8 and
+/// `pa` naturally aligned. Must not allocate.
+pub trait MemoryPort {
+    fn read(&mut self, pa: u64, width: u16) -> u64;
+    fn write(&mut self, pa: u64, width: u16, value: u64);
+}
+
+impl<M: MemoryPort + ?Sized> MemoryPort for &mut M {
+    fn read(&mut self, pa: u64, width: u16) -> u64 {
+        (**self).read(pa, width)
+    }
+    fn write(&mut self, pa: u64, width: u16, value: u64) {
+        (**self).write(pa, width, value)
+    }
+}

@@ -192,3 +192,28 @@ pub const SRIOV_SUP_PGSIZE: u16 = 0x1c;
 pub const SRIOV_SYS_PGSIZE: u16 = 0x20;
 pub const SRIOV_BAR0: u16 = 0x24;
 pub const SRIOV_CAP_SIZE: u16 = 0x40;
+
+// Used by the config-space virtualization (vpci).
+pub const INTERRUPT_PIN: u16 = 0x3d;
+/// Type 0 header: Expansion ROM BAR.
+pub const ROM_BAR: u16 = 0x30;
+pub const ROM_ENABLE: u32 = 1 << 0;
+pub const ROM_ADDRESS_MASK: u32 = 0xffff_f800;
+pub const BAR_MEM_PREFETCH: u32 = 1 << 3;
+pub const BAR_MEM_TYPE_MASK: u32 = 0b11 << 1;
+/// Low bits of a memory BAR that are flags, not address.
+pub const BAR_MEM_FLAGS: u32 = 0xf;
+pub const BAR_IO_FLAGS: u32 = 0x3;
+// Type 1 header windows.
+pub const IO_BASE: u16 = 0x1c;
+pub const SECONDARY_STATUS: u16 = 0x1e;
+pub const MEMORY_BASE: u16 = 0x20;
+pub const PREF_MEMORY_BASE: u16 = 0x24;
+pub const PREF_BASE_UPPER: u16 = 0x28;
+pub const PREF_LIMIT_UPPER: u16 = 0x2c;
+pub const IO_BASE_UPPER: u16 = 0x30;
+pub const BRIDGE_CONTROL_VGA: u16 = 1 << 3;
+pub const PCIE_LNKCTL_LD: u16 = 1 << 4;
+pub const PCIE_SLTSTA: u16 = 0x1a;
+pub const PCIE_SLTSTA_PDS: u16 = 1 << 6;
+pub const PCIE_RTSTA: u16 = 0x20;

@@ -17,6 +17,7 @@
 //! and Error Source ID.
 
 mod layout;
+mod memory;
 pub mod qemu;
 mod spec;
 
@@ -103,6 +104,9 @@ pub struct Fabric {
     now_ns: u64,
     routes_dirty: bool,
     bad_accesses: u64,
+    /// BAR memory outside MSI-X tables written through [`crate::MemoryPort`]:
+    /// (function index, BAR, dword offset) -> value.
+    bar_ram: alloc::collections::BTreeMap<(u32, u8, u32), u32>,
 }
 
 impl Fabric {

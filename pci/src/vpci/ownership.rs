@@ -1,0 +1,451 @@
+//! Who owns each function, assignment by unit, and the hardware domain's
+//! filtered view of config space.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use crate::addr::Bdf;
+use crate::port::ConfigPort;
+use crate::regs::*;
+use crate::topology::Topology;
+use crate::units::UnitId;
+
+/// The owner of a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    /// The hardware domain: everything not given to a guest.
+    Hwdom,
+    /// A guest VM, by the shell's VM id.
+    Guest(u16),
+}
+
+/// Why an assignment was refused. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AssignError {
+    /// The function is not in the tracked tree.
+    NotTracked(Bdf),
+    /// The request names part of a unit; `missing` are the other
+    /// assignable members (bridges of the unit are never assigned).
+    SplitsUnit { unit: UnitId, missing: Vec<Bdf> },
+    /// A function (requested, or a member of a requested unit) already has
+    /// an owner other than the hardware domain.
+    AlreadyOwned { bdf: Bdf, owner: Owner },
+    /// Bridges (root ports, switch ports, PCIe-to-PCI bridges) stay with the
+    /// hardware domain.
+    IsBridge(Bdf),
+    /// The tree's units are stale: call [`Topology::units`] first... never
+    /// returned by [`Ownership::assign`], which refreshes them itself.
+    NoUnit(Bdf),
+}
+
+/// Why a hardware-domain config write was refused or trimmed. The shell
+/// logs it with the function and register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A write to a function a guest owns.
+    GuestFunction { owner: u16 },
+    /// Primary/secondary/subordinate bus numbers of a bridge above a guest's
+    /// function: renumbering would make the function unreachable.
+    BusNumbersAboveGuest,
+    /// I/O, memory or prefetchable window of a bridge above a guest's
+    /// function: moving it would cut the guest's BARs off.
+    WindowAboveGuest,
+    /// Bridge Control bits that disturb what is below: Secondary Bus Reset
+    /// and VGA Enable.
+    BridgeControlAboveGuest,
+    /// Command Memory / I/O / Bus Master of a bridge above a guest's
+    /// function: clearing them stops the guest's MMIO and DMA.
+    CommandAboveGuest,
+    /// ACS Control of a bridge above a guest's function: the assignment
+    /// units were computed with it.
+    AcsControlAboveGuest,
+    /// Link Disable of a port above a guest's function.
+    LinkControlAboveGuest,
+}
+
+/// What to do with one hardware-domain config access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HwdomDecision {
+    /// Pass the access to the physical function unchanged.
+    PassThrough,
+    /// A read of a function owned by a guest: answer all-ones (absent).
+    ReadAllOnes,
+    /// Drop the write and log the reason.
+    DropWrite(Refusal),
+    /// Write, but keep the bits of `keep` (in the access's own lanes: bit 0
+    /// is the lowest bit of the accessed register bytes) at their current
+    /// physical value. If that changed what the hwdom asked for, log
+    /// `reason`. [`Ownership::hwdom_apply`] does exactly this.
+    WriteMasked { keep: u32, reason: Refusal },
+}
+
+/// Result of [`Ownership::hwdom_apply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HwdomOutcome {
+    /// The value read (0 for writes).
+    pub value: u32,
+    /// Set when (part of) a write was refused: log it.
+    pub refused: Option<Refusal>,
+}
+
+/// Registers of a bridge above a guest's function the hardware domain may
+/// not change, found once when ownership changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ProtectedBridge {
+    /// ACS capability offset, 0 if none.
+    acs: u16,
+    /// PCIe capability offset, 0 if none.
+    pcie: u16,
+}
+
+/// A protected field: `len` bytes at `offset`, bits `bits` of it.
+#[derive(Clone, Copy)]
+struct Field {
+    offset: u16,
+    len: u16,
+    bits: u32,
+    reason: Refusal,
+}
+
+const BRIDGE_CONTROL_VGA: u32 = 1 << 3;
+
+/// Protected fields of every protected bridge, in offset order (the
+/// capability ones are added per bridge).
+const BRIDGE_FIELDS: [Field; 6] = [
+    Field {
+        offset: COMMAND,
+        len: 2,
+        bits: (COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER) as u32,
+        reason: Refusal::CommandAboveGuest,
+    },
+    Field {
+        offset: PRIMARY_BUS,
+        len: 3,
+        bits: 0xff_ffff,
+        reason: Refusal::BusNumbersAboveGuest,
+    },
+    // I/O base and limit; the secondary status next to them is RW1C and free.
+    Field {
+        offset: 0x1c,
+        len: 2,
+        bits: 0xffff,
+        reason: Refusal::WindowAboveGuest,
+    },
+    // Memory, prefetchable base/limit and its upper halves.
+    Field {
+        offset: 0x20,
+        len: 0x10,
+        bits: u32::MAX,
+        reason: Refusal::WindowAboveGuest,
+    },
+    // I/O base/limit upper 16 bits.
+    Field {
+        offset: 0x30,
+        len: 4,
+        bits: u32::MAX,
+        reason: Refusal::WindowAboveGuest,
+    },
+    Field {
+        offset: BRIDGE_CONTROL,
+        len: 2,
+        bits: BRIDGE_CONTROL_SBR as u32 | BRIDGE_CONTROL_VGA,
+        reason: Refusal::BridgeControlAboveGuest,
+    },
+];
+
+const PCIE_LNKCTL_LINK_DISABLE: u32 = 1 << 4;
+
+/// Bits of `field` that fall in the access `[reg, reg + width)`, expressed
+/// in the access's lanes.
+fn lanes_of(field: &Field, reg: u16, width: u16) -> u32 {
+    let mut keep = 0u32;
+    for i in 0..width {
+        let at = reg.wrapping_add(i);
+        if at < field.offset || at >= field.offset.saturating_add(field.len) {
+            continue;
+        }
+        // Bits of the field's byte `at - field.offset`; fields longer than
+        // 4 bytes are all-bits (the windows), so any byte index works.
+        let byte = (at - field.offset) as u32;
+        let bits = if byte < 4 {
+            (field.bits >> (8 * byte)) & 0xff
+        } else {
+            0xff
+        };
+        keep |= bits << (8 * i);
+    }
+    keep
+}
+
+/// Ownership of the functions of the tracked tree.
+///
+/// Everything not listed is the hardware domain's. Assignment goes by
+/// assignment unit: the bridges of a unit (e.g. a root port without ACS and
+/// the endpoint below it) stay with the hardware domain but become
+/// protected, like every other bridge above a guest's function.
+#[derive(Clone, Debug, Default)]
+pub struct Ownership {
+    guests: BTreeMap<Bdf, u16>,
+    /// Bridges above guest-owned functions, with the capability offsets the
+    /// filter needs, so the per-access path never walks the tree.
+    protected: BTreeMap<Bdf, ProtectedBridge>,
+}
+
+impl Ownership {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Owner of a function.
+    pub fn owner(&self, bdf: Bdf) -> Owner {
+        match self.guests.get(&bdf) {
+            Some(&g) => Owner::Guest(g),
+            None => Owner::Hwdom,
+        }
+    }
+
+    /// Functions a guest owns, in address order.
+    pub fn functions_of(&self, guest: u16) -> impl Iterator<Item = Bdf> + '_ {
+        self.guests
+            .iter()
+            .filter(move |(_, g)| **g == guest)
+            .map(|(b, _)| *b)
+    }
+
+    /// Whether the hardware domain's writes to this bridge are filtered.
+    pub fn is_protected(&self, bridge: Bdf) -> bool {
+        self.protected.contains_key(&bridge)
+    }
+
+    /// Gives `guest` the units of the `requested` functions.
+    ///
+    /// Every requested function must be tracked and not a bridge. Each unit
+    /// touched must be requested whole (its non-bridge members), unless
+    /// `whole_units`, which takes the rest of the unit along. No member may
+    /// be owned by a guest already. Returns the assigned units, each its
+    /// non-bridge members in address order, units in id order.
+    ///
+    /// Issue 5 hook: a function must be reset before it changes owner; the
+    /// caller does that between a successful `assign` and starting the guest
+    /// (and after [`Ownership::release`]).
+    pub fn assign(
+        &mut self,
+        topo: &mut Topology,
+        guest: u16,
+        requested: &[Bdf],
+        whole_units: bool,
+    ) -> Result<Vec<Vec<Bdf>>, AssignError> {
+        let mut unit_ids: BTreeSet<UnitId> = BTreeSet::new();
+        for &bdf in requested {
+            let f = topo.function(bdf).ok_or(AssignError::NotTracked(bdf))?;
+            if f.kind.is_bridge() {
+                return Err(AssignError::IsBridge(bdf));
+            }
+            let id = topo.unit_of(bdf).ok_or(AssignError::NoUnit(bdf))?;
+            unit_ids.insert(id);
+        }
+        let mut out: Vec<Vec<Bdf>> = Vec::new();
+        for id in unit_ids {
+            let members = topo.units().get(id).map(|u| u.members.to_vec());
+            let members = members.ok_or(AssignError::NoUnit(id.0))?;
+            let assignable: Vec<Bdf> = members
+                .into_iter()
+                .filter(|m| topo.function(*m).is_some_and(|f| !f.kind.is_bridge()))
+                .collect();
+            let missing: Vec<Bdf> = assignable
+                .iter()
+                .filter(|m| !requested.contains(m))
+                .copied()
+                .collect();
+            if !missing.is_empty() && !whole_units {
+                return Err(AssignError::SplitsUnit { unit: id, missing });
+            }
+            for m in &assignable {
+                if let Some(&g) = self.guests.get(m) {
+                    return Err(AssignError::AlreadyOwned {
+                        bdf: *m,
+                        owner: Owner::Guest(g),
+                    });
+                }
+            }
+            out.push(assignable);
+        }
+        for m in out.iter().flatten() {
+            self.guests.insert(*m, guest);
+        }
+        self.refresh(topo);
+        Ok(out)
+    }
+
+    /// Takes every function back from `guest`; returns them. (Issue 5:
+    /// reset them before the hardware domain sees them again.)
+    pub fn release(&mut self, topo: &Topology, guest: u16) -> Vec<Bdf> {
+        let gone: Vec<Bdf> = self.functions_of(guest).collect();
+        for b in &gone {
+            self.guests.remove(b);
+        }
+        self.refresh(topo);
+        gone
+    }
+
+    /// Recomputes the protected bridges (after ownership or the tree changed).
+    pub fn refresh(&mut self, topo: &Topology) {
+        self.protected.clear();
+        for &bdf in self.guests.keys() {
+            for a in topo.ancestors(bdf) {
+                if self.protected.contains_key(&a) {
+                    continue;
+                }
+                let p = topo
+                    .function(a)
+                    .map_or(ProtectedBridge::default(), |f| ProtectedBridge {
+                        acs: f.caps.acs,
+                        pcie: f.caps.pcie as u16,
+                    });
+                self.protected.insert(a, p);
+            }
+        }
+    }
+
+    /// Decides one hardware-domain config access (`write` is the value for
+    /// a write). `reg` is naturally aligned for `width` (1, 2 or 4), as the
+    /// shell splits accesses. O(log n), no allocation.
+    ///
+    /// Protected bits are handled by [`HwdomDecision::WriteMasked`]: Linux
+    /// rewrites Bridge Control, Command and windows with read-modify-write
+    /// cycles, so a write that leaves protected bits as they are passes, and
+    /// one that would change them is applied with those bits kept.
+    pub fn hwdom_access(
+        &self,
+        bdf: Bdf,
+        reg: u16,
+        width: u16,
+        write: Option<u32>,
+    ) -> HwdomDecision {
+        if self.guests.is_empty() {
+            return HwdomDecision::PassThrough;
+        }
+        if let Some(&g) = self.guests.get(&bdf) {
+            return match write {
+                None => HwdomDecision::ReadAllOnes,
+                Some(_) => HwdomDecision::DropWrite(Refusal::GuestFunction { owner: g }),
+            };
+        }
+        let (Some(_), Some(p)) = (write, self.protected.get(&bdf)) else {
+            return HwdomDecision::PassThrough;
+        };
+        let mut keep = 0u32;
+        let mut reason = None;
+        let cap_fields = [
+            (p.acs != 0).then_some(Field {
+                offset: p.acs.saturating_add(ACS_CTRL),
+                len: 2,
+                bits: 0xffff,
+                reason: Refusal::AcsControlAboveGuest,
+            }),
+            (p.pcie != 0).then_some(Field {
+                offset: p.pcie.saturating_add(PCIE_LNKCTL),
+                len: 2,
+                bits: PCIE_LNKCTL_LINK_DISABLE,
+                reason: Refusal::LinkControlAboveGuest,
+            }),
+        ];
+        for field in BRIDGE_FIELDS.iter().chain(cap_fields.iter().flatten()) {
+            let k = lanes_of(field, reg, width);
+            if k != 0 {
+                keep |= k;
+                reason.get_or_insert(field.reason);
+            }
+        }
+        match reason {
+            Some(reason) => HwdomDecision::WriteMasked { keep, reason },
+            None => HwdomDecision::PassThrough,
+        }
+    }
+
+    /// Carries out one hardware-domain config access through `port`,
+    /// filtered by [`Ownership::hwdom_access`]. Widths other than 1, 2, 4 or
+    /// misaligned registers read all-ones and drop writes.
+    pub fn hwdom_apply<P: ConfigPort + ?Sized>(
+        &self,
+        port: &mut P,
+        bdf: Bdf,
+        reg: u16,
+        width: u16,
+        write: Option<u32>,
+    ) -> HwdomOutcome {
+        let ones = width_ones(width);
+        if !matches!(width, 1 | 2 | 4) || !reg.is_multiple_of(width) || reg >= CONFIG_SPACE_SIZE {
+            return HwdomOutcome {
+                value: if write.is_some() { 0 } else { ones },
+                refused: None,
+            };
+        }
+        let pass = |port: &mut P, value: Option<u32>| match value {
+            None => read_width(port, bdf, reg, width),
+            Some(v) => {
+                write_width(port, bdf, reg, width, v);
+                0
+            }
+        };
+        match self.hwdom_access(bdf, reg, width, write) {
+            HwdomDecision::PassThrough => HwdomOutcome {
+                value: pass(port, write),
+                refused: None,
+            },
+            HwdomDecision::ReadAllOnes => HwdomOutcome {
+                value: ones,
+                refused: None,
+            },
+            HwdomDecision::DropWrite(r) => HwdomOutcome {
+                value: 0,
+                refused: Some(r),
+            },
+            HwdomDecision::WriteMasked { keep, reason } => {
+                let value = write.unwrap_or(0);
+                let current = read_width(port, bdf, reg, width);
+                let merged = (value & !keep) | (current & keep);
+                write_width(port, bdf, reg, width, merged);
+                HwdomOutcome {
+                    value: 0,
+                    refused: ((value ^ current) & keep != 0).then_some(reason),
+                }
+            }
+        }
+    }
+}
+
+pub(crate) const fn width_ones(width: u16) -> u32 {
+    match width {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => u32::MAX,
+    }
+}
+
+pub(crate) fn read_width<P: ConfigPort + ?Sized>(
+    port: &mut P,
+    bdf: Bdf,
+    reg: u16,
+    width: u16,
+) -> u32 {
+    match width {
+        1 => port.read8(bdf, reg) as u32,
+        2 => port.read16(bdf, reg) as u32,
+        _ => port.read32(bdf, reg),
+    }
+}
+
+pub(crate) fn write_width<P: ConfigPort + ?Sized>(
+    port: &mut P,
+    bdf: Bdf,
+    reg: u16,
+    width: u16,
+    value: u32,
+) {
+    match width {
+        1 => port.write8(bdf, reg, value as u8),
+        2 => port.write16(bdf, reg, value as u16),
+        _ => port.write32(bdf, reg, value),
+    }
+}

@@ -1,0 +1,1017 @@
+//! Config-space virtualization against the simulated fabric: ownership, the
+//! hardware domain's filter, and a guest's virtual bus driven the way a
+//! Linux-like enumerator drives it.
+
+mod common;
+
+use common::{b, track};
+use pci::regs::*;
+use pci::sim::{Fabric, Spec, devfn};
+use pci::vpci::*;
+use pci::{Bdf, ConfigPort, MemoryPort, Topology};
+
+// ---------------------------------------------------------------- fixtures
+
+/// QEMU-like topology:
+/// 00:01.0 root port ── 01:00.0 nvme
+/// 00:02.0 root port ── 02:00.0 e1000e
+/// 00:03.0 root port ── 03:00.0 x3130 up ─┬─ 04:00.0 down (no ACS) ── 05:00.0 e1000e
+///                                        └─ 04:01.0 down (no ACS) ── 06:00.0 nvme
+/// 00:04.0 root port ── 07:00.0 + 07:00.1 multi-function endpoint without ACS
+pub fn fabric() -> Fabric {
+    let rp = Spec::qemu_root_port;
+    let switch = Spec::qemu_x3130_upstream()
+        .child(
+            0,
+            0,
+            Spec::qemu_x3130_downstream()
+                .acs(None)
+                .child(0, 0, Spec::qemu_e1000e()),
+        )
+        .child(
+            1,
+            0,
+            Spec::qemu_x3130_downstream()
+                .acs(None)
+                .child(0, 0, Spec::qemu_nvme()),
+        );
+    Fabric::new().with_root_complex(
+        0,
+        0,
+        &[
+            (devfn(1, 0), rp().child(0, 0, Spec::qemu_nvme())),
+            (devfn(2, 0), rp().child(0, 0, Spec::qemu_e1000e())),
+            (devfn(3, 0), rp().child(0, 0, switch)),
+            (
+                devfn(4, 0),
+                rp().child(0, 0, Spec::endpoint(0x1234, 0x0001)).child(
+                    0,
+                    1,
+                    Spec::endpoint(0x1234, 0x0002),
+                ),
+            ),
+        ],
+    )
+}
+
+/// Programs physical BARs of every endpoint like a hardware domain would
+/// (32-bit from 0x1000_0000, 64-bit from 0x80_0000_0000, I/O from 0x1000)
+/// and enables Memory + Bus Master.
+fn hwdom_programs_bars(f: &mut Fabric, fns: &[Bdf]) {
+    let (mut m32, mut m64, mut io) = (0x1000_0000u64, 0x80_0000_0000u64, 0x1000u64);
+    for &bdf in fns {
+        if f.read8(bdf, HEADER_TYPE) & 0x7f != 0 {
+            continue;
+        }
+        let mut i = 0u16;
+        while i < 6 {
+            let off = BAR0 + 4 * i;
+            let orig = f.read32(bdf, off);
+            f.write32(bdf, off, u32::MAX);
+            let rb = f.read32(bdf, off);
+            if rb == 0 {
+                i += 1;
+                continue;
+            }
+            if orig & 1 != 0 {
+                let size = (!(rb & !3) as u64 & 0xffff) + 1;
+                io = io.next_multiple_of(size);
+                f.write32(bdf, off, io as u32);
+                io += size;
+                i += 1;
+            } else if orig & 6 == 4 {
+                f.write32(bdf, off + 4, u32::MAX);
+                let hi = f.read32(bdf, off + 4);
+                let mask = ((hi as u64) << 32) | (rb & !0xf) as u64;
+                let size = (!mask).wrapping_add(1);
+                m64 = m64.next_multiple_of(size);
+                f.write32(bdf, off, m64 as u32);
+                f.write32(bdf, off + 4, (m64 >> 32) as u32);
+                m64 += size;
+                i += 2;
+            } else {
+                let size = (!(rb & !0xf)).wrapping_add(1) as u64;
+                m32 = m32.next_multiple_of(size.max(0x1000));
+                f.write32(bdf, off, m32 as u32);
+                m32 += size.max(0x1000);
+                i += 1;
+            }
+        }
+        let cmd = f.read16(bdf, COMMAND);
+        f.write16(
+            bdf,
+            COMMAND,
+            cmd | COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_IO,
+        );
+    }
+}
+
+struct World {
+    fab: Fabric,
+    topo: Topology,
+    own: Ownership,
+}
+
+fn world() -> World {
+    let mut fab = fabric();
+    let topo = track(&mut fab);
+    let all = fab.present_functions();
+    hwdom_programs_bars(&mut fab, &all);
+    World {
+        fab,
+        topo,
+        own: Ownership::new(),
+    }
+}
+
+const ECAM: u64 = 0x3000_0000;
+const RAM: (u64, u64) = (0x4000_0000, 0x1000_0000);
+const UART: (u64, u64) = (0x2000_0000, 0x1000);
+
+fn layout() -> GuestLayout {
+    GuestLayout {
+        ecam_base: ECAM,
+        ecam_buses: 16,
+        // The window deliberately holds the ECAM and the "UART", so that
+        // the overlap checks, not the window check, refuse them.
+        mem32: (0x1000_0000, 0x3000_0000),
+        mem64: (0x80_0000_0000, 0x10_0000_0000),
+        forbidden: vec![RAM, UART],
+    }
+}
+
+fn off(bus: u8, dev: u8, func: u8, reg: u16) -> u64 {
+    ((bus as u64) << 20) | ((devfn(dev, func) as u64) << 12) | reg as u64
+}
+
+fn effects_of(e: &Effects) -> Vec<Effect> {
+    assert!(!e.overflowed());
+    e.iter().copied().collect()
+}
+
+// ------------------------------------------------------------- ownership
+
+#[test]
+fn assignment_goes_by_unit() {
+    let mut w = world();
+    // Bridges are not assignable; untracked functions are refused.
+    assert_eq!(
+        w.own.assign(&mut w.topo, 1, &[b("00:01.0")], false),
+        Err(AssignError::IsBridge(b("00:01.0")))
+    );
+    assert_eq!(
+        w.own.assign(&mut w.topo, 1, &[b("09:00.0")], false),
+        Err(AssignError::NotTracked(b("09:00.0")))
+    );
+    // Part of the switch unit: names the missing endpoint, not the ports.
+    match w.own.assign(&mut w.topo, 1, &[b("05:00.0")], false) {
+        Err(AssignError::SplitsUnit { unit, missing }) => {
+            assert_eq!(unit.0, b("04:00.0"));
+            assert_eq!(missing, vec![b("06:00.0")]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Part of a multi-function device without ACS.
+    match w.own.assign(&mut w.topo, 1, &[b("07:00.1")], false) {
+        Err(AssignError::SplitsUnit { missing, .. }) => assert_eq!(missing, vec![b("07:00.0")]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        w.own.owner(b("05:00.0")),
+        Owner::Hwdom,
+        "refusals change nothing"
+    );
+    // whole_units takes the rest of the unit.
+    let units = w.own.assign(&mut w.topo, 1, &[b("05:00.0")], true).unwrap();
+    assert_eq!(units, vec![vec![b("05:00.0"), b("06:00.0")]]);
+    assert_eq!(w.own.owner(b("06:00.0")), Owner::Guest(1));
+    // Already owned, by this guest or another.
+    assert_eq!(
+        w.own.assign(&mut w.topo, 2, &[b("06:00.0")], true),
+        Err(AssignError::AlreadyOwned {
+            bdf: b("05:00.0"),
+            owner: Owner::Guest(1)
+        })
+    );
+    let units = w
+        .own
+        .assign(
+            &mut w.topo,
+            2,
+            &[b("01:00.0"), b("07:00.1"), b("07:00.0")],
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        units,
+        vec![vec![b("01:00.0")], vec![b("07:00.0"), b("07:00.1")]]
+    );
+    // Bridges above guest functions are protected; others are not.
+    for p in [
+        "00:01.0", "00:03.0", "03:00.0", "04:00.0", "04:01.0", "00:04.0",
+    ] {
+        assert!(w.own.is_protected(b(p)), "{p}");
+    }
+    assert!(!w.own.is_protected(b("00:02.0")));
+    assert_eq!(w.own.functions_of(1).count(), 2);
+    // Release hands them back.
+    assert_eq!(w.own.release(&w.topo, 1), vec![b("05:00.0"), b("06:00.0")]);
+    assert!(!w.own.is_protected(b("04:00.0")));
+    assert!(w.own.is_protected(b("00:01.0")));
+}
+
+// ------------------------------------------------------ hardware domain
+
+#[test]
+fn hwdom_sees_guest_functions_vanish_and_cannot_disturb_them() {
+    let mut w = world();
+    w.own
+        .assign(&mut w.topo, 1, &[b("01:00.0")], false)
+        .unwrap();
+    let nvme = b("01:00.0");
+    let rp = b("00:01.0");
+    let free_rp = b("00:02.0");
+    // The hwdom enabled the port (Linux does when a driver below enables
+    // its device; GuestBus::new does it too).
+    w.fab
+        .write16(rp, COMMAND, COMMAND_MEMORY | COMMAND_BUS_MASTER);
+    let (own, fab) = (&w.own, &mut w.fab);
+    let mut apply = |bdf, reg, width, write| own.hwdom_apply(fab, bdf, reg, width, write);
+
+    // Hidden function: all-ones at every width, writes refused.
+    assert_eq!(apply(nvme, 0, 4, None).value, u32::MAX);
+    assert_eq!(apply(nvme, 2, 2, None).value, 0xffff);
+    assert_eq!(apply(nvme, 0x0e, 1, None).value, 0xff);
+    let cmd_before = w.fab.read16(nvme, COMMAND);
+    let (own, fab) = (&w.own, &mut w.fab);
+    let out = own.hwdom_apply(fab, nvme, COMMAND, 2, Some(0));
+    assert_eq!(out.refused, Some(Refusal::GuestFunction { owner: 1 }));
+    assert_eq!(w.fab.read16(nvme, COMMAND), cmd_before);
+
+    let (own, fab) = (&w.own, &mut w.fab);
+    let mut apply = |bdf, reg, width, write| own.hwdom_apply(fab, bdf, reg, width, write);
+    // Bus numbers: a change is refused, the same value passes silently.
+    let buses = apply(rp, PRIMARY_BUS, 4, None).value;
+    let out = apply(rp, PRIMARY_BUS, 4, Some(buses & !0xff_ff00 | 0x09_0900));
+    assert_eq!(out.refused, Some(Refusal::BusNumbersAboveGuest));
+    assert_eq!(apply(rp, PRIMARY_BUS, 4, None).value, buses);
+    assert_eq!(
+        apply(rp, SECONDARY_BUS, 1, Some(buses >> 8 & 0xff)).refused,
+        None
+    );
+    // Secondary latency timer (same dword, not protected) still changes.
+    let out = apply(rp, PRIMARY_BUS, 4, Some(buses & 0xff_ffff | 0x4000_0000));
+    assert_eq!(out.refused, None);
+    assert_eq!(
+        apply(rp, PRIMARY_BUS, 4, None).value,
+        buses & 0xff_ffff | 0x4000_0000
+    );
+    // Windows.
+    let win = apply(rp, MEMORY_BASE, 4, None).value;
+    assert_eq!(
+        apply(rp, MEMORY_BASE, 4, Some(0x1230_1230)).refused,
+        Some(Refusal::WindowAboveGuest)
+    );
+    assert_eq!(apply(rp, MEMORY_BASE, 4, None).value, win);
+    assert_eq!(
+        apply(rp, PREF_BASE_UPPER, 4, Some(0xdead)).refused,
+        Some(Refusal::WindowAboveGuest)
+    );
+    // Bridge Control: SBR refused, harmless bits (SERR Enable) pass.
+    let out = apply(rp, BRIDGE_CONTROL, 2, Some((BRIDGE_CONTROL_SBR | 2) as u32));
+    assert_eq!(out.refused, Some(Refusal::BridgeControlAboveGuest));
+    assert_eq!(apply(rp, BRIDGE_CONTROL, 2, None).value, 2);
+    assert_eq!(apply(rp, BRIDGE_CONTROL, 2, Some(0)).refused, None);
+    // Command: Memory/Bus Master kept, INTx Disable passes.
+    let cmd = apply(rp, COMMAND, 2, None).value;
+    let out = apply(rp, COMMAND, 2, Some(COMMAND_INTX_DISABLE as u32));
+    assert_eq!(out.refused, Some(Refusal::CommandAboveGuest));
+    assert_eq!(
+        apply(rp, COMMAND, 2, None).value,
+        cmd | COMMAND_INTX_DISABLE as u32
+    );
+    // ACS Control.
+    let acs = w.topo.function(rp).unwrap().caps.acs;
+    let ctrl = w.fab.read16(rp, acs + ACS_CTRL);
+    assert_ne!(ctrl, 0, "the tracker enabled ACS");
+    let out = w
+        .own
+        .hwdom_apply(&mut w.fab, rp, acs + ACS_CTRL, 2, Some(0));
+    assert_eq!(out.refused, Some(Refusal::AcsControlAboveGuest));
+    assert_eq!(w.fab.read16(rp, acs + ACS_CTRL), ctrl);
+    // A 32-bit write over ACS Capability + Control: Control kept.
+    let out = w.own.hwdom_apply(&mut w.fab, rp, acs + ACS_CAP, 4, Some(0));
+    assert_eq!(out.refused, Some(Refusal::AcsControlAboveGuest));
+    assert_eq!(w.fab.read16(rp, acs + ACS_CTRL), ctrl);
+    // Link Disable.
+    let pcie = w.topo.function(rp).unwrap().caps.pcie as u16;
+    let out = w.own.hwdom_apply(
+        &mut w.fab,
+        rp,
+        pcie + PCIE_LNKCTL,
+        2,
+        Some(PCIE_LNKCTL_LD as u32),
+    );
+    assert_eq!(out.refused, Some(Refusal::LinkControlAboveGuest));
+    // The unprotected root port is the hwdom's to change.
+    let d = w
+        .own
+        .hwdom_access(free_rp, BRIDGE_CONTROL, 2, Some(BRIDGE_CONTROL_SBR as u32));
+    assert_eq!(d, HwdomDecision::PassThrough);
+    assert_eq!(
+        w.own.hwdom_access(free_rp, SECONDARY_BUS, 1, Some(9)),
+        HwdomDecision::PassThrough
+    );
+    // Decisions in lanes: byte 0x3e of a dword write at 0x3c.
+    match w.own.hwdom_access(rp, INTERRUPT_LINE, 4, Some(0)) {
+        HwdomDecision::WriteMasked { keep, reason } => {
+            assert_eq!(
+                keep,
+                (BRIDGE_CONTROL_SBR as u32 | BRIDGE_CONTROL_VGA as u32) << 16
+            );
+            assert_eq!(reason, Refusal::BridgeControlAboveGuest);
+        }
+        d => panic!("{d:?}"),
+    }
+    // Reads of protected bridges pass.
+    assert_eq!(
+        w.own.hwdom_access(rp, PRIMARY_BUS, 4, None),
+        HwdomDecision::PassThrough
+    );
+    // Nothing below the protected port changed: the guest's nvme still
+    // answers at its address.
+    assert_eq!(w.fab.read16(nvme, VENDOR_ID), 0x1b36);
+    assert_eq!(w.fab.bad_accesses(), 0);
+}
+
+// ---------------------------------------------------------- guest bus
+
+/// Assigns nvme (01:00.0), the switch unit and the multi-function unit to
+/// guest 1 and builds its bus.
+fn guest() -> (World, GuestBus, Vec<Vec<Bdf>>) {
+    let mut w = world();
+    let mut units = w
+        .own
+        .assign(&mut w.topo, 1, &[b("01:00.0")], false)
+        .unwrap();
+    units.extend(w.own.assign(&mut w.topo, 1, &[b("05:00.0")], true).unwrap());
+    units.extend(
+        w.own
+            .assign(&mut w.topo, 1, &[b("07:00.0"), b("07:00.1")], false)
+            .unwrap(),
+    );
+    let bus = GuestBus::new(&units, &w.topo, &mut w.fab, layout()).unwrap();
+    (w, bus, units)
+}
+
+/// What a Linux-like enumerator does on bus 0: program each root port's
+/// bus numbers (1, 2, ...).
+fn program_root_ports(g: &mut GuestBus, fab: &mut Fabric) -> Vec<u8> {
+    let mut e = Effects::new();
+    let mut next = 1u8;
+    let mut buses = Vec::new();
+    for dev in 0..32 {
+        if g.config_read(fab, off(0, dev, 0, 0), 4) == u32::MAX {
+            continue;
+        }
+        assert_eq!(g.config_read(fab, off(0, dev, 0, HEADER_TYPE), 1), 1);
+        let v = (next as u32) << 8 | (next as u32) << 16;
+        g.config_write(fab, off(0, dev, 0, PRIMARY_BUS), 4, v, &mut e);
+        buses.push(next);
+        next += 1;
+    }
+    assert!(e.is_empty());
+    buses
+}
+
+/// Scans a secondary bus like Linux below a PCIe port (device 0 only).
+fn scan(g: &mut GuestBus, fab: &mut Fabric, bus: u8) -> Vec<(u8, u32)> {
+    let mut out = Vec::new();
+    let mf = g.config_read(fab, off(bus, 0, 0, HEADER_TYPE), 1) & 0x80 != 0;
+    for func in 0..if mf { 8 } else { 1 } {
+        let id = g.config_read(fab, off(bus, 0, func, 0), 4);
+        if id != u32::MAX {
+            out.push((func, id));
+        }
+    }
+    out
+}
+
+#[test]
+fn guest_enumerates_root_ports_and_functions() {
+    let (mut w, mut g, _) = guest();
+    let fab = &mut w.fab;
+    // Root ports at devices 1..=3 of bus 0, nothing else.
+    for dev in 0..32u8 {
+        let id = g.config_read(fab, off(0, dev, 0, 0), 4);
+        if (1..=3).contains(&dev) {
+            assert_eq!(id, 0x000c_1b36);
+            assert_eq!(
+                g.config_read(fab, off(0, dev, 0, CLASS_REVISION), 4) >> 8,
+                0x060400
+            );
+            // PCIe capability: root port, link up, card present.
+            assert_eq!(g.config_read(fab, off(0, dev, 0, CAP_PTR), 1), 0x40);
+            let flags = g.config_read(fab, off(0, dev, 0, 0x42), 2);
+            assert_eq!((flags >> 4) & 0xf, PCIE_TYPE_ROOT_PORT as u32);
+            let lnksta = g.config_read(fab, off(0, dev, 0, 0x40 + PCIE_LNKSTA), 2) as u16;
+            assert_ne!(lnksta & PCIE_LNKSTA_DLLLA, 0);
+            let sltsta = g.config_read(fab, off(0, dev, 0, 0x40 + PCIE_SLTSTA), 2) as u16;
+            assert_ne!(sltsta & PCIE_SLTSTA_PDS, 0);
+            assert_eq!(
+                g.config_read(fab, off(0, dev, 0, 0x100), 2),
+                EXT_CAP_ID_AER as u32
+            );
+        } else {
+            assert_eq!(id, u32::MAX, "device {dev}");
+        }
+        assert_eq!(g.config_read(fab, off(0, dev, 1, 0), 4), u32::MAX);
+    }
+    // Before bus numbers are programmed, nothing answers below.
+    for bus in 1..16 {
+        assert_eq!(g.config_read(fab, off(bus, 0, 0, 0), 4), u32::MAX);
+    }
+    assert_eq!(g.virtual_of(b("01:00.0")), None);
+    let buses = program_root_ports(&mut g, fab);
+    assert_eq!(buses, vec![1, 2, 3]);
+    // nvme alone; the switch unit compacted to functions 0, 1 of one
+    // multi-function device; the multi-function device as it is.
+    assert_eq!(scan(&mut g, fab, 1), vec![(0, 0x0010_1b36)]);
+    assert_eq!(
+        scan(&mut g, fab, 2),
+        vec![(0, 0x10d3_8086), (1, 0x0010_1b36)]
+    );
+    assert_eq!(
+        scan(&mut g, fab, 3),
+        vec![(0, 0x0001_1234), (1, 0x0002_1234)]
+    );
+    assert_eq!(g.config_read(fab, off(1, 0, 0, HEADER_TYPE), 1), 0);
+    // Only device 0 below a root port; buses past the subordinate are empty.
+    assert_eq!(g.config_read(fab, off(1, 1, 0, 0), 4), u32::MAX);
+    assert_eq!(g.config_read(fab, off(4, 0, 0, 0), 4), u32::MAX);
+    // Outside the virtual ECAM (16 buses).
+    assert_eq!(g.config_read(fab, 16 << 20, 4), u32::MAX);
+    assert_eq!(g.virtual_of(b("06:00.0")), Some(b("02:00.1")));
+    assert_eq!(g.physical_of(b("02:00.1")), Some(b("06:00.0")));
+    assert_eq!(g.physical_of(b("02:01.0")), None);
+    let described: Vec<_> = g.describe().collect();
+    assert_eq!(
+        described,
+        vec![
+            (b("00:01.0"), 0, b("01:00.0")),
+            (b("00:02.0"), 0, b("05:00.0")),
+            (b("00:02.0"), 1, b("06:00.0")),
+            (b("00:03.0"), 0, b("07:00.0")),
+            (b("00:03.0"), 1, b("07:00.1")),
+        ]
+    );
+    // Reprogramming the bus numbers moves the functions.
+    let mut e = Effects::new();
+    g.config_write(fab, off(0, 1, 0, PRIMARY_BUS), 4, 0x0009_0900, &mut e);
+    assert_eq!(g.config_read(fab, off(9, 0, 0, 0), 4), 0x0010_1b36);
+    assert_eq!(g.config_read(fab, off(1, 0, 0, 0), 4), u32::MAX);
+    assert_eq!(fab.bad_accesses(), 0);
+}
+
+/// Capabilities a guest sees: (id, offset) by following its chain.
+fn guest_caps(g: &mut GuestBus, fab: &mut Fabric, bus: u8, func: u8) -> Vec<(u8, u16)> {
+    let mut out = Vec::new();
+    let mut p = g.config_read(fab, off(bus, 0, func, CAP_PTR), 1) as u16;
+    while p != 0 && out.len() < 48 {
+        let h = g.config_read(fab, off(bus, 0, func, p), 2);
+        out.push((h as u8, p));
+        p = (h >> 8) as u16;
+    }
+    out
+}
+
+#[test]
+fn capabilities_are_filtered() {
+    let mut fab = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e().af_flr(true).sriov(4, 0x10ca)),
+        )],
+    );
+    let mut topo = track(&mut fab);
+    let all = fab.present_functions();
+    hwdom_programs_bars(&mut fab, &all);
+    let mut own = Ownership::new();
+    let units = own.assign(&mut topo, 1, &[b("01:00.0")], false).unwrap();
+    let mut g = GuestBus::new(&units, &topo, &mut fab, layout()).unwrap();
+    program_root_ports(&mut g, &mut fab);
+    let caps = guest_caps(&mut g, &mut fab, 1, 0);
+    let ids: Vec<u8> = caps.iter().map(|c| c.0).collect();
+    assert_eq!(
+        ids,
+        vec![CAP_ID_PM, CAP_ID_MSI, CAP_ID_PCIE, CAP_ID_MSIX, CAP_ID_AF]
+    );
+    // Extended space: only a virtual AER at 0x100, the last one; SR-IOV,
+    // ARI and the physical AER's own offset read 0 beyond it.
+    let h = g.config_read(&mut fab, off(1, 0, 0, 0x100), 4);
+    assert_eq!((h & 0xffff, h >> 20), (EXT_CAP_ID_AER as u32, 0));
+    for reg in (0x130..0x1000).step_by(4) {
+        assert_eq!(g.config_read(&mut fab, off(1, 0, 0, reg), 4), 0, "{reg:#x}");
+    }
+    // The physical device does have SR-IOV: the guest never sees it.
+    assert!(
+        pci::caps::find_ext_cap(&mut fab, b("01:00.0"), EXT_CAP_ID_SRIOV)
+            .unwrap()
+            .is_some()
+    );
+    // Virtual AER is storage with RW1C status.
+    let sev = g.config_read(&mut fab, off(1, 0, 0, 0x100 + AER_UNCOR_SEVER), 4);
+    assert_eq!(sev, 0x0046_2030);
+    let mut e = Effects::new();
+    g.config_write(
+        &mut fab,
+        off(1, 0, 0, 0x100 + AER_UNCOR_MASK),
+        4,
+        u32::MAX,
+        &mut e,
+    );
+    assert_eq!(
+        g.config_read(&mut fab, off(1, 0, 0, 0x100 + AER_UNCOR_MASK), 4),
+        0x07ff_f030
+    );
+    assert_eq!(
+        g.virtual_aer(b("01:00.0"), AER_UNCOR_MASK),
+        Some(0x07ff_f030)
+    );
+    // AF FLR: effect, reads 0.
+    let af = caps[4].1;
+    g.config_write(&mut fab, off(1, 0, 0, af + AF_CTRL), 1, 1, &mut e);
+    assert_eq!(
+        effects_of(&e),
+        vec![Effect::FunctionLevelReset {
+            physical: b("01:00.0")
+        }]
+    );
+    assert_eq!(g.config_read(&mut fab, off(1, 0, 0, af + AF_CTRL), 1), 0);
+    // MSI: shadowed; the physical MSI capability is untouched.
+    let msi = caps[1].1;
+    let phys_msi: Vec<u32> = (0..4)
+        .map(|i| fab.read32(b("01:00.0"), msi + 4 * i))
+        .collect();
+    e.clear();
+    g.config_write(&mut fab, off(1, 0, 0, msi + 4), 4, 0x0800_0040, &mut e);
+    g.config_write(&mut fab, off(1, 0, 0, msi + 8), 4, 0, &mut e);
+    g.config_write(&mut fab, off(1, 0, 0, msi + 12), 2, 0x55, &mut e);
+    g.config_write(&mut fab, off(1, 0, 0, msi + 2), 2, 1, &mut e);
+    assert_eq!(
+        effects_of(&e),
+        vec![Effect::MsiControl {
+            physical: b("01:00.0"),
+            enabled: true
+        }]
+    );
+    assert_eq!(
+        g.config_read(&mut fab, off(1, 0, 0, msi + 4), 4),
+        0x0800_0040
+    );
+    assert_eq!(
+        g.config_read(&mut fab, off(1, 0, 0, msi + 2), 2) & 0x81,
+        0x81
+    );
+    let now: Vec<u32> = (0..4)
+        .map(|i| fab.read32(b("01:00.0"), msi + 4 * i))
+        .collect();
+    assert_eq!(now, phys_msi);
+    // PM power state is virtual: the device stays in D0.
+    let pm = caps[0].1;
+    g.config_write(&mut fab, off(1, 0, 0, pm + PM_CTRL), 2, 3, &mut e);
+    assert_eq!(
+        g.config_read(&mut fab, off(1, 0, 0, pm + PM_CTRL), 2) & 3,
+        3
+    );
+    assert_eq!(fab.read16(b("01:00.0"), pm + PM_CTRL) & 3, 0);
+    assert_eq!(fab.bad_accesses(), 0);
+}
+
+/// Sizes a BAR like Linux: write all-ones, read back, restore.
+fn size_bar(g: &mut GuestBus, fab: &mut Fabric, o: u64) -> u32 {
+    let mut e = Effects::new();
+    let orig = g.config_read(fab, o, 4);
+    g.config_write(fab, o, 4, u32::MAX, &mut e);
+    let rb = g.config_read(fab, o, 4);
+    g.config_write(fab, o, 4, orig, &mut e);
+    assert!(e.is_empty(), "decoding is off: {e:?}");
+    rb
+}
+
+fn phys_bar(fab: &mut Fabric, bdf: Bdf, i: u16) -> u64 {
+    let lo = fab.read32(bdf, BAR0 + 4 * i);
+    let hi = if lo & 6 == 4 {
+        fab.read32(bdf, BAR0 + 4 * i + 4)
+    } else {
+        0
+    };
+    ((hi as u64) << 32) | (lo & !0xf) as u64
+}
+
+#[test]
+fn bars_size_program_and_map() {
+    let (mut w, mut g, _) = guest();
+    let fab = &mut w.fab;
+    program_root_ports(&mut g, fab);
+    let nvme = off(1, 0, 0, 0);
+    let e1000e = off(2, 0, 0, 0);
+    // Sizing keeps the physical flag bits: 64-bit nvme BAR0 16K, e1000e
+    // BARs 128K, 128K, I/O 32, 16K.
+    assert_eq!(
+        g.config_read(fab, nvme + 0x10, 4),
+        0x4,
+        "64-bit flag before sizing"
+    );
+    assert_eq!(size_bar(&mut g, fab, nvme + 0x10), 0xffff_c004);
+    assert_eq!(size_bar(&mut g, fab, nvme + 0x14), 0xffff_ffff);
+    assert_eq!(size_bar(&mut g, fab, e1000e + 0x10), 0xfffe_0000);
+    assert_eq!(size_bar(&mut g, fab, e1000e + 0x14), 0xfffe_0000);
+    assert_eq!(size_bar(&mut g, fab, e1000e + 0x18), 0xffff_ffe1);
+    assert_eq!(size_bar(&mut g, fab, e1000e + 0x1c), 0xffff_c000);
+    assert_eq!(size_bar(&mut g, fab, e1000e + 0x20), 0);
+    // Physical BARs never moved.
+    let pa_nvme = phys_bar(fab, b("01:00.0"), 0);
+    let pa_e = [0, 1, 3].map(|i| phys_bar(fab, b("05:00.0"), i));
+    assert_ne!(pa_nvme, 0);
+
+    // Program: nvme BAR0 64-bit in mem64, e1000e BARs in mem32.
+    let mut e = Effects::new();
+    g.config_write(fab, nvme + 0x10, 4, 0x0000_0000, &mut e);
+    g.config_write(fab, nvme + 0x14, 4, 0x80, &mut e);
+    assert_eq!(g.config_read(fab, nvme + 0x10, 4), 0x4);
+    for (i, a) in [
+        (0u64, 0x1000_0000u32),
+        (1, 0x1002_0000),
+        (2, 0x100),
+        (3, 0x1004_0000),
+    ] {
+        g.config_write(fab, e1000e + 0x10 + 4 * i, 4, a, &mut e);
+    }
+    assert_eq!(g.config_read(fab, e1000e + 0x18, 4), 0x101, "I/O flag kept");
+    assert!(e.is_empty());
+
+    // Memory on: the whole BAR but the MSI-X page (table and PBA share the
+    // first page of nvme BAR0).
+    g.config_write(
+        fab,
+        nvme + COMMAND as u64,
+        2,
+        (COMMAND_MEMORY | COMMAND_BUS_MASTER) as u32,
+        &mut e,
+    );
+    assert_eq!(
+        effects_of(&e),
+        vec![
+            Effect::TrapMsix {
+                ipa: 0x80_0000_0000,
+                size: 0x1000
+            },
+            Effect::Map {
+                ipa: 0x80_0000_1000,
+                pa: pa_nvme + 0x1000,
+                size: 0x3000
+            },
+        ]
+    );
+    // Bus Master reaches the device; Memory stays on physically.
+    assert_ne!(w.fab.read16(b("01:00.0"), COMMAND) & COMMAND_BUS_MASTER, 0);
+    let fab = &mut w.fab;
+    e.clear();
+    g.config_write(
+        fab,
+        e1000e + COMMAND as u64,
+        2,
+        (COMMAND_MEMORY | COMMAND_IO) as u32,
+        &mut e,
+    );
+    assert_eq!(
+        effects_of(&e),
+        vec![
+            Effect::Map {
+                ipa: 0x1000_0000,
+                pa: pa_e[0],
+                size: 0x20000
+            },
+            Effect::Map {
+                ipa: 0x1002_0000,
+                pa: pa_e[1],
+                size: 0x20000
+            },
+            Effect::TrapMsix {
+                ipa: 0x1004_0000,
+                size: 0x1000
+            },
+            Effect::Map {
+                ipa: 0x1004_1000,
+                pa: pa_e[2] + 0x1000,
+                size: 0x3000
+            },
+        ]
+    );
+    // Rewriting Command with the same bits changes nothing.
+    e.clear();
+    g.config_write(
+        fab,
+        e1000e + COMMAND as u64,
+        2,
+        (COMMAND_MEMORY | COMMAND_IO) as u32,
+        &mut e,
+    );
+    assert!(e.is_empty());
+    // Moving a BAR while decoding: unmap the old place, map the new.
+    g.config_write(fab, e1000e + 0x14, 4, 0x1010_0000, &mut e);
+    assert_eq!(
+        effects_of(&e),
+        vec![
+            Effect::Unmap {
+                ipa: 0x1002_0000,
+                size: 0x20000
+            },
+            Effect::Map {
+                ipa: 0x1010_0000,
+                pa: pa_e[1],
+                size: 0x20000
+            },
+        ]
+    );
+    // Memory off: everything unmapped.
+    e.clear();
+    g.config_write(fab, e1000e + COMMAND as u64, 2, 0, &mut e);
+    assert_eq!(
+        effects_of(&e),
+        vec![
+            Effect::Unmap {
+                ipa: 0x1000_0000,
+                size: 0x20000
+            },
+            Effect::Unmap {
+                ipa: 0x1010_0000,
+                size: 0x20000
+            },
+            Effect::Unmap {
+                ipa: 0x1004_0000,
+                size: 0x4000
+            },
+        ]
+    );
+    // The physical device still decodes at the hwdom's addresses.
+    assert_ne!(fab.read16(b("05:00.0"), COMMAND) & COMMAND_MEMORY, 0);
+    assert_eq!(phys_bar(fab, b("05:00.0"), 1), pa_e[1]);
+    assert_eq!(fab.bad_accesses(), 0);
+}
+
+#[test]
+fn partial_accesses_behave_like_byte_lanes() {
+    let (mut w, mut g, _) = guest();
+    let fab = &mut w.fab;
+    program_root_ports(&mut g, fab);
+    let e1000e = off(2, 0, 0, 0);
+    let mut e = Effects::new();
+    // A byte in the middle of BAR0: only that lane changes, under the mask.
+    g.config_write(fab, e1000e + 0x10, 4, 0x1000_0000, &mut e);
+    g.config_write(fab, e1000e + 0x12, 1, 0xff, &mut e);
+    assert_eq!(g.config_read(fab, e1000e + 0x10, 4), 0x10fe_0000);
+    assert_eq!(g.config_read(fab, e1000e + 0x12, 2), 0x10fe);
+    assert_eq!(g.config_read(fab, e1000e + 0x13, 1), 0x10);
+    // 16-bit write to the upper half of the I/O BAR keeps the flag.
+    g.config_write(fab, e1000e + 0x1a, 2, 0xffff, &mut e);
+    assert_eq!(g.config_read(fab, e1000e + 0x18, 4), 0xffff_0001);
+    // Command's upper byte (INTx Disable) leaves Memory alone.
+    g.config_write(fab, e1000e + 0x04, 1, COMMAND_MEMORY as u32, &mut e);
+    g.config_write(fab, e1000e + 0x05, 1, 0x04, &mut e);
+    assert_eq!(g.config_read(fab, e1000e + 0x04, 2), 0x0402);
+    // A 32-bit write over Command and Status: W1C status bits written as 1
+    // reach hardware only as W1C; Command takes its lanes.
+    g.config_write(fab, e1000e + 0x04, 4, 0xffff_0000, &mut e);
+    assert_eq!(g.config_read(fab, e1000e + 0x04, 2), 0);
+    assert_eq!(
+        g.config_read(fab, e1000e + 0x06, 2),
+        fab.read16(b("05:00.0"), STATUS) as u32
+    );
+    // Misaligned or odd widths: all-ones, writes ignored.
+    assert_eq!(g.config_read(fab, e1000e + 0x11, 2), 0xffff);
+    assert_eq!(g.config_read(fab, e1000e + 0x10, 3), u32::MAX);
+    assert_eq!(g.config_read(fab, e1000e + 0x12, 4), u32::MAX);
+    let before = g.config_read(fab, e1000e + 0x10, 4);
+    g.config_write(fab, e1000e + 0x11, 2, 0, &mut e);
+    g.config_write(fab, e1000e + 0x10, 8, 0, &mut e);
+    assert_eq!(g.config_read(fab, e1000e + 0x10, 4), before);
+    // Root port: byte writes to bus numbers.
+    g.config_write(fab, off(0, 2, 0, SUBORDINATE_BUS), 1, 5, &mut e);
+    assert_eq!(
+        g.config_read(fab, off(0, 2, 0, PRIMARY_BUS), 4),
+        0x0005_0200
+    );
+    assert_eq!(fab.bad_accesses(), 0);
+}
+
+#[test]
+fn hostile_bar_placements_are_refused() {
+    let (mut w, mut g, _) = guest();
+    let fab = &mut w.fab;
+    program_root_ports(&mut g, fab);
+    let e1000e = off(2, 0, 0, 0);
+    let nvme = off(1, 0, 0, 0);
+    let mut e = Effects::new();
+    g.config_write(fab, nvme + 0x10, 4, 0x1800_0000, &mut e);
+    g.config_write(fab, nvme + 0x14, 4, 0, &mut e);
+    g.config_write(fab, nvme + 4, 2, COMMAND_MEMORY as u32, &mut e);
+    assert_eq!(e.len(), 2, "nvme mapped in mem32: {e:?}");
+    let cases: [(u32, BarRefusal); 4] = [
+        (RAM.0 as u32, BarRefusal::OutsideWindows),
+        (ECAM as u32 + 0x20000, BarRefusal::OverlapsEcam),
+        (
+            UART.0 as u32,
+            BarRefusal::OverlapsForbidden {
+                base: UART.0,
+                size: UART.1,
+            },
+        ),
+        (
+            0x1800_0000,
+            BarRefusal::OverlapsBar {
+                vbdf: b("01:00.0"),
+                bar: 0,
+            },
+        ),
+    ];
+    g.config_write(fab, e1000e + 4, 2, COMMAND_MEMORY as u32, &mut e);
+    for (addr, reason) in cases {
+        e.clear();
+        g.config_write(fab, e1000e + 0x10, 4, addr, &mut e);
+        let got = effects_of(&e);
+        assert!(
+            got.iter()
+                .all(|x| !matches!(x, Effect::Map { .. } | Effect::TrapMsix { .. })),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&Effect::BarRefused {
+                vbdf: b("02:00.0"),
+                bar: 0,
+                addr: addr as u64,
+                reason
+            }),
+            "{addr:#x}: {got:?}"
+        );
+    }
+    // Sizing with decoding on: the all-ones address is refused, not mapped.
+    e.clear();
+    g.config_write(fab, e1000e + 0x14, 4, u32::MAX, &mut e);
+    assert!(matches!(
+        effects_of(&e).as_slice(),
+        [Effect::BarRefused {
+            bar: 1,
+            addr: 0xfffe_0000,
+            ..
+        }]
+    ));
+    // The ROM is never mapped. nvme has none; the sim models none either,
+    // so the register reads 0 and ignores writes.
+    g.config_write(fab, e1000e + ROM_BAR as u64, 4, u32::MAX, &mut e);
+    assert_eq!(g.config_read(fab, e1000e + ROM_BAR as u64, 4), 0);
+}
+
+#[test]
+fn msix_table_is_shadowed_and_pages_trapped() {
+    let (mut w, mut g, _) = guest();
+    let fab = &mut w.fab;
+    program_root_ports(&mut g, fab);
+    let nvme = off(1, 0, 0, 0);
+    let mut e = Effects::new();
+    g.config_write(fab, nvme + 0x10, 4, 0, &mut e);
+    g.config_write(fab, nvme + 0x14, 4, 0x80, &mut e);
+    g.config_write(fab, nvme + 4, 2, COMMAND_MEMORY as u32, &mut e);
+    let base = 0x80_0000_0000u64;
+    let phys = b("01:00.0");
+    let before: Vec<_> = (0..65).map(|i| fab.msix_entry(phys, i).unwrap()).collect();
+    // Enable MSI-X (virtual) and program entry 3 like Linux: 32-bit and
+    // 64-bit writes of address and data, then unmask.
+    let caps = guest_caps(&mut g, fab, 1, 0);
+    let msix = caps.iter().find(|c| c.0 == CAP_ID_MSIX).unwrap().1;
+    e.clear();
+    g.config_write(fab, nvme + msix as u64 + 2, 2, 0xc000, &mut e);
+    assert_eq!(
+        effects_of(&e),
+        vec![Effect::MsixControl {
+            physical: phys,
+            enabled: true,
+            function_mask: true
+        }]
+    );
+    assert_eq!(g.config_read(fab, nvme + msix as u64 + 2, 2), 0xc000 | 64);
+    let entry = base + 3 * 16;
+    e.clear();
+    assert!(g.msix_write(fab, entry, 8, 0x0000_0000_0800_0040, &mut e));
+    assert!(g.msix_write(fab, entry + 8, 4, 0x21, &mut e));
+    assert!(g.msix_write(fab, entry + 12, 4, 0xffff_fffe, &mut e));
+    assert_eq!(e.len(), 3);
+    assert_eq!(g.msix_read(fab, entry, 4), Some(0x0800_0040));
+    assert_eq!(g.msix_read(fab, entry, 8), Some(0x0800_0040));
+    assert_eq!(g.msix_read(fab, entry + 8, 2), Some(0x21));
+    assert_eq!(
+        g.msix_read(fab, entry + 12, 4),
+        Some(0),
+        "only the mask bit is writable"
+    );
+    assert_eq!(g.msix_entry(phys, 3), Some([0x0800_0040, 0, 0x21, 0]));
+    // A byte write into the middle of the address.
+    assert!(g.msix_write(fab, entry + 1, 1, 0xab, &mut e));
+    assert_eq!(g.msix_read(fab, entry, 4), Some(0x0800_ab40));
+    // The physical table is untouched.
+    let after: Vec<_> = (0..65).map(|i| fab.msix_entry(phys, i).unwrap()).collect();
+    assert_eq!(before, after);
+    // The PBA (offset 0x800 in the same page) reads from the device; writes
+    // are dropped. Other registers in the page pass through.
+    assert_eq!(g.msix_read(fab, base + 0x800, 8), Some(0));
+    assert!(g.msix_write(fab, base + 0x800, 8, u64::MAX, &mut e));
+    let pa = phys_bar(fab, phys, 0);
+    assert_eq!(MemoryPort::read(fab, pa + 0x800, 8), 0);
+    assert!(g.msix_write(fab, base + 0xf00, 4, 0x1234_5678, &mut e));
+    assert_eq!(MemoryPort::read(fab, pa + 0xf00, 4), 0x1234_5678);
+    assert_eq!(g.msix_read(fab, base + 0xf00, 2), Some(0x5678));
+    // Outside the trapped page, or before mapping: not ours.
+    assert_eq!(g.msix_read(fab, base + 0x1000, 4), None);
+    assert!(!g.msix_write(fab, base + 0x1000, 4, 0, &mut e));
+    // Misaligned inside the page: all-ones, dropped.
+    assert_eq!(g.msix_read(fab, entry + 2, 4), Some(0xffff_ffff));
+    e.clear();
+    g.config_write(fab, nvme + 4, 2, 0, &mut e);
+    assert_eq!(g.msix_read(fab, entry, 4), None, "unmapped with Memory off");
+}
+
+#[test]
+fn flr_and_sbr_are_effects_and_reset_the_virtual_state() {
+    let (mut w, mut g, _) = guest();
+    let fab = &mut w.fab;
+    program_root_ports(&mut g, fab);
+    let nvme = off(1, 0, 0, 0);
+    let mut e = Effects::new();
+    g.config_write(fab, nvme + 0x10, 4, 0, &mut e);
+    g.config_write(fab, nvme + 0x14, 4, 0x80, &mut e);
+    g.config_write(
+        fab,
+        nvme + 4,
+        2,
+        (COMMAND_MEMORY | COMMAND_BUS_MASTER) as u32,
+        &mut e,
+    );
+    let caps = guest_caps(&mut g, fab, 1, 0);
+    let pcie = caps.iter().find(|c| c.0 == CAP_ID_PCIE).unwrap().1 as u64;
+    // Error reporting enables are virtual; payload bits read from hardware.
+    e.clear();
+    g.config_write(fab, nvme + pcie + 8, 2, 0x000f, &mut e);
+    let phys_devctl = fab.read16(b("01:00.0"), pcie as u16 + 8);
+    assert_eq!(phys_devctl & 0xf, 0);
+    assert_eq!(
+        g.config_read(fab, nvme + pcie + 8, 2),
+        (phys_devctl & 0x7ff0) as u32 | 0xf
+    );
+    // Initiate FLR: effect, virtual state back to reset (unmapped), Bus
+    // Master off on the device, bit reads 0.
+    g.config_write(fab, nvme + pcie + 9, 1, 0x80, &mut e);
+    assert_eq!(
+        effects_of(&e),
+        vec![
+            Effect::FunctionLevelReset {
+                physical: b("01:00.0")
+            },
+            Effect::Unmap {
+                ipa: 0x80_0000_0000,
+                size: 0x4000
+            },
+        ]
+    );
+    assert_eq!(g.config_read(fab, nvme + pcie + 8, 2) & 0x800f, 0);
+    assert_eq!(g.config_read(fab, nvme + 4, 2), 0);
+    assert_eq!(g.config_read(fab, nvme + 0x10, 4), 4);
+    assert_eq!(fab.read16(b("01:00.0"), COMMAND) & COMMAND_BUS_MASTER, 0);
+    // e1000e has no FLR: nothing happens.
+    e.clear();
+    g.config_write(fab, off(2, 0, 0, 0) + pcie + 9, 1, 0x80, &mut e);
+    assert!(e.is_empty());
+    // SBR on the switch unit's virtual root port: functions vanish while it
+    // is held; the effect comes on release. The physical bridges never see it.
+    let phys_bctl = fab.read16(b("00:03.0"), BRIDGE_CONTROL);
+    g.config_write(
+        fab,
+        off(0, 2, 0, BRIDGE_CONTROL),
+        2,
+        BRIDGE_CONTROL_SBR as u32,
+        &mut e,
+    );
+    assert_eq!(g.config_read(fab, off(2, 0, 0, 0), 4), u32::MAX);
+    assert_eq!(
+        g.config_read(fab, off(0, 2, 0, BRIDGE_CONTROL), 2),
+        BRIDGE_CONTROL_SBR as u32
+    );
+    assert!(e.is_empty());
+    g.config_write(fab, off(0, 2, 0, BRIDGE_CONTROL), 2, 0, &mut e);
+    assert_eq!(effects_of(&e), vec![Effect::SecondaryBusReset { unit: 1 }]);
+    assert_eq!(g.config_read(fab, off(2, 0, 0, 0), 4), 0x10d3_8086);
+    assert_eq!(fab.read16(b("00:03.0"), BRIDGE_CONTROL), phys_bctl);
+    assert_eq!(fab.read16(b("04:00.0"), BRIDGE_CONTROL), 0);
+}
