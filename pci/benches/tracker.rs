@@ -116,7 +116,16 @@ impl Case {
         for &b in &self.bdfs {
             t.report_add(b, &mut self.fabric).expect("valid report");
         }
+        let reported = thread_cpu_time();
         let units = t.units().len();
+        if std::env::var_os("PCI_BENCH_SPLIT").is_some() {
+            eprintln!(
+                "    {} functions: reports {:.2} ms CPU, unit table {:.2} ms CPU",
+                self.bdfs.len(),
+                ms(reported - cpu),
+                ms(thread_cpu_time() - reported)
+            );
+        }
         let (cpu, wall) = (thread_cpu_time() - cpu, wall.elapsed());
         self.bytes = LIVE.load(Ordering::Relaxed) - before;
         assert_eq!(t.len(), self.bdfs.len());

@@ -9,6 +9,109 @@ use core::ops::RangeInclusive;
 
 use crate::addr::Bdf;
 
+/// A vector in chunks (64, 64, 128, 256, ...: capacity doubles like a
+/// `Vec`'s): growing never moves elements, so a large tracker does not pay
+/// for reallocation copies.
+#[derive(Debug)]
+pub(crate) struct SegVec<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for SegVec<T> {
+    fn default() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> SegVec<T> {
+    const BASE: usize = 64;
+
+    /// (chunk, offset) of an index: chunk 0 holds 0..64, chunk c >= 1 holds
+    /// 64 << (c - 1) .. 64 << c.
+    fn locate(i: usize) -> (usize, usize) {
+        let x = i / Self::BASE;
+        if x == 0 {
+            return (0, i);
+        }
+        let c = (usize::BITS - x.leading_zeros()) as usize;
+        (c, i - (Self::BASE << (c - 1)))
+    }
+
+    fn chunk_capacity(c: usize) -> usize {
+        if c == 0 {
+            Self::BASE
+        } else {
+            Self::BASE << (c - 1)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.chunks.iter().map(|c| c.capacity()).sum()
+    }
+
+    pub fn push(&mut self, v: T) {
+        let (c, _) = Self::locate(self.len);
+        if c == self.chunks.len() {
+            self.chunks
+                .push(Vec::with_capacity(Self::chunk_capacity(c)));
+        }
+        if let Some(chunk) = self.chunks.get_mut(c) {
+            chunk.push(v);
+            self.len += 1;
+        }
+    }
+
+    pub fn get(&self, i: usize) -> Option<&T> {
+        if i >= self.len {
+            return None;
+        }
+        let (c, o) = Self::locate(i);
+        self.chunks.get(c)?.get(o)
+    }
+
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        if i >= self.len {
+            return None;
+        }
+        let (c, o) = Self::locate(i);
+        self.chunks.get_mut(c)?.get_mut(o)
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        let last = self.chunks.last_mut()?;
+        let v = last.pop()?;
+        if last.is_empty() {
+            self.chunks.pop();
+        }
+        self.len -= 1;
+        Some(v)
+    }
+
+    /// Removes element `i`, moving the last one into its place.
+    pub fn swap_remove(&mut self, i: usize) -> Option<T> {
+        if i >= self.len {
+            return None;
+        }
+        let last = self.pop()?;
+        if i == self.len {
+            return Some(last);
+        }
+        self.get_mut(i).map(|slot| core::mem::replace(slot, last))
+    }
+}
+
 #[derive(Debug)]
 struct Segment<V> {
     id: u16,
@@ -20,16 +123,16 @@ struct Segment<V> {
 #[derive(Debug)]
 pub(crate) struct FnMap<V> {
     segs: Vec<Segment<V>>,
-    keys: Vec<Bdf>,
-    slab: Vec<V>,
+    keys: SegVec<Bdf>,
+    slab: SegVec<V>,
 }
 
 impl<V> Default for FnMap<V> {
     fn default() -> Self {
         Self {
             segs: Vec::new(),
-            keys: Vec::new(),
-            slab: Vec::new(),
+            keys: SegVec::default(),
+            slab: SegVec::default(),
         }
     }
 }
@@ -48,10 +151,16 @@ impl<V> FnMap<V> {
         self.segs[s].buses.get(k.bus as usize)
     }
 
-    fn index(&self, k: Bdf) -> Option<usize> {
+    /// Slab index of a key: stable until the next removal.
+    pub fn index(&self, k: Bdf) -> Option<usize> {
         let bus = self.bus(k)?;
         let i = bus.binary_search_by_key(&k.devfn, |e| e.0).ok()?;
         Some(bus[i].1 as usize)
+    }
+
+    pub fn get_indexed(&self, k: Bdf) -> Option<(usize, &V)> {
+        let i = self.index(k)?;
+        Some((i, self.slab.get(i)?))
     }
 
     pub fn get(&self, k: &Bdf) -> Option<&V> {
@@ -64,7 +173,7 @@ impl<V> FnMap<V> {
 
     pub fn insert(&mut self, k: Bdf, v: V) -> Option<V> {
         if let Some(i) = self.index(k) {
-            return Some(core::mem::replace(&mut self.slab[i], v));
+            return self.slab.get_mut(i).map(|slot| core::mem::replace(slot, v));
         }
         let s = match self.segs.binary_search_by_key(&k.segment, |s| s.id) {
             Ok(s) => s,
@@ -102,7 +211,7 @@ impl<V> FnMap<V> {
         // Move the slab's last element into the hole and repoint it.
         let last = self.slab.len() - 1;
         if idx != last {
-            let moved = self.keys[last];
+            let moved = *self.keys.get(last)?;
             let ms = self
                 .segs
                 .binary_search_by_key(&moved.segment, |s| s.id)
@@ -112,12 +221,11 @@ impl<V> FnMap<V> {
                 mbus[p].1 = idx as u32;
             }
         }
-        self.keys.swap_remove(idx);
-        Some(self.slab.swap_remove(idx))
+        self.keys.swap_remove(idx)?;
+        self.slab.swap_remove(idx)
     }
 
-    /// Entries with keys in `r`, in address order.
-    pub fn range(&self, r: RangeInclusive<Bdf>) -> impl Iterator<Item = (&Bdf, &V)> + '_ {
+    fn iter_raw(&self, r: RangeInclusive<Bdf>) -> impl Iterator<Item = usize> + '_ {
         let (lo, hi) = (*r.start(), *r.end());
         self.segs
             .iter()
@@ -141,9 +249,30 @@ impl<V> FnMap<V> {
                     entries[start..]
                         .iter()
                         .take_while(move |e| e.0 <= dhi)
-                        .map(|e| (&self.keys[e.1 as usize], &self.slab[e.1 as usize]))
+                        .map(|e| e.1 as usize)
                 })
             })
+    }
+
+    /// Entries with keys in `r`, in address order.
+    pub fn range(&self, r: RangeInclusive<Bdf>) -> impl Iterator<Item = (&Bdf, &V)> + '_ {
+        self.iter_raw(r)
+            .filter_map(|i| Some((self.keys.get(i)?, self.slab.get(i)?)))
+    }
+
+    /// Slab indices of the entries with keys in `r`, in address order.
+    pub fn range_indices(&self, r: RangeInclusive<Bdf>) -> impl Iterator<Item = usize> + '_ {
+        self.iter_raw(r)
+    }
+
+    /// Key and value at a slab index.
+    pub fn at(&self, i: usize) -> Option<(Bdf, &V)> {
+        Some((*self.keys.get(i)?, self.slab.get(i)?))
+    }
+
+    /// Slab indices in address order.
+    pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.iter_raw(Bdf::from_key(0)..=Bdf::from_key(u32::MAX))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Bdf, &V)> + '_ {
@@ -168,6 +297,25 @@ impl<V> FnMap<V> {
 mod tests {
     use super::*;
     use alloc::collections::BTreeMap;
+
+    #[test]
+    fn segvec_chunks() {
+        assert_eq!(SegVec::<u8>::locate(0), (0, 0));
+        assert_eq!(SegVec::<u8>::locate(63), (0, 63));
+        assert_eq!(SegVec::<u8>::locate(64), (1, 0));
+        assert_eq!(SegVec::<u8>::locate(127), (1, 63));
+        assert_eq!(SegVec::<u8>::locate(128), (2, 0));
+        assert_eq!(SegVec::<u8>::locate(65535), (10, 32767));
+        let mut v = SegVec::default();
+        for i in 0..65536u32 {
+            v.push(i);
+        }
+        assert_eq!(v.capacity(), 65536);
+        assert_eq!(v.get(40000), Some(&40000));
+        assert_eq!(v.swap_remove(5), Some(5));
+        assert_eq!(v.get(5), Some(&65535));
+        assert_eq!(v.len(), 65535);
+    }
 
     #[test]
     fn matches_btreemap() {

@@ -22,6 +22,7 @@
 //! are O(log n) and the functions of a bus, or of a bridge's bus range (its
 //! subtree), are one contiguous range of the map.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::ops::RangeInclusive;
@@ -32,7 +33,7 @@ use crate::fnmap::FnMap;
 use crate::port::ConfigPort;
 use crate::regs::*;
 use crate::reset::{MethodList, ResetQuirk};
-use crate::units::{AcsQuirk, UnitTable};
+use crate::units::{AcsQuirk, IncrementalUnits, UnitTable};
 
 /// A host bridge: the root bus of a segment and the buses it decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +165,8 @@ pub struct Function {
     pub(crate) vf_offset: u16,
     pub(crate) vf_stride: u16,
     pub(crate) num_vfs: u16,
+    /// PF: the VFs' device id.
+    pub(crate) vf_device: u16,
     /// VF: its PF.
     pf: Option<Bdf>,
 }
@@ -321,11 +324,59 @@ pub struct Topology {
     pub(crate) fns: FnMap<Function>,
     orphans: BTreeMap<Bdf, Function>,
     /// (segment << 8 | secondary bus) -> attached bridge.
-    bus_owner: BTreeMap<u32, Bdf>,
+    bus_owner: BusOwners,
     /// First VF routing-id key -> (PF, last VF key, stride), for attached PFs.
     vf_ranges: BTreeMap<u32, (Bdf, u32, u32)>,
     pub(crate) units: Option<UnitTable>,
+    /// Units maintained report by report; `None` after a removal.
+    pub(crate) inc: Option<IncrementalUnits>,
     pub(crate) reset_overrides: BTreeMap<Bdf, MethodList>,
+}
+
+/// (segment, bus) -> the attached bridge whose secondary bus it is: a
+/// direct table per segment, since this is on every report's path.
+#[derive(Debug, Default)]
+struct BusOwners {
+    segs: Vec<(u16, Box<[u32; 256]>)>,
+}
+
+impl BusOwners {
+    const NONE: u32 = u32::MAX;
+
+    fn get(&self, key: u32) -> Option<Bdf> {
+        let seg = (key >> 8) as u16;
+        let i = self.segs.binary_search_by_key(&seg, |s| s.0).ok()?;
+        let v = self.segs[i].1[(key & 0xff) as usize];
+        (v != Self::NONE).then(|| Bdf::from_key(v))
+    }
+
+    fn insert(&mut self, key: u32, bridge: Bdf) {
+        let seg = (key >> 8) as u16;
+        let i = match self.segs.binary_search_by_key(&seg, |s| s.0) {
+            Ok(i) => i,
+            Err(i) => {
+                self.segs.insert(i, (seg, Box::new([Self::NONE; 256])));
+                i
+            }
+        };
+        self.segs[i].1[(key & 0xff) as usize] = bridge.key();
+    }
+
+    fn remove(&mut self, key: u32) {
+        let seg = (key >> 8) as u16;
+        if let Ok(i) = self.segs.binary_search_by_key(&seg, |s| s.0) {
+            self.segs[i].1[(key & 0xff) as usize] = Self::NONE;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, Bdf)> + '_ {
+        self.segs.iter().flat_map(|(seg, t)| {
+            t.iter()
+                .enumerate()
+                .filter(|(_, v)| **v != Self::NONE)
+                .map(move |(bus, v)| (((*seg as u32) << 8) | bus as u32, Bdf::from_key(*v)))
+        })
+    }
 }
 
 fn bus_key(segment: u16, bus: u8) -> u32 {
@@ -343,9 +394,10 @@ impl Topology {
             config,
             fns: FnMap::default(),
             orphans: BTreeMap::new(),
-            bus_owner: BTreeMap::new(),
+            bus_owner: BusOwners::default(),
             vf_ranges: BTreeMap::new(),
             units: None,
+            inc: Some(IncrementalUnits::default()),
             reset_overrides: BTreeMap::new(),
         }
     }
@@ -395,8 +447,8 @@ impl Topology {
                 Ok(ReportOutcome::Orphaned)
             }
             Placement::Attached => {
-                self.attach(bdf, f, port);
-                let adopted = self.adopt(bdf, port, hb);
+                self.attach(bdf, f);
+                let adopted = self.adopt(bdf, hb);
                 Ok(ReportOutcome::Attached { adopted })
             }
         }
@@ -443,16 +495,15 @@ impl Topology {
         let Some(f) = self.fns.remove(&bdf) else {
             return false;
         };
-        if f.kind.is_bridge()
-            && self.bus_owner.get(&bus_key(bdf.segment, f.secondary)) == Some(&bdf)
+        if f.kind.is_bridge() && self.bus_owner.get(bus_key(bdf.segment, f.secondary)) == Some(bdf)
         {
-            self.bus_owner.remove(&bus_key(bdf.segment, f.secondary));
+            self.bus_owner.remove(bus_key(bdf.segment, f.secondary));
         }
         if let Some((first, ..)) = f.vf_keys(bdf) {
             self.vf_ranges.remove(&first);
         }
         self.reset_overrides.remove(&bdf);
-        self.units = None;
+        self.units_on_detach();
         true
     }
 
@@ -474,8 +525,8 @@ impl Topology {
         } else {
             match self
                 .bus_owner
-                .get(&bus_key(bdf.segment, bdf.bus))
-                .and_then(|p| self.fns.get(p))
+                .get(bus_key(bdf.segment, bdf.bus))
+                .and_then(|p| self.fns.get(&p))
             {
                 Some(pf) => (pf.secondary, pf.subordinate),
                 None => return Ok(Placement::Orphan),
@@ -486,12 +537,11 @@ impl Topology {
             if sec <= parent_range.0 || sub > parent_range.1 {
                 let parent = self
                     .bus_owner
-                    .get(&bus_key(bdf.segment, bdf.bus))
-                    .copied()
+                    .get(bus_key(bdf.segment, bdf.bus))
                     .unwrap_or(bdf);
                 return Err(TopologyError::OutsideParentRange { bdf, parent });
             }
-            if let Some(&other) = self.bus_owner.get(&bus_key(bdf.segment, sec)) {
+            if let Some(other) = self.bus_owner.get(bus_key(bdf.segment, sec)) {
                 return Err(TopologyError::BusRangeOverlap { bdf, other });
             }
             // Bridge ranges form a laminar family: a new range can only
@@ -523,16 +573,14 @@ impl Topology {
         }
     }
 
-    fn attach<P: ConfigPort + ?Sized>(&mut self, bdf: Bdf, mut f: Function, port: &mut P) {
+    fn attach(&mut self, bdf: Bdf, mut f: Function) {
         if f.kind == FunctionKind::VirtualFunction {
             let key = bdf.key();
             if let Some((_, &(pf, ..))) = self.vf_ranges.range(..=key).next_back() {
                 f.pf = Some(pf);
                 if let Some(p) = self.fns.get(&pf) {
                     f.vendor = p.vendor;
-                    if p.caps.sriov != 0 {
-                        f.device = port.read16(pf, p.caps.sriov + SRIOV_VF_DID);
-                    }
+                    f.device = p.vf_device;
                 }
             }
         }
@@ -544,19 +592,14 @@ impl Topology {
             self.vf_ranges.insert(first, (bdf, last, stride));
         }
         self.fns.insert(bdf, f);
-        self.units = None;
+        self.units_on_attach(bdf);
     }
 
     /// Attaches the orphans that `parent` (just attached) makes reachable.
     /// Parents always sort before their children (a bridge's secondary bus
     /// is above its own; a VF's routing id is above its PF's), so one pass in
     /// address order also attaches orphans below orphans.
-    fn adopt<P: ConfigPort + ?Sized>(
-        &mut self,
-        parent: Bdf,
-        port: &mut P,
-        hb: HostBridge,
-    ) -> usize {
+    fn adopt(&mut self, parent: Bdf, hb: HostBridge) -> usize {
         if self.orphans.is_empty() {
             return 0;
         }
@@ -579,7 +622,7 @@ impl Topology {
                 };
                 match self.place(b, &g, hb) {
                     Ok(Placement::Attached) => {
-                        self.attach(b, g, port);
+                        self.attach(b, g);
                         adopted += 1;
                     }
                     _ => {
@@ -626,7 +669,12 @@ impl Topology {
         if !self.fns.contains_key(&bdf) {
             return None;
         }
-        self.bus_owner.get(&bus_key(bdf.segment, bdf.bus)).copied()
+        self.bus_parent(bdf)
+    }
+
+    /// The bridge owning `bdf`'s bus, for an attached function.
+    pub(crate) fn bus_parent(&self, bdf: Bdf) -> Option<Bdf> {
+        self.bus_owner.get(bus_key(bdf.segment, bdf.bus))
     }
 
     /// Functions on a bridge's secondary bus.
@@ -675,22 +723,22 @@ impl Topology {
             } else {
                 let p = self
                     .bus_owner
-                    .get(&bus_key(b.segment, b.bus))
+                    .get(bus_key(b.segment, b.bus))
                     .ok_or("function without parent bridge")?;
-                let pf = self.fns.get(p).ok_or("parent bridge not attached")?;
+                let pf = self.fns.get(&p).ok_or("parent bridge not attached")?;
                 (pf.secondary, pf.subordinate)
             };
             if let Some(r) = f.bus_range() {
                 if *r.start() <= lo.max(b.bus) || *r.end() > hi || r.start() > r.end() {
                     return Err("bridge range not nested in parent's");
                 }
-                if self.bus_owner.get(&bus_key(b.segment, *r.start())) != Some(&b) {
+                if self.bus_owner.get(bus_key(b.segment, *r.start())) != Some(b) {
                     return Err("bridge not owner of its secondary bus");
                 }
             }
         }
-        for (&k, b) in &self.bus_owner {
-            let f = self.fns.get(b).ok_or("bus owner not attached")?;
+        for (k, b) in self.bus_owner.iter() {
+            let f = self.fns.get(&b).ok_or("bus owner not attached")?;
             if bus_key(b.segment, f.secondary) != k {
                 return Err("bus owner index stale");
             }
@@ -803,7 +851,7 @@ fn probe<P: ConfigPort + ?Sized>(
         acs_cap = v as u16 & 0x7f;
         acs_ctrl = (v >> 16) as u16;
     }
-    let (mut vf_offset, mut vf_stride, mut num_vfs) = (0, 0, 0);
+    let (mut vf_offset, mut vf_stride, mut num_vfs, mut vf_device) = (0, 0, 0, 0);
     if caps.sriov != 0 {
         let ctrl = port.read16(bdf, caps.sriov + SRIOV_CTRL);
         if ctrl != 0xffff && ctrl & SRIOV_CTRL_VFE != 0 {
@@ -811,6 +859,7 @@ fn probe<P: ConfigPort + ?Sized>(
             num_vfs = port.read16(bdf, caps.sriov + SRIOV_NUM_VF);
             vf_offset = port.read16(bdf, caps.sriov + SRIOV_VF_OFFSET);
             vf_stride = port.read16(bdf, caps.sriov + SRIOV_VF_STRIDE);
+            vf_device = port.read16(bdf, caps.sriov + SRIOV_VF_DID);
         }
     }
     Ok(Function {
@@ -826,6 +875,7 @@ fn probe<P: ConfigPort + ?Sized>(
         vf_offset,
         vf_stride,
         num_vfs,
+        vf_device,
         pf: None,
     })
 }

@@ -55,6 +55,7 @@
 //!
 //! The tests in `tests/units.rs` check these and more by hand.
 
+use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
 use crate::addr::Bdf;
@@ -221,6 +222,31 @@ impl UnitTable {
         self.unit_of(id.0).filter(|u| u.id == id)
     }
 
+    /// From functions in address order and their unit numbers (numbered in
+    /// order of each unit's lowest member).
+    fn build(keys: Vec<Bdf>, unit_of: Vec<u32>, count: u32) -> Self {
+        let mut starts = alloc::vec![0u32; count as usize + 1];
+        for &u in &unit_of {
+            starts[u as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut fill: Vec<u32> = starts.clone();
+        let mut members = alloc::vec![Bdf::from_key(0); keys.len()];
+        for (j, &u) in unit_of.iter().enumerate() {
+            let slot = &mut fill[u as usize];
+            members[*slot as usize] = keys[j];
+            *slot += 1;
+        }
+        UnitTable {
+            keys,
+            unit_of,
+            members,
+            starts,
+        }
+    }
+
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         4 * (self.keys.capacity()
@@ -341,60 +367,64 @@ impl Topology {
                 uf.union(a, j);
             }
         }
-        // Number units by their lowest member.
+        // Number units by their lowest member (the set's root).
         let mut unit_of = alloc::vec![u32::MAX; n];
         let mut count = 0u32;
-        let mut sizes: Vec<u32> = Vec::new();
         for j in 0..n as u32 {
             let r = uf.find(j);
             if r == j {
                 unit_of[j as usize] = count;
-                sizes.push(0);
                 count += 1;
             } else {
                 unit_of[j as usize] = unit_of[r as usize];
             }
-            sizes[unit_of[j as usize] as usize] += 1;
         }
-        let mut starts = Vec::with_capacity(count as usize + 1);
-        let mut acc = 0u32;
-        for s in &sizes {
-            starts.push(acc);
-            acc += s;
-        }
-        starts.push(acc);
-        let mut fill: Vec<u32> = starts.clone();
-        let mut members = alloc::vec![Bdf::from_key(0); n];
-        for (j, &u) in unit_of.iter().enumerate() {
-            let slot = &mut fill[u as usize];
-            members[*slot as usize] = keys[j];
-            *slot += 1;
-        }
-        UnitTable {
-            keys,
-            unit_of,
-            members,
-            starts,
-        }
+        UnitTable::build(keys, unit_of, count)
     }
 
-    /// The units of the tree; recomputed on the first call after a change.
+    /// All units. The table is rebuilt (O(n)) on the first call after a
+    /// change, from the incrementally maintained sets.
     pub fn units(&mut self) -> &UnitTable {
         if self.units.is_none() {
-            self.units = Some(self.compute_units());
+            self.ensure_incremental();
+            let mut inc = self.inc.take().unwrap_or_default();
+            let n = self.fns.len();
+            let mut keys = Vec::with_capacity(n);
+            let mut unit_of = Vec::with_capacity(n);
+            let mut number = alloc::vec![u32::MAX; n];
+            let mut count = 0u32;
+            for j in self.fns.indices() {
+                let Some((b, _)) = self.fns.at(j) else {
+                    continue;
+                };
+                let r = inc.find(j as u32) as usize;
+                if number[r] == u32::MAX {
+                    number[r] = count;
+                    count += 1;
+                }
+                keys.push(b);
+                unit_of.push(number[r]);
+            }
+            self.inc = Some(inc);
+            self.units = Some(UnitTable::build(keys, unit_of, count));
         }
         self.units.get_or_insert_with(UnitTable::default)
     }
 
-    /// The units if they are up to date (no report since the last
+    /// The units if the table is up to date (no change since the last
     /// [`Topology::units`]), for callers that only hold `&self`.
     pub fn units_if_fresh(&self) -> Option<&UnitTable> {
         self.units.as_ref()
     }
 
-    /// The unit of an attached function.
+    /// The unit of an attached function, always current: units are updated
+    /// as each report is attached (O(depth) unions), so this is O(log n).
     pub fn unit_of(&mut self, bdf: Bdf) -> Option<UnitId> {
-        self.units().unit_of(bdf).map(|u| u.id)
+        self.ensure_incremental();
+        let i = self.fns.index(bdf)?;
+        let inc = self.inc.as_mut()?;
+        let r = inc.find(i as u32) as usize;
+        inc.min.get(r).copied().map(UnitId)
     }
 
     /// Members of the unit of `bdf`.
@@ -404,4 +434,183 @@ impl Topology {
             .map(|u| u.members.to_vec())
             .unwrap_or_default()
     }
+}
+
+/// Union-find over the tracker's function slots, updated as each function is
+/// attached. Additions only merge sets; a removal may split one, so it drops
+/// this state and the next query replays every function in address order.
+#[derive(Debug, Default)]
+pub(crate) struct IncrementalUnits {
+    parent: Vec<u32>,
+    /// Lowest member of each set, valid at its root.
+    min: Vec<Bdf>,
+    /// Internal buses of switches that rule 4 merged: (segment << 8 | bus).
+    leaky: BTreeSet<u32>,
+}
+
+impl IncrementalUnits {
+    fn find(&mut self, mut x: u32) -> u32 {
+        while let Some(&p) = self.parent.get(x as usize) {
+            if p == x {
+                break;
+            }
+            let gp = self.parent.get(p as usize).copied().unwrap_or(p);
+            self.parent[x as usize] = gp;
+            x = p;
+        }
+        x
+    }
+
+    fn union(&mut self, a: u32, b: u32) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra == rb || ra as usize >= self.parent.len() || rb as usize >= self.parent.len() {
+            return;
+        }
+        let (root, child) = if ra < rb { (ra, rb) } else { (rb, ra) };
+        self.parent[child as usize] = root;
+        self.min[root as usize] = self.min[root as usize].min(self.min[child as usize]);
+    }
+}
+
+fn merges_below(kind: FunctionKind, isolated: bool) -> bool {
+    match kind {
+        FunctionKind::PcieToPciBridge
+        | FunctionKind::PciToPcieBridge
+        | FunctionKind::ConventionalBridge => true,
+        FunctionKind::RootPort | FunctionKind::DownstreamPort => !isolated,
+        _ => false,
+    }
+}
+
+impl Topology {
+    /// Updates the units for a function just attached (its parent bridge,
+    /// or PF, is attached already).
+    pub(crate) fn units_on_attach(&mut self, bdf: Bdf) {
+        self.units = None;
+        if let Some(mut inc) = self.inc.take() {
+            let ok = self.units_add(&mut inc, bdf, true);
+            // On any inconsistency fall back to a replay at the next query.
+            self.inc = ok.then_some(inc);
+        }
+    }
+
+    /// After a removal: sets may split, replay at the next query.
+    pub(crate) fn units_on_detach(&mut self) {
+        self.units = None;
+        self.inc = None;
+    }
+
+    fn ensure_incremental(&mut self) {
+        if self.inc.is_some() {
+            return;
+        }
+        let n = self.fns.len();
+        let mut inc = IncrementalUnits {
+            parent: (0..n as u32).collect(),
+            min: (0..n)
+                .map(|i| self.fns.at(i).map_or(Bdf::from_key(0), |(b, _)| b))
+                .collect(),
+            leaky: BTreeSet::new(),
+        };
+        let order: Vec<Bdf> = self.fns.iter().map(|(b, _)| *b).collect();
+        for b in order {
+            self.units_add(&mut inc, b, false);
+        }
+        self.inc = Some(inc);
+    }
+
+    /// Applies the rules between `bdf` and the functions already attached.
+    fn units_add(&self, inc: &mut IncrementalUnits, bdf: Bdf, push: bool) -> bool {
+        let quirks = &self.config.acs_quirks;
+        let Some((i, f)) = self.fns.get_indexed(bdf) else {
+            return false;
+        };
+        if push {
+            if i != inc.parent.len() {
+                return false;
+            }
+            inc.parent.push(i as u32);
+            inc.min.push(bdf);
+        }
+        let i = i as u32;
+        // Rule 1: non-isolated functions of one slot.
+        if !acs_isolated(f, quirks) {
+            let base = bdf.devfn & !7;
+            let slot = Bdf::from_devfn(bdf.segment, bdf.bus, base)
+                ..=Bdf::from_devfn(bdf.segment, bdf.bus, base | 7);
+            for j in self.fns.range_indices(slot) {
+                if j as u32 != i
+                    && let Some((_, g)) = self.fns.at(j)
+                    && !acs_isolated(g, quirks)
+                {
+                    inc.union(i, j as u32);
+                }
+            }
+        }
+        // Rule 4 for a downstream port joining a merged switch.
+        if f.kind == FunctionKind::DownstreamPort
+            && inc.leaky.contains(&bus_key(bdf.segment, bdf.bus))
+            && let Some(j) = self
+                .fns
+                .range_indices(bus_span(bdf.segment, bdf.bus, bdf.bus))
+                .find(|&j| {
+                    j as u32 != i
+                        && self
+                            .fns
+                            .at(j)
+                            .is_some_and(|(_, g)| g.kind == FunctionKind::DownstreamPort)
+                })
+        {
+            inc.union(i, j as u32);
+        }
+        // Rules 2-4 from the bridges above.
+        let mut cur = self.bus_parent(bdf);
+        while let Some(a) = cur {
+            let Some((ai, fa)) = self.fns.get_indexed(a) else {
+                return false;
+            };
+            let a_isolated = acs_isolated(fa, quirks);
+            if merges_below(fa.kind, a_isolated) {
+                inc.union(i, ai as u32);
+            }
+            if fa.kind == FunctionKind::DownstreamPort {
+                let key = bus_key(a.segment, a.bus);
+                if inc.leaky.contains(&key) {
+                    inc.union(i, ai as u32);
+                } else if !a_isolated {
+                    // First function below a port without ACS: the switch merges.
+                    self.merge_switch(inc, a.segment, a.bus);
+                    inc.leaky.insert(key);
+                }
+            }
+            cur = self.bus_parent(a);
+        }
+        true
+    }
+
+    /// Rule 4: every downstream port on a switch's internal bus and
+    /// everything below them become one set.
+    fn merge_switch(&self, inc: &mut IncrementalUnits, segment: u16, bus: u8) {
+        let mut anchor = None;
+        for j in self.fns.range_indices(bus_span(segment, bus, bus)) {
+            let Some((_, g)) = self.fns.at(j) else {
+                continue;
+            };
+            if g.kind != FunctionKind::DownstreamPort {
+                continue;
+            }
+            let a = *anchor.get_or_insert(j as u32);
+            inc.union(a, j as u32);
+            for k in self
+                .fns
+                .range_indices(bus_span(segment, g.secondary, g.subordinate))
+            {
+                inc.union(a, k as u32);
+            }
+        }
+    }
+}
+
+fn bus_key(segment: u16, bus: u8) -> u32 {
+    ((segment as u32) << 8) | bus as u32
 }

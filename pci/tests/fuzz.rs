@@ -102,6 +102,12 @@ fn check(t: &mut Topology) -> Result<(), TestCaseError> {
     prop_assert_eq!(t.check_invariants(), Ok(()));
     let n = t.len();
     let fns: Vec<Bdf> = t.functions().map(|(b, _)| b).collect();
+    // Incrementally maintained units equal a from-scratch computation.
+    let reference = t.compute_units();
+    for x in &fns {
+        prop_assert_eq!(t.unit_of(*x), reference.unit_of(*x).map(|u| u.id));
+    }
+    prop_assert_eq!(t.units(), &reference);
     let table = t.units();
     let mut seen: Vec<Bdf> = table
         .iter()

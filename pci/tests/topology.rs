@@ -387,6 +387,11 @@ proptest! {
                 let _ = t.report_remove(x);
             }
             prop_assert!(t.check_invariants().is_ok());
+            // Units kept report by report equal a from-scratch computation.
+            let reference = t.compute_units();
+            for (b, _) in reference.iter().flat_map(|u| u.members.iter().map(move |m| (*m, u.id))) {
+                prop_assert_eq!(t.unit_of(b), reference.unit_of(b).map(|u| u.id));
+            }
         }
         // Re-report everything that may have been removed (with its subtree).
         let mut again: Vec<Bdf> = all.clone();

@@ -157,11 +157,38 @@ fn model(t: &Topology) -> Vec<Vec<Bdf>> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
+    /// Reports in a random order: incremental units match the others too.
+    #[test]
+    fn incremental_units_in_any_order(seed in any::<u64>()) {
+        let mut f = random_fabric(seed);
+        let mut all = f.enumerate();
+        let mut r = Rng(seed.rotate_left(17) | 1);
+        for i in (1..all.len()).rev() {
+            all.swap(i, r.below(i as u64 + 1) as usize);
+        }
+        let mut t = Topology::new(config(&[(0, 0)]));
+        for (n, &x) in all.iter().enumerate() {
+            prop_assert!(t.report_add(x, &mut f).is_ok());
+            if n % 7 == 0 {
+                let reference = t.compute_units();
+                let fns: Vec<Bdf> = t.functions().map(|(b, _)| b).collect();
+                for b in fns {
+                    prop_assert_eq!(t.unit_of(b), reference.unit_of(b).map(|u| u.id));
+                }
+            }
+        }
+        let reference = t.compute_units();
+        prop_assert_eq!(t.units(), &reference);
+        prop_assert_eq!(reference.iter().map(|u| u.members.to_vec()).collect::<Vec<_>>(), model(&t));
+    }
+
     #[test]
     fn units_match_naive_model(seed in any::<u64>()) {
         let mut f = random_fabric(seed);
         let mut t = track(&mut f);
         let got: Vec<Vec<Bdf>> = t.units().iter().map(|u| u.members.to_vec()).collect();
         prop_assert_eq!(got, model(&t));
+        let reference = t.compute_units();
+        prop_assert_eq!(t.units(), &reference);
     }
 }

@@ -624,4 +624,15 @@ impl GuestBus {
     pub fn units(&self) -> usize {
         self.ports.len()
     }
+
+    /// Physical memory BARs (pa, size) of the assigned functions, as the
+    /// hardware domain programmed them: what the hardware domain must no
+    /// longer reach.
+    pub fn physical_bars(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.fns
+            .iter()
+            .flat_map(|f| f.bars.iter())
+            .filter(|b| b.is_memory() && b.size > 0 && b.pa != 0)
+            .map(|b| (b.pa, b.size))
+    }
 }

@@ -23,7 +23,10 @@
 //!   changes), writes keep these bits at their current value: bus numbers,
 //!   I/O / memory / prefetchable windows, Bridge Control SBR and VGA Enable,
 //!   Command I/O / Memory / Bus Master, ACS Control, Link Control Link
-//!   Disable. A write that leaves them unchanged passes silently (Linux
+//!   Disable, PM power state; on the PF of a guest's VF: SR-IOV Control and
+//!   NumVFs, Initiate FLR, AF FLR, PM power state. Everything else of those
+//!   functions stays the hardware domain's (AER of root ports is the AER
+//!   issue's). A write that leaves them unchanged passes silently (Linux
 //!   rewrites these registers read-modify-write with the same values); one
 //!   that would change them is applied with them kept, and a [`Refusal`] is
 //!   returned for the log.

@@ -33,8 +33,8 @@ pub enum AssignError {
     /// Bridges (root ports, switch ports, PCIe-to-PCI bridges) stay with the
     /// hardware domain.
     IsBridge(Bdf),
-    /// The tree's units are stale: call [`Topology::units`] first... never
-    /// returned by [`Ownership::assign`], which refreshes them itself.
+    /// A tracked function without a unit: the tree changed under the unit
+    /// table (should not happen; [`Topology::units`] recomputes on demand).
     NoUnit(Bdf),
 }
 
@@ -61,6 +61,13 @@ pub enum Refusal {
     AcsControlAboveGuest,
     /// Link Disable of a port above a guest's function.
     LinkControlAboveGuest,
+    /// Power state of a bridge above a guest's function (D3hot cuts the
+    /// link; D3hot→D0 may reset the bridge and lose its bus numbers), or of
+    /// the PF of a guest's VF.
+    PowerStateAboveGuest,
+    /// SR-IOV Control / NumVFs of the PF of a guest's VF (the VF would
+    /// vanish), or a reset of that PF (FLR, AF FLR).
+    PfOfGuestVf,
 }
 
 /// What to do with one hardware-domain config access.
@@ -88,14 +95,21 @@ pub struct HwdomOutcome {
     pub refused: Option<Refusal>,
 }
 
-/// Registers of a bridge above a guest's function the hardware domain may
-/// not change, found once when ownership changes.
+/// A function the hardware domain keeps but may not use to disturb a
+/// guest's: a bridge above a guest's function, or the PF of a guest's VF.
+/// Capability offsets found once when ownership changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct ProtectedBridge {
-    /// ACS capability offset, 0 if none.
+struct Protected {
+    /// Above a guest's function (bus numbers, windows, Bridge Control...).
+    bridge: bool,
+    /// PF of a guest's VF (SR-IOV control, function resets).
+    pf: bool,
+    /// Capability offsets, 0 if absent.
     acs: u16,
-    /// PCIe capability offset, 0 if none.
     pcie: u16,
+    pm: u16,
+    af: u16,
+    sriov: u16,
 }
 
 /// A protected field: `len` bytes at `offset`, bits `bits` of it.
@@ -106,8 +120,6 @@ struct Field {
     bits: u32,
     reason: Refusal,
 }
-
-const BRIDGE_CONTROL_VGA: u32 = 1 << 3;
 
 /// Protected fields of every protected bridge, in offset order (the
 /// capability ones are added per bridge).
@@ -148,12 +160,10 @@ const BRIDGE_FIELDS: [Field; 6] = [
     Field {
         offset: BRIDGE_CONTROL,
         len: 2,
-        bits: BRIDGE_CONTROL_SBR as u32 | BRIDGE_CONTROL_VGA,
+        bits: (BRIDGE_CONTROL_SBR | BRIDGE_CONTROL_VGA) as u32,
         reason: Refusal::BridgeControlAboveGuest,
     },
 ];
-
-const PCIE_LNKCTL_LINK_DISABLE: u32 = 1 << 4;
 
 /// Bits of `field` that fall in the access `[reg, reg + width)`, expressed
 /// in the access's lanes.
@@ -188,7 +198,7 @@ pub struct Ownership {
     guests: BTreeMap<Bdf, u16>,
     /// Bridges above guest-owned functions, with the capability offsets the
     /// filter needs, so the per-access path never walks the tree.
-    protected: BTreeMap<Bdf, ProtectedBridge>,
+    protected: BTreeMap<Bdf, Protected>,
 }
 
 impl Ownership {
@@ -212,7 +222,8 @@ impl Ownership {
             .map(|(b, _)| *b)
     }
 
-    /// Whether the hardware domain's writes to this bridge are filtered.
+    /// Whether the hardware domain's writes to this function (a bridge
+    /// above a guest's function, or the PF of a guest's VF) are filtered.
     pub fn is_protected(&self, bridge: Bdf) -> bool {
         self.protected.contains_key(&bridge)
     }
@@ -291,18 +302,25 @@ impl Ownership {
     /// Recomputes the protected bridges (after ownership or the tree changed).
     pub fn refresh(&mut self, topo: &Topology) {
         self.protected.clear();
+        let offsets = |b: Bdf| {
+            topo.function(b)
+                .map_or(Protected::default(), |f| Protected {
+                    acs: f.caps.acs,
+                    pcie: f.caps.pcie as u16,
+                    pm: f.caps.pm as u16,
+                    af: f.caps.af as u16,
+                    sriov: f.caps.sriov,
+                    ..Protected::default()
+                })
+        };
         for &bdf in self.guests.keys() {
+            if let Some(pf) = topo.function(bdf).and_then(|f| f.physfn()) {
+                let entry = self.protected.entry(pf).or_insert_with(|| offsets(pf));
+                entry.pf = true;
+            }
             for a in topo.ancestors(bdf) {
-                if self.protected.contains_key(&a) {
-                    continue;
-                }
-                let p = topo
-                    .function(a)
-                    .map_or(ProtectedBridge::default(), |f| ProtectedBridge {
-                        acs: f.caps.acs,
-                        pcie: f.caps.pcie as u16,
-                    });
-                self.protected.insert(a, p);
+                let entry = self.protected.entry(a).or_insert_with(|| offsets(a));
+                entry.bridge = true;
             }
         }
     }
@@ -336,21 +354,68 @@ impl Ownership {
         };
         let mut keep = 0u32;
         let mut reason = None;
+        let field = |present: bool, offset: u16, len: u16, bits: u32, reason: Refusal| {
+            present.then_some(Field {
+                offset,
+                len,
+                bits,
+                reason,
+            })
+        };
+        let (bridge, pf) = (p.bridge, p.pf);
         let cap_fields = [
-            (p.acs != 0).then_some(Field {
-                offset: p.acs.saturating_add(ACS_CTRL),
-                len: 2,
-                bits: 0xffff,
-                reason: Refusal::AcsControlAboveGuest,
-            }),
-            (p.pcie != 0).then_some(Field {
-                offset: p.pcie.saturating_add(PCIE_LNKCTL),
-                len: 2,
-                bits: PCIE_LNKCTL_LINK_DISABLE,
-                reason: Refusal::LinkControlAboveGuest,
-            }),
+            field(
+                p.acs != 0 && bridge,
+                p.acs.saturating_add(ACS_CTRL),
+                2,
+                0xffff,
+                Refusal::AcsControlAboveGuest,
+            ),
+            field(
+                p.pcie != 0 && bridge,
+                p.pcie.saturating_add(PCIE_LNKCTL),
+                2,
+                PCIE_LNKCTL_LD as u32,
+                Refusal::LinkControlAboveGuest,
+            ),
+            field(
+                p.pm != 0,
+                p.pm.saturating_add(PM_CTRL),
+                2,
+                PM_CTRL_STATE_MASK as u32,
+                Refusal::PowerStateAboveGuest,
+            ),
+            field(
+                p.sriov != 0 && pf,
+                p.sriov.saturating_add(SRIOV_CTRL),
+                2,
+                0xffff,
+                Refusal::PfOfGuestVf,
+            ),
+            field(
+                p.sriov != 0 && pf,
+                p.sriov.saturating_add(SRIOV_NUM_VF),
+                2,
+                0xffff,
+                Refusal::PfOfGuestVf,
+            ),
+            field(
+                p.pcie != 0 && pf,
+                p.pcie.saturating_add(PCIE_DEVCTL),
+                2,
+                PCIE_DEVCTL_BCR_FLR as u32,
+                Refusal::PfOfGuestVf,
+            ),
+            field(
+                p.af != 0 && pf,
+                p.af.saturating_add(AF_CTRL),
+                1,
+                AF_CTRL_FLR as u32,
+                Refusal::PfOfGuestVf,
+            ),
         ];
-        for field in BRIDGE_FIELDS.iter().chain(cap_fields.iter().flatten()) {
+        let header_fields: &[Field] = if bridge { &BRIDGE_FIELDS } else { &[] };
+        for field in header_fields.iter().chain(cap_fields.iter().flatten()) {
             let k = lanes_of(field, reg, width);
             if k != 0 {
                 keep |= k;
@@ -419,6 +484,7 @@ pub(crate) const fn width_ones(width: u16) -> u32 {
     match width {
         1 => 0xff,
         2 => 0xffff,
+        3 => 0xff_ffff,
         _ => u32::MAX,
     }
 }
