@@ -39,6 +39,14 @@
 //! A unit's id is its lowest address, so ids are stable while that function
 //! stays, and units only depend on the tree, never on report order.
 //!
+//! Units are maintained as each report is attached (a union-find: the new
+//! function's slot, the bridges above it, its switch), so
+//! [`Topology::unit_of`] is always current and costs O(log n). A removal may
+//! split a unit: the sets are then rebuilt at the next query by replaying the
+//! tree in address order (O(n)). The full [`UnitTable`] is built on demand in
+//! O(n). [`Topology::compute_units`] computes the same table from scratch
+//! with interval merging; the property tests check the two always agree.
+//!
 //! # Examples
 //!
 //! ```text
@@ -279,7 +287,8 @@ impl UnionFind {
 }
 
 impl Topology {
-    /// Computes the units of the current tree from scratch, in O(n log n).
+    /// Computes the units of the current tree from scratch, in O(n log n),
+    /// independently of the incremental sets (a reference for tests).
     pub fn compute_units(&self) -> UnitTable {
         let quirks = &self.config.acs_quirks;
         let mut keys: Vec<Bdf> = Vec::with_capacity(self.fns.len());

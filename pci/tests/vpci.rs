@@ -209,9 +209,6 @@ fn hwdom_sees_guest_functions_vanish_and_cannot_disturb_them() {
 
 // ---------------------------------------------------------- guest bus
 
-
-
-
 #[test]
 fn guest_enumerates_root_ports_and_functions() {
     let (mut w, mut g, _) = guest();
@@ -287,7 +284,6 @@ fn guest_enumerates_root_ports_and_functions() {
     assert_eq!(g.config_read(fab, off(1, 0, 0, 0), 4), u32::MAX);
     assert_eq!(fab.bad_accesses(), 0);
 }
-
 
 #[test]
 fn capabilities_are_filtered() {

@@ -47,14 +47,15 @@ fn value() -> impl Strategy<Value = u32> {
 /// guest has (buses 0..=3, devices 0..=3, functions 0..=1), mostly aligned.
 fn config_at() -> impl Strategy<Value = u64> {
     let reg = prop_oneof![0u16..0x40, 0x40u16..0x100, 0x100u16..0x140, 0u16..0x1000];
-    (0u8..4, 0u8..4, 0u8..2, reg, any::<bool>(), 0u64..(32 << 20))
-        .prop_map(|(bus, dev, func, reg, raw, anywhere)| {
+    (0u8..4, 0u8..4, 0u8..2, reg, any::<bool>(), 0u64..(32 << 20)).prop_map(
+        |(bus, dev, func, reg, raw, anywhere)| {
             if raw && reg == 0 {
                 anywhere
             } else {
                 off(bus, dev, func, reg)
             }
-        })
+        },
+    )
 }
 
 /// An IPA in or near the MSI-X pages the guest maps in `setup`.
@@ -118,7 +119,9 @@ impl Stage2 {
                         .retain(|&(a, l, ..)| !(a >= ipa && a + l <= ipa + size));
                     assert!(self.regions.len() < before, "unmap of nothing at {ipa:#x}");
                     assert!(
-                        self.regions.iter().all(|&(a, l, ..)| !overlaps(a, l, ipa, size)),
+                        self.regions
+                            .iter()
+                            .all(|&(a, l, ..)| !overlaps(a, l, ipa, size)),
                         "unmap splits a region"
                     );
                 }
@@ -127,16 +130,35 @@ impl Stage2 {
         }
     }
 
-    fn add(&mut self, ipa: u64, size: u64, pa: u64, trap: bool, layout: &GuestLayout, bars: &[(u64, u64)]) {
+    fn add(
+        &mut self,
+        ipa: u64,
+        size: u64,
+        pa: u64,
+        trap: bool,
+        layout: &GuestLayout,
+        bars: &[(u64, u64)],
+    ) {
         assert!(size > 0 && ipa % 0x1000 == 0 && size % 0x1000 == 0);
         let inside = |(b, l): (u64, u64)| ipa >= b && ipa + size <= b + l;
-        assert!(inside(layout.mem32) || inside(layout.mem64), "{ipa:#x} outside windows");
-        assert!(!overlaps(ipa, size, layout.ecam_base, (layout.ecam_buses as u64) << 20));
+        assert!(
+            inside(layout.mem32) || inside(layout.mem64),
+            "{ipa:#x} outside windows"
+        );
+        assert!(!overlaps(
+            ipa,
+            size,
+            layout.ecam_base,
+            (layout.ecam_buses as u64) << 20
+        ));
         for &(b, l) in &layout.forbidden {
             assert!(!overlaps(ipa, size, b, l), "{ipa:#x} over forbidden {b:#x}");
         }
         for &(a, l, ..) in &self.regions {
-            assert!(!overlaps(ipa, size, a, l), "{ipa:#x}+{size:#x} over {a:#x}+{l:#x}");
+            assert!(
+                !overlaps(ipa, size, a, l),
+                "{ipa:#x}+{size:#x} over {a:#x}+{l:#x}"
+            );
         }
         if !trap {
             // The physical range is inside one physical BAR of the guest.
@@ -168,7 +190,10 @@ fn guest_bars(fab: &mut Fabric, fns: &[Bdf]) -> Vec<(u64, u64)> {
                 fab.write32(f, o + 4, hi);
             }
             if lo & 1 == 0 && (lo & !0xf != 0 || hi != 0) {
-                out.push((((hi as u64) << 32) | (lo & !0xf) as u64, (!mask).wrapping_add(1)));
+                out.push((
+                    ((hi as u64) << 32) | (lo & !0xf) as u64,
+                    (!mask).wrapping_add(1),
+                ));
             }
             i += if is64 { 2 } else { 1 };
         }

@@ -94,7 +94,7 @@ pub const HEADER: [Rule; 23] = [
     rule(COMMAND, 2, Policy::Special(Special::Command)),
     rule(STATUS, 2, Policy::W1c { mask: STATUS_W1C }),
     rule(CLASS_REVISION, 4, Policy::ReadOnly),
-    rule(0x0c, 1, Policy::PassThrough),      // cache line size: storage
+    rule(0x0c, 1, emu(0xff)),      // cache line size: storage
     rule(0x0d, 1, Policy::Hidden), // latency timer: 0 on PCIe
     rule(HEADER_TYPE, 1, emu(0)),  // multi-function bit of the virtual slot
     rule(0x0f, 1, Policy::Hidden), // BIST: a self test may reset the device

@@ -147,7 +147,6 @@ pub fn effects_of(e: &Effects) -> Vec<Effect> {
     e.iter().copied().collect()
 }
 
-
 /// Assigns nvme (01:00.0), the switch unit and the multi-function unit to
 /// guest 1 and builds its bus.
 pub fn guest() -> (World, GuestBus, Vec<Vec<Bdf>>) {
