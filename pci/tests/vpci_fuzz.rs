@@ -139,7 +139,7 @@ impl Stage2 {
         layout: &GuestLayout,
         bars: &[(u64, u64)],
     ) {
-        assert!(size > 0 && ipa % 0x1000 == 0 && size % 0x1000 == 0);
+        assert!(size > 0 && ipa.is_multiple_of(0x1000) && size.is_multiple_of(0x1000));
         let inside = |(b, l): (u64, u64)| ipa >= b && ipa + size <= b + l;
         assert!(
             inside(layout.mem32) || inside(layout.mem64),
