@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod args;
+pub mod pcienum;
 pub mod smccc;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

@@ -16,6 +16,18 @@ pub const PHV_UID: u32 = 0x8600_FF01;
 pub const PHV_REVISION: u32 = 0x8600_FF03;
 pub const PHV_CONSOLE_WRITE: u32 = 0xC600_0001;
 pub const PHV_TEST_FAIL: u32 = 0xC600_0002;
+/// PCI reports of the hardware domain: x1 = segment, x2 = bus << 8 | devfn.
+pub const PHV_PCI_ADD: u32 = 0xC600_0010;
+pub const PHV_PCI_REMOVE: u32 = 0xC600_0011;
+pub const PHV_PCI_ENUMERATION_DONE: u32 = 0xC600_0012;
+pub const PHV_PCI_UNIT_OF: u32 = 0xC600_0013;
+/// PCI_ADD x1 on success.
+pub const ADD_ATTACHED: u64 = 0;
+pub const ADD_ORPHANED: u64 = 1;
+pub const ADD_ALREADY_TRACKED: u64 = 2;
+/// Reasons (x1) with NOT_FOUND / REJECTED.
+pub const REASON_NO_FUNCTION: u64 = 3;
+pub const REASON_NOT_TRACKED: u64 = 13;
 /// Bytes one CONSOLE_WRITE carries (x2..x7).
 pub const CONSOLE_CHUNK: usize = 48;
 
@@ -23,6 +35,9 @@ pub const SUCCESS: i64 = 0;
 pub const NOT_SUPPORTED: i64 = -1;
 pub const NOT_REQUIRED: i64 = -2;
 pub const INVALID_PARAMETER: i64 = -3;
+pub const DENIED: i64 = -4;
+pub const NOT_FOUND: i64 = -5;
+pub const REJECTED: i64 = -6;
 
 pub const PSCI_INVALID_PARAMETERS: i64 = -2;
 pub const PSCI_DENIED: i64 = -3;

@@ -14,6 +14,9 @@ fn test_guest_main(env: Env) -> ! {
         Some("isolation") => isolation(&env),
         Some("psci") => psci(&env),
         Some("badcalls") => badcalls(&env),
+        Some("enumerate") => crate::pci_tests::enumerate(&env),
+        Some("pci-guest") => crate::pci_tests::pci_guest(&env),
+        Some("pci-hostile") => crate::pci_tests::pci_hostile(&env),
         other => {
             let mut t = Test::new("guest");
             t.fail(format_args!(

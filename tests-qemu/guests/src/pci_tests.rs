@@ -1,0 +1,1190 @@
+//! PCI tests: `enumerate` (the hardware domain enumerates the physical
+//! hierarchy and reports it), `pci-guest` (a guest enumerates its virtual
+//! bus and drives its devices), `pci-hostile` (a guest attacks its virtual
+//! bus; the hardware domain checks it was not disturbed).
+
+use test_guests::pcienum::{
+    self, Addr, BAR0, BRIDGE_CONTROL, BUS_NUMBERS, BarKind, COMMAND, ConfigSpace, Func, HostBridge,
+    Rng, Tree, VENDOR_ID, devfn,
+};
+use test_guests::println;
+use test_guests::rt::{self, Env, Test, call};
+use test_guests::smccc::*;
+
+// ---- the host bridge in the DT and its ECAM -----------------------------------
+
+/// The `pci-host-ecam-generic` node of our DT.
+#[derive(Debug, Clone, Copy)]
+struct Bridge {
+    ecam: u64,
+    ecam_size: u64,
+    hb: HostBridge,
+    mem64: Option<(u64, u64)>,
+    /// `interrupt-map-mask` (hi, pin) and the number of map entries.
+    irq_mask: (u32, u32),
+    irq_entries: usize,
+}
+
+fn be32(b: &[u8], i: usize) -> Option<u32> {
+    b.get(4 * i..4 * i + 4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+fn cells64(b: &[u8], i: usize) -> Option<u64> {
+    Some((u64::from(be32(b, i)?) << 32) | u64::from(be32(b, i + 1)?))
+}
+
+fn find_bridge(env: &Env) -> Result<Bridge, &'static str> {
+    let fdt = env.fdt();
+    let node = fdt
+        .find_compatible(&["pci-host-ecam-generic"])
+        .ok_or("no pci-host-ecam-generic node in the DT")?;
+    // Root: #address-cells = #size-cells = 2 (as QEMU and phv write them).
+    let reg = node.property("reg").ok_or("pcie node without reg")?.value;
+    let (ecam, ecam_size) = (
+        cells64(reg, 0).ok_or("short reg")?,
+        cells64(reg, 2).ok_or("short reg")?,
+    );
+    let (bus_start, bus_end) = match node.property("bus-range") {
+        Some(p) => (
+            be32(p.value, 0).ok_or("short bus-range")?,
+            be32(p.value, 1).ok_or("short bus-range")?,
+        ),
+        None => (0, (ecam_size >> 20).saturating_sub(1) as u32),
+    };
+    if bus_start > bus_end || bus_end > 255 {
+        return Err("bad bus-range");
+    }
+    // ranges: PCI address (3 cells), CPU address (2), size (2).
+    let ranges = node
+        .property("ranges")
+        .ok_or("pcie node without ranges")?
+        .value;
+    let (mut mem32, mut mem64) = (None, None);
+    for e in 0..ranges.len() / 28 {
+        let space = (be32(ranges, 7 * e).unwrap_or(0) >> 24) & 3;
+        let pci = cells64(ranges, 7 * e + 1).unwrap_or(0);
+        let cpu = cells64(ranges, 7 * e + 3).unwrap_or(0);
+        let size = cells64(ranges, 7 * e + 5).unwrap_or(0);
+        if pci != cpu {
+            return Err("a memory window is not identity mapped (PCI address != CPU address)");
+        }
+        match space {
+            2 if mem32.is_none() => mem32 = Some((cpu, size)),
+            3 if mem64.is_none() => mem64 = Some((cpu, size)),
+            _ => {}
+        }
+    }
+    let mem32 = mem32.ok_or("no 32-bit memory window in ranges")?;
+    let irq_mask = node
+        .property("interrupt-map-mask")
+        .map(|p| (be32(p.value, 0).unwrap_or(0), be32(p.value, 3).unwrap_or(0)))
+        .unwrap_or((0, 0));
+    // Entries: child (3) + pin (1) + phandle (1) + GIC address (0) + GIC specifier (3).
+    let irq_entries = node
+        .property("interrupt-map")
+        .map_or(0, |p| p.value.len() / 32);
+    Ok(Bridge {
+        ecam,
+        ecam_size,
+        hb: HostBridge {
+            bus_start: bus_start as u8,
+            bus_end: bus_end as u8,
+            mem32,
+        },
+        mem64,
+        irq_mask,
+        irq_entries,
+    })
+}
+
+/// The SPI (INTID) legacy interrupt `pin` (1..4) of `f` is routed to, through
+/// the bridges' swizzle and the host bridge's `interrupt-map`.
+fn intx_route(env: &Env, tree: &Tree, f: &Func) -> Option<u32> {
+    let mut pin = u32::from(f.interrupt_pin);
+    if !(1..=4).contains(&pin) {
+        return None;
+    }
+    let mut cur = *f;
+    while let Some(p) = cur.parent {
+        pin = ((pin - 1 + u32::from(cur.dev())) % 4) + 1;
+        cur = tree.funcs[p];
+    }
+    let fdt = env.fdt();
+    let node = fdt.find_compatible(&["pci-host-ecam-generic"])?;
+    let mask = node.property("interrupt-map-mask")?.value;
+    let (mhi, mpin) = (be32(mask, 0)?, be32(mask, 3)?);
+    let hi = (u32::from(cur.bus) << 16) | (u32::from(cur.devfn) << 8);
+    let map = node.property("interrupt-map")?.value;
+    (0..map.len() / 32).find_map(|e| {
+        let w = |k| be32(map, 8 * e + k);
+        (w(0)? == hi & mhi && w(3)? == pin & mpin && w(5)? == 0).then(|| w(6).map(|s| s + 32))?
+    })
+}
+
+/// Config space through the ECAM window (each access traps to the hypervisor).
+struct Ecam {
+    base: u64,
+    bus_start: u8,
+}
+
+impl Ecam {
+    fn addr(&self, bus: u8, df: u8, off: u16) -> u64 {
+        self.base
+            + (u64::from(bus.wrapping_sub(self.bus_start)) << 20)
+            + (u64::from(df) << 12)
+            + u64::from(off & 0xfff)
+    }
+    /// A 64-bit access (config space has no 8-byte registers: the
+    /// hypervisor must split it or refuse it).
+    fn read64(&self, bus: u8, df: u8, off: u16) -> Result<u64, rt::Abort> {
+        let a = self.addr(bus, df, off);
+        // SAFETY: inside the ECAM window the DT gives us (Device memory in
+        // the bootstrap map); an abort is caught.
+        rt::expect_abort(|| unsafe { core::ptr::read_volatile(a as *const u64) })
+    }
+    /// A read at an address that may be unaligned.
+    fn read32_at(&self, bus: u8, df: u8, off: u16) -> Result<u32, rt::Abort> {
+        let a = self.addr(bus, df, off);
+        // SAFETY: as above; an unaligned Device access takes an alignment
+        // fault at EL1, which is caught.
+        rt::expect_abort(|| unsafe { core::ptr::read_volatile(a as *const u32) })
+    }
+}
+
+macro_rules! ecam_rw {
+    ($read:ident, $write:ident, $t:ty) => {
+        fn $read(&mut self, bus: u8, df: u8, off: u16) -> $t {
+            let a = self.addr(bus, df, off);
+            // SAFETY: an aligned access inside the ECAM window of our DT,
+            // mapped as Device memory; it traps to the hypervisor.
+            unsafe { core::ptr::read_volatile(a as *const $t) }
+        }
+        fn $write(&mut self, bus: u8, df: u8, off: u16, v: $t) {
+            let a = self.addr(bus, df, off);
+            // SAFETY: as for the read.
+            unsafe { core::ptr::write_volatile(a as *mut $t, v) }
+        }
+    };
+}
+
+impl ConfigSpace for Ecam {
+    ecam_rw!(read8, write8, u8);
+    ecam_rw!(read16, write16, u16);
+    ecam_rw!(read32, write32, u32);
+}
+
+fn mmio_read32(addr: u64) -> Result<u32, rt::Abort> {
+    rt::probe_read32(addr)
+}
+
+fn mmio_write32(addr: u64, v: u32) -> Result<(), rt::Abort> {
+    // SAFETY: a BAR address the enumeration assigned (or a probe of one that
+    // must abort); an abort is caught and the store skipped.
+    rt::expect_abort(|| unsafe { core::ptr::write_volatile(addr as *mut u32, v) })
+}
+
+/// Find the bridge, enumerate below it and print the tree.
+fn enumerate_bus(t: &mut Test, env: &Env) -> Option<(Bridge, Ecam, &'static Tree)> {
+    let br = match find_bridge(env) {
+        Ok(b) => b,
+        Err(e) => {
+            t.fail(format_args!("{e}"));
+            return None;
+        }
+    };
+    println!(
+        "host bridge: ECAM {:#x} ({:#x} bytes), buses {:#x}-{:#x}, mem32 {:#x}+{:#x}",
+        br.ecam, br.ecam_size, br.hb.bus_start, br.hb.bus_end, br.hb.mem32.0, br.hb.mem32.1,
+    );
+    println!(
+        "host bridge: mem64 {:x?}, interrupt-map {} entries (mask {:#x}/{})",
+        br.mem64, br.irq_entries, br.irq_mask.0, br.irq_mask.1
+    );
+    let buses = u64::from(br.hb.bus_end - br.hb.bus_start) + 1;
+    t.check(
+        br.ecam_size >= buses << 20,
+        format_args!("ECAM size {:#x} too small for {buses} buses", br.ecam_size),
+    );
+    let mut ecam = Ecam {
+        base: br.ecam,
+        bus_start: br.hb.bus_start,
+    };
+    static mut TREE: Tree = Tree::new();
+    // SAFETY: only the boot vCPU enumerates, once per run: this is the
+    // only reference to TREE ever made.
+    let tree: &'static mut Tree = unsafe { &mut *core::ptr::addr_of_mut!(TREE) };
+    if let Err(e) = pcienum::enumerate(&mut ecam, br.hb, tree) {
+        t.fail(format_args!("enumeration failed: {e}"));
+        return None;
+    }
+    print_tree(env, tree);
+    verify_programming(t, &mut ecam, tree);
+    Some((br, ecam, tree))
+}
+
+fn print_tree(env: &Env, tree: &Tree) {
+    println!(
+        "{} functions, buses {:02x}-{:02x}, memory {:#x}..{:#x}",
+        tree.len,
+        tree.funcs[0].bus.min(tree.last_bus),
+        tree.last_bus,
+        tree.funcs()
+            .iter()
+            .flat_map(|f| f.bars)
+            .filter(|b| b.is_mem())
+            .map(|b| b.addr)
+            .min()
+            .unwrap_or(0),
+        tree.mem_end
+    );
+    for (i, f) in tree.funcs().iter().enumerate() {
+        let indent = "                "
+            .get(..2 * tree.depth(i).min(8))
+            .unwrap_or("");
+        let mut line = Line::new();
+        line.push(format_args!(
+            "{indent}{} {:04x}:{:04x} class {:06x} {}",
+            Addr(f.bus, f.devfn),
+            f.vendor,
+            f.device,
+            f.class,
+            pcienum::port_type_name(f.pcie_type)
+        ));
+        if f.is_bridge() {
+            line.push(format_args!(
+                " buses {:02x}-{:02x}",
+                f.secondary, f.subordinate
+            ));
+            match f.window {
+                Some((s, e)) => line.push(format_args!(" window {s:#x}-{e:#x}")),
+                None => line.push(format_args!(" window closed")),
+            }
+        }
+        for (k, b) in f.bars.iter().enumerate() {
+            match b.kind {
+                BarKind::None => {}
+                BarKind::Io => line.push(format_args!(" bar{k}=io/{:#x}(unassigned)", b.size)),
+                BarKind::Mem32 | BarKind::Mem64 => line.push(format_args!(
+                    " bar{k}={:#x}/{:#x}{}{}",
+                    b.addr,
+                    b.size,
+                    if b.kind == BarKind::Mem64 { ",64" } else { "" },
+                    if b.prefetchable { ",pref" } else { "" }
+                )),
+            }
+        }
+        if let Some(spi) = intx_route(env, tree, f) {
+            line.push(format_args!(
+                " INT{} -> SPI {spi}",
+                (b'A' + f.interrupt_pin - 1) as char
+            ));
+        }
+        line.flush();
+    }
+}
+
+/// Console lines assembled from pieces (no allocator), wrapped before the
+/// hypervisor's 160-byte console line limit.
+struct Line {
+    buf: [u8; Line::MAX],
+    len: usize,
+}
+
+impl Line {
+    const MAX: usize = 120;
+    fn new() -> Self {
+        Line {
+            buf: [0; Line::MAX],
+            len: 0,
+        }
+    }
+    /// Append a piece; print the line first (and continue indented) if the
+    /// piece does not fit.
+    fn push(&mut self, a: core::fmt::Arguments<'_>) {
+        let mut piece = Line::new();
+        let _ = core::fmt::Write::write_fmt(&mut piece, a);
+        if self.len + piece.len > Line::MAX {
+            self.flush();
+            let _ = core::fmt::Write::write_str(self, "      ");
+        }
+        let _ = core::fmt::Write::write_str(self, piece.as_str());
+    }
+    fn flush(&mut self) {
+        if self.len > 0 {
+            println!("{}", self.as_str());
+        }
+        self.len = 0;
+    }
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+}
+
+impl core::fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Read config space back: what the enumerator programmed must be there.
+fn verify_programming(t: &mut Test, c: &mut Ecam, tree: &Tree) {
+    for f in tree.funcs() {
+        let a = Addr(f.bus, f.devfn);
+        let id = c.read32(f.bus, f.devfn, VENDOR_ID);
+        t.check(
+            id == u32::from(f.vendor) | (u32::from(f.device) << 16),
+            format_args!("{a}: id now {id:#x}"),
+        );
+        for (k, b) in f.bars.iter().enumerate().filter(|(_, b)| b.is_mem()) {
+            let lo = c.read32(f.bus, f.devfn, BAR0 + 4 * k as u16) & !0xf;
+            let hi = if b.kind == BarKind::Mem64 {
+                c.read32(f.bus, f.devfn, BAR0 + 4 * k as u16 + 4)
+            } else {
+                0
+            };
+            let got = (u64::from(hi) << 32) | u64::from(lo);
+            t.check(
+                got == b.addr && b.addr % b.size == 0,
+                format_args!(
+                    "{a}: BAR{k} reads {got:#x}, assigned {:#x} (size {:#x})",
+                    b.addr, b.size
+                ),
+            );
+        }
+        let cmd = c.read16(f.bus, f.devfn, COMMAND);
+        t.check(
+            cmd & pcienum::CMD_BUS_MASTER != 0,
+            format_args!("{a}: Command {cmd:#x} without Bus Master"),
+        );
+        if f.is_bridge() {
+            let n = c.read32(f.bus, f.devfn, BUS_NUMBERS);
+            let want =
+                u32::from(f.bus) | (u32::from(f.secondary) << 8) | (u32::from(f.subordinate) << 16);
+            t.check(
+                n & 0xff_ffff == want,
+                format_args!(
+                    "{a}: bus numbers {:#x}, programmed {want:#x}",
+                    n & 0xff_ffff
+                ),
+            );
+            // The window covers every BAR below.
+            for g in tree.funcs() {
+                let mut p = g.parent;
+                let mut below = false;
+                while let Some(j) = p {
+                    below |= tree.funcs[j] == *f;
+                    p = tree.funcs[j].parent;
+                }
+                for b in g.bars.iter().filter(|b| b.is_mem() && below) {
+                    let inside = f
+                        .window
+                        .is_some_and(|(s, e)| b.addr >= s && b.addr + b.size - 1 <= e);
+                    t.check(
+                        inside,
+                        format_args!(
+                            "{a}: window {:x?} does not cover BAR {:#x}/{:#x} of {}",
+                            f.window,
+                            b.addr,
+                            b.size,
+                            Addr(g.bus, g.devfn)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---- device registers through the BARs ---------------------------------------------
+
+const NVME: (u16, u16) = (0x1b36, 0x0010);
+const E1000E: (u16, u16) = (0x8086, 0x10d3);
+
+/// Read real device registers through BAR0: nvme CAP/VS, e1000e STATUS/CTRL,
+/// plus a write/read-back of a plain RW register (nvme ASQ, e1000e RDBAL).
+/// Returns how many devices were driven.
+fn drive_devices(t: &mut Test, tree: &Tree, skip: &[(u8, u8)]) -> usize {
+    let mut n = 0;
+    for f in tree.funcs() {
+        if skip.contains(&(f.bus, f.devfn)) {
+            continue;
+        }
+        let a = Addr(f.bus, f.devfn);
+        let Some(bar) = f.mem_bar(0) else { continue };
+        let id = (f.vendor, f.device);
+        if id == NVME {
+            n += 1;
+            let r = |off| mmio_read32(bar.addr + off);
+            match (r(0), r(4), r(8)) {
+                (Ok(cap_lo), Ok(cap_hi), Ok(vs)) => {
+                    let cap = (u64::from(cap_hi) << 32) | u64::from(cap_lo);
+                    println!(
+                        "{a} nvme: CAP {cap:#018x} (MQES {}, CSS {:#x}), VS {vs:#010x} ({}.{})",
+                        (cap & 0xffff) + 1,
+                        (cap >> 37) & 0xff,
+                        vs >> 16,
+                        (vs >> 8) & 0xff
+                    );
+                    t.check(
+                        cap != u64::MAX && cap & 0xffff != 0 && (cap >> 37) & 1 == 1,
+                        format_args!(
+                            "{a}: nvme CAP {cap:#x} implausible (MQES 0 or no NVM command set)"
+                        ),
+                    );
+                    t.check(
+                        vs >> 16 == 1 && (vs >> 8) & 0xff >= 2,
+                        format_args!("{a}: nvme VS {vs:#x}, expected 1.2 or later"),
+                    );
+                }
+                e => t.fail(format_args!(
+                    "{a}: nvme BAR0 {:#x} unreadable: {e:x?}",
+                    bar.addr
+                )),
+            }
+            // ASQ (0x28): 4 KiB aligned, read/write while the controller is disabled.
+            check_rw(t, &a, "nvme ASQ", bar.addr + 0x28, 0x1234_5000, 0xffff_f000);
+        } else if id == E1000E {
+            n += 1;
+            let ctrl = mmio_read32(bar.addr);
+            let status = mmio_read32(bar.addr + 8);
+            match (ctrl, status) {
+                (Ok(ctrl), Ok(status)) => {
+                    println!(
+                        "{a} e1000e: CTRL {ctrl:#010x}, STATUS {status:#010x} (FD {}, LU {}, speed {})",
+                        status & 1,
+                        (status >> 1) & 1,
+                        (status >> 6) & 3
+                    );
+                    t.check(
+                        status != u32::MAX && ctrl != u32::MAX,
+                        format_args!("{a}: e1000e CTRL/STATUS read all-ones"),
+                    );
+                }
+                e => t.fail(format_args!(
+                    "{a}: e1000e BAR0 {:#x} unreadable: {e:x?}",
+                    bar.addr
+                )),
+            }
+            // RDBAL (0x2800): 16-byte aligned, read/write.
+            check_rw(
+                t,
+                &a,
+                "e1000e RDBAL",
+                bar.addr + 0x2800,
+                0x1234_5670,
+                0xffff_fff0,
+            );
+        }
+    }
+    n
+}
+
+/// Write `v` to a plain RW register, read it back under `mask`, restore it.
+fn check_rw(t: &mut Test, a: &Addr, what: &str, addr: u64, v: u32, mask: u32) {
+    let Ok(old) = mmio_read32(addr) else {
+        t.fail(format_args!("{a}: {what} at {addr:#x} unreadable"));
+        return;
+    };
+    let wrote = mmio_write32(addr, v);
+    let back = mmio_read32(addr);
+    let _ = mmio_write32(addr, old);
+    t.check(
+        wrote.is_ok() && back.is_ok_and(|b| b & mask == v & mask),
+        format_args!("{a}: {what} at {addr:#x}: wrote {v:#x}, read back {back:x?}"),
+    );
+}
+
+// ---- enumerate (hardware domain) -------------------------------------------------
+
+fn pci_call(id: u32, segment: u64, rid: u64) -> call::Ret {
+    call::hvc(id, [segment, rid, 0, 0, 0, 0, 0])
+}
+
+/// Parse `SSSS:BB:DD.F` or `BB:DD.F` (hex).
+fn parse_bdf(s: &str) -> Option<(u8, u8)> {
+    let mut parts = s.rsplitn(3, ':');
+    let df = parts.next()?;
+    let bus = parts.next()?;
+    let (d, f) = df.split_once('.')?;
+    let hex = |x: &str| u8::from_str_radix(x, 16).ok();
+    let (bus, d, f) = (hex(bus)?, hex(d)?, f.parse::<u8>().ok()?);
+    (d < 32 && f < 8).then_some((bus, devfn(d, f)))
+}
+
+/// `given=BDF,BDF`: functions the scenario gives to guests.
+fn given(env: &Env) -> ([(u8, u8); 8], usize) {
+    let mut out = [(0u8, 0u8); 8];
+    let mut n = 0;
+    for s in env
+        .bootargs
+        .get("given")
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
+        if let Some(b) = parse_bdf(s)
+            && n < out.len()
+        {
+            out[n] = b;
+            n += 1;
+        }
+    }
+    (out, n)
+}
+
+/// `enumerate`: the hardware domain's enumeration and its reports.
+pub fn enumerate(env: &Env) -> ! {
+    let mut t = Test::new("enumerate");
+    let Some((_br, mut ecam, tree)) = enumerate_bus(&mut t, env) else {
+        t.finish(env)
+    };
+    if let Ok(Some(n)) = env.bootargs.number("expect_functions") {
+        t.check(
+            tree.len as u64 == n,
+            format_args!("found {} functions, the topology has {n}", tree.len),
+        );
+    }
+    let (given, ngiven) = given(env);
+    let given = &given[..ngiven];
+
+    report(&mut t, env, tree);
+    refused_reports(&mut t, &mut ecam, tree);
+
+    let driven = drive_devices(&mut t, tree, given);
+    let want_driven = tree
+        .funcs()
+        .iter()
+        .filter(|f| [NVME, E1000E].contains(&(f.vendor, f.device)))
+        .filter(|f| !given.contains(&(f.bus, f.devfn)))
+        .count();
+    t.check(
+        driven == want_driven,
+        format_args!("drove {driven} devices of {want_driven}"),
+    );
+
+    if env.bootargs.flag("recheck") {
+        // Let the guests run their tests, then prove nothing of ours moved.
+        let wait = env
+            .bootargs
+            .number("recheck_after_ms")
+            .ok()
+            .flatten()
+            .unwrap_or(2000);
+        rt::delay_ms(wait);
+        recheck(&mut t, &mut ecam, tree, given);
+    }
+    t.finish(env)
+}
+
+/// PCI_ADD of every function in the order `order=` (reverse by default),
+/// checking each outcome against the tree; then ENUMERATION_DONE and
+/// PCI_UNIT_OF.
+fn report(t: &mut Test, env: &Env, tree: &Tree) {
+    let order = env.bootargs.get("order").unwrap_or("reverse");
+    let seed = env.bootargs.number("seed").ok().flatten().unwrap_or(1);
+    let Some(idx) = pcienum::report_order(tree.len, order, seed) else {
+        t.fail(format_args!(
+            "bad order={order} (forward, reverse, shuffle)"
+        ));
+        return;
+    };
+    let mut reported = [false; pcienum::MAX_FUNCS];
+    let (mut orphaned, mut adopted) = (0u64, 0u64);
+    for &i in &idx[..tree.len] {
+        let f = &tree.funcs[i];
+        let r = pci_call(PHV_PCI_ADD, 0, u64::from(f.rid()));
+        // Attached iff every bridge above it was reported before.
+        let mut chain = true;
+        let mut p = f.parent;
+        while let Some(j) = p {
+            chain &= reported[j];
+            p = tree.funcs[j].parent;
+        }
+        reported[i] = true;
+        let want = if chain { ADD_ATTACHED } else { ADD_ORPHANED };
+        if r.status() != SUCCESS || r.0[1] != want {
+            t.fail(format_args!(
+                "PCI_ADD {}: x0 {} x1 {} x2 {}, expected 0 and x1 = {want}",
+                Addr(f.bus, f.devfn),
+                r.status(),
+                r.0[1],
+                r.0[2]
+            ));
+        }
+        if want == ADD_ORPHANED {
+            orphaned += 1;
+        } else {
+            adopted += r.0[2];
+        }
+    }
+    println!(
+        "reported {} functions ({order}): {orphaned} waited for their bridge, {adopted} adopted",
+        tree.len
+    );
+    t.check(
+        adopted == orphaned,
+        format_args!("{orphaned} reports waited for their bridge but {adopted} were adopted"),
+    );
+    if let Some(f) = tree.funcs().first() {
+        let r = pci_call(PHV_PCI_ADD, 0, u64::from(f.rid()));
+        t.check(
+            r.status() == SUCCESS && r.0[1] == ADD_ALREADY_TRACKED,
+            format_args!(
+                "second PCI_ADD of {}: {:x?}, expected 0 / already tracked (2)",
+                Addr(f.bus, f.devfn),
+                r.0
+            ),
+        );
+    }
+    let r = pci_call(PHV_PCI_ENUMERATION_DONE, 0, 0);
+    println!(
+        "PCI_ENUMERATION_DONE: status {}, {} functions, {} units, {} orphans",
+        r.status(),
+        r.0[1],
+        r.0[2],
+        r.0[3]
+    );
+    t.check(
+        r.status() == SUCCESS && r.0[1] == tree.len as u64 && r.0[3] == 0,
+        format_args!(
+            "PCI_ENUMERATION_DONE returned {:x?}, expected 0, {} functions, 0 orphans",
+            r.0, tree.len
+        ),
+    );
+    t.check(
+        (1..=tree.len as u64).contains(&r.0[2]),
+        format_args!("{} units for {} functions", r.0[2], tree.len),
+    );
+    // Units: every member of a unit names the same unit and the same size.
+    let mut units = 0;
+    for f in tree.funcs() {
+        let r = pci_call(PHV_PCI_UNIT_OF, 0, u64::from(f.rid()));
+        if r.status() != SUCCESS {
+            t.fail(format_args!(
+                "PCI_UNIT_OF {}: {}",
+                Addr(f.bus, f.devfn),
+                r.status()
+            ));
+            continue;
+        }
+        let (id, members) = (r.0[1], r.0[2]);
+        let same = tree
+            .funcs()
+            .iter()
+            .filter(|g| pci_call(PHV_PCI_UNIT_OF, 0, u64::from(g.rid())).0[1] == id)
+            .count() as u64;
+        t.check(
+            same == members && tree.funcs().iter().any(|g| u64::from(g.rid()) == id),
+            format_args!(
+                "PCI_UNIT_OF {}: unit {id:#x} with {members} members, but {same} functions name it",
+                Addr(f.bus, f.devfn)
+            ),
+        );
+        if u64::from(f.rid()) == id {
+            units += 1;
+        }
+    }
+    t.check(
+        units == r.0[2],
+        format_args!(
+            "PCI_UNIT_OF shows {units} units, ENUMERATION_DONE {}",
+            r.0[2]
+        ),
+    );
+}
+
+/// Reports the hypervisor must refuse, with the documented codes.
+fn refused_reports(t: &mut Test, c: &mut Ecam, tree: &Tree) {
+    let root = tree.funcs().first().map_or(0, |f| f.bus);
+    let Some(empty) = (0..32u8)
+        .rev()
+        .find(|d| c.read16(root, devfn(*d, 0), VENDOR_ID) == 0xffff)
+    else {
+        t.fail(format_args!("no empty slot on bus {root:#x}"));
+        return;
+    };
+    let rid = (u64::from(root) << 8) | u64::from(devfn(empty, 0));
+    let mut expect = |what: &str, r: call::Ret, status: i64, reason: Option<u64>| {
+        let ok = r.status() == status && reason.is_none_or(|x| r.0[1] == x);
+        t.check(
+            ok,
+            format_args!(
+                "{what}: x0 {} x1 {}, expected {status}{}",
+                r.status(),
+                r.0[1],
+                if reason.is_some() {
+                    " with a reason"
+                } else {
+                    ""
+                }
+            ),
+        );
+    };
+    expect(
+        "PCI_ADD of an empty slot",
+        pci_call(PHV_PCI_ADD, 0, rid),
+        NOT_FOUND,
+        Some(REASON_NO_FUNCTION),
+    );
+    expect(
+        "PCI_ADD on unknown segment 7",
+        pci_call(PHV_PCI_ADD, 7, 0),
+        INVALID_PARAMETER,
+        None,
+    );
+    expect(
+        "PCI_ADD with a requester id above 16 bits",
+        pci_call(PHV_PCI_ADD, 0, 1 << 16),
+        INVALID_PARAMETER,
+        None,
+    );
+    expect(
+        "PCI_REMOVE of an untracked function",
+        pci_call(PHV_PCI_REMOVE, 0, rid),
+        NOT_FOUND,
+        Some(REASON_NOT_TRACKED),
+    );
+    expect(
+        "PCI_UNIT_OF of an untracked function",
+        pci_call(PHV_PCI_UNIT_OF, 0, rid),
+        NOT_FOUND,
+        Some(REASON_NOT_TRACKED),
+    );
+    expect(
+        "PCI_ENUMERATION_DONE of unknown segment 7",
+        pci_call(PHV_PCI_ENUMERATION_DONE, 7, 0),
+        INVALID_PARAMETER,
+        None,
+    );
+}
+
+/// After the guests ran: our functions' ids, bus numbers, BARs and Command
+/// are as we left them; functions given away are no longer ours.
+fn recheck(t: &mut Test, c: &mut Ecam, tree: &Tree, given: &[(u8, u8)]) {
+    let before = t.failures;
+    for f in tree.funcs() {
+        let a = Addr(f.bus, f.devfn);
+        if given.contains(&(f.bus, f.devfn)) {
+            if let Some(b) = f.mem_bar(0) {
+                let r = mmio_read32(b.addr);
+                t.check(
+                    r.is_err(),
+                    format_args!(
+                        "{a} was given to a guest, yet its BAR0 {:#x} reads {r:x?}",
+                        b.addr
+                    ),
+                );
+            }
+            continue;
+        }
+        let id = c.read32(f.bus, f.devfn, VENDOR_ID);
+        t.check(
+            id == u32::from(f.vendor) | (u32::from(f.device) << 16),
+            format_args!("{a}: id {id:#x} after the guests ran"),
+        );
+        if f.is_bridge() {
+            let n = c.read32(f.bus, f.devfn, BUS_NUMBERS) & 0xff_ffff;
+            let want =
+                u32::from(f.bus) | (u32::from(f.secondary) << 8) | (u32::from(f.subordinate) << 16);
+            t.check(
+                n == want,
+                format_args!("{a}: bus numbers {n:#x}, ours {want:#x}"),
+            );
+            let bc = c.read16(f.bus, f.devfn, BRIDGE_CONTROL);
+            t.check(
+                bc & 0x40 == 0,
+                format_args!("{a}: Secondary Bus Reset held ({bc:#x})"),
+            );
+        }
+        for (k, b) in f.bars.iter().enumerate().filter(|(_, b)| b.is_mem()) {
+            let lo = c.read32(f.bus, f.devfn, BAR0 + 4 * k as u16) & !0xf;
+            t.check(
+                u64::from(lo) == b.addr & 0xffff_ffff,
+                format_args!("{a}: BAR{k} {lo:#x}, ours {:#x}", b.addr),
+            );
+        }
+        let cmd = c.read16(f.bus, f.devfn, COMMAND);
+        t.check(
+            cmd & pcienum::CMD_MEMORY != 0 || !f.bars.iter().any(|b| b.is_mem()),
+            format_args!("{a}: Memory Space disabled ({cmd:#x})"),
+        );
+    }
+    let driven = drive_devices(t, tree, given);
+    if t.failures == before {
+        println!(
+            "hwdom unaffected: {} functions rechecked, {driven} devices still answer",
+            tree.len
+        );
+    }
+}
+
+// ---- pci-guest ---------------------------------------------------------------------
+
+/// `devices=VVVV:DDDD,...`: the endpoints the guest must find.
+fn expected_devices(t: &mut Test, env: &Env) -> ([(u16, u16); 8], usize) {
+    let mut out = [(0u16, 0u16); 8];
+    let mut n = 0;
+    for s in env
+        .bootargs
+        .get("devices")
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
+        let id = s.split_once(':').and_then(|(v, d)| {
+            Some((
+                u16::from_str_radix(v, 16).ok()?,
+                u16::from_str_radix(d, 16).ok()?,
+            ))
+        });
+        match id {
+            Some(id) if n < out.len() => {
+                out[n] = id;
+                n += 1;
+            }
+            _ => t.fail(format_args!("bad devices= entry `{s}`")),
+        }
+    }
+    (out, n)
+}
+
+/// `pci-guest`: enumerate the virtual bus, drive the devices.
+pub fn pci_guest(env: &Env) -> ! {
+    let mut t = Test::new("pci-guest");
+    let Some((_br, _ecam, tree)) = enumerate_bus(&mut t, env) else {
+        t.finish(env)
+    };
+    check_guest_view(&mut t, env, tree);
+    let driven = drive_devices(&mut t, tree, &[]);
+    t.check(driven > 0, format_args!("no device to drive"));
+    t.finish(env)
+}
+
+/// The endpoints are the ones given (`devices=`), each below a root port.
+fn check_guest_view(t: &mut Test, env: &Env, tree: &Tree) {
+    let (want, n) = expected_devices(t, env);
+    let endpoints = tree
+        .funcs()
+        .iter()
+        .filter(|f| !f.is_bridge() && f.parent.is_some());
+    let mut seen = 0;
+    for f in endpoints {
+        seen += 1;
+        t.check(
+            want[..n].contains(&(f.vendor, f.device)),
+            format_args!(
+                "{} {:04x}:{:04x} was not given to us",
+                Addr(f.bus, f.devfn),
+                f.vendor,
+                f.device
+            ),
+        );
+        let parent = f.parent.map(|p| tree.funcs[p].pcie_type);
+        t.check(
+            parent == Some(Some(4)),
+            format_args!(
+                "{} is not below a (virtual) root port",
+                Addr(f.bus, f.devfn)
+            ),
+        );
+    }
+    t.check(
+        seen == n,
+        format_args!("found {seen} endpoints below root ports, given {n}"),
+    );
+    for id in &want[..n] {
+        t.check(
+            tree.find(id.0, id.1).is_some(),
+            format_args!("device {:04x}:{:04x} not found", id.0, id.1),
+        );
+    }
+}
+
+// ---- pci-hostile -------------------------------------------------------------------
+
+/// `pci-hostile`: a guest tries to escape its virtual bus.
+pub fn pci_hostile(env: &Env) -> ! {
+    let mut t = Test::new("pci-hostile");
+    let Some((br, mut ecam, tree)) = enumerate_bus(&mut t, env) else {
+        t.finish(env)
+    };
+    check_guest_view(&mut t, env, tree);
+
+    // 1. Functions we were not given read all-ones.
+    let mut absent = 0;
+    for bus in br.hb.bus_start..=tree.last_bus.saturating_add(2).min(br.hb.bus_end) {
+        for dev in 0..32 {
+            let df = devfn(dev, 0);
+            if tree.funcs().iter().any(|f| f.bus == bus && f.dev() == dev) {
+                continue;
+            }
+            let v = ecam.read32(bus, df, VENDOR_ID);
+            absent += 1;
+            t.check(
+                v == u32::MAX,
+                format_args!("absent {} reads {v:#x}, not all-ones", Addr(bus, df)),
+            );
+        }
+    }
+    for bus in [0x40u8, 0x80, 0xfe, br.hb.bus_end] {
+        let v = ecam.read32(bus, 0, VENDOR_ID);
+        t.check(v == u32::MAX, format_args!("bus {bus:#x} reads {v:#x}"));
+    }
+    println!("{absent} absent functions read all-ones");
+
+    // 2. Unaligned and 8-byte config accesses: a value or an abort, nothing else.
+    if let Some(f) = tree
+        .funcs()
+        .iter()
+        .find(|f| !f.is_bridge() && f.parent.is_some())
+    {
+        let id = ecam.read32(f.bus, f.devfn, VENDOR_ID);
+        let next = ecam.read32(f.bus, f.devfn, 4);
+        match ecam.read64(f.bus, f.devfn, 0) {
+            Ok(v) => {
+                println!("8-byte config read: {v:#x}");
+                t.check(
+                    v as u32 == id && (v >> 32) as u32 & 0xffff == next & 0xffff,
+                    format_args!(
+                        "8-byte read {v:#x} disagrees with 4-byte reads {id:#x} {next:#x}"
+                    ),
+                );
+            }
+            Err(a) => println!("8-byte config read aborted (ESR {:#x})", a.esr),
+        }
+        match ecam.read32_at(f.bus, f.devfn, 1) {
+            Ok(v) => println!("unaligned config read: {v:#x}"),
+            Err(a) => println!("unaligned config read aborted (DFSC {:#x})", a.dfsc()),
+        }
+        let _ = rt::expect_abort(|| {
+            // SAFETY: a deliberately unaligned store into our ECAM window.
+            unsafe {
+                core::ptr::write_volatile(ecam.addr(f.bus, f.devfn, 0x3d) as *mut u16, 0xffff)
+            }
+        });
+        let id2 = ecam.read32(f.bus, f.devfn, VENDOR_ID);
+        t.check(id2 == id, format_args!("id {id:#x} became {id2:#x}"));
+    }
+
+    // 3. BARs moved over our RAM, over the ECAM, outside the window, over another BAR.
+    bar_attacks(&mut t, env, &br, &mut ecam, tree);
+
+    // 4. MSI-X table address words of every function (the hypervisor shadows them).
+    for f in tree.funcs() {
+        if let (Some((bir, off, n)), Some(bar)) = (f.msix, f.mem_bar(0)) {
+            let Some(b) = f.mem_bar(usize::from(bir)) else {
+                continue;
+            };
+            let _ = bar;
+            for e in 0..u64::from(n.min(4)) {
+                let at = b.addr + u64::from(off) + 16 * e;
+                let _ = mmio_write32(at, 0xfeed_0000);
+                let _ = mmio_write32(at + 4, 0x0000_00ff);
+                let _ = mmio_write32(at + 8, 0x1234);
+                let _ = mmio_write32(at + 12, 0);
+            }
+            println!(
+                "{}: wrote {} MSI-X entries with a foreign address",
+                Addr(f.bus, f.devfn),
+                n.min(4)
+            );
+        }
+    }
+
+    // 5. Bus numbers and Bridge Control of our virtual root ports.
+    root_port_attacks(&mut t, &mut ecam, tree);
+
+    // 6. Hardware-domain-only calls.
+    for (name, id) in [
+        ("PCI_ADD", PHV_PCI_ADD),
+        ("PCI_REMOVE", PHV_PCI_REMOVE),
+        ("PCI_ENUMERATION_DONE", PHV_PCI_ENUMERATION_DONE),
+        ("PCI_UNIT_OF", PHV_PCI_UNIT_OF),
+    ] {
+        let rid = tree.funcs().first().map_or(0, |f| u64::from(f.rid()));
+        t.check_eq(name, pci_call(id, 0, rid).status(), DENIED);
+    }
+
+    // 7. Random config writes (seeded), then we still run and our root bus is intact.
+    let seed = env.bootargs.number("seed").ok().flatten().unwrap_or(0x5eed);
+    let count = env.bootargs.number("fuzz").ok().flatten().unwrap_or(2000);
+    let mut rng = Rng::new(seed);
+    for _ in 0..count {
+        let bus = if rng.below(4) == 0 {
+            rng.below(256) as u8
+        } else {
+            br.hb.bus_start + rng.below(u64::from(tree.last_bus - br.hb.bus_start) + 1) as u8
+        };
+        let df = if rng.below(2) == 0 {
+            tree.funcs[rng.below(tree.len as u64) as usize].devfn
+        } else {
+            rng.below(256) as u8
+        };
+        let v = rng.next_u64();
+        match rng.below(3) {
+            0 => {
+                let off = (rng.below(0x1000) & !3) as u16;
+                // (Secondary Bus Reset is tested on its own, not at random.)
+                let v = if off == 0x3c {
+                    v as u32 & !(0x40 << 16)
+                } else {
+                    v as u32
+                };
+                ecam.write32(bus, df, off, v);
+            }
+            1 => {
+                let off = (rng.below(0x1000) & !1) as u16;
+                let v = if off == BRIDGE_CONTROL {
+                    v as u16 & !0x40
+                } else {
+                    v as u16
+                };
+                ecam.write16(bus, df, off, v);
+            }
+            _ => ecam.write8(bus, df, rng.below(0x1000) as u16, v as u8),
+        }
+    }
+    let mut intact = true;
+    for f in tree.funcs().iter().filter(|f| f.bus == br.hb.bus_start) {
+        let id = ecam.read32(f.bus, f.devfn, VENDOR_ID);
+        intact &= id == u32::from(f.vendor) | (u32::from(f.device) << 16);
+    }
+    t.check(intact, format_args!("root bus ids changed after fuzzing"));
+    println!("fuzz: {count} random config writes (seed {seed:#x}), still running");
+    t.finish(env)
+}
+
+/// Program BAR `k` of `f` (low dword; the high dword of a 64-bit BAR to 0).
+fn set_bar(c: &mut Ecam, f: &Func, k: usize, addr: u64) {
+    let off = BAR0 + 4 * k as u16;
+    let flags = c.read32(f.bus, f.devfn, off) & 0xf;
+    c.write32(f.bus, f.devfn, off, (addr as u32 & !0xf) | flags);
+    if f.bars[k].kind == BarKind::Mem64 {
+        c.write32(f.bus, f.devfn, off + 4, (addr >> 32) as u32);
+    }
+}
+
+fn bar_attacks(t: &mut Test, env: &Env, br: &Bridge, c: &mut Ecam, tree: &Tree) {
+    let Some(f) = tree
+        .funcs()
+        .iter()
+        .find(|f| !f.is_bridge() && f.parent.is_some() && f.mem_bar(0).is_some())
+    else {
+        t.fail(format_args!("no endpoint with a memory BAR0"));
+        return;
+    };
+    let a = Addr(f.bus, f.devfn);
+    let bar = f.bars[0];
+    let dev_word = mmio_read32(bar.addr);
+    // A RAM page of ours, with a pattern: a BAR over it must not replace it.
+    static mut PAGE: [u32; 2048] = [0; 2048];
+    // Only this vCPU touches PAGE.
+    let page = core::ptr::addr_of_mut!(PAGE) as *mut u32;
+    let ram = (page as u64 + 4095) & !4095;
+    // SAFETY: `ram` is a 4 KiB aligned page inside PAGE (8 KiB).
+    unsafe { core::ptr::write_volatile(ram as *mut u32, 0xa5a5_5a5a) };
+    set_bar(c, f, 0, ram);
+    // SAFETY: as above.
+    let still = unsafe { core::ptr::read_volatile(ram as *const u32) };
+    t.check(
+        still == 0xa5a5_5a5a,
+        format_args!("{a}: BAR0 moved over our RAM {ram:#x}: RAM reads {still:#x}"),
+    );
+    // Over our ECAM: config space still answers as config space.
+    let rp = tree.funcs()[0];
+    set_bar(c, f, 0, br.ecam);
+    let id = c.read32(rp.bus, rp.devfn, VENDOR_ID);
+    t.check(
+        id == u32::from(rp.vendor) | (u32::from(rp.device) << 16),
+        format_args!(
+            "{a}: BAR0 over the ECAM {:#x}: {} reads {id:#x}",
+            br.ecam,
+            Addr(rp.bus, rp.devfn)
+        ),
+    );
+    // Outside every window (in no RAM either): reads must not reach the device.
+    let outside = [0x0a00_0000u64, env.mem_base + env.mem_size];
+    for x in outside {
+        if (br.hb.mem32.0..br.hb.mem32.0 + br.hb.mem32.1).contains(&x) {
+            continue;
+        }
+        set_bar(c, f, 0, x);
+        let r = mmio_read32(x);
+        t.check(
+            r.is_err() || r != dev_word,
+            format_args!("{a}: BAR0 at {x:#x} outside the window reads the device ({r:x?})"),
+        );
+    }
+    // Over another BAR of ours (any overlap: one of them answers, or neither).
+    if let Some(g) = tree
+        .funcs()
+        .iter()
+        .find(|g| *g != f && g.mem_bar(0).is_some() && !g.is_bridge())
+    {
+        set_bar(c, f, 0, g.bars[0].addr);
+        let r = mmio_read32(g.bars[0].addr);
+        println!(
+            "{a}: BAR0 over {}'s BAR0: reads {r:x?}",
+            Addr(g.bus, g.devfn)
+        );
+    }
+    // Back home: the device answers again.
+    set_bar(c, f, 0, bar.addr);
+    let back = mmio_read32(bar.addr);
+    t.check(
+        back.is_ok() && back == dev_word,
+        format_args!(
+            "{a}: BAR0 back at {:#x} reads {back:x?}, before {dev_word:x?}",
+            bar.addr
+        ),
+    );
+}
+
+fn root_port_attacks(t: &mut Test, c: &mut Ecam, tree: &Tree) {
+    for (i, rp) in tree
+        .funcs()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.is_bridge())
+    {
+        let a = Addr(rp.bus, rp.devfn);
+        let Some(child) = tree.funcs().iter().find(|g| g.parent == Some(i)).copied() else {
+            continue;
+        };
+        let numbers = c.read32(rp.bus, rp.devfn, BUS_NUMBERS);
+        // Secondary/subordinate moved far away, then back.
+        c.write32(
+            rp.bus,
+            rp.devfn,
+            BUS_NUMBERS,
+            (numbers & 0xff00_0000) | 0x00f0_e000 | u32::from(rp.bus),
+        );
+        let moved = c.read32(0xe0, child.devfn, VENDOR_ID);
+        println!("{a}: buses moved to e0-f0: e0:00.0 reads {moved:#x}");
+        c.write32(rp.bus, rp.devfn, BUS_NUMBERS, numbers);
+        let id = c.read32(child.bus, child.devfn, VENDOR_ID);
+        t.check(
+            id == u32::from(child.vendor) | (u32::from(child.device) << 16),
+            format_args!(
+                "{a}: after restoring bus numbers {} reads {id:#x}",
+                Addr(child.bus, child.devfn)
+            ),
+        );
+        // Bridge Control: every bit but SBR, then back.
+        let bc = c.read16(rp.bus, rp.devfn, BRIDGE_CONTROL);
+        c.write16(rp.bus, rp.devfn, BRIDGE_CONTROL, 0xffbf);
+        c.write16(rp.bus, rp.devfn, BRIDGE_CONTROL, bc);
+        let id = c.read32(child.bus, child.devfn, VENDOR_ID);
+        t.check(
+            id == u32::from(child.vendor) | (u32::from(child.device) << 16),
+            format_args!(
+                "{a}: after Bridge Control writes {} reads {id:#x}",
+                Addr(child.bus, child.devfn)
+            ),
+        );
+    }
+}
