@@ -277,6 +277,18 @@ fn guest_enumerates_root_ports_and_functions() {
             (b("00:03.0"), 1, b("07:00.1")),
         ]
     );
+    // Every register of every function and root port, at every width:
+    // no misaligned or out-of-range physical access, odd widths masked.
+    for (bus, func) in [(0u8, 0u8), (1, 0), (2, 0), (2, 1), (3, 0), (3, 1)] {
+        let dev = if bus == 0 { 1 } else { 0 };
+        for width in [1u16, 2, 4] {
+            for reg in (0..0x1000u16).step_by(width as usize) {
+                let v = g.config_read(fab, off(bus, dev, func, reg), width);
+                assert!(width == 4 || v < 1 << (8 * width));
+            }
+        }
+    }
+    assert_eq!(fab.bad_accesses(), 0);
     // Reprogramming the bus numbers moves the functions.
     let mut e = Effects::new();
     g.config_write(fab, off(0, 1, 0, PRIMARY_BUS), 4, 0x0009_0900, &mut e);

@@ -89,7 +89,7 @@ pub const COMMAND_VIRTUAL: u16 = 0x0547;
 pub const STATUS_W1C: u32 = 0xf900;
 
 /// Type 0 header.
-pub const HEADER: [Rule; 23] = [
+pub const HEADER: [Rule; 24] = [
     rule(VENDOR_ID, 4, Policy::ReadOnly), // vendor, device
     rule(COMMAND, 2, Policy::Special(Special::Command)),
     rule(STATUS, 2, Policy::W1c { mask: STATUS_W1C }),
@@ -112,7 +112,8 @@ pub const HEADER: [Rule; 23] = [
     rule(0x36, 2, Policy::Hidden),
     rule(0x38, 4, Policy::Hidden),
     rule(INTERRUPT_LINE, 1, emu(0xff)), // storage for the guest's OS
-    rule(INTERRUPT_PIN, 3, Policy::ReadOnly), // pin, min grant, max latency
+    rule(INTERRUPT_PIN, 1, Policy::ReadOnly),
+    rule(0x3e, 2, Policy::ReadOnly), // min grant, max latency
 ];
 
 /// Power management: the power state is virtual (a physical D3hot→D0
@@ -273,3 +274,31 @@ pub const AER: [Rule; 11] = [
     rule(0x24, 4, emu(0)),
     rule(0x28, 4, emu(0)),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table: rules of 1, 2 or 4 bytes, naturally aligned, sorted and
+    /// disjoint (so an access meets each rule in one aligned piece).
+    #[test]
+    fn rules_are_aligned_sorted_and_disjoint() {
+        let mut tables: alloc::vec::Vec<&[Rule]> =
+            alloc::vec![&HEADER, &PM, &PCIE, &MSIX, &AF, &VENDOR, &AER];
+        for row in MSI {
+            tables.extend(row);
+        }
+        for t in tables {
+            let mut end = 0;
+            for r in t {
+                assert!(matches!(r.len, 1 | 2 | 4), "{r:?}");
+                assert!(r.offset.is_multiple_of(r.len), "{r:?}");
+                assert!(r.offset >= end, "{r:?} overlaps");
+                end = r.offset + r.len;
+            }
+        }
+        // The header covers 0..0x40 without gaps.
+        let covered: u16 = HEADER.iter().map(|r| r.len).sum();
+        assert_eq!(covered, 0x40);
+    }
+}
