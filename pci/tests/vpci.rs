@@ -827,3 +827,97 @@ fn flr_and_sbr_are_effects_and_reset_the_virtual_state() {
     assert_eq!(fab.read16(b("00:03.0"), BRIDGE_CONTROL), phys_bctl);
     assert_eq!(fab.read16(b("04:00.0"), BRIDGE_CONTROL), 0);
 }
+
+#[test]
+fn expansion_rom_is_emulated_never_mapped() {
+    let mut fab = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e().rom(0x40000)),
+        )],
+    );
+    let mut topo = track(&mut fab);
+    let all = fab.present_functions();
+    hwdom_programs_bars(&mut fab, &all);
+    fab.write32(b("01:00.0"), ROM_BAR, 0x1800_0000);
+    let mut own = Ownership::new();
+    let units = own.assign(&mut topo, 1, &[b("01:00.0")], false).unwrap();
+    let mut g = GuestBus::new(&units, &topo, &mut fab, layout()).unwrap();
+    program_root_ports(&mut g, &mut fab);
+    let rom = off(1, 0, 0, ROM_BAR);
+    let mut e = Effects::new();
+    // Linux sizes with all-ones but the enable bit.
+    assert_eq!(g.config_read(&mut fab, rom, 4), 0, "starts unprogrammed");
+    g.config_write(&mut fab, rom, 4, !ROM_ENABLE, &mut e);
+    assert_eq!(g.config_read(&mut fab, rom, 4), 0xfffc_0000);
+    g.config_write(&mut fab, rom, 4, 0x1100_0000 | ROM_ENABLE, &mut e);
+    assert_eq!(g.config_read(&mut fab, rom, 4), 0x1100_0001);
+    assert!(e.is_empty(), "decoding off");
+    g.config_write(
+        &mut fab,
+        off(1, 0, 0, COMMAND),
+        2,
+        COMMAND_MEMORY as u32,
+        &mut e,
+    );
+    let refused = Effect::BarRefused {
+        vbdf: b("01:00.0"),
+        bar: ROM_INDEX,
+        addr: 0x1100_0000,
+        reason: BarRefusal::RomNotMapped,
+    };
+    assert!(effects_of(&e).contains(&refused), "{e:?}");
+    assert!(
+        effects_of(&e)
+            .iter()
+            .all(|x| !matches!(x, Effect::Map { ipa, .. } if *ipa == 0x1100_0000))
+    );
+    // Said once, not on every Command rewrite.
+    e.clear();
+    g.config_write(
+        &mut fab,
+        off(1, 0, 0, COMMAND),
+        2,
+        COMMAND_MEMORY as u32,
+        &mut e,
+    );
+    assert!(e.is_empty());
+    // The physical ROM BAR is the hwdom's, untouched.
+    assert_eq!(fab.read32(b("01:00.0"), ROM_BAR), 0x1800_0000);
+}
+
+#[test]
+fn guest_bus_refuses_what_it_cannot_present() {
+    let mut w = world();
+    let units = vec![vec![b("01:00.0")]];
+    let bridge = vec![vec![b("00:01.0")]];
+    assert_eq!(
+        GuestBus::new(&bridge, &w.topo, &mut w.fab, layout()).err(),
+        Some(VpciError::IsBridge(b("00:01.0")))
+    );
+    let untracked = vec![vec![b("0a:00.0")]];
+    assert_eq!(
+        GuestBus::new(&untracked, &w.topo, &mut w.fab, layout()).err(),
+        Some(VpciError::NotTracked(b("0a:00.0")))
+    );
+    let many: Vec<Vec<Bdf>> = (0..32).map(|_| units[0].clone()).collect();
+    assert_eq!(
+        GuestBus::new(&many, &w.topo, &mut w.fab, layout()).err(),
+        Some(VpciError::TooManyUnits(32))
+    );
+    assert_eq!(
+        GuestBus::new(&[vec![]], &w.topo, &mut w.fab, layout()).err(),
+        Some(VpciError::UnitSize {
+            unit: 0,
+            functions: 0
+        })
+    );
+    // A corrupt capability list.
+    w.fab.poke(b("01:00.0"), CAP_PTR, &[0x3c]);
+    assert!(matches!(
+        GuestBus::new(&units, &w.topo, &mut w.fab, layout()),
+        Err(VpciError::Capability { .. })
+    ));
+}

@@ -138,6 +138,8 @@ pub struct FnSpec {
     pub rrs_sv: bool,
     pub sriov: Option<SimSriov>,
     pub readiness: SimReadiness,
+    /// Expansion ROM size (type 0 functions), a power of two >= 2 KiB.
+    pub rom: Option<u32>,
 }
 
 /// A function and, for bridges, the functions on its secondary bus.
@@ -207,6 +209,7 @@ impl Spec {
                 rrs_sv: kind == SimKind::RootPort,
                 sriov: None,
                 readiness: SimReadiness::default(),
+                rom: None,
             },
             children: Vec::new(),
         }
@@ -350,6 +353,11 @@ impl Spec {
             first_vf_offset: 1,
             vf_stride: 1,
         });
+        self
+    }
+    /// An expansion ROM of `size` bytes.
+    pub fn rom(mut self, size: u32) -> Self {
+        self.f.rom = Some(size);
         self
     }
     pub fn readiness(mut self, readiness: SimReadiness) -> Self {
