@@ -217,7 +217,10 @@ pub(crate) fn build(spec: &FnSpec, multifunction: bool, vf: bool) -> Template {
     }
     b.w16(INTERRUPT_LINE, 0x00ff);
     if let (Some(size), false, false) = (spec.rom, bridge, vf) {
-        b.w32(ROM_BAR, (!(size.max(0x800) - 1) & ROM_ADDRESS_MASK) | ROM_ENABLE);
+        b.w32(
+            ROM_BAR,
+            (!(size.max(0x800) - 1) & ROM_ADDRESS_MASK) | ROM_ENABLE,
+        );
     }
     b.v8(CAP_PTR, std_caps.first());
 
