@@ -886,6 +886,18 @@ fn expansion_rom_is_emulated_never_mapped() {
     assert!(e.is_empty());
     // The physical ROM BAR is the hwdom's, untouched.
     assert_eq!(fab.read32(b("01:00.0"), ROM_BAR), 0x1800_0000);
+    // What the hardware domain must not reach any more.
+    let mut bars: Vec<(u64, u64)> = g.physical_bars().collect();
+    bars.sort_unstable();
+    assert_eq!(
+        bars,
+        vec![
+            (0x1000_0000, 0x20000),
+            (0x1002_0000, 0x20000),
+            (0x1004_0000, 0x4000),
+            (0x1800_0000, 0x40000)
+        ]
+    );
 }
 
 #[test]

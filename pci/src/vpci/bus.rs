@@ -153,6 +153,19 @@ impl GuestBus {
         Some(Bdf::new(0, bus, 0, f.vfn))
     }
 
+    /// Physical (address, size) of the assigned functions' memory BARs and
+    /// expansion ROMs, as the hardware domain programmed them: what the
+    /// hardware domain must no longer reach.
+    pub fn physical_bars(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.fns.iter().flat_map(|f| {
+            f.bars
+                .iter()
+                .filter(|b| b.is_memory() && b.size != 0 && b.pa != 0)
+                .map(|b| (b.pa, b.size))
+                .chain((f.rom.size != 0 && f.rom.pa != 0).then_some((f.rom.pa, f.rom.size)))
+        })
+    }
+
     /// The physical function at a virtual address.
     pub fn physical_of(&self, vbdf: Bdf) -> Option<Bdf> {
         self.fn_at(vbdf.bus, vbdf.devfn)
@@ -623,16 +636,5 @@ impl GuestBus {
     /// Number of virtual root ports (= units).
     pub fn units(&self) -> usize {
         self.ports.len()
-    }
-
-    /// Physical memory BARs (pa, size) of the assigned functions, as the
-    /// hardware domain programmed them: what the hardware domain must no
-    /// longer reach.
-    pub fn physical_bars(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.fns
-            .iter()
-            .flat_map(|f| f.bars.iter())
-            .filter(|b| b.is_memory() && b.size > 0 && b.pa != 0)
-            .map(|b| (b.pa, b.size))
     }
 }

@@ -58,6 +58,8 @@ impl Bar {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Rom {
     pub size: u64,
+    /// Physical address as the hardware domain programmed it.
+    pub pa: u64,
     pub wmask: u32,
     pub evaluated: Option<u64>,
 }
@@ -766,6 +768,7 @@ fn size_rom<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf) -> Rom {
     }
     Rom {
         size: (!mask).wrapping_add(1) as u64,
+        pa: (orig & ROM_ADDRESS_MASK) as u64,
         wmask: mask | ROM_ENABLE,
         evaluated: None,
     }
