@@ -117,6 +117,14 @@ mod boot {
         }
         for bridge in &platform.pci_host_bridges {
             map.map_device(bridge.config)?;
+            // BAR memory: the hypervisor serves guests' trapped MSI-X pages.
+            for w in bridge
+                .windows
+                .iter()
+                .filter(|w| w.kind != platform::PciWindowKind::Io)
+            {
+                map.map_device(Region::new(w.cpu_base, w.size))?;
+            }
         }
         map.activate();
         // The tables live as long as the hypervisor.

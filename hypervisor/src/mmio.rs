@@ -200,6 +200,10 @@ impl MmioMap {
         Ok(())
     }
 
+    pub fn regions(&self) -> impl Iterator<Item = &MmioRegion> {
+        self.regions.iter().flatten()
+    }
+
     /// The region holding the whole access `[ipa, ipa + width)`, and the
     /// offset into it.
     pub fn find(&self, ipa: u64, width: Width) -> Option<(MmioRegion, u64)> {

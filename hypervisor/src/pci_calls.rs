@@ -2,9 +2,10 @@
 //! `pci` tracker. Generic over the config port, so all of it is tested on
 //! the host against `pci::sim`.
 
-use crate::pci_host::{PciState, PendingGuest, split_access};
+use crate::pci_host::{PciState, split_access};
 use crate::smccc::{self, CallError, PciCall};
 use alloc::vec::Vec;
+use pci::vpci::Effects;
 use pci::{Bdf, ConfigPort, ReportOutcome, TopologyError};
 
 /// Reason codes returned in x1 with REJECTED / NOT_FOUND (docs/interfaces.md).
@@ -181,21 +182,59 @@ pub fn hwdom_ecam_access<P: ConfigPort>(
     result
 }
 
-/// A trapped access of guest `vm` to its virtual ECAM. Until the guest's
-/// virtual bus exists nothing answers there.
+/// A trapped access of guest `vm` to its virtual ECAM: split into aligned
+/// pieces for its virtual bus. The effects of writes (stage-2 changes,
+/// refusals, resets asked for) are appended to `effects`.
 pub fn guest_ecam_access<P: ConfigPort>(
-    _pci: &mut PciState<P>,
-    _vm: u16,
+    pci: &mut PciState<P>,
+    vm: u16,
     offset: u64,
     width: u64,
     write: Option<u64>,
+    effects: &mut Effects,
 ) -> u64 {
-    let _ = (offset, write);
-    if width >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (8 * width)) - 1
+    let mut result = 0u64;
+    let PciState { port, guests, .. } = pci;
+    let mut bus = guests.iter_mut().find(|(v, _)| *v == vm).map(|(_, b)| b);
+    for (at, w) in split_access(offset, width) {
+        let shift = (at - offset) * 8;
+        let mask = (1u64 << (8 * w)) - 1;
+        let Some(bus) = bus.as_deref_mut() else {
+            result |= mask << shift;
+            continue;
+        };
+        match write {
+            Some(v) => bus.config_write(port, at, w as u16, ((v >> shift) & mask) as u32, effects),
+            None => result |= u64::from(bus.config_read(port, at, w as u16)) << shift,
+        }
     }
+    result
+}
+
+/// The host-bridge interrupt (INTID) of `pin` (1..=4) of function `bdf`:
+/// the pin is swizzled at every bridge on the way up (PCI-to-PCI bridge
+/// rule), then looked up in the host bridge's `interrupt-map` (entries
+/// already masked with `mask`).
+pub fn route_intx(
+    topo: &pci::Topology,
+    mask: (u32, u32),
+    map: &[(u32, u8, u32)],
+    bdf: Bdf,
+    pin: u8,
+) -> Option<u32> {
+    if !(1..=4).contains(&pin) {
+        return None;
+    }
+    let (mut at, mut pin) = (bdf, pin);
+    while let Some(parent) = topo.parent_bridge(at) {
+        pin = ((pin - 1 + at.device()) % 4) + 1;
+        at = parent;
+    }
+    let hi = crate::guest_fdt::pci_child_hi(at.bus, at.device(), at.function()) & mask.0;
+    let pin = u32::from(pin) & mask.1;
+    map.iter()
+        .find(|&&(h, p, _)| h == hi && u32::from(p) == pin)
+        .map(|&(_, _, intid)| intid)
 }
 
 /// What to do with a guest that was waiting for its functions.
@@ -301,6 +340,7 @@ pub fn expire_guest<P>(pci: &mut PciState<P>, vm: u16, now: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pci_host::PendingGuest;
     use pci::EcamWindow;
     use pci::sim::{Fabric, Spec, devfn};
     use std::vec::Vec;

@@ -7,7 +7,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use pci::vpci::Ownership;
+use pci::vpci::{GuestBus, MemoryPort, Ownership};
 use pci::{Bdf, ConfigPort, EcamWindow, HostBridge, Topology, TopologyConfig};
 
 use platform::{ConfigAccess, Platform};
@@ -146,6 +146,8 @@ pub struct PciState<P = EcamPort> {
     pub ownership: Ownership,
     /// Guests waiting for their functions to be reported.
     pub pending: Vec<PendingGuest>,
+    /// Virtual PCI buses of the guests that got functions, by VM index.
+    pub guests: Vec<(u16, GuestBus)>,
 }
 
 /// A guest that starts once the hardware domain has reported every function
@@ -163,10 +165,54 @@ pub struct PendingGuest {
 
 impl<P> PciState<P> {
     /// Whether `[pa, pa + size)` overlaps a BAR of a function a guest owns.
-    pub fn guest_owns_memory(&self, _pa: u64, _size: u64) -> bool {
-        // Guests get functions with the passthrough work (issue 4); until a
-        // function is assigned, all PCI memory is the hardware domain's.
-        false
+    pub fn guest_owns_memory(&self, pa: u64, size: u64) -> bool {
+        let end = pa.saturating_add(size);
+        self.guests
+            .iter()
+            .flat_map(|(_, bus)| bus.physical_bars())
+            .any(|(base, len)| pa < base.saturating_add(len) && base < end)
+    }
+
+    pub fn guest_bus(&mut self, vm: u16) -> Option<&mut GuestBus> {
+        self.guests
+            .iter_mut()
+            .find(|(v, _)| *v == vm)
+            .map(|(_, b)| b)
+    }
+}
+
+/// Physical BAR memory, identity mapped at EL2 (Device memory): the MSI-X
+/// pages the hypervisor traps for guests.
+#[derive(Debug, Default)]
+pub struct BarMemory;
+
+#[cfg(target_os = "none")]
+impl MemoryPort for BarMemory {
+    fn read(&mut self, pa: u64, width: u16) -> u64 {
+        let a = pa as usize;
+        // SAFETY: `pa` is inside a BAR of a function the caller owns, in a
+        // PCI window the EL2 map covers as Device memory; naturally aligned
+        // (checked by `pci`).
+        unsafe {
+            match width {
+                1 => u64::from((a as *const u8).read_volatile()),
+                2 => u64::from((a as *const u16).read_volatile()),
+                4 => u64::from((a as *const u32).read_volatile()),
+                _ => (a as *const u64).read_volatile(),
+            }
+        }
+    }
+    fn write(&mut self, pa: u64, width: u16, value: u64) {
+        let a = pa as usize;
+        // SAFETY: as in `read`.
+        unsafe {
+            match width {
+                1 => (a as *mut u8).write_volatile(value as u8),
+                2 => (a as *mut u16).write_volatile(value as u16),
+                4 => (a as *mut u32).write_volatile(value as u32),
+                _ => (a as *mut u64).write_volatile(value),
+            }
+        }
     }
 }
 
@@ -187,6 +233,7 @@ impl<P: ConfigPort> PciState<P> {
             enumerated: Vec::new(),
             ownership: Ownership::new(),
             pending: Vec::new(),
+            guests: Vec::new(),
         }
     }
 }

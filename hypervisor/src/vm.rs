@@ -17,6 +17,7 @@ use crate::vuart::VirtualUart;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use pci::ConfigPort;
 use platform::{ExitMethod, Platform, Region, VmConfig};
 use spin::{Mutex, Once};
 
@@ -133,6 +134,8 @@ pub enum VmError {
     TooManyRegions,
     /// PCI functions are configured but the platform has no ECAM host bridge.
     NoPciHostBridge,
+    /// Its virtual PCI bus cannot be built.
+    Vpci(pci::vpci::VpciError),
 }
 
 impl core::fmt::Display for VmError {
@@ -159,6 +162,7 @@ impl core::fmt::Display for VmError {
             Self::NoUart => write!(f, "the platform has no console UART to emulate"),
             Self::Gic => write!(f, "cannot place its virtual GIC"),
             Self::TooManyRegions => write!(f, "too many emulated MMIO regions"),
+            Self::Vpci(e) => write!(f, "cannot build its virtual PCI bus: {e:?}"),
             Self::NoPciHostBridge => {
                 write!(
                     f,
@@ -647,10 +651,14 @@ fn start_ready_guests(pci: &mut PciState) {
                 let Some(bridge) = &vm.guest_pci else {
                     continue;
                 };
-                match vm.start_with_pci(&sys.platform, bridge) {
+                let started = give_pci_bus(pci, sys, vm, bridge, &units)
+                    .and_then(|bridge| vm.start_with_pci(&sys.platform, &bridge));
+                match started {
                     Ok(()) => log::info!("{} starts with {} PCI unit(s)", vm.name, units.len()),
                     Err(e) => {
                         log::error!("{} cannot start: {e}", vm.name);
+                        pci.ownership.release(&pci.topology, vm.index);
+                        pci.guests.retain(|(v, _)| *v != vm.index);
                         FAILED.store(true, Ordering::Release);
                     }
                 }
@@ -658,6 +666,69 @@ fn start_ready_guests(pci: &mut PciState) {
             GuestStart::Fail { .. } => FAILED.store(true, Ordering::Release),
         }
     }
+}
+
+/// Build the virtual PCI bus of `vm` for its assigned `units`, take their
+/// BARs out of the hardware domain's stage 2, and return the virtual host
+/// bridge with the INTx routes for its device tree. Runs in a trap of the
+/// hardware domain (its stage 2 is the one loaded).
+fn give_pci_bus(
+    pci: &mut PciState,
+    sys: &System,
+    vm: &Vm,
+    bridge: &GuestPci,
+    units: &[Vec<pci::Bdf>],
+) -> Result<GuestPci, VmError> {
+    let mut forbidden = alloc::vec![(vm.ram.base, vm.ram.size)];
+    forbidden.extend(
+        vm.mmio
+            .regions()
+            .filter(|r| {
+                !matches!(
+                    r.device,
+                    MmioDevice::GuestPciWindow | MmioDevice::VirtualEcam
+                )
+            })
+            .map(|r| (r.base, r.size)),
+    );
+    let layout = pci::vpci::GuestLayout {
+        ecam_base: bridge.ecam.base,
+        ecam_buses: GUEST_PCI_BUSES,
+        mem32: (bridge.mem32.base, bridge.mem32.size),
+        mem64: (bridge.mem64.base, bridge.mem64.size),
+        forbidden,
+    };
+    let bus = pci::vpci::GuestBus::new(units, &pci.topology, &mut pci.port, layout)
+        .map_err(VmError::Vpci)?;
+    if let Some(hwdom) = sys.vms.iter().find(|v| v.hardware_domain) {
+        let mut stage2 = hwdom.stage2.lock();
+        for (pa, size) in bus.physical_bars() {
+            let _ = stage2.unmap(pa & !0xfff, (size + (pa & 0xfff) + 0xfff) & !0xfff);
+        }
+    }
+    // INTx: the functions of a unit sit on device 0 below their root port,
+    // so a pin reaches the virtual host bridge unswizzled at the root port.
+    let host = sys
+        .platform
+        .pci_host_bridges
+        .iter()
+        .find(|b| b.access == platform::ConfigAccess::Ecam)
+        .map(hwdom_pci);
+    let mut routed = bridge.clone();
+    for (root_port, _vfn, physical) in bus.describe() {
+        let pin = pci.port.read8(physical, 0x3d);
+        let intid = host.as_ref().and_then(|h| {
+            crate::pci_calls::route_intx(&pci.topology, h.intx_mask, &h.intx, physical, pin)
+        });
+        if let Some(intid) = intid {
+            let hi = guest_fdt::pci_child_hi(0, root_port.device(), 0);
+            if !routed.intx.iter().any(|&(h, p, _)| h == hi && p == pin) {
+                routed.intx.push((hi, pin, intid));
+            }
+        }
+    }
+    pci.guests.push((vm.index, bus));
+    Ok(routed)
 }
 
 /// Register the guests that wait for PCI functions (at boot, before any VM
@@ -855,6 +926,7 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
         MmioDevice::HwdomPciWindow => return,
         MmioDevice::VirtualEcam => {
             let value = access.store_value(frame.reg(access.reg));
+            let mut effects = pci::vpci::Effects::default();
             let result = PCI.get().map_or(u64::MAX, |pci| {
                 crate::pci_calls::guest_ecam_access(
                     &mut pci.lock(),
@@ -862,13 +934,40 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
                     offset,
                     access.width.bytes(),
                     access.write.then_some(value),
+                    &mut effects,
                 )
             });
             if !access.write {
                 frame.set_reg(access.reg, access.load_result(result));
             }
+            apply_pci_effects(vm, &effects);
         }
         MmioDevice::GuestPciWindow => {
+            let mut effects = pci::vpci::Effects::default();
+            let handled = PCI.get().is_some_and(|pci| {
+                let mut pci = pci.lock();
+                let Some(bus) = pci.guest_bus(vm.index) else {
+                    return false;
+                };
+                let width = access.width.bytes() as u16;
+                if access.write {
+                    let value = access.store_value(frame.reg(access.reg));
+                    bus.msix_write(&mut pci_host::BarMemory, ipa, width, value, &mut effects)
+                } else {
+                    match bus.msix_read(&mut pci_host::BarMemory, ipa, width) {
+                        Some(v) => {
+                            frame.set_reg(access.reg, access.load_result(v));
+                            true
+                        }
+                        None => false,
+                    }
+                }
+            });
+            apply_pci_effects(vm, &effects);
+            if handled {
+                frame.elr += 4;
+                return;
+            }
             // Not an MSI-X page of one of its BARs: nothing is there.
             if vm.log_fault() {
                 log::warn!(
@@ -917,6 +1016,67 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
     if vm.stopped.load(Ordering::Acquire) {
         vm.vcpus[vcpu].set_power(VcpuPower::Off);
         run_pcpu(cpu::cpu_index());
+    }
+}
+
+/// Carry out what a guest's config or MSI-X access asks for: stage-2
+/// changes for its BARs, and log lines for what was refused.
+fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
+    use pci::vpci::Effect;
+    if effects.is_empty() {
+        return;
+    }
+    if effects.overflowed() {
+        log::error!(
+            "{}: too many PCI effects of one access; some were lost",
+            vm.name
+        );
+    }
+    for effect in effects.iter() {
+        match *effect {
+            Effect::Map { ipa, pa, size } => {
+                if let Err(e) = vm.stage2.lock().map_device(ipa, pa, size) {
+                    log::error!("{}: cannot map BAR {pa:#x} at {ipa:#x}: {:?}", vm.name, e.0);
+                }
+            }
+            Effect::Unmap { ipa, size } => {
+                let _ = vm.stage2.lock().unmap(ipa, size);
+            }
+            Effect::TrapMsix { .. } | Effect::MsixEntry { .. } | Effect::MsixControl { .. } => {}
+            Effect::BarRefused {
+                vbdf,
+                bar,
+                addr,
+                reason,
+            } => {
+                if vm.log_fault() {
+                    log::warn!(
+                        "{}: BAR {bar} of {vbdf} at {addr:#x} not mapped: {reason:?}",
+                        vm.name
+                    );
+                }
+            }
+            Effect::SecondaryBusReset { unit } => {
+                log::warn!(
+                    "{}: secondary bus reset of unit {unit} asked for; resets are not performed yet",
+                    vm.name
+                );
+            }
+            Effect::FunctionLevelReset { physical } => {
+                log::warn!(
+                    "{}: FLR of {physical} asked for; resets are not performed yet",
+                    vm.name
+                );
+            }
+            Effect::MsiControl { physical, enabled } => {
+                if enabled && vm.log_fault() {
+                    log::warn!(
+                        "{}: MSI enabled on {physical}: no virtual ITS, use INTx",
+                        vm.name
+                    );
+                }
+            }
+        }
     }
 }
 
