@@ -207,6 +207,20 @@ proptest! {
     #[test]
     fn hostile_guest_is_contained(ops in proptest::collection::vec(op(), 1..120)) {
         let (mut w, mut g) = setup();
+        // Another guest, with the e1000e at 02:00.0: what it sees must not
+        // change whatever guest 1 does.
+        let units2 = w.own.assign(&mut w.topo, 2, &[b("02:00.0")], false).unwrap();
+        let mut g2 = GuestBus::new(&units2, &w.topo, &mut w.fab, layout()).unwrap();
+        program_root_ports(&mut g2, &mut w.fab);
+        let mut e2 = Effects::new();
+        g2.config_write(&mut w.fab, off(1, 0, 0, 0x10), 4, 0x1000_0000, &mut e2);
+        g2.config_write(&mut w.fab, off(1, 0, 0, COMMAND), 2, 6, &mut e2);
+        let view = |g2: &mut GuestBus, fab: &mut Fabric| -> Vec<u32> {
+            let mut v: Vec<u32> = (0..0x200u16).step_by(4).map(|r| g2.config_read(fab, off(1, 0, 0, r), 4)).collect();
+            v.extend((0..0x140u16).step_by(4).map(|r| g2.config_read(fab, off(0, 1, 0, r), 4)));
+            v
+        };
+        let g2_before = view(&mut g2, &mut w.fab);
         let all = w.fab.present_functions();
         let guest_fns: Vec<Bdf> = w.own.functions_of(1).collect();
         let bars = guest_bars(&mut w.fab, &guest_fns);
@@ -253,6 +267,7 @@ proptest! {
             }
             prop_assert_eq!(msix0, msix1, "MSI-X table of {}", f);
         }
+        prop_assert_eq!(view(&mut g2, &mut w.fab), g2_before);
         prop_assert_eq!(w.fab.bad_accesses(), 0);
     }
 
