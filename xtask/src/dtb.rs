@@ -18,6 +18,9 @@ pub struct VmNode {
     pub module_addr: u64,
     pub module_size: u64,
     pub bootargs: String,
+    /// `phv,pci-devices` (omitted when empty) and `phv,pci-whole-units`.
+    pub pci_devices: Vec<String>,
+    pub pci_whole_units: bool,
 }
 
 fn parse(dtb: &[u8]) -> Result<Fdt<'_>> {
@@ -115,6 +118,13 @@ fn add_chosen(w: &mut FdtWriter, extra: &Extra<'_>) -> Result<()> {
             w.property_u64("phv,memory-base", base).map_err(werr)?;
         }
         w.property_u32("cpus", vm.cpus).map_err(werr)?;
+        if !vm.pci_devices.is_empty() {
+            w.property_string_list("phv,pci-devices", vm.pci_devices.clone())
+                .map_err(werr)?;
+        }
+        if vm.pci_whole_units {
+            w.property_null("phv,pci-whole-units").map_err(werr)?;
+        }
         let m = w
             .begin_node(&format!("module@{:x}", vm.module_addr))
             .map_err(werr)?;
@@ -170,6 +180,12 @@ mod tests {
             module_addr: 0x6000_0000 + i * 0x20_0000,
             module_size: 0x1234,
             bootargs: "test=hello".into(),
+            pci_devices: if hw {
+                Vec::new()
+            } else {
+                vec!["0000:01:00.0".into(), "02:00.0".into()]
+            },
+            pci_whole_units: !hw,
         }
     }
 
@@ -218,12 +234,15 @@ mod tests {
         assert_eq!(m.property("bootargs").unwrap().as_str(), Some("test=hello"));
         let compat: Vec<_> = m.compatible().unwrap().all().collect();
         assert_eq!(compat, vec!["multiboot,kernel", "multiboot,module"]);
-        assert!(
-            fdt.find_node("/chosen/vm@1")
-                .unwrap()
-                .property("phv,hardware-domain")
-                .is_none()
+        let vm1 = fdt.find_node("/chosen/vm@1").unwrap();
+        assert!(vm1.property("phv,hardware-domain").is_none());
+        assert_eq!(
+            vm1.property("phv,pci-devices").unwrap().value,
+            b"0000:01:00.0\x0002:00.0\x00"
         );
+        assert!(vm1.property("phv,pci-whole-units").is_some());
+        assert!(vm0.property("phv,pci-devices").is_none());
+        assert!(vm0.property("phv,pci-whole-units").is_none());
         // The rest is untouched.
         let uart = fdt.find_node("/pl011@9000000").unwrap();
         assert_eq!(uart.property("phandle").unwrap().as_usize(), Some(0x8000));

@@ -97,6 +97,8 @@ pub fn qemu_args(s: &Scenario, gic: u8, images: &Images) -> Result<Vec<String>> 
                 module_addr: *addr,
                 module_size: *size,
                 bootargs: vm.full_bootargs(),
+                pci_devices: vm.pci_devices.clone(),
+                pci_whole_units: vm.pci_whole_units,
             })
             .collect();
     let out = dtb::with_vms(&src, &nodes, Some("semihosting"))?;

@@ -49,6 +49,11 @@ pub struct Scenario {
     #[serde(default)]
     pub vm: Vec<Vm>,
     pub expect: Expect,
+    /// Set while the scenario cannot pass yet (e.g. the hypervisor side it
+    /// tests has not landed): the reason. `cargo xtask test` reports it as
+    /// SKIP (neither passed nor failed) and does not boot it.
+    #[serde(default)]
+    pub pending: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +71,14 @@ pub struct Vm {
     /// Fixed physical base of the VM's RAM (`phv,memory-base`).
     #[serde(default)]
     pub memory_base: Option<u64>,
+    /// PCI functions passed through (`phv,pci-devices`), "SSSS:BB:DD.F" or
+    /// "BB:DD.F". Bus numbers are the ones the hardware domain's enumeration
+    /// assigns (depth-first: the first bridge's secondary bus is 1, ...).
+    #[serde(default)]
+    pub pci_devices: Vec<String>,
+    /// Take whole assignment units (`phv,pci-whole-units`).
+    #[serde(default)]
+    pub pci_whole_units: bool,
 }
 
 impl Vm {
@@ -141,16 +154,56 @@ impl Scenario {
             if v.memory_base.is_some_and(|b| b % (2 << 20) != 0) {
                 return Err(format!("vm {}: memory_base must be 2 MiB aligned", v.label));
             }
+            for (j, d) in v.pci_devices.iter().enumerate() {
+                if !is_pci_address(d) {
+                    return Err(format!(
+                        "vm {}: pci_devices entry `{d}` is not SSSS:BB:DD.F or BB:DD.F (hex)",
+                        v.label
+                    ));
+                }
+                if v.pci_devices[..j].contains(d) {
+                    return Err(format!("vm {}: pci_devices names `{d}` twice", v.label));
+                }
+            }
+            if v.pci_whole_units && v.pci_devices.is_empty() {
+                return Err(format!(
+                    "vm {}: pci_whole_units without pci_devices",
+                    v.label
+                ));
+            }
         }
         let cpus: u32 = self.vm.iter().map(|v| v.cpus).sum();
         if self.hypervisor && cpus > self.smp {
             return Err(format!("VMs need {cpus} CPUs but smp = {}", self.smp));
+        }
+        if self.pending.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            return Err("pending needs a reason".into());
         }
         if self.expect.lines.is_empty() {
             return Err("expect.lines is empty: a scenario must check something".into());
         }
         Ok(())
     }
+}
+
+/// `SSSS:BB:DD.F` or `BB:DD.F`, hexadecimal, device < 32, function < 8.
+pub fn is_pci_address(s: &str) -> bool {
+    let hex = |x: &str, len: usize| x.len() == len && x.chars().all(|c| c.is_ascii_hexdigit());
+    let parts: Vec<&str> = s.split(':').collect();
+    let (seg, bus, df) = match parts.as_slice() {
+        [seg, bus, df] => (Some(*seg), *bus, *df),
+        [bus, df] => (None, *bus, *df),
+        _ => return false,
+    };
+    let Some((dev, func)) = df.split_once('.') else {
+        return false;
+    };
+    seg.is_none_or(|s| hex(s, 4))
+        && hex(bus, 2)
+        && hex(dev, 2)
+        && u8::from_str_radix(dev, 16).is_ok_and(|d| d < 32)
+        && func.len() == 1
+        && func.parse::<u8>().is_ok_and(|f| f < 8)
 }
 
 pub fn dir() -> PathBuf {
@@ -253,6 +306,47 @@ absent = ["PANIC"]
         assert_eq!(s.vm[0].full_bootargs(), "test=hello label=hwdom role=hwdom");
         assert_eq!(s.vm[1].full_bootargs(), "label=guest role=guest");
         assert_eq!(s.expect.exit_code, 0);
+        assert!(s.pending.is_none());
+        assert!(s.vm[1].pci_devices.is_empty() && !s.vm[1].pci_whole_units);
+    }
+
+    #[test]
+    fn pci_devices_and_pending() {
+        let t = TWO.replace(
+            "memory_mib = 32",
+            "memory_mib = 32\npci_devices = [\"0000:01:00.0\", \"02:00.1\"]\npci_whole_units = true",
+        );
+        let t = t.replace(
+            "timeout_s = 10",
+            "timeout_s = 10\npending = \"vPCI not there yet\"",
+        );
+        let s = Scenario::parse("p", &t).unwrap();
+        assert_eq!(s.vm[1].pci_devices, ["0000:01:00.0", "02:00.1"]);
+        assert!(s.vm[1].pci_whole_units);
+        assert_eq!(s.pending.as_deref(), Some("vPCI not there yet"));
+        for bad in [
+            "0000:01:20.0",
+            "1:00.0",
+            "01:00.8",
+            "0000:01:00",
+            "x0:00.0",
+            "0:0:01:00.0",
+        ] {
+            let b = TWO.replace(
+                "memory_mib = 32",
+                &format!("memory_mib = 32\npci_devices = [\"{bad}\"]"),
+            );
+            assert!(Scenario::parse("p", &b).is_err(), "{bad}");
+        }
+        let twice = TWO.replace(
+            "memory_mib = 32",
+            "memory_mib = 32\npci_devices = [\"01:00.0\", \"01:00.0\"]",
+        );
+        assert!(Scenario::parse("p", &twice).is_err());
+        let units_alone = TWO.replace("memory_mib = 32", "memory_mib = 32\npci_whole_units = true");
+        assert!(Scenario::parse("p", &units_alone).is_err());
+        let empty = TWO.replace("timeout_s = 10", "timeout_s = 10\npending = \" \"");
+        assert!(Scenario::parse("p", &empty).is_err());
     }
 
     #[test]
