@@ -14,7 +14,7 @@ use crate::arch::aarch64::head::MAX_CPUS;
 use crate::arch::aarch64::trap::TrapFrame;
 use crate::mmio::{MmioAccess, MmioDevice, MmioRegion};
 use crate::vgic::dist::{Access, GICR_STRIDE};
-use crate::vgic::{self, InjectError, Kick, VGic, Version};
+use crate::vgic::{self, Eois, InjectError, Kick, VGic, Version};
 use crate::vm::{Vm, system};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use platform::{Gic, Platform};
@@ -75,6 +75,7 @@ pub fn vm_gic(platform: &Platform, nvcpus: usize) -> VmGic {
         ),
     };
     let mut state = VGic::new(version, nvcpus, g.prio_bits);
+    state.set_hw_by_eoi(!g.hw_deactivation);
     for v in 0..state.nvcpus() {
         // The EL1 timers' interrupts arrive at EL2 physically and go in
         // with the HW bit: the guest's deactivation deactivates them.
@@ -107,19 +108,25 @@ fn refresh(vm: &Vm, vcpu: usize, kick: Kick) {
         let k2 = s.flush(vcpu, &mut lrs);
         (eois, kick | k1 | k2)
     };
-    if eois.len > 0 {
-        let hook = EOI_HOOK.load(Ordering::Acquire);
-        if hook != 0 {
-            // SAFETY: only `set_eoi_hook` stores non-zero values, from a
-            // `fn(usize, u32)`.
-            let f: fn(usize, u32) = unsafe { core::mem::transmute::<usize, fn(usize, u32)>(hook) };
-            let index = vm_index(vm);
-            for intid in eois.iter() {
-                f(index, intid);
-            }
+    report_eois(vm, &eois);
+    kick_others(vm, vcpu, k);
+}
+
+/// Tell the EOI hook about level-sensitive interrupts the guest completed.
+fn report_eois(vm: &Vm, eois: &Eois) {
+    if eois.len == 0 {
+        return;
+    }
+    let hook = EOI_HOOK.load(Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: only `set_eoi_hook` stores non-zero values, from a
+        // `fn(usize, u32)`.
+        let f: fn(usize, u32) = unsafe { core::mem::transmute::<usize, fn(usize, u32)>(hook) };
+        let index = vm_index(vm);
+        for intid in eois.iter() {
+            f(index, intid);
         }
     }
-    kick_others(vm, vcpu, k);
 }
 
 /// Kick every vCPU of `vm` in `kick` except `me` (which the caller
@@ -223,19 +230,29 @@ pub fn gic_mmio(
             .write
             .then(|| access.store_value(frame.reg(access.reg))),
     };
-    let out = {
+    let (out, eois, synced) = {
         let mut s = vm.vgic.lock();
-        if redist {
+        // Reads of pending/active state see what the guest did to the list
+        // registers since the last look.
+        let (eois, synced) = if access.write {
+            (Eois::default(), 0)
+        } else {
+            s.sync(vcpu, &mut CpuLrs)
+        };
+        let out = if redist {
             s.redist_access(a)
         } else {
             s.dist_access(vcpu, a)
-        }
+        };
+        (out, eois, synced)
     };
     if !access.write {
         frame.set_reg(access.reg, access.load_result(out.value));
     }
-    if out.kick != 0 {
-        after_change(vm, vcpu, out.kick);
+    report_eois(vm, &eois);
+    let kick = out.kick | synced;
+    if kick != 0 {
+        after_change(vm, vcpu, kick);
     }
 }
 

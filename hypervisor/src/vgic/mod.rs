@@ -163,6 +163,13 @@ pub struct VGic {
     vcpus: Vec<VcpuGic>,
     /// Priority bits the virtual CPU interface implements, as a mask.
     prio_mask: u8,
+    /// Physically backed interrupts go in as software interrupts with EOI
+    /// maintenance, and the hypervisor deactivates the physical one when
+    /// the guest EOIs (instead of the HW bit). For GIC models whose HW-bit
+    /// deactivation does not re-evaluate the physical CPU interface (QEMU's
+    /// GICv2: a level interrupt re-asserted while active then stays pending
+    /// and is never signalled).
+    hw_by_eoi: bool,
 }
 
 impl VGic {
@@ -179,7 +186,14 @@ impl VGic {
             spis: alloc::vec![Irq::default(); SPIS],
             vcpus: (0..nvcpus).map(|i| VcpuGic::new(version, i)).collect(),
             prio_mask,
+            hw_by_eoi: false,
         }
+    }
+
+    /// Deliver physically backed interrupts with EOI maintenance instead of
+    /// the HW bit (see the field).
+    pub fn set_hw_by_eoi(&mut self, on: bool) {
+        self.hw_by_eoi = on;
     }
 
     pub fn nvcpus(&self) -> usize {
@@ -375,10 +389,12 @@ impl VGic {
     }
 
     /// Read back vCPU `v`'s list registers: completed interrupts leave them
-    /// (and may become ready again), still-pending ones stay.
+    /// (and may become ready again: the kick mask may name `v` itself),
+    /// still-pending ones stay.
     pub fn sync(&mut self, v: usize, hw: &mut dyn ListRegisters) -> (Eois, Kick) {
         let mut eois = Eois::default();
         let mut kick = 0;
+        let hw_by_eoi = self.hw_by_eoi;
         let n = hw.count().min(MAX_LRS);
         for slot in 0..n {
             let Some(intid) = self.vcpus.get(v).and_then(|vc| vc.lrs[slot]) else {
@@ -391,9 +407,35 @@ impl VGic {
             };
             irq.lr_state = lr.state;
             if lr.state != LrState::Invalid && lr.vintid == intid32 {
+                // Still held. A new edge since it was placed merges into the
+                // list register (pending again once the guest completes it);
+                // what cannot merge (a GICv2 SGI from another source) asks
+                // for EOI maintenance so the completion is seen.
+                let v2_sgi = self.version == Version::V2 && intid32 < 16;
+                let Some(irq) = self.irq_mut(v, intid32) else {
+                    continue;
+                };
+                let mut new = lr;
+                if irq.pending && !v2_sgi {
+                    irq.pending = false;
+                    new.state = match lr.state {
+                        LrState::Active | LrState::PendingActive => LrState::PendingActive,
+                        _ => LrState::Pending,
+                    };
+                    irq.lr_state = new.state;
+                }
+                if (irq.sources != 0 || irq.pending) && lr.pintid.is_none() {
+                    new.eoi = true;
+                }
+                if new != lr {
+                    hw.write(slot, new);
+                }
                 continue;
             }
             // Completed: the guest deactivated it.
+            if hw_by_eoi && let Some(p) = irq.hw {
+                hw.deactivate_physical(u32::from(p));
+            }
             irq.resident = None;
             irq.lr_state = LrState::Invalid;
             if irq.notify_eoi {
@@ -407,7 +449,7 @@ impl VGic {
             }
             kick |= self.update(v, intid32);
         }
-        (eois, kick & !(1 << v))
+        (eois, kick)
     }
 
     /// Best (lowest priority value, then lowest INTID) ready interrupt of
@@ -507,6 +549,7 @@ impl VGic {
 
     fn place(&mut self, v: usize, intid: u32, slot: usize, hw: &mut dyn ListRegisters) {
         let version = self.version;
+        let hw_by_eoi = self.hw_by_eoi;
         let Some(irq) = self.irq_mut(v, intid) else {
             return;
         };
@@ -523,13 +566,18 @@ impl VGic {
             (true, false) => LrState::Pending,
             (false, _) => LrState::Active,
         };
+        let (pintid, eoi) = match irq.hw {
+            Some(_) if hw_by_eoi => (None, true),
+            Some(p) => (Some(u32::from(p)), false),
+            None => (None, irq.notify_eoi),
+        };
         let lr = Lr {
             vintid: intid,
-            pintid: irq.hw.map(u32::from),
+            pintid,
             priority: irq.priority,
             group1: irq.group1,
             state,
-            eoi: irq.notify_eoi && irq.hw.is_none(),
+            eoi,
             source,
         };
         irq.pending = false;

@@ -12,6 +12,8 @@ struct FakeLrs {
     lrs: Vec<Lr>,
     refill: bool,
     deactivated: Vec<u32>,
+    /// Store in the GICv2 format (else GICv3).
+    v2: bool,
 }
 
 impl FakeLrs {
@@ -20,6 +22,7 @@ impl FakeLrs {
             lrs: alloc::vec![Lr::EMPTY; n],
             refill: false,
             deactivated: Vec::new(),
+            v2: false,
         }
     }
     /// The guest acknowledges: the highest-priority pending LR becomes
@@ -82,7 +85,11 @@ impl ListRegisters for FakeLrs {
     }
     fn write(&mut self, n: usize, lr: Lr) {
         // Round trip through the real encoding, as the hardware stores it.
-        self.lrs[n] = Lr::decode_v3(lr.encode_v3());
+        self.lrs[n] = if self.v2 {
+            Lr::decode_v2(lr.encode_v2())
+        } else {
+            Lr::decode_v3(lr.encode_v3())
+        };
     }
     fn set_refill_irq(&mut self, on: bool) {
         self.refill = on;
@@ -268,6 +275,31 @@ fn hw_interrupt_uses_hw_bit_and_guest_eoi_deactivates() {
 }
 
 const SGI_BASE_OFF: u64 = 0x1_0000;
+
+#[test]
+fn hw_interrupt_by_eoi_maintenance_deactivates_on_sync() {
+    let mut g = gic(Version::V2, 1);
+    g.set_hw_by_eoi(true);
+    let mut lrs = FakeLrs::new(4);
+    g.bind_hw(0, 27, 27).unwrap();
+    w(&mut g, 0, 0x100, 4, 1 << 27);
+    g.inject(0, 27).unwrap();
+    g.flush(0, &mut lrs);
+    let lr = lrs.lrs[0];
+    assert_eq!(lr.pintid, None, "software LR");
+    assert!(lr.eoi, "EOI maintenance");
+    assert_eq!(lrs.ack(), 27);
+    assert!(lrs.eoi(27));
+    assert!(lrs.deactivated.is_empty(), "not by the hardware");
+    let (eois, _) = g.sync(0, &mut lrs);
+    assert_eq!(eois.len, 0, "not a notify-EOI interrupt");
+    assert_eq!(
+        lrs.deactivated,
+        [27],
+        "by the hypervisor at the maintenance"
+    );
+    assert_eq!(lrs.lrs[0], Lr::EMPTY);
+}
 
 #[test]
 fn clearing_a_hw_ppi_pending_deactivates_the_physical_one() {
@@ -462,4 +494,41 @@ fn sgi1r_decoding() {
     assert_eq!(sgi1r_targets((1 << 16) | 1, 0, 4), 0);
     // RS = 1 addresses Aff0 16..31: none in an 8-vCPU VM.
     assert_eq!(sgi1r_targets((1 << 44) | 1, 0, 8), 0);
+}
+
+#[test]
+fn new_edge_while_held_is_not_lost() {
+    // GICv3: SGI 1 sent again while the guest handles it: merged as
+    // pending+active, delivered again after the EOI.
+    let mut g = gic(Version::V3, 2);
+    rw(&mut g, GICR_STRIDE + SGI_BASE_OFF + 0x100, 4, Some(0xffff));
+    let mut lrs = FakeLrs::new(4);
+    g.send_sgi(0, 1, 0b10);
+    g.flush(1, &mut lrs);
+    assert_eq!(lrs.ack(), 1);
+    let kick = g.send_sgi(0, 1, 0b10);
+    assert_eq!(kick, 0b10, "the holder is kicked");
+    g.sync(1, &mut lrs);
+    g.flush(1, &mut lrs);
+    assert!(lrs.eoi(1));
+    assert_eq!(lrs.ack(), 1, "second SGI delivered without another trap");
+    // GICv2: same SGI from another source while held: EOI maintenance.
+    let mut g = gic(Version::V2, 3);
+    let mut lrs = FakeLrs::new(4);
+    lrs.v2 = true;
+    g.send_sgi(0, 1, 0b100);
+    g.flush(2, &mut lrs);
+    assert_eq!(lrs.ack(), 1);
+    g.send_sgi(1, 1, 0b100);
+    g.sync(2, &mut lrs);
+    g.flush(2, &mut lrs);
+    assert!(lrs.lrs[0].eoi, "completion will trap");
+    assert!(lrs.eoi(1));
+    g.sync(2, &mut lrs);
+    g.flush(2, &mut lrs);
+    assert_eq!(lrs.ack(), 1);
+    assert_eq!(
+        lrs.lrs.iter().find(|l| l.vintid == 1).map(|l| l.source),
+        Some(1)
+    );
 }

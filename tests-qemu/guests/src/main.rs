@@ -7,6 +7,8 @@
 mod pci_tests;
 #[cfg(target_os = "none")]
 mod tests;
+#[cfg(target_os = "none")]
+mod tests_gic;
 
 #[cfg(not(target_os = "none"))]
 fn main() {

@@ -61,6 +61,12 @@ pub struct PhysGic {
     apr_regs: usize,
     /// MPIDR of every CPU (index = logical CPU).
     mpidrs: [u64; MAX_CPUS],
+    /// Let the guest deactivate physically backed interrupts through the
+    /// list registers' HW bit. Off for GICv2: QEMU's GICv2 does not
+    /// re-evaluate the physical CPU interface after such a deactivation (a
+    /// level interrupt re-asserted meanwhile is never signalled), so there
+    /// the hypervisor deactivates at the guest's EOI (EOI maintenance).
+    pub hw_deactivation: bool,
 }
 
 static GIC: Once<PhysGic> = Once::new();
@@ -170,6 +176,7 @@ pub fn init(platform: &Platform) -> Result<&'static PhysGic, GicError> {
         prio_bits,
         apr_regs,
         mpidrs,
+        hw_deactivation: matches!(platform.gic, Gic::V3 { .. }),
     }))
 }
 

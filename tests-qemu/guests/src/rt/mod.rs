@@ -274,8 +274,26 @@ pub fn probe_read32(addr: u64) -> Result<u32, Abort> {
     expect_abort(|| unsafe { core::ptr::read_volatile(addr as *const u32) })
 }
 
+// ---- interrupts ---------------------------------------------------------------
+
+/// The IRQ handler of the guest program (`fn()` as usize; 0 = none).
+static IRQ_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Install the function IRQs (vector 5: current EL with SP_ELx) call. It
+/// acknowledges and EOIs at the interrupt controller itself.
+pub fn set_irq_handler(f: fn()) {
+    IRQ_HANDLER.store(f as usize, Ordering::SeqCst);
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn rt_exception(kind: u64, frame: &mut Frame) {
+    let irq = IRQ_HANDLER.load(Ordering::Relaxed);
+    if kind == 5 && irq != 0 {
+        // SAFETY: only `set_irq_handler` stores non-zero values, from a `fn()`.
+        let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(irq) };
+        f();
+        return;
+    }
     let (esr, far): (u64, u64);
     // SAFETY: reading the syndrome registers of the exception being handled.
     unsafe {
