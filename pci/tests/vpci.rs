@@ -185,6 +185,43 @@ fn hwdom_sees_guest_functions_vanish_and_cannot_disturb_them() {
         w.own.hwdom_access(free_rp, SECONDARY_BUS, 1, Some(9)),
         HwdomDecision::PassThrough
     );
+    // Another bridge may not claim the guest's bus...
+    let buses2 = w.fab.read32(free_rp, PRIMARY_BUS);
+    let out = w
+        .own
+        .hwdom_apply(&mut w.fab, free_rp, PRIMARY_BUS, 4, Some(0x0001_0100));
+    assert_eq!(out.refused, Some(Refusal::BusNumbersOverlapGuest));
+    assert_eq!(w.fab.read32(free_rp, PRIMARY_BUS), buses2);
+    let out = w
+        .own
+        .hwdom_apply(&mut w.fab, free_rp, SUBORDINATE_BUS, 1, Some(9));
+    assert_eq!(out.refused, None);
+    assert_eq!(w.fab.read8(free_rp, SUBORDINATE_BUS), 9);
+    // ... nor open a window over its BARs, once the shell recorded them.
+    let nvme_bar = (w.fab.read32(nvme, BAR0 + 4) as u64) << 32;
+    assert_eq!(nvme_bar, 0x80_0000_0000);
+    w.own.set_guest_memory(1, [(nvme_bar, 0x4000)]);
+    let apply = |w: &mut World, reg, value| {
+        w.own
+            .hwdom_apply(&mut w.fab, free_rp, reg, 4, Some(value))
+            .refused
+    };
+    assert_eq!(
+        apply(&mut w, PREF_BASE_UPPER, 0x80),
+        None,
+        "window still empty"
+    );
+    assert_eq!(
+        apply(&mut w, PREF_LIMIT_UPPER, 0x80),
+        Some(Refusal::WindowOverlapsGuest)
+    );
+    assert_eq!(w.fab.read32(free_rp, PREF_LIMIT_UPPER), 0);
+    assert_eq!(apply(&mut w, PREF_LIMIT_UPPER, 0x7f), None);
+    assert_eq!(
+        apply(&mut w, MEMORY_BASE, 0x1000_1000),
+        None,
+        "the 32-bit window holds no guest BAR"
+    );
     // Decisions in lanes: byte 0x3e of a dword write at 0x3c.
     match w.own.hwdom_access(rp, INTERRUPT_LINE, 4, Some(0)) {
         HwdomDecision::WriteMasked { keep, reason } => {

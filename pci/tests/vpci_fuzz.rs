@@ -278,7 +278,13 @@ proptest! {
         let (mut w, mut g) = setup();
         let guest_fns: Vec<Bdf> = w.own.functions_of(1).collect();
         let protected: Vec<Bdf> = w.fab.present_functions().into_iter().filter(|f| w.own.is_protected(*f)).collect();
-        let targets: Vec<Bdf> = guest_fns.iter().chain(&protected).copied().collect();
+        // Mostly the guest's functions and the bridges above them, and
+        // every other function too (its own bridges may not claim the
+        // guest's buses or BAR memory).
+        let others: Vec<Bdf> = w.fab.present_functions();
+        let targets: Vec<Bdf> = guest_fns.iter().chain(&protected).chain(&protected).chain(&others).copied().collect();
+        let guest_bars = guest_bars(&mut w.fab, &guest_fns);
+        w.own.set_guest_memory(1, guest_bars.iter().copied());
         let guest_before = snapshot(&mut w.fab, &guest_fns);
         // Protected registers of the protected bridges.
         let fields = |fab: &mut Fabric, f: Bdf| -> Vec<u32> {
@@ -316,6 +322,22 @@ proptest! {
         prop_assert_eq!(snapshot(&mut w.fab, &guest_fns), guest_before);
         let prot_after: Vec<Vec<u32>> = protected.iter().map(|&f| fields(&mut w.fab, f)).collect();
         prop_assert_eq!(prot_before, prot_after);
+        // No bridge the hwdom keeps claims a guest bus or guest BAR memory.
+        for &f in &others {
+            if protected.contains(&f) || guest_fns.contains(&f) || w.fab.read8(f, HEADER_TYPE) & 0x7f != 1 {
+                continue;
+            }
+            let v = w.fab.read32(f, PRIMARY_BUS);
+            let (sec, sub) = ((v >> 8) as u8, (v >> 16) as u8);
+            for g in &guest_fns {
+                prop_assert!(sec == 0 || sec > sub || !(sec..=sub).contains(&g.bus), "{} claims bus {}", f, g.bus);
+            }
+            let mem = w.fab.read32(f, MEMORY_BASE);
+            let (lo, hi) = (((mem & 0xfff0) as u64) << 16, ((mem & 0xfff0_0000) as u64) | 0xf_ffff);
+            for &(base, size) in &guest_bars {
+                prop_assert!(lo > hi || base > hi || base + size <= lo, "{} window over {:#x}", f, base);
+            }
+        }
         // The guest still sees its functions.
         prop_assert_eq!(g.config_read(&mut w.fab, off(1, 0, 0, 0), 4), 0x0010_1b36);
         prop_assert_eq!(g.config_read(&mut w.fab, off(2, 0, 1, 0), 4), 0x0010_1b36);

@@ -29,7 +29,16 @@
 //!   issue's). A write that leaves them unchanged passes silently (Linux
 //!   rewrites these registers read-modify-write with the same values); one
 //!   that would change them is applied with them kept, and a [`Refusal`] is
-//!   returned for the log.
+//!   returned for the log;
+//! - on any other bridge, [`Ownership::hwdom_apply`] refuses bus numbers
+//!   that would claim the bus of a guest's function, and memory windows
+//!   that would claim a guest's BAR memory (recorded by the shell with
+//!   [`Ownership::set_guest_memory`]).
+//!
+//! After a successful [`Ownership::assign`] (and before the guest starts)
+//! the shell should reset the functions (issue 5), build the [`GuestBus`],
+//! and record [`GuestBus::physical_bars`] with
+//! [`Ownership::set_guest_memory`] and in its own hardware-domain stage-2.
 //!
 //! # A guest's virtual bus
 //!

@@ -68,6 +68,11 @@ pub enum Refusal {
     /// SR-IOV Control / NumVFs of the PF of a guest's VF (the VF would
     /// vanish), or a reset of that PF (FLR, AF FLR).
     PfOfGuestVf,
+    /// Bus numbers of another bridge that would claim a bus of a guest's
+    /// function (config requests would be routed two ways).
+    BusNumbersOverlapGuest,
+    /// A memory window of another bridge that would claim a guest's BAR.
+    WindowOverlapsGuest,
 }
 
 /// What to do with one hardware-domain config access.
@@ -199,6 +204,12 @@ pub struct Ownership {
     /// Bridges above guest-owned functions, with the capability offsets the
     /// filter needs, so the per-access path never walks the tree.
     protected: BTreeMap<Bdf, Protected>,
+    /// (segment, bus) of every guest-owned function: no other bridge may
+    /// claim these buses.
+    guest_buses: Vec<(u16, u8)>,
+    /// Physical memory of the guests' BARs (base, size, guest), given by
+    /// the shell: no other bridge's window may claim it.
+    guest_memory: Vec<(u64, u64, u16)>,
 }
 
 impl Ownership {
@@ -295,6 +306,7 @@ impl Ownership {
         for b in &gone {
             self.guests.remove(b);
         }
+        self.guest_memory.retain(|m| m.2 != guest);
         self.refresh(topo);
         gone
     }
@@ -302,6 +314,8 @@ impl Ownership {
     /// Recomputes the protected bridges (after ownership or the tree changed).
     pub fn refresh(&mut self, topo: &Topology) {
         self.protected.clear();
+        self.guest_buses = self.guests.keys().map(|b| (b.segment, b.bus)).collect();
+        self.guest_buses.dedup();
         let offsets = |b: Bdf| {
             topo.function(b)
                 .map_or(Protected::default(), |f| Protected {
@@ -323,6 +337,16 @@ impl Ownership {
                 entry.bridge = true;
             }
         }
+    }
+
+    /// Records the physical memory of a guest's BARs (e.g.
+    /// [`super::GuestBus::physical_bars`]), so that no bridge the hardware
+    /// domain keeps may open a window over it. Replaces what was recorded
+    /// for this guest; [`Ownership::release`] forgets it.
+    pub fn set_guest_memory(&mut self, guest: u16, ranges: impl IntoIterator<Item = (u64, u64)>) {
+        self.guest_memory.retain(|m| m.2 != guest);
+        self.guest_memory
+            .extend(ranges.into_iter().map(|(base, size)| (base, size, guest)));
     }
 
     /// Decides one hardware-domain config access (`write` is the value for
@@ -454,10 +478,20 @@ impl Ownership {
             }
         };
         match self.hwdom_access(bdf, reg, width, write) {
-            HwdomDecision::PassThrough => HwdomOutcome {
-                value: pass(port, write),
-                refused: None,
-            },
+            HwdomDecision::PassThrough => {
+                if let Some(value) = write
+                    && let Some(reason) = self.claims_guest_resources(port, bdf, reg, width, value)
+                {
+                    return HwdomOutcome {
+                        value: 0,
+                        refused: Some(reason),
+                    };
+                }
+                HwdomOutcome {
+                    value: pass(port, write),
+                    refused: None,
+                }
+            }
             HwdomDecision::ReadAllOnes => HwdomOutcome {
                 value: ones,
                 refused: None,
@@ -477,6 +511,84 @@ impl Ownership {
                 }
             }
         }
+    }
+}
+
+impl Ownership {
+    /// Whether a write to a bridge the hardware domain keeps would make it
+    /// claim a guest's bus or BAR memory. Reads the registers it changes
+    /// (only for writes to bus numbers or memory windows of a bridge, while
+    /// guests exist).
+    fn claims_guest_resources<P: ConfigPort + ?Sized>(
+        &self,
+        port: &mut P,
+        bdf: Bdf,
+        reg: u16,
+        width: u16,
+        value: u32,
+    ) -> Option<Refusal> {
+        let end = reg + width;
+        let buses = reg < SUBORDINATE_BUS + 1 && end > SECONDARY_BUS;
+        let windows = reg < PREF_LIMIT_UPPER + 4 && end > MEMORY_BASE;
+        if self.guests.is_empty() || !(buses || windows) {
+            return None;
+        }
+        if port.read8(bdf, HEADER_TYPE) & HEADER_TYPE_MASK != HEADER_TYPE_BRIDGE {
+            return None;
+        }
+        // The dword of the bridge header after the write.
+        let mut after = |at: u16| -> u32 {
+            let cur = port.read32(bdf, at);
+            let mut v = cur;
+            for i in 0..width {
+                let byte = reg + i;
+                if byte & !3 == at {
+                    let shift = 8 * (byte & 3) as u32;
+                    let b = (value >> (8 * i as u32)) & 0xff;
+                    v = (v & !(0xff << shift)) | (b << shift);
+                }
+            }
+            v
+        };
+        if buses {
+            let v = after(PRIMARY_BUS);
+            let (sec, sub) = ((v >> 8) as u8, (v >> 16) as u8);
+            let claims = sec != 0
+                && sec <= sub
+                && self
+                    .guest_buses
+                    .iter()
+                    .any(|&(seg, bus)| seg == bdf.segment && (sec..=sub).contains(&bus));
+            if claims {
+                return Some(Refusal::BusNumbersOverlapGuest);
+            }
+        }
+        if windows && !self.guest_memory.is_empty() {
+            let mem = after(MEMORY_BASE);
+            let pref = after(PREF_MEMORY_BASE);
+            let (pbase_hi, plimit_hi) = (after(PREF_BASE_UPPER), after(PREF_LIMIT_UPPER));
+            let mem_window = (
+                ((mem & 0xfff0) as u64) << 16,
+                ((mem & 0xfff0_0000) as u64) | 0xf_ffff,
+            );
+            let pref_window = (
+                (((pref & 0xfff0) as u64) << 16) | ((pbase_hi as u64) << 32),
+                ((pref & 0xfff0_0000) as u64) | 0xf_ffff | ((plimit_hi as u64) << 32),
+            );
+            for (lo, hi) in [mem_window, pref_window] {
+                if lo > hi {
+                    continue;
+                }
+                let claims = self
+                    .guest_memory
+                    .iter()
+                    .any(|&(base, size, _)| base <= hi && lo < base.saturating_add(size));
+                if claims {
+                    return Some(Refusal::WindowOverlapsGuest);
+                }
+            }
+        }
+        None
     }
 }
 
