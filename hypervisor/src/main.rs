@@ -204,7 +204,7 @@ mod boot {
             t.nonsecure_phys,
             t.virt,
             t.hyp_phys,
-            counter_frequency()
+            cpu::counter_frequency()
         );
         if let Some(psci) = &p.psci {
             log::info!("PSCI {} via {:?}", psci.compatible, psci.conduit);
@@ -257,12 +257,6 @@ mod boot {
         );
     }
 
-    fn counter_frequency() -> u64 {
-        let f: u64;
-        // SAFETY: reading CNTFRQ_EL0 has no side effects.
-        unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) f) };
-        f
-    }
 
     #[unsafe(no_mangle)]
     extern "C" fn primary_main(dtb: usize, _load_addr: usize) -> ! {
@@ -322,7 +316,7 @@ mod boot {
             }
         };
         let mut pci = pci_host::PciState::new(ecam.windows(), ecam);
-        vm::register_pci_guests(&mut pci, &platform, &vms, counter_frequency());
+        vm::register_pci_guests(&mut pci, &platform, &vms, cpu::counter_frequency());
         vm::PCI.call_once(|| spin::Mutex::new(pci));
         let sys = vm::SYSTEM.call_once(|| System {
             platform,

@@ -2,6 +2,8 @@
 //! exceptions into a VM.
 
 use super::trap::TrapFrame;
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::*;
 
 /// HCR_EL2: EL1 is AArch64 (RW), stage 2 on (VM), set/way ops upgraded
 /// (SWIO), physical IRQ/FIQ/SError to EL2 (IMO/FMO/AMO), SMC trapped (TSC),
@@ -34,50 +36,38 @@ pub const SPSR_EL1H_MASKED: u64 = 0x3c5;
 /// Configure this CPU's EL2 controls for running VMs. Stage 2 settings
 /// (VTTBR) are loaded per vCPU.
 pub fn init_el2(vtcr: u64) {
-    // SAFETY: EL2 control registers of this CPU; no VM runs yet.
-    unsafe {
-        core::arch::asm!(
-            "msr hcr_el2, {hcr}",
-            "msr cptr_el2, {cptr}",
-            "msr cnthctl_el2, {cnthctl}",
-            "msr cntvoff_el2, xzr",
-            "msr vtcr_el2, {vtcr}",
-            "isb",
-            hcr = in(reg) HCR_EL2_GUEST,
-            cptr = in(reg) CPTR_EL2_VALUE,
-            cnthctl = in(reg) CNTHCTL_EL2_VALUE,
-            vtcr = in(reg) vtcr,
-        );
-    }
+    HCR_EL2.set(HCR_EL2_GUEST);
+    CPTR_EL2.set(CPTR_EL2_VALUE);
+    CNTHCTL_EL2.set(CNTHCTL_EL2_VALUE);
+    CNTVOFF_EL2.set(0);
+    VTCR_EL2.set(vtcr);
+    barrier::isb(barrier::SY);
 }
 
+/// TPIDR_EL2 holds this CPU's logical index.
 pub fn set_cpu_index(index: usize) {
-    // SAFETY: TPIDR_EL2 is ours: it holds this CPU's logical index.
-    unsafe { core::arch::asm!("msr tpidr_el2, {}", in(reg) index) };
+    TPIDR_EL2.set(index as u64);
 }
 
 #[inline]
 pub fn cpu_index() -> usize {
-    let index: usize;
-    // SAFETY: reading TPIDR_EL2 has no side effects.
-    unsafe { core::arch::asm!("mrs {}, tpidr_el2", out(reg) index) };
-    index
+    TPIDR_EL2.get() as usize
 }
 
+/// This CPU's affinity fields (Aff3..Aff0).
 pub fn mpidr() -> u64 {
-    let v: u64;
-    // SAFETY: reading an ID register has no side effects.
-    unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) v) };
-    v & 0xff_00ff_ffff
+    MPIDR_EL1.get() & 0xff_00ff_ffff
 }
 
 /// The counter (CNTPCT_EL0) after an ISB.
 #[inline]
 pub fn counter() -> u64 {
-    let v: u64;
-    // SAFETY: reading the counter has no side effects.
-    unsafe { core::arch::asm!("isb", "mrs {}, cntpct_el0", out(reg) v) };
-    v
+    barrier::isb(barrier::SY);
+    CNTPCT_EL0.get()
+}
+
+pub fn counter_frequency() -> u64 {
+    CNTFRQ_EL0.get()
 }
 
 /// Trap syndrome registers of the current exception.
@@ -90,19 +80,11 @@ pub struct Syndrome {
 
 #[inline]
 pub fn syndrome() -> Syndrome {
-    let (esr, far, hpfar): (u64, u64, u64);
-    // SAFETY: reading the syndrome registers has no side effects.
-    unsafe {
-        core::arch::asm!(
-            "mrs {}, esr_el2",
-            "mrs {}, far_el2",
-            "mrs {}, hpfar_el2",
-            out(reg) esr,
-            out(reg) far,
-            out(reg) hpfar,
-        )
-    };
-    Syndrome { esr, far, hpfar }
+    Syndrome {
+        esr: ESR_EL2.get(),
+        far: FAR_EL2.get(),
+        hpfar: HPFAR_EL2.get(),
+    }
 }
 
 /// Load a VM's stage 2 and identity (VTTBR, VMPIDR, VPIDR) for one vCPU.
@@ -320,27 +302,17 @@ pub fn inject_sync(frame: &mut TrapFrame, kind: Injected, far: u64) {
         }
         Injected::Undefined => IL,
     };
-    let vbar: u64;
-    // SAFETY: reading VBAR_EL1 has no side effects.
-    unsafe { core::arch::asm!("mrs {}, vbar_el1", out(reg) vbar) };
+    let vbar = VBAR_EL1.get();
     let offset = match frame.spsr & 0xf {
         0b0000 => 0x400, // from EL0 (AArch64)
         0b0100 => 0x000, // EL1t
         _ => 0x200,      // EL1h
     };
-    // SAFETY: EL1 exception registers of the vCPU running on this CPU.
-    unsafe {
-        core::arch::asm!(
-            "msr elr_el1, {elr}",
-            "msr spsr_el1, {spsr}",
-            "msr esr_el1, {esr}",
-            "msr far_el1, {far}",
-            elr = in(reg) frame.elr,
-            spsr = in(reg) frame.spsr,
-            esr = in(reg) esr,
-            far = in(reg) far,
-        );
-    }
+    // The EL1 exception registers of the vCPU running on this CPU.
+    ELR_EL1.set(frame.elr);
+    SPSR_EL1.set(frame.spsr);
+    ESR_EL1.set(esr);
+    FAR_EL1.set(far);
     frame.elr = vbar + offset;
     frame.spsr = SPSR_EL1H_MASKED;
 }
@@ -348,13 +320,12 @@ pub fn inject_sync(frame: &mut TrapFrame, kind: Injected, far: u64) {
 /// Wait for an event (another CPU's `sev`).
 #[inline]
 pub fn wait_for_event() {
-    // SAFETY: WFE has no memory effects.
-    unsafe { core::arch::asm!("wfe") };
+    aarch64_cpu::asm::wfe();
 }
 
 /// Wake CPUs waiting in `wait_for_event`.
 #[inline]
 pub fn send_event() {
-    // SAFETY: SEV has no memory effects.
-    unsafe { core::arch::asm!("dsb ish", "sev") };
+    barrier::dsb(barrier::ISH);
+    aarch64_cpu::asm::sev();
 }

@@ -36,10 +36,8 @@ fn region(r: Region) -> MemoryRegion {
 
 /// Physical address size of this CPU, as the PS/IPS encoding and in bits.
 fn pa_range() -> (u64, u32) {
-    let mmfr0: u64;
-    // SAFETY: reading an ID register has no side effects.
-    unsafe { core::arch::asm!("mrs {}, id_aa64mmfr0_el1", out(reg) mmfr0) };
-    let encoding = (mmfr0 & 0xf).min(5);
+    use aarch64_cpu::registers::{ID_AA64MMFR0_EL1, Readable};
+    let encoding = (ID_AA64MMFR0_EL1.get() & 0xf).min(5);
     let bits = [32, 36, 40, 42, 44, 48][encoding as usize];
     (encoding, bits.min(MAX_PA_BITS))
 }

@@ -185,7 +185,7 @@ unsafe extern "C" {
 
 /// Install the EL2 vector table on this CPU.
 pub fn install_vectors() {
-    let base = core::ptr::addr_of!(el2_vectors) as u64;
-    // SAFETY: el2_vectors is a correctly aligned vector table in our image.
-    unsafe { core::arch::asm!("msr vbar_el2, {}", "isb", in(reg) base) };
+    use aarch64_cpu::registers::{VBAR_EL2, Writeable};
+    VBAR_EL2.set(core::ptr::addr_of!(el2_vectors) as u64);
+    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
 }
