@@ -632,6 +632,8 @@ fn partial_accesses_behave_like_byte_lanes() {
     g.config_write(fab, e1000e + 0x04, 1, COMMAND_MEMORY as u32, &mut e);
     g.config_write(fab, e1000e + 0x05, 1, 0x04, &mut e);
     assert_eq!(g.config_read(fab, e1000e + 0x04, 2), 0x0402);
+    assert_eq!(g.virtual_command(b("05:00.0")), Some(0x0402));
+    assert_eq!(g.virtual_command(b("02:00.0")), None);
     // A 32-bit write over Command and Status: W1C status bits written as 1
     // reach hardware only as W1C; Command takes its lanes.
     g.config_write(fab, e1000e + 0x04, 4, 0xffff_0000, &mut e);

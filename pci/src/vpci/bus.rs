@@ -619,6 +619,13 @@ impl GuestBus {
         ])
     }
 
+    /// The guest's virtual Command register of an assigned function: the
+    /// INTx handling reads Interrupt Disable (bit 10) here, the physical
+    /// bit is the hypervisor's.
+    pub fn virtual_command(&self, physical: Bdf) -> Option<u16> {
+        Some(self.fns.iter().find(|f| f.physical == physical)?.command())
+    }
+
     /// A virtual AER register (offset from the capability) of an assigned
     /// function, as the guest sees it; `None` if it has no AER.
     pub fn virtual_aer(&self, physical: Bdf, offset: u16) -> Option<u32> {
