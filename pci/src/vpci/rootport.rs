@@ -82,12 +82,14 @@ impl RootPortTemplate {
         // Device capabilities: role-based error reporting, 128-byte payload.
         v32(&mut t.init, p + PCIE_DEVCAP, 1 << 15);
         v16(&mut t.init, p + PCIE_DEVCTL, 0x0010);
-        v16(&mut t.wmask, p + PCIE_DEVCTL, 0x7eff);
+        v16(&mut t.wmask, p + PCIE_DEVCTL, 0x7fff);
         v16(&mut t.w1c, p + PCIE_DEVSTA, 0x000f);
         // Link: x1 2.5 GT/s, Data Link Layer Link Active Reporting capable,
         // link up.
         v32(&mut t.init, p + PCIE_LNKCAP, 0x0010_0011);
-        v16(&mut t.wmask, p + PCIE_LNKCTL, 0x0ffb);
+        // Link Control: ASPM, RCB, Common Clock, Extended Synch, ...;
+        // Retrain Link (bit 5) always reads 0, so it is not stored.
+        v16(&mut t.wmask, p + PCIE_LNKCTL, 0x0fdb);
         v16(&mut t.init, p + PCIE_LNKSTA, 0x0011 | PCIE_LNKSTA_DLLLA);
         // Slot: no hot-plug; a card is present.
         v16(&mut t.init, p + PCIE_SLTSTA, PCIE_SLTSTA_PDS);
