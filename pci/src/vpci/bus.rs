@@ -406,6 +406,11 @@ impl GuestBus {
         if bar.pa == 0 {
             return Err(BarRefusal::NoPhysicalAddress);
         }
+        // A BAR decodes a naturally aligned range; anything else is a device
+        // (or a hardware domain) not to be trusted with a mapping.
+        if !bar.pa.is_multiple_of(size) || bar.pa.checked_add(size).is_none() {
+            return Err(BarRefusal::PhysicalMisaligned);
+        }
         let Some(end) = addr.checked_add(size) else {
             return Err(BarRefusal::OutsideWindows);
         };
@@ -545,7 +550,7 @@ impl GuestBus {
             }
             return Some(v);
         }
-        Some(mem.read(bar.pa + off, width) & ones)
+        Some(mem.read(bar.pa.wrapping_add(off), width) & ones)
     }
 
     /// A guest write in a trapped MSI-X page. Returns false if `ipa` is not
@@ -602,7 +607,7 @@ impl GuestBus {
             f.dropped_writes += 1;
             return true;
         }
-        mem.write(bar.pa + off, width, value);
+        mem.write(bar.pa.wrapping_add(off), width, value);
         true
     }
 

@@ -20,6 +20,8 @@ pub enum BarRefusal {
     /// Smaller than a 4 KiB page (or not page aligned physically): mapping
     /// its page would expose whatever else shares that page.
     SmallerThanPage,
+    /// The physical BAR address is not aligned to its size.
+    PhysicalMisaligned,
     /// The expansion ROM is emulated as a register only and never mapped.
     RomNotMapped,
 }
