@@ -345,3 +345,39 @@ proptest! {
         prop_assert_eq!(w.fab.bad_accesses(), 0);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A device with a corrupt config space (capability lists, BAR flags,
+    /// MSI-X locations) never makes construction or accesses panic, nor
+    /// reach outside its 4 KiB.
+    #[test]
+    fn hostile_device_config_space(
+        pokes in proptest::collection::vec((0u16..0x150, any::<u8>()), 1..24),
+        writes in proptest::collection::vec((0u16..0x1000, width(), value()), 0..40),
+    ) {
+        let mut w = world();
+        let nvme = b("01:00.0");
+        for (at, v) in pokes {
+            w.fab.poke(nvme, at, &[v]);
+        }
+        let units = vec![vec![nvme]];
+        let Ok(mut g) = GuestBus::new(&units, &w.topo, &mut w.fab, layout()) else {
+            return Ok(());
+        };
+        program_root_ports(&mut g, &mut w.fab);
+        let mut e = Effects::new();
+        for (reg, width, value) in writes {
+            let reg = if width <= 4 { reg & !(width - 1) } else { reg };
+            g.config_write(&mut w.fab, off(1, 0, 0, reg), width, value, &mut e);
+            prop_assert!(!e.overflowed());
+            let _ = g.msix_read(&mut w.fab, 0x1000_0000 + reg as u64, 4);
+            e.clear();
+        }
+        for reg in (0..0x1000u16).step_by(4) {
+            let _ = g.config_read(&mut w.fab, off(1, 0, 0, reg), 4);
+        }
+        prop_assert_eq!(w.fab.bad_accesses(), 0);
+    }
+}
