@@ -50,7 +50,7 @@ impl<P: ConfigPort + ?Sized> ConfigPort for &mut P {
 
 /// Access to physical BAR memory (MMIO), for the registers that share an
 /// MSI-X page with the table or PBA. The hypervisor implements it over its
-/// device mappings, tests with [`crate::sim`]. `width` is 1, 2, 4 or 8 and
+/// device mappings, tests with `pci::sim`. `width` is 1, 2, 4 or 8 and
 /// `pa` naturally aligned. Must not allocate.
 pub trait MemoryPort {
     fn read(&mut self, pa: u64, width: u16) -> u64;

@@ -606,6 +606,10 @@ fn bars_size_program_and_map() {
             },
         ]
     );
+    // A stopping guest's DMA stops.
+    assert_ne!(fab.read16(b("01:00.0"), COMMAND) & COMMAND_BUS_MASTER, 0);
+    g.quiesce(fab);
+    assert_eq!(fab.read16(b("01:00.0"), COMMAND) & COMMAND_BUS_MASTER, 0);
     // The physical device still decodes at the hwdom's addresses.
     assert_ne!(fab.read16(b("05:00.0"), COMMAND) & COMMAND_MEMORY, 0);
     assert_eq!(phys_bar(fab, b("05:00.0"), 1), pa_e[1]);

@@ -624,6 +624,14 @@ impl GuestBus {
         ])
     }
 
+    /// Stops DMA of every assigned function (physical Bus Master off), e.g.
+    /// when the guest stops; its virtual state is left as it is.
+    pub fn quiesce<P: ConfigPort + ?Sized>(&mut self, port: &mut P) {
+        for f in &self.fns {
+            f.stop_bus_master(port);
+        }
+    }
+
     /// The guest's virtual Command register of an assigned function: the
     /// INTx handling reads Interrupt Disable (bit 10) here, the physical
     /// bit is the hypervisor's.

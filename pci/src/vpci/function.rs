@@ -628,6 +628,10 @@ impl AssignedFn {
         }
     }
 
+    pub fn stop_bus_master<P: ConfigPort + ?Sized>(&self, port: &mut P) {
+        self.mirror_bus_master(port, 0);
+    }
+
     /// A guest-requested FLR: the virtual state returns to its reset values
     /// (so every BAR gets unmapped), physical Bus Master goes off, and the
     /// shell is asked to reset the physical function.

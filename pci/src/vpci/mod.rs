@@ -104,6 +104,38 @@
 //! again when the guest writes it or toggles Memory. I/O BARs are emulated
 //! registers only.
 
+//!
+//! # What the shell does
+//!
+//! - Hardware domain ECAM trap: split into naturally aligned pieces of at
+//!   most 4 bytes, [`Ownership::hwdom_apply`] each, log any [`Refusal`].
+//! - Giving functions to a guest: [`Ownership::assign`]; reset them (issue
+//!   5); [`GuestBus::new`]; [`Ownership::set_guest_memory`] with
+//!   [`GuestBus::physical_bars`], which also leave the hardware domain's
+//!   stage-2; the guest's device tree from [`GuestBus::describe`].
+//! - Guest ECAM trap: split likewise, [`GuestBus::config_read`] /
+//!   [`GuestBus::config_write`], then apply the [`Effects`] in order (an
+//!   [`Effect::Unmap`] always precedes the new [`Effect::Map`]s of a BAR).
+//! - [`Effect::TrapMsix`] pages: leave unmapped, send their accesses to
+//!   [`GuestBus::msix_read`] / [`GuestBus::msix_write`].
+//! - [`Effect::FunctionLevelReset`] / [`Effect::SecondaryBusReset`]: perform
+//!   the physical reset (issue 5) and restore what the hypervisor set: BARs
+//!   as the hardware domain programmed them, Memory on, Bus Master as
+//!   [`GuestBus::virtual_command`] says, the MSI-X table from the
+//!   hypervisor's own copy. The virtual state was reset already.
+//! - INTx: physical Interrupt Disable is the hypervisor's; the guest's is
+//!   in [`GuestBus::virtual_command`]. MSI/MSI-X have no physical effect yet
+//!   (no vITS): [`Effect::MsiControl`] / [`Effect::MsixControl`] /
+//!   [`Effect::MsixEntry`] tell what the guest asked for.
+//! - Guest stops: [`GuestBus::quiesce`], then [`Ownership::release`].
+//!
+//! # Not done yet
+//!
+//! SR-IOV VFs in a guest (ids and BARs live in the PF): refused by
+//! [`GuestBus::new`]. The virtual root ports' windows are storage only
+//! (BARs are checked against the [`GuestLayout`] windows instead). The
+//! virtual AER registers are plain storage until the AER issue drives them.
+
 mod bus;
 mod effects;
 mod function;
