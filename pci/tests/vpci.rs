@@ -976,3 +976,46 @@ fn guest_bus_refuses_what_it_cannot_present() {
         Err(VpciError::Capability { .. })
     ));
 }
+
+#[test]
+fn pf_of_a_guest_vf_is_protected() {
+    let mut fab = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port().child(0, 0, Spec::endpoint(0x8086, 0x10c9).sriov(2, 0x10ca)),
+        )],
+    );
+    let mut topo = track(&mut fab);
+    let (pf, vf) = (b("01:00.0"), b("01:00.1"));
+    assert!(topo.contains(vf));
+    let mut own = Ownership::new();
+    let units = own.assign(&mut topo, 1, &[vf], false).unwrap();
+    assert_eq!(units, vec![vec![vf]]);
+    assert!(own.is_protected(pf) && own.is_protected(b("00:01.0")));
+    let f = topo.function(pf).unwrap();
+    let (sriov, pcie) = (f.caps.sriov, f.caps.pcie as u16);
+    let ctrl = fab.read16(pf, sriov + SRIOV_CTRL);
+    assert_ne!(ctrl & SRIOV_CTRL_VFE, 0);
+    let out = own.hwdom_apply(&mut fab, pf, sriov + SRIOV_CTRL, 2, Some(0));
+    assert_eq!(out.refused, Some(Refusal::PfOfGuestVf));
+    assert_eq!(fab.read16(pf, sriov + SRIOV_CTRL), ctrl);
+    let out = own.hwdom_apply(&mut fab, pf, sriov + SRIOV_NUM_VF, 2, Some(0));
+    assert_eq!(out.refused, Some(Refusal::PfOfGuestVf));
+    let out = own.hwdom_apply(&mut fab, pf, pcie + PCIE_DEVCTL, 2, Some(0x8000));
+    assert_eq!(out.refused, Some(Refusal::PfOfGuestVf));
+    // VF ids read all-ones by design; its class code tells it is there.
+    assert_ne!(fab.read32(vf, CLASS_REVISION), u32::MAX, "the VF is gone");
+    // The PF's own registers stay the hwdom's: bus numbers etc. are not a
+    // PF's, and its Command passes.
+    let out = own.hwdom_apply(&mut fab, pf, COMMAND, 2, Some(COMMAND_MEMORY as u32));
+    assert_eq!(out.refused, None);
+    // The VF reads all-ones to the hwdom.
+    assert_eq!(own.hwdom_apply(&mut fab, vf, 0, 4, None).value, u32::MAX);
+    // Presenting VFs to a guest is not supported yet: a typed error.
+    assert_eq!(
+        GuestBus::new(&units, &topo, &mut fab, layout()).err(),
+        Some(VpciError::VirtualFunction(vf))
+    );
+}
