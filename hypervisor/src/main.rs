@@ -23,6 +23,7 @@ mod drivers;
 mod guest_fdt;
 #[cfg(target_os = "none")]
 mod heap;
+mod intx;
 #[cfg(target_os = "none")]
 mod irq;
 mod memory;
@@ -257,7 +258,6 @@ mod boot {
         );
     }
 
-
     #[unsafe(no_mangle)]
     extern "C" fn primary_main(dtb: usize, _load_addr: usize) -> ! {
         cpu::set_cpu_index(0);
@@ -318,6 +318,7 @@ mod boot {
         let mut pci = pci_host::PciState::new(ecam.windows(), ecam);
         vm::register_pci_guests(&mut pci, &platform, &vms, cpu::counter_frequency());
         vm::PCI.call_once(|| spin::Mutex::new(pci));
+        crate::irq::set_eoi_hook(vm::intx_eoi);
         let sys = vm::SYSTEM.call_once(|| System {
             platform,
             vms,

@@ -7,7 +7,9 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use pci::vpci::{GuestBus, MemoryPort, Ownership};
+#[cfg(target_os = "none")]
+use pci::vpci::MemoryPort;
+use pci::vpci::{GuestBus, Ownership};
 use pci::{Bdf, ConfigPort, EcamWindow, HostBridge, Topology, TopologyConfig};
 
 use platform::{ConfigAccess, Platform};
@@ -148,6 +150,8 @@ pub struct PciState<P = EcamPort> {
     pub pending: Vec<PendingGuest>,
     /// Virtual PCI buses of the guests that got functions, by VM index.
     pub guests: Vec<(u16, GuestBus)>,
+    /// Passed-through functions on physical INTx lines.
+    pub intx: Vec<crate::intx::IntxSource>,
 }
 
 /// A guest that starts once the hardware domain has reported every function
@@ -234,6 +238,7 @@ impl<P: ConfigPort> PciState<P> {
             ownership: Ownership::new(),
             pending: Vec::new(),
             guests: Vec::new(),
+            intx: Vec::new(),
         }
     }
 }

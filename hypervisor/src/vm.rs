@@ -725,10 +725,69 @@ fn give_pci_bus(
             if !routed.intx.iter().any(|&(h, p, _)| h == hi && p == pin) {
                 routed.intx.push((hi, pin, intid));
             }
+            pci.intx.push(crate::intx::IntxSource {
+                pintid: intid,
+                physical,
+                vm: vm.index,
+                masked: false,
+            });
         }
     }
     pci.guests.push((vm.index, bus));
+    // The lines go to the CPU of the guest's first vCPU.
+    let pcpu = vm.vcpus.first().map_or(0, |v| v.pcpu);
+    for pintid in crate::intx::lines(&pci.intx) {
+        if pci
+            .intx
+            .iter()
+            .any(|s| s.pintid == pintid && s.vm == vm.index)
+        {
+            crate::irq::register_spi(pintid, pcpu, true, intx_interrupt);
+        }
+    }
     Ok(routed)
+}
+
+/// A physical INTx line fired (at EL2): mask the functions that assert it
+/// and raise their owners' virtual lines. The physical interrupt is
+/// deactivated at once: the line dropped when its sources were masked.
+fn intx_interrupt(pintid: u32) -> bool {
+    let mut owners = [u16::MAX; 8];
+    let mut n = 0;
+    if let Some(pci) = PCI.get() {
+        let mut pci = pci.lock();
+        let PciState { port, intx, .. } = &mut *pci;
+        crate::intx::demux(intx, port, pintid, &mut |vm| {
+            if let Some(slot) = owners.get_mut(n) {
+                *slot = vm;
+                n += 1;
+            }
+        });
+    }
+    // Raised outside the PCI lock: the vGIC takes its own.
+    for &vm in &owners[..n] {
+        let _ = crate::irq::set_spi_line(usize::from(vm), pintid, true);
+    }
+    true
+}
+
+/// A guest ended a level-triggered virtual SPI: unmask its functions on
+/// that line (unless it keeps their INTx disabled itself).
+pub fn intx_eoi(vm: usize, vintid: u32) {
+    let Some(pci) = PCI.get() else { return };
+    let mut pci = pci.lock();
+    let PciState {
+        port, intx, guests, ..
+    } = &mut *pci;
+    let bus = guests
+        .iter()
+        .find(|(v, _)| usize::from(*v) == vm)
+        .map(|(_, b)| b);
+    let disabled = |physical| {
+        bus.and_then(|b| b.virtual_command(physical))
+            .is_some_and(|c| c & pci::regs::COMMAND_INTX_DISABLE != 0)
+    };
+    crate::intx::eoi(intx, port, vm as u16, vintid, &disabled);
 }
 
 /// Register the guests that wait for PCI functions (at boot, before any VM
@@ -765,6 +824,13 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
             // A trapped SMC leaves ELR at the instruction itself.
             frame.elr += 4;
             hypercall(vm, vcpu, frame);
+        }
+        // The GIC windows first: their traps are the most frequent.
+        esr::EC_DABT_LOW if crate::irq::gic_fast_path(vm, vcpu, frame, &syn) => {
+            if vm.stopped.load(Ordering::Acquire) {
+                vm.vcpus[vcpu].set_power(VcpuPower::Off);
+                run_pcpu(cpu::cpu_index());
+            }
         }
         esr::EC_DABT_LOW => data_abort(vm, vcpu, frame, syn),
         esr::EC_IABT_LOW => {

@@ -1,0 +1,183 @@
+//! INTx of passed-through functions, the vfio way: a physical INTx line
+//! (an SPI, shared by every function whose pin routes to it) is
+//! demultiplexed by each function's Status.Interrupt Status; a function that
+//! asserts is masked with Command.INTx Disable and its owner's virtual line
+//! is raised; the owner's EOI unmasks it, and if the function still needs
+//! service the physical line fires again.
+
+use alloc::vec::Vec;
+use pci::regs::{COMMAND, COMMAND_INTX_DISABLE, STATUS};
+use pci::{Bdf, ConfigPort};
+
+/// Status.Interrupt Status: the function asserts INTx.
+pub const STATUS_INTERRUPT: u16 = 1 << 3;
+
+/// One passed-through function on a physical INTx line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntxSource {
+    /// The physical SPI its pin routes to (also the guest's virtual SPI).
+    pub pintid: u32,
+    pub physical: Bdf,
+    /// The owning VM.
+    pub vm: u16,
+    /// Masked by us (INTx Disable set) until the owner's EOI.
+    pub masked: bool,
+}
+
+/// The physical line `pintid` fired: mask every function on it that
+/// asserts and report its owner through `raise` (at most once per VM).
+/// Returns how many functions claimed the interrupt.
+pub fn demux<P: ConfigPort>(
+    sources: &mut [IntxSource],
+    port: &mut P,
+    pintid: u32,
+    raise: &mut dyn FnMut(u16),
+) -> usize {
+    let mut claimed = 0;
+    let mut raised: u64 = 0;
+    for s in sources
+        .iter_mut()
+        .filter(|s| s.pintid == pintid && !s.masked)
+    {
+        if port.read16(s.physical, STATUS) & STATUS_INTERRUPT == 0 {
+            continue;
+        }
+        let command = port.read16(s.physical, COMMAND);
+        port.write16(s.physical, COMMAND, command | COMMAND_INTX_DISABLE);
+        s.masked = true;
+        claimed += 1;
+        let bit = 1u64 << (s.vm % 64);
+        if raised & bit == 0 {
+            raised |= bit;
+            raise(s.vm);
+        }
+    }
+    claimed
+}
+
+/// VM `vm` ended its interrupt `vintid`: unmask its functions on that line,
+/// except those the guest itself keeps INTx-disabled (`guest_disabled`).
+/// Returns how many were unmasked.
+pub fn eoi<P: ConfigPort>(
+    sources: &mut [IntxSource],
+    port: &mut P,
+    vm: u16,
+    vintid: u32,
+    guest_disabled: &dyn Fn(Bdf) -> bool,
+) -> usize {
+    let mut unmasked = 0;
+    for s in sources
+        .iter_mut()
+        .filter(|s| s.vm == vm && s.pintid == vintid && s.masked)
+    {
+        if guest_disabled(s.physical) {
+            continue;
+        }
+        let command = port.read16(s.physical, COMMAND);
+        port.write16(s.physical, COMMAND, command & !COMMAND_INTX_DISABLE);
+        s.masked = false;
+        unmasked += 1;
+    }
+    unmasked
+}
+
+/// The distinct physical lines of `sources`.
+pub fn lines(sources: &[IntxSource]) -> Vec<u32> {
+    let mut l: Vec<u32> = sources.iter().map(|s| s.pintid).collect();
+    l.sort_unstable();
+    l.dedup();
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::vec;
+
+    /// Config space as a map of 16-bit registers.
+    #[derive(Default)]
+    struct Regs(BTreeMap<(Bdf, u16), u16>);
+
+    impl ConfigPort for Regs {
+        fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
+            u32::from(self.read16(bdf, offset)) | (u32::from(self.read16(bdf, offset + 2)) << 16)
+        }
+        fn read16(&mut self, bdf: Bdf, offset: u16) -> u16 {
+            self.0.get(&(bdf, offset)).copied().unwrap_or(0)
+        }
+        fn write32(&mut self, bdf: Bdf, offset: u16, value: u32) {
+            self.write16(bdf, offset, value as u16);
+            self.write16(bdf, offset + 2, (value >> 16) as u16);
+        }
+        fn write16(&mut self, bdf: Bdf, offset: u16, value: u16) {
+            self.0.insert((bdf, offset), value);
+        }
+        fn write8(&mut self, _: Bdf, _: u16, _: u8) {}
+    }
+
+    const A: Bdf = Bdf::new(0, 1, 0, 0);
+    const B: Bdf = Bdf::new(0, 2, 0, 0);
+
+    fn sources() -> Vec<IntxSource> {
+        vec![
+            IntxSource {
+                pintid: 36,
+                physical: A,
+                vm: 1,
+                masked: false,
+            },
+            IntxSource {
+                pintid: 36,
+                physical: B,
+                vm: 2,
+                masked: false,
+            },
+        ]
+    }
+
+    #[test]
+    fn only_the_asserting_function_is_masked_and_its_owner_raised() {
+        let mut port = Regs::default();
+        port.write16(A, COMMAND, 0x0006);
+        port.write16(B, COMMAND, 0x0006);
+        port.write16(B, STATUS, STATUS_INTERRUPT);
+        let mut s = sources();
+        let mut raised = vec![];
+        assert_eq!(demux(&mut s, &mut port, 36, &mut |vm| raised.push(vm)), 1);
+        assert_eq!(raised, [2]);
+        assert_eq!(port.read16(B, COMMAND), 0x0406, "INTx Disable set");
+        assert_eq!(
+            port.read16(A, COMMAND),
+            0x0006,
+            "the other function untouched"
+        );
+        assert!(s[1].masked && !s[0].masked);
+        // Another interrupt on the line while B is masked: B is not raised twice.
+        raised.clear();
+        assert_eq!(demux(&mut s, &mut port, 36, &mut |vm| raised.push(vm)), 0);
+        assert!(raised.is_empty());
+        // A different line claims nothing.
+        assert_eq!(demux(&mut s, &mut port, 37, &mut |vm| raised.push(vm)), 0);
+    }
+
+    #[test]
+    fn eoi_unmasks_the_owners_functions_unless_the_guest_disabled_intx() {
+        let mut port = Regs::default();
+        port.write16(B, COMMAND, 0x0006);
+        port.write16(B, STATUS, STATUS_INTERRUPT);
+        let mut s = sources();
+        demux(&mut s, &mut port, 36, &mut |_| {});
+        assert_eq!(eoi(&mut s, &mut port, 1, 36, &|_| false), 0, "not vm 1's");
+        assert_eq!(
+            eoi(&mut s, &mut port, 2, 36, &|_| true),
+            0,
+            "guest keeps it disabled"
+        );
+        assert!(s[1].masked);
+        assert_eq!(eoi(&mut s, &mut port, 2, 36, &|_| false), 1);
+        assert_eq!(port.read16(B, COMMAND), 0x0006);
+        assert!(!s[1].masked);
+        assert_eq!(lines(&s), [36]);
+    }
+}
