@@ -713,6 +713,33 @@ fn hostile_bar_placements_are_refused() {
             "{addr:#x}: {got:?}"
         );
     }
+    // The last refusal was the overlap with nvme's BAR. Once nvme's BAR
+    // moves away, writing the same address again maps it.
+    e.clear();
+    g.config_write(fab, nvme + 0x10, 4, 0x1900_0000, &mut e);
+    assert!(matches!(
+        effects_of(&e).as_slice(),
+        [
+            Effect::Unmap { .. },
+            Effect::TrapMsix { .. },
+            Effect::Map { .. }
+        ]
+    ));
+    e.clear();
+    g.config_write(fab, e1000e + 4, 2, COMMAND_MEMORY as u32, &mut e);
+    assert!(e.is_empty(), "a Command rewrite does not repeat refusals");
+    g.config_write(fab, e1000e + 0x10, 4, 0x1800_0000, &mut e);
+    assert!(matches!(
+        effects_of(&e).as_slice(),
+        [Effect::Map {
+            ipa: 0x1800_0000,
+            size: 0x20000,
+            ..
+        }]
+    ));
+    e.clear();
+    g.config_write(fab, e1000e + 0x10, 4, 0x1800_0000, &mut e);
+    assert!(e.is_empty(), "rewriting a mapped BAR changes nothing");
     // Sizing with decoding on: the all-ones address is refused, not mapped.
     e.clear();
     g.config_write(fab, e1000e + 0x14, 4, u32::MAX, &mut e);

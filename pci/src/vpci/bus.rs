@@ -336,7 +336,9 @@ impl GuestBus {
             return;
         }
         let want = (f.command() & COMMAND_MEMORY != 0).then(|| f.bar_address(slot));
-        if want == bar.evaluated {
+        // Unchanged and settled (mapped, or nothing wanted): nothing to do.
+        // A refused placement is tried again.
+        if want == bar.evaluated && (bar.mapped || want.is_none()) {
             return;
         }
         if bar.mapped

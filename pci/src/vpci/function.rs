@@ -563,9 +563,9 @@ impl AssignedFn {
                 };
                 let new = merge(cur, value, lane, bar.wmask, 0);
                 wr(&mut self.shadow, r.offset, 4, new);
-                if new == cur {
-                    return 0;
-                }
+                // Even an unchanged value is re-evaluated: a placement
+                // refused earlier may be fine now (the bus skips it if it
+                // is mapped already).
                 // A 64-bit BAR's upper half re-evaluates its low slot.
                 let slot = if bar.kind == BarKind::Mem64High {
                     i.saturating_sub(1)

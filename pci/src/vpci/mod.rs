@@ -101,7 +101,8 @@
 //! [`Effect::TrapMsix`] for those pages. Otherwise [`Effect::BarRefused`].
 //! When the address changes, the BAR resizes, or Memory goes off:
 //! [`Effect::Unmap`] of the whole BAR first. A refused BAR is evaluated
-//! again when the guest writes it or toggles Memory. I/O BARs are emulated
+//! again when the guest writes it (even with the same value) or toggles
+//! Memory. I/O BARs are emulated
 //! registers only.
 
 //!
