@@ -12,7 +12,7 @@ use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::gic::{self, CpuLrs, GicError, PhysGic};
 use crate::arch::aarch64::head::MAX_CPUS;
 use crate::arch::aarch64::trap::TrapFrame;
-use crate::mmio::{MmioAccess, MmioDevice, MmioRegion};
+use crate::mmio::{MmioAccess, MmioDevice, MmioRegion, fault_ipa};
 use crate::vgic::dist::{Access, GICR_STRIDE};
 use crate::vgic::{self, Eois, InjectError, Kick, VGic, Version};
 use crate::vm::{Vm, system};
@@ -75,6 +75,10 @@ pub fn vm_gic(platform: &Platform, nvcpus: usize) -> VmGic {
         ),
     };
     let mut state = VGic::new(version, nvcpus, g.prio_bits);
+    let window = |r: &Option<MmioRegion>| r.map(|r| (r.base, r.size));
+    if let Some(gicd) = window(&regions[0]) {
+        state.set_windows(gicd, window(&regions[1]));
+    }
     state.set_hw_by_eoi(!g.hw_deactivation);
     for v in 0..state.nvcpus() {
         // The EL1 timers' interrupts arrive at EL2 physically and go in
@@ -223,6 +227,36 @@ pub fn gic_mmio(
     access: &MmioAccess,
     frame: &mut TrapFrame,
 ) {
+    emulate(vm, vcpu, vm.vgic.lock(), redist, offset, access, frame);
+}
+
+/// The trap path for the GIC windows, ahead of the VM's general MMIO map:
+/// a data abort inside the VM's distributor or redistributor windows is
+/// emulated here and the instruction skipped (true); anything else is left
+/// to the caller (false).
+pub fn gic_fast_path(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: &cpu::Syndrome) -> bool {
+    let ipa = fault_ipa(syn.hpfar, syn.far);
+    let Ok(access) = MmioAccess::decode(syn.esr, ipa) else {
+        return false;
+    };
+    let s = vm.vgic.lock();
+    let Some((redist, offset)) = s.window(ipa, access.width.bytes()) else {
+        return false;
+    };
+    emulate(vm, vcpu, s, redist, offset, &access, frame);
+    frame.elr += 4;
+    true
+}
+
+fn emulate(
+    vm: &Vm,
+    vcpu: usize,
+    mut s: spin::MutexGuard<'_, VGic>,
+    redist: bool,
+    offset: u64,
+    access: &MmioAccess,
+    frame: &mut TrapFrame,
+) {
     let a = Access {
         offset,
         width: access.width.bytes(),
@@ -230,22 +264,20 @@ pub fn gic_mmio(
             .write
             .then(|| access.store_value(frame.reg(access.reg))),
     };
-    let (out, eois, synced) = {
-        let mut s = vm.vgic.lock();
-        // Reads of pending/active state see what the guest did to the list
-        // registers since the last look.
-        let (eois, synced) = if access.write {
-            (Eois::default(), 0)
-        } else {
-            s.sync(vcpu, &mut CpuLrs)
-        };
-        let out = if redist {
-            s.redist_access(a)
-        } else {
-            s.dist_access(vcpu, a)
-        };
-        (out, eois, synced)
+    // Reads of pending/active state (ISPENDR..ICACTIVER, in GICD and in
+    // the SGI frames) see what the guest did to the list registers since
+    // the last look.
+    let (eois, synced) = if !access.write && (0x200..0x400).contains(&(offset & 0xffff)) {
+        s.sync(vcpu, &mut CpuLrs)
+    } else {
+        (Eois::default(), 0)
     };
+    let out = if redist {
+        s.redist_access(a)
+    } else {
+        s.dist_access(vcpu, a)
+    };
+    drop(s);
     if !access.write {
         frame.set_reg(access.reg, access.load_result(out.value));
     }

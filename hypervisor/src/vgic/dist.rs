@@ -225,19 +225,21 @@ impl VGic {
     fn bit_access(&mut self, bank: usize, first: u32, reg: BitReg, write: Option<u64>) -> Outcome {
         let v2 = self.version == Version::V2;
         let Some(value) = write else {
-            let mut out = 0u64;
-            for b in 0..32 {
-                let Some(irq) = self.irq(bank, first + b) else {
-                    continue;
-                };
-                let bit = match reg {
-                    BitReg::Group => irq.group1,
-                    BitReg::SetEnable | BitReg::ClearEnable => irq.enabled,
-                    BitReg::SetPending | BitReg::ClearPending => irq.reads_pending(),
-                    BitReg::SetActive | BitReg::ClearActive => irq.reads_active(),
-                };
-                out |= u64::from(bit) << b;
-            }
+            let Some(irqs) = self.irq_block(bank, first) else {
+                return Outcome::default();
+            };
+            // One tight loop per register kind: this is the hot read.
+            let gather = |f: fn(&super::Irq) -> bool| {
+                irqs.iter()
+                    .enumerate()
+                    .fold(0u64, |acc, (b, irq)| acc | (u64::from(f(irq)) << b))
+            };
+            let out = match reg {
+                BitReg::Group => gather(|i| i.group1),
+                BitReg::SetEnable | BitReg::ClearEnable => gather(|i| i.enabled),
+                BitReg::SetPending | BitReg::ClearPending => gather(super::Irq::reads_pending),
+                BitReg::SetActive | BitReg::ClearActive => gather(super::Irq::reads_active),
+            };
             return Outcome::value(out);
         };
         let mut kick = 0;

@@ -712,6 +712,9 @@ fn bench(t: &mut Test, gic: &Gic) {
     let gicd_read = per_call(n, || {
         core::hint::black_box(r32(gicd() + 0x104));
     });
+    let gicd_typer = per_call(n, || {
+        core::hint::black_box(r32(gicd() + 0x4));
+    });
     let gicd_write = per_call(n, || w8(gicd() + 0x400 + 40, 0x80));
     t.check(
         hvc > load,
@@ -763,6 +766,7 @@ fn bench(t: &mut Test, gic: &Gic) {
     println!("gic-bench: untrapped load {load}");
     println!("gic-bench: null hypercall (SMCCC_VERSION) {hvc}");
     println!("gic-bench: trapped GICD read (ISENABLER1) {gicd_read}");
+    println!("gic-bench: trapped GICD read (TYPER) {gicd_typer}");
     println!("gic-bench: trapped GICD write (IPRIORITYR byte) {gicd_write}");
     println!(
         "gic-bench: vtimer deadline -> guest IRQ handler: min {} mean {}",
