@@ -733,6 +733,8 @@ fn give_pci_bus(
             });
         }
     }
+    // No bridge the hardware domain keeps may open a window over these.
+    pci.ownership.set_guest_memory(vm.index, bus.physical_bars());
     pci.guests.push((vm.index, bus));
     // The lines go to the CPU of the guest's first vCPU.
     let pcpu = vm.vcpus.first().map_or(0, |v| v.pcpu);
@@ -903,6 +905,15 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
 /// Stop a VM: the calling vCPU now, the others when they next trap.
 fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
     vm.stopped.store(true, Ordering::Release);
+    // Its devices stop DMA at once. They stay its own (hidden from the
+    // hardware domain) until they have been reset.
+    if let Some(pci) = PCI.get() {
+        let mut pci = pci.lock();
+        let PciState { port, guests, .. } = &mut *pci;
+        if let Some((_, bus)) = guests.iter_mut().find(|(v, _)| *v == vm.index) {
+            bus.quiesce(port);
+        }
+    }
     vm.vcpus[vcpu].set_power(VcpuPower::Off);
     let mut uart = vm.uart.lock();
     if uart.pending() > 0 {
