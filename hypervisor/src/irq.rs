@@ -16,7 +16,7 @@ use crate::mmio::{MmioAccess, MmioDevice, MmioRegion, fault_ipa};
 use crate::vgic::dist::{Access, GICR_STRIDE};
 use crate::vgic::{self, Eois, InjectError, Kick, VGic, Version};
 use crate::vm::{Vm, system};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use platform::{Gic, Platform};
 
 /// Set up the physical distributor; call once on the boot CPU after the EL2
@@ -26,8 +26,33 @@ pub fn init(platform: &Platform) -> Result<&'static PhysGic, GicError> {
 }
 
 /// Per-CPU GIC setup (CPU interface, redistributor, virtual interface).
+/// The boot CPU also arms its hypervisor timer 1 ms ahead, as a check of
+/// the CNTHP deadline path that reports once the first guest runs.
 pub fn init_cpu(cpu: usize) -> Result<(), GicError> {
-    gic::init_cpu(&system().platform, cpu)
+    gic::init_cpu(&system().platform, cpu)?;
+    if cpu == system().boot_cpu {
+        let deadline = cpu::counter() + counter_hz() / 1000;
+        CHECK_DEADLINE.store(deadline, Ordering::Relaxed);
+        gic::hyp_timer_arm(cpu, deadline, hyp_timer_checked);
+    }
+    Ok(())
+}
+
+static CHECK_DEADLINE: AtomicU64 = AtomicU64::new(0);
+
+fn counter_hz() -> u64 {
+    let f: u64;
+    // SAFETY: reading CNTFRQ_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) f) };
+    f
+}
+
+fn hyp_timer_checked(now: u64) {
+    let late = now.saturating_sub(CHECK_DEADLINE.load(Ordering::Relaxed));
+    log::info!(
+        "hypervisor timer (CNTHP) deadline reached on CPU {}, {late} ticks after it",
+        cpu::cpu_index()
+    );
 }
 
 /// What a VM's virtual GIC needs at creation: the state, the MMIO regions
@@ -267,11 +292,22 @@ fn emulate(
     // Reads of pending/active state (ISPENDR..ICACTIVER, in GICD and in
     // the SGI frames) see what the guest did to the list registers since
     // the last look.
-    let (eois, synced) = if !access.write && (0x200..0x400).contains(&(offset & 0xffff)) {
-        s.sync(vcpu, &mut CpuLrs)
-    } else {
-        (Eois::default(), 0)
-    };
+    if !access.write && (0x200..0x400).contains(&(offset & 0xffff)) {
+        let (eois, synced) = s.sync(vcpu, &mut CpuLrs);
+        let out = if redist {
+            s.redist_access(a)
+        } else {
+            s.dist_access(vcpu, a)
+        };
+        drop(s);
+        frame.set_reg(access.reg, access.load_result(out.value));
+        report_eois(vm, &eois);
+        let kick = out.kick | synced;
+        if kick != 0 {
+            after_change(vm, vcpu, kick);
+        }
+        return;
+    }
     let out = if redist {
         s.redist_access(a)
     } else {
@@ -281,10 +317,8 @@ fn emulate(
     if !access.write {
         frame.set_reg(access.reg, access.load_result(out.value));
     }
-    report_eois(vm, &eois);
-    let kick = out.kick | synced;
-    if kick != 0 {
-        after_change(vm, vcpu, kick);
+    if out.kick != 0 {
+        after_change(vm, vcpu, out.kick);
     }
 }
 
@@ -419,5 +453,6 @@ pub fn inject(vm: usize, vcpu: usize, vintid: u32) -> Result<(), InjectError> {
     Ok(())
 }
 
+pub use gic::hyp_timer_arm;
 #[allow(unused_imports)]
-pub use gic::{hyp_timer_arm, hyp_timer_cancel};
+pub use gic::{hyp_timer_cancel, hyp_timer_poll};

@@ -321,8 +321,10 @@ impl VGic {
                 }
                 Some(v) => {
                     if let Some(irq) = self.irq_mut(bank, intid) {
-                        irq.priority = (v >> (8 * b)) as u8 & mask;
-                        if irq.resident.is_none() {
+                        let new = (v >> (8 * b)) as u8 & mask;
+                        let changed = irq.priority != new;
+                        irq.priority = new;
+                        if changed && irq.resident.is_none() {
                             kick |= self.update(bank, intid);
                         }
                     }

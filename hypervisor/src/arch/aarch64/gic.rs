@@ -474,6 +474,17 @@ pub fn hyp_timer_cancel(cpu: usize) {
     }
 }
 
+/// For loops that wait at EL2 with interrupts masked (an idle CPU): run
+/// this CPU's hypervisor-timer callback if its deadline has passed
+/// (CNTHP_CTL_EL2.ISTATUS with the timer enabled).
+#[allow(dead_code)]
+pub fn hyp_timer_poll(cpu: usize, now: u64) {
+    let ctl = sysreg_read!("cnthp_ctl_el2");
+    if ctl & 0b101 == 0b101 {
+        hyp_timer_fired(cpu, now);
+    }
+}
+
 /// The hypervisor timer fired on `cpu`: disarm it and run the callback.
 pub fn hyp_timer_fired(cpu: usize, now: u64) {
     sysreg_write!("cnthp_ctl_el2", 0);
