@@ -453,6 +453,6 @@ pub fn inject(vm: usize, vcpu: usize, vintid: u32) -> Result<(), InjectError> {
     Ok(())
 }
 
-pub use gic::hyp_timer_arm;
+/// The hypervisor timer (CNTHP) deadline API, for the reset engine.
 #[allow(unused_imports)]
-pub use gic::{hyp_timer_cancel, hyp_timer_poll};
+pub use gic::{hyp_timer_arm, hyp_timer_cancel, hyp_timer_poll};

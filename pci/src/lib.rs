@@ -13,6 +13,10 @@
 //! - [`reset`]: per-function reset methods (probed like Linux's
 //!   `reset_method`, overridable, quirked), their scopes, and the coverage
 //!   query a VMM asks before relying on reset.
+//! - [`reset_engine`]: performs resets as non-blocking state machines with
+//!   the spec's timing, saving and restoring config state (MSI-X from the
+//!   hypervisor's shadow); guest SBR → narrowest reset, reservations,
+//!   quarantine.
 //! - `sim` (feature `sim`): a simulated fabric that answers config accesses
 //!   like hardware, for tests, fuzzing and benchmarks.
 //!
@@ -49,6 +53,7 @@ mod fnmap;
 pub mod port;
 pub mod regs;
 pub mod reset;
+pub mod reset_engine;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod topology;
@@ -58,6 +63,7 @@ pub mod vpci;
 pub use addr::{Bdf, EcamWindow};
 pub use port::{ConfigPort, MemoryPort};
 pub use reset::{ResetAction, ResetCoverage, ResetError, ResetMethod};
+pub use reset_engine::{EngineError, ResetJob, ResetOutcome, SavedState, Step};
 pub use topology::{
     AcsPolicy, Function, FunctionKind, HostBridge, ReportOutcome, Topology, TopologyConfig,
     TopologyError,

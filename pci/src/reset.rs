@@ -462,6 +462,30 @@ impl Topology {
         })
     }
 
+    /// Whether a Secondary Bus Reset of `bridge` is allowed: no function
+    /// below it is flagged `NO_BUS_RESET` by the quirk table.
+    pub fn bus_reset_allowed(&self, bridge: Bdf) -> bool {
+        self.bus_resettable(bridge)
+    }
+
+    /// The lowest bridge above every function of `set` that may be
+    /// bus-reset (`None` if there is none, or a quirk forbids the lowest).
+    pub fn bus_reset_bridge_for(&self, set: &[Bdf]) -> Option<Bdf> {
+        let set: BTreeSet<Bdf> = set.iter().copied().collect();
+        self.common_resettable_bridge(&set)
+    }
+
+    /// Whether the function uses its probed default method order (no
+    /// override, or an override equal to it). The shell logs a warning when
+    /// a reset runs with a non-default order (seed 003).
+    pub fn is_default_reset_order(&self, bdf: Bdf) -> bool {
+        match (self.reset_overrides.get(&bdf), self.supported_reset_methods(bdf)) {
+            (None, _) => true,
+            (Some(o), Ok(s)) => o.as_slice() == s.as_slice(),
+            (Some(_), Err(_)) => false,
+        }
+    }
+
     /// The lowest bridge whose subtree holds every function of `set` and that
     /// may be bus-reset.
     fn common_resettable_bridge(&self, set: &BTreeSet<Bdf>) -> Option<Bdf> {

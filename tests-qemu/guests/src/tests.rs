@@ -19,7 +19,6 @@ fn test_guest_main(env: Env) -> ! {
         Some("pci-guest") => crate::pci_tests::pci_guest(&env),
         Some("pci-hostile") => crate::pci_tests::pci_hostile(&env),
         Some("pci-bench") => crate::pci_bench::pci_bench(&env),
-        Some(name) if name.starts_with("gic-") => crate::tests_gic::run(&env, name),
         other => {
             let mut t = Test::new("guest");
             t.fail(format_args!(
