@@ -964,11 +964,24 @@ pub fn pci_hostile(env: &Env) -> ! {
             );
         }
     }
-    for bus in [0x40u8, 0x80, 0xfe, br.hb.bus_end] {
-        let v = ecam.read32(bus, 0, VENDOR_ID);
-        t.check(v == u32::MAX, format_args!("bus {bus:#x} reads {v:#x}"));
+    let (first, last) = (br.hb.bus_start, br.hb.bus_end);
+    for bus in [last / 2, last.saturating_sub(1), last] {
+        if bus > tree.last_bus && bus >= first {
+            let v = ecam.read32(bus, 0, VENDOR_ID);
+            t.check(v == u32::MAX, format_args!("bus {bus:#x} reads {v:#x}"));
+        }
     }
     println!("{absent} absent functions read all-ones");
+    // Past the ECAM window of our DT: an abort, or all-ones; never a device.
+    for bus in [last.saturating_add(1), 0x80, 0xff] {
+        if bus > last && u64::from(bus - first) << 20 >= br.ecam_size {
+            let r = ecam.read32_at(bus, 0, VENDOR_ID);
+            t.check(
+                r.is_err() || r == Ok(u32::MAX),
+                format_args!("bus {bus:#x}, past the ECAM window, reads {r:x?}"),
+            );
+        }
+    }
 
     // 2. Unaligned and 8-byte config accesses: a value or an abort, nothing else.
     if let Some(f) = tree
@@ -1030,7 +1043,7 @@ pub fn pci_hostile(env: &Env) -> ! {
     }
 
     // 5. Bus numbers and Bridge Control of our virtual root ports.
-    root_port_attacks(&mut t, &mut ecam, tree);
+    root_port_attacks(&mut t, &br, &mut ecam, tree);
 
     // 6. Our devices still work after all that; hardware-domain-only calls
     //    are denied (not natively: there is no hypervisor to call).
@@ -1056,8 +1069,9 @@ pub fn pci_hostile(env: &Env) -> ! {
     let count = env.bootargs.number("fuzz").ok().flatten().unwrap_or(2000);
     let mut rng = Rng::new(seed);
     for _ in 0..count {
+        // Any bus of our window (past it the ECAM is not ours: aborts).
         let bus = if rng.below(4) == 0 {
-            rng.below(256) as u8
+            br.hb.bus_start + rng.below(u64::from(br.hb.bus_end - br.hb.bus_start) + 1) as u8
         } else {
             br.hb.bus_start + rng.below(u64::from(tree.last_bus - br.hb.bus_start) + 1) as u8
         };
@@ -1186,7 +1200,7 @@ fn bar_attacks(t: &mut Test, env: &Env, br: &Bridge, c: &mut Ecam, tree: &Tree) 
     );
 }
 
-fn root_port_attacks(t: &mut Test, c: &mut Ecam, tree: &Tree) {
+fn root_port_attacks(t: &mut Test, br: &Bridge, c: &mut Ecam, tree: &Tree) {
     for (i, rp) in tree
         .funcs()
         .iter()
@@ -1198,15 +1212,25 @@ fn root_port_attacks(t: &mut Test, c: &mut Ecam, tree: &Tree) {
             continue;
         };
         let numbers = c.read32(rp.bus, rp.devfn, BUS_NUMBERS);
-        // Secondary/subordinate moved far away, then back.
+        // Secondary/subordinate moved to the last buses of our window, over
+        // the other bridges' ranges, then back. Where the device shows up
+        // meanwhile is the emulation's business (our bus numbers are ours);
+        // it must come back.
+        let (sec, sub) = (br.hb.bus_end.saturating_sub(1), br.hb.bus_end);
         c.write32(
             rp.bus,
             rp.devfn,
             BUS_NUMBERS,
-            (numbers & 0xff00_0000) | 0x00f0_e000 | u32::from(rp.bus),
+            (numbers & 0xff00_0000)
+                | (u32::from(sub) << 16)
+                | (u32::from(sec) << 8)
+                | u32::from(rp.bus),
         );
-        let moved = c.read32(0xe0, child.devfn, VENDOR_ID);
-        println!("{a}: buses moved to e0-f0: e0:00.0 reads {moved:#x}");
+        let moved = c.read32_at(sec, child.devfn, VENDOR_ID);
+        println!(
+            "{a}: buses moved to {sec:02x}-{sub:02x}: {} reads {moved:x?}",
+            Addr(sec, child.devfn)
+        );
         c.write32(rp.bus, rp.devfn, BUS_NUMBERS, numbers);
         let id = c.read32(child.bus, child.devfn, VENDOR_ID);
         t.check(
