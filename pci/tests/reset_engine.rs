@@ -8,6 +8,7 @@ use common::*;
 use pci::regs::*;
 use pci::reset_engine::*;
 use pci::sim::{Fabric, NotReady, SimReadiness, Spec, devfn};
+use pci::vpci::Owner;
 use pci::{Bdf, ConfigPort, MemoryPort, ResetAction, ResetMethod, Topology};
 
 const MS: u64 = 1_000_000;
@@ -385,7 +386,7 @@ fn device_that_never_comes_back_times_out_after_60_s_with_one_retrain() {
     );
     // Polling began at 101 ms; retrain once after 1 s of it; give up at 60 s.
     let r = retrain_at.unwrap();
-    assert!(r >= 1101 * MS && r < 1101 * MS + READY_POLL_MAX_NS, "{r}");
+    assert!((1101 * MS..1101 * MS + READY_POLL_MAX_NS).contains(&r), "{r}");
     assert_eq!(last, 101 * MS + READY_TIMEOUT_NS);
     assert_eq!(
         f.read16(rp, rp_pcie + PCIE_LNKCTL) & (1 << 5),
@@ -404,4 +405,485 @@ fn device_that_never_comes_back_times_out_after_60_s_with_one_retrain() {
         q.first_of(&[b("03:00.0"), nvme]),
         Some((nvme, QuarantineReason::NotReady))
     );
+}
+
+#[test]
+fn af_flr_and_pm_resets() {
+    let (mut f, t) = setup(SimReadiness::default());
+    let af = b("06:00.0");
+    let pm = b("06:00.1");
+    assert_eq!(
+        t.reset_methods(af).unwrap().first(),
+        Some(ResetMethod::AfFlr)
+    );
+    assert_eq!(t.reset_methods(pm).unwrap().first(), Some(ResetMethod::Pm));
+    for bdf in [af, pm] {
+        f.write32(bdf, BAR0, 0x3000_0000 + bdf.devfn as u32 * 0x1000);
+        f.write16(bdf, COMMAND, COMMAND_MEMORY);
+    }
+    // AF FLR: Transactions Pending via AF Status, 100 ms, poll.
+    let (mut job, step) = start(&t, &mut f, t.reset_action(af, ResetMethod::AfFlr).unwrap());
+    assert_eq!(job.scope(), &[af]);
+    let run = drive(&mut job, &t, &mut f, &NoShadow, step);
+    assert_eq!(run.outcome, ResetOutcome::Ready);
+    assert_eq!(job.first_ready_ns(), Some(100 * MS));
+    assert_eq!(f.read32(af, BAR0), 0x3000_0000);
+    assert_eq!(f.read16(af, COMMAND), COMMAND_MEMORY);
+
+    // PM: D3hot, 10 ms, D0 (the sim resets here), 10 ms, poll.
+    let t0 = f.now_ns();
+    let (mut job, step) = start(&t, &mut f, t.reset_action(pm, ResetMethod::Pm).unwrap());
+    let pmc = t.function(pm).unwrap().caps.pm as u16;
+    assert_eq!(f.read16(pm, pmc + PM_CTRL) & 3, PM_CTRL_D3HOT);
+    assert_eq!(
+        step,
+        Step::Wait {
+            until_ns: t0 + D3HOT_DELAY_NS
+        }
+    );
+    let run = drive(&mut job, &t, &mut f, &NoShadow, step);
+    assert_eq!(run.outcome, ResetOutcome::Ready);
+    assert_eq!(job.reset_exit_ns(), Some(t0 + 10 * MS));
+    assert_eq!(job.first_ready_ns(), Some(t0 + 20 * MS));
+    assert_eq!(f.read16(pm, pmc + PM_CTRL) & 3, PM_CTRL_D0);
+    assert_eq!(f.read32(pm, BAR0), 0x3000_1000);
+    assert_eq!(f.bad_accesses(), 0);
+}
+
+#[test]
+fn pm_reset_from_d3hot_and_refusals() {
+    let (mut f, t) = setup(SimReadiness::default());
+    let pm = b("06:00.1");
+    let pmc = t.function(pm).unwrap().caps.pm as u16;
+    f.write16(pm, pmc + PM_CTRL, PM_CTRL_D3HOT);
+    let t0 = f.now_ns();
+    let (mut job, step) = start(&t, &mut f, t.reset_action(pm, ResetMethod::Pm).unwrap());
+    assert_eq!(job.reset_exit_ns(), Some(t0), "D3hot -> D0 at once");
+    let run = drive(&mut job, &t, &mut f, &NoShadow, step);
+    assert_eq!(run.outcome, ResetOutcome::Ready);
+    assert_eq!(job.first_ready_ns(), Some(t0 + 10 * MS));
+    // D2: refused.
+    f.write16(pm, pmc + PM_CTRL, 2);
+    let saved = SavedState::capture(&t, &mut f, &[pm]);
+    let action = ResetAction::Function {
+        bdf: pm,
+        method: ResetMethod::Pm,
+    };
+    assert_eq!(
+        ResetJob::start(&t, &mut f, action, 0, saved).unwrap_err(),
+        EngineError::NotInD0 { bdf: pm }
+    );
+    // Methods the function does not have, bus resets of non-bridges,
+    // missing saved state.
+    let nvme = b("05:00.0");
+    let saved = SavedState::capture(&t, &mut f, &[nvme]);
+    let bad = ResetAction::Function {
+        bdf: nvme,
+        method: ResetMethod::AfFlr,
+    };
+    assert!(matches!(
+        ResetJob::start(&t, &mut f, bad, 0, saved.clone()),
+        Err(EngineError::Reset(pci::ResetError::Unsupported { .. }))
+    ));
+    assert_eq!(
+        ResetJob::start(
+            &t,
+            &mut f,
+            ResetAction::SecondaryBus { bridge: nvme },
+            0,
+            saved
+        )
+        .unwrap_err(),
+        EngineError::NotABridge { bdf: nvme }
+    );
+    let flr = ResetAction::Function {
+        bdf: nvme,
+        method: ResetMethod::Flr,
+    };
+    assert_eq!(
+        ResetJob::start(&t, &mut f, flr, 0, SavedState::default()).unwrap_err(),
+        EngineError::NotSaved { bdf: nvme }
+    );
+}
+
+#[test]
+fn sbr_waits_for_data_link_layer_link_active() {
+    let (mut f, t) = setup(SimReadiness::default());
+    let rp = b("00:02.0");
+    let pcie = t.function(rp).unwrap().caps.pcie as u16;
+    let lnksta = f.read16(rp, pcie + PCIE_LNKSTA);
+    let (mut job, mut step) = start(&t, &mut f, ResetAction::SecondaryBus { bridge: rp });
+    // The link goes down with the reset and trains 30 ms after deassert.
+    f.poke(
+        rp,
+        pcie + PCIE_LNKSTA,
+        &(lnksta & !PCIE_LNKSTA_DLLLA).to_le_bytes(),
+    );
+    let mut waits = vec![];
+    while let Step::Wait { until_ns } = step {
+        waits.push(until_ns);
+        f.advance_ns(until_ns - f.now_ns());
+        if until_ns >= 31 * MS {
+            f.poke(rp, pcie + PCIE_LNKSTA, &lnksta.to_le_bytes());
+        }
+        step = job.step(&t, &mut f, &NoShadow, until_ns);
+    }
+    assert_eq!(
+        step,
+        Step::Done {
+            outcome: ResetOutcome::Ready
+        }
+    );
+    assert_eq!(job.reset_exit_ns(), Some(MS));
+    assert_eq!(job.link_up_ns(), Some(31 * MS));
+    assert_eq!(job.first_ready_ns(), Some(131 * MS));
+    // Polled every 1 ms while down.
+    assert_eq!(&waits[..3], &[MS, 2 * MS, 3 * MS]);
+}
+
+#[test]
+fn sbr_link_never_up_gives_up_after_one_retrain() {
+    let (mut f, t) = setup(SimReadiness::default());
+    let rp = b("00:02.0");
+    let pcie = t.function(rp).unwrap().caps.pcie as u16;
+    let lnksta = f.read16(rp, pcie + PCIE_LNKSTA);
+    let (mut job, step) = start(&t, &mut f, ResetAction::SecondaryBus { bridge: rp });
+    f.poke(
+        rp,
+        pcie + PCIE_LNKSTA,
+        &(lnksta & !PCIE_LNKSTA_DLLLA).to_le_bytes(),
+    );
+    let run = drive(&mut job, &t, &mut f, &NoShadow, step);
+    assert_eq!(run.outcome, ResetOutcome::TimedOut(vec![b("05:00.0")]));
+    assert!(job.retrained());
+    assert_eq!(*run.waits.last().unwrap(), MS + 2 * LINK_UP_TIMEOUT_NS);
+}
+
+#[test]
+fn slot_reset_masks_and_restores_slot_events() {
+    let (mut f, t) = setup(SimReadiness::default());
+    let dp = b("02:01.0");
+    assert!(t.function(dp).unwrap().is_hotplug_slot());
+    let pcie = t.function(dp).unwrap().caps.pcie as u16;
+    f.write16(dp, pcie + PCIE_SLTCTL, 0x1008 | 0x0020);
+    let action = t.reset_action(b("04:00.0"), ResetMethod::Slot).unwrap();
+    assert_eq!(action, ResetAction::Slot { port: dp });
+    let (mut job, step) = start(&t, &mut f, action);
+    assert_eq!(
+        f.read16(dp, pcie + PCIE_SLTCTL),
+        0x0020,
+        "PDCE and DLLSCE masked"
+    );
+    let run = drive(&mut job, &t, &mut f, &NoShadow, step);
+    assert_eq!(run.outcome, ResetOutcome::Ready);
+    assert_eq!(f.read16(dp, pcie + PCIE_SLTCTL), 0x1028);
+    assert_eq!(job.first_ready_ns(), Some(101 * MS));
+}
+
+/// Records the order of MSI-X Message Control writes and table writes.
+struct Recorder<'a> {
+    f: &'a mut Fabric,
+    bdf: Bdf,
+    msix: u16,
+    log: Vec<(&'static str, u64)>,
+}
+
+impl ConfigPort for Recorder<'_> {
+    fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
+        self.f.read32(bdf, offset)
+    }
+    fn write32(&mut self, bdf: Bdf, offset: u16, value: u32) {
+        self.f.write32(bdf, offset, value)
+    }
+    fn write16(&mut self, bdf: Bdf, offset: u16, value: u16) {
+        if bdf == self.bdf && offset == self.msix + MSIX_FLAGS {
+            self.log.push(("ctrl", value as u64));
+        }
+        self.f.write16(bdf, offset, value)
+    }
+    fn write8(&mut self, bdf: Bdf, offset: u16, value: u8) {
+        self.f.write8(bdf, offset, value)
+    }
+}
+
+impl MemoryPort for Recorder<'_> {
+    fn read(&mut self, pa: u64, width: u16) -> u64 {
+        self.f.read(pa, width)
+    }
+    fn write(&mut self, pa: u64, width: u16, value: u64) {
+        let ctrl = self.f.read16(self.bdf, self.msix + MSIX_FLAGS);
+        assert_ne!(
+            ctrl & MSIX_FLAGS_MASKALL,
+            0,
+            "table written with vectors live"
+        );
+        self.log.push(("table", pa));
+        self.f.write(pa, width, value)
+    }
+}
+
+#[test]
+fn msix_table_is_rewritten_under_function_mask_before_control_is_restored() {
+    let (mut f, t) = setup(SimReadiness::default());
+    let nvme = b("05:00.0");
+    let shadow = program_nvme(&mut f, &t, nvme, 0x2000_0000);
+    let msix = t.function(nvme).unwrap().caps.msix as u16;
+    let action = t.reset_action(nvme, ResetMethod::Flr).unwrap();
+    let mut rec = Recorder {
+        f: &mut f,
+        bdf: nvme,
+        msix,
+        log: vec![],
+    };
+    let saved = SavedState::capture(&t, &mut rec, &[nvme]);
+    let (mut job, mut step) = ResetJob::start(&t, &mut rec, action, 0, saved).unwrap();
+    let sh = |bdf: Bdf, i: u16| {
+        (bdf == nvme)
+            .then(|| shadow.get(i as usize).copied())
+            .flatten()
+    };
+    while let Step::Wait { until_ns } = step {
+        let now = rec.f.now_ns();
+        rec.f.advance_ns(until_ns - now);
+        step = job.step(&t, &mut rec, &sh, until_ns);
+    }
+    let log = rec.log;
+    assert_eq!(
+        log.first(),
+        Some(&("ctrl", (MSIX_FLAGS_ENABLE | MSIX_FLAGS_MASKALL) as u64 | 64))
+    );
+    assert_eq!(log.last(), Some(&("ctrl", (MSIX_FLAGS_ENABLE as u64) | 64)));
+    // 4 entries from the shadow, the other 61 from the table captured
+    // before the reset; 5 writes each (mask, address lo/hi, data, control).
+    assert_eq!(log.iter().filter(|e| e.0 == "table").count(), 65 * 5);
+}
+
+#[test]
+fn msix_fallback_to_the_table_captured_before_reset_without_a_shadow() {
+    let (mut f, t) = setup(SimReadiness::default());
+    let nvme = b("05:00.0");
+    let table = program_nvme(&mut f, &t, nvme, 0x2000_0000);
+    let (mut job, step) = start(&t, &mut f, t.reset_action(nvme, ResetMethod::Flr).unwrap());
+    assert_eq!(
+        job.saved()
+            .get(nvme)
+            .unwrap()
+            .msix
+            .as_ref()
+            .unwrap()
+            .captured
+            .len(),
+        65
+    );
+    drive(&mut job, &t, &mut f, &NoShadow, step);
+    for i in 0..4 {
+        assert_eq!(f.msix_entry(nvme, i), Some(table[i as usize]));
+    }
+}
+
+#[test]
+fn backdoor_reset_is_detected_and_repaired() {
+    let (mut f, t) = setup(SimReadiness::default());
+    let nvme = b("05:00.0");
+    let shadow = program_nvme(&mut f, &t, nvme, 0x2000_0000);
+    let pa = msix_table_address(&t, &mut f, nvme).unwrap();
+    assert_eq!(pa, 0x2000_0000);
+    assert!(!msix_table_lost(&mut f, pa, &shadow));
+    // A device-internal reset (BIST) clears the table behind everyone's back.
+    for i in 0..4u64 {
+        f.write(pa + i * 16, 4, 0);
+        f.write(pa + i * 16 + 8, 4, 0);
+    }
+    assert!(msix_table_lost(&mut f, pa, &shadow));
+    assert_eq!(repair_msix_table(&mut f, pa, &shadow), 4);
+    assert!(!msix_table_lost(&mut f, pa, &shadow));
+    for i in 0..4 {
+        assert_eq!(f.msix_entry(nvme, i), Some(shadow[i as usize]));
+    }
+    // Entries the shadow holds as unprogrammed are not compared.
+    assert!(!msix_table_lost(&mut f, pa, &[[0, 0, 0, 1]]));
+}
+
+#[test]
+fn narrowest_reset_for_a_guest_sbr() {
+    let (_f, t) = setup(SimReadiness::default());
+    let nvme = b("03:00.0");
+    let e1000e = b("04:00.0");
+    // Owns everything below its downstream port: a real SBR of it.
+    let own = |g: u16, set: Vec<Bdf>| {
+        move |x: Bdf| {
+            if set.contains(&x) {
+                Owner::Guest(g)
+            } else {
+                Owner::Hwdom
+            }
+        }
+    };
+    assert_eq!(
+        narrowest_reset(&t, own(1, vec![nvme]), &[nvme]).unwrap(),
+        vec![ResetAction::SecondaryBus {
+            bridge: b("02:00.0")
+        }]
+    );
+    // A hot-plug downstream port: its slot reset.
+    assert_eq!(
+        narrowest_reset(&t, own(1, vec![e1000e]), &[e1000e]).unwrap(),
+        vec![ResetAction::Slot { port: b("02:01.0") }]
+    );
+    // Owns both ends of the switch: the lowest bridge above both (the
+    // upstream port); the downstream ports do not count as foreign.
+    assert_eq!(
+        narrowest_reset(&t, own(1, vec![nvme, e1000e]), &[nvme, e1000e]).unwrap(),
+        vec![ResetAction::SecondaryBus {
+            bridge: b("01:00.0")
+        }]
+    );
+    // Shares the bridge with another guest's function: function resets only.
+    let mixed = |x: Bdf| match x {
+        x if x == b("06:00.0") => Owner::Guest(1),
+        x if x == b("06:00.1") => Owner::Guest(2),
+        _ => Owner::Hwdom,
+    };
+    assert_eq!(
+        narrowest_reset(&t, mixed, &[b("06:00.0")]).unwrap(),
+        vec![ResetAction::Function {
+            bdf: b("06:00.0"),
+            method: ResetMethod::AfFlr
+        }]
+    );
+    // With the hwdom owning the sibling, too.
+    assert_eq!(
+        narrowest_reset(&t, own(1, vec![b("06:00.1")]), &[b("06:00.1")]).unwrap(),
+        vec![ResetAction::Function {
+            bdf: b("06:00.1"),
+            method: ResetMethod::Pm
+        }]
+    );
+}
+
+#[test]
+fn narrowest_reset_without_a_method_is_an_error() {
+    // 00:01.0 -> 01:00.0 (no FLR, no PM) + 01:00.1 of another guest.
+    let mut f = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port()
+                .hotplug_slot(false)
+                .child(0, 0, Spec::endpoint(0x15b3, 1).flr(false).pm(None))
+                .child(0, 1, Spec::endpoint(0x15b3, 1).flr(false).pm(None)),
+        )],
+    );
+    let t = track(&mut f);
+    let a = b("01:00.0");
+    let owners = |x: Bdf| {
+        if x == a {
+            Owner::Guest(1)
+        } else {
+            Owner::Guest(2)
+        }
+    };
+    assert_eq!(
+        narrowest_reset(&t, owners, &[a]),
+        Err(EngineError::NoMethod { bdf: a })
+    );
+    let mut q = Quarantine::new();
+    q.add(a, QuarantineReason::NoResetMethod);
+    assert_eq!(q.reason(a), Some(QuarantineReason::NoResetMethod));
+    assert_eq!(q.iter().count(), 1);
+    // Owning both: the bus reset covers them.
+    assert_eq!(
+        narrowest_reset(&t, |_| Owner::Guest(1), &[a, b("01:00.1")]).unwrap(),
+        vec![ResetAction::SecondaryBus {
+            bridge: b("00:01.0")
+        }]
+    );
+}
+
+#[test]
+fn hwdom_sbr_over_a_guest_function_is_refused() {
+    let (_f, t) = setup(SimReadiness::default());
+    let owner = |x: Bdf| {
+        if x == b("04:00.0") {
+            Owner::Guest(3)
+        } else {
+            Owner::Hwdom
+        }
+    };
+    assert_eq!(
+        check_hwdom_reset(
+            &t,
+            ResetAction::SecondaryBus {
+                bridge: b("00:01.0")
+            },
+            owner
+        ),
+        Err(EngineError::GuestFunctionInScope {
+            bdf: b("04:00.0"),
+            guest: 3
+        })
+    );
+    assert_eq!(
+        check_hwdom_reset(
+            &t,
+            ResetAction::SecondaryBus {
+                bridge: b("02:00.0")
+            },
+            owner
+        ),
+        Ok(())
+    );
+}
+
+#[test]
+fn reservations_block_assignments_that_would_break_them() {
+    let (_f, t) = setup(SimReadiness::default());
+    let nvme = b("03:00.0");
+    let e1000e = b("04:00.0");
+    let owner = |x: Bdf| {
+        if x == nvme {
+            Owner::Guest(1)
+        } else if x == e1000e {
+            Owner::Guest(2)
+        } else {
+            Owner::Hwdom
+        }
+    };
+    let mut r = Reservations::new();
+    // Guest 1 reserves the SBR of its downstream port: fine.
+    let sbr = ResetAction::SecondaryBus {
+        bridge: b("02:00.0"),
+    };
+    r.reserve(&t, 1, sbr, owner).unwrap();
+    r.reserve(&t, 1, sbr, owner).unwrap();
+    assert_eq!(r.of(1).count(), 1);
+    // The root port's SBR would touch guest 2's e1000e: refused.
+    let wide = ResetAction::SecondaryBus {
+        bridge: b("00:01.0"),
+    };
+    assert_eq!(r.reserve(&t, 1, wide, owner).unwrap_err().bdf, e1000e);
+    // Assigning the nvme to guest 2 (after guest 1 released it) would break it.
+    let c = r.breaks_reservation(&[nvme], Owner::Guest(2)).unwrap();
+    assert_eq!((c.bdf, c.holder, c.action), (nvme, 1, sbr));
+    assert_eq!(r.breaks_reservation(&[nvme], Owner::Guest(1)), None);
+    assert_eq!(r.breaks_reservation(&[e1000e], Owner::Guest(2)), None);
+    assert!(r.breaks_reservation(&[nvme], Owner::Hwdom).is_some());
+    assert_eq!(r.release(1), 1);
+    assert_eq!(r.breaks_reservation(&[nvme], Owner::Guest(2)), None);
+}
+
+#[test]
+fn default_order_flag_for_the_non_default_warning() {
+    let (_f, mut t) = setup(SimReadiness::default());
+    let nvme = b("05:00.0");
+    assert!(t.is_default_reset_order(nvme));
+    let default: Vec<ResetMethod> = t.reset_methods(nvme).unwrap().as_slice().to_vec();
+    t.set_reset_methods(nvme, &default).unwrap();
+    assert!(t.is_default_reset_order(nvme));
+    t.set_reset_methods(nvme, &[ResetMethod::Bus, ResetMethod::Flr])
+        .unwrap();
+    assert!(!t.is_default_reset_order(nvme));
+    t.clear_reset_methods(nvme);
+    assert!(t.is_default_reset_order(nvme));
 }
