@@ -168,9 +168,24 @@ pub const MAX_MMIO_REGIONS: usize = 8;
 
 /// A VM's emulated MMIO regions, looked up on every data abort: a fixed
 /// array, so the trap path allocates nothing.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MmioMap {
-    regions: [Option<MmioRegion>; MAX_MMIO_REGIONS],
+    regions: [MmioRegion; MAX_MMIO_REGIONS],
+    len: usize,
+}
+
+impl Default for MmioMap {
+    fn default() -> Self {
+        const EMPTY: MmioRegion = MmioRegion {
+            base: 0,
+            size: 0,
+            device: MmioDevice::Uart,
+        };
+        Self {
+            regions: [EMPTY; MAX_MMIO_REGIONS],
+            len: 0,
+        }
+    }
 }
 
 /// The map is full or the new region overlaps one already there.
@@ -184,33 +199,33 @@ impl MmioMap {
     pub fn add(&mut self, region: MmioRegion) -> Result<(), MmioMapError> {
         let end = region.base.saturating_add(region.size);
         if self
-            .regions
-            .iter()
-            .flatten()
+            .regions()
             .any(|r| region.base < r.base.saturating_add(r.size) && r.base < end)
         {
             return Err(MmioMapError::Overlap);
         }
-        let slot = self
-            .regions
-            .iter_mut()
-            .find(|r| r.is_none())
-            .ok_or(MmioMapError::Full)?;
-        *slot = Some(region);
+        let slot = self.regions.get_mut(self.len).ok_or(MmioMapError::Full)?;
+        *slot = region;
+        self.len += 1;
         Ok(())
     }
 
     pub fn regions(&self) -> impl Iterator<Item = &MmioRegion> {
-        self.regions.iter().flatten()
+        self.regions.iter().take(self.len)
     }
 
     /// The region holding the whole access `[ipa, ipa + width)`, and the
-    /// offset into it.
+    /// offset into it. A plain loop over a handful of regions: this runs on
+    /// every data abort.
+    #[inline]
     pub fn find(&self, ipa: u64, width: Width) -> Option<(MmioRegion, u64)> {
-        self.regions.iter().flatten().find_map(|r| {
-            let offset = ipa.checked_sub(r.base)?;
-            (offset.checked_add(width.bytes())? <= r.size).then_some((*r, offset))
-        })
+        for r in self.regions.iter().take(self.len) {
+            let offset = ipa.wrapping_sub(r.base);
+            if ipa >= r.base && offset < r.size && width.bytes() <= r.size - offset {
+                return Some((*r, offset));
+            }
+        }
+        None
     }
 }
 

@@ -162,24 +162,27 @@ pub fn hwdom_ecam_access<P: ConfigPort>(
     let Some(window) = pci.windows.get(window).copied() else {
         return u64::MAX;
     };
-    let mut result = 0u64;
-    for (at, w) in split_access(offset, width) {
-        let shift = (at - offset) * 8;
+    // One naturally aligned piece of at most 4 bytes at `at`, its value
+    // placed at `shift` bits.
+    let mut piece = |at: u64, w: u64, shift: u64| -> u64 {
         let mask = (1u64 << (8 * w)) - 1;
         let Some((bdf, reg)) = window.decode(at) else {
-            result |= mask << shift;
-            continue;
+            return mask << shift;
         };
-        let piece = write.map(|v| ((v >> shift) & mask) as u32);
+        let value = write.map(|v| ((v >> shift) & mask) as u32);
         let outcome = pci
             .ownership
-            .hwdom_apply(&mut pci.port, bdf, reg, w as u16, piece);
+            .hwdom_apply(&mut pci.port, bdf, reg, w as u16, value);
         if let Some(why) = outcome.refused {
             log::warn!("hwdom: write of {w} bytes at {bdf} +{reg:#x} refused: {why:?}");
         }
-        result |= u64::from(outcome.value) << shift;
+        u64::from(outcome.value) << shift
+    };
+    // The common case: one aligned register access.
+    if width <= 4 && offset.is_multiple_of(width) {
+        return piece(offset, width, 0);
     }
-    result
+    split_access(offset, width).fold(0, |acc, (at, w)| acc | piece(at, w, (at - offset) * 8))
 }
 
 /// A trapped access of guest `vm` to its virtual ECAM: split into aligned

@@ -734,7 +734,8 @@ fn give_pci_bus(
         }
     }
     // No bridge the hardware domain keeps may open a window over these.
-    pci.ownership.set_guest_memory(vm.index, bus.physical_bars());
+    pci.ownership
+        .set_guest_memory(vm.index, bus.physical_bars());
     pci.guests.push((vm.index, bus));
     // The lines go to the CPU of the guest's first vCPU.
     let pcpu = vm.vcpus.first().map_or(0, |v| v.pcpu);
@@ -954,9 +955,11 @@ fn system_off() -> ! {
 
 fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
     let ipa = fault_ipa(syn.hpfar, syn.far);
+    // One lookup by the first byte; the access must then fit the region.
+    let found = vm.mmio.find(ipa, crate::mmio::Width::Byte);
     // Device memory of the hardware domain: map the page and retry the
     // access, whatever its syndrome.
-    if let Some((region, _)) = vm.mmio.find(ipa, crate::mmio::Width::Byte)
+    if let Some((region, _)) = found
         && region.device == MmioDevice::HwdomPciWindow
     {
         hwdom_bar_fault(vm, vcpu, frame, syn, ipa);
@@ -977,7 +980,8 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
             return;
         }
     };
-    let Some((region, offset)) = vm.mmio.find(ipa, access.width) else {
+    let found = found.filter(|(r, offset)| access.width.bytes() <= r.size - offset);
+    let Some((region, offset)) = found else {
         if vm.log_fault() {
             log::warn!(
                 "{} vCPU {vcpu}: {} of {} bytes at IPA {ipa:#x} (pc {:#x}) hits nothing it owns; external abort injected",
