@@ -386,7 +386,10 @@ fn device_that_never_comes_back_times_out_after_60_s_with_one_retrain() {
     );
     // Polling began at 101 ms; retrain once after 1 s of it; give up at 60 s.
     let r = retrain_at.unwrap();
-    assert!((1101 * MS..1101 * MS + READY_POLL_MAX_NS).contains(&r), "{r}");
+    assert!(
+        (1101 * MS..1101 * MS + READY_POLL_MAX_NS).contains(&r),
+        "{r}"
+    );
     assert_eq!(last, 101 * MS + READY_TIMEOUT_NS);
     assert_eq!(
         f.read16(rp, rp_pcie + PCIE_LNKCTL) & (1 << 5),
@@ -886,4 +889,130 @@ fn default_order_flag_for_the_non_default_warning() {
     assert!(!t.is_default_reset_order(nvme));
     t.clear_reset_methods(nvme);
     assert!(t.is_default_reset_order(nvme));
+}
+
+/// 00:01.0 -> 01:00.0 PF (FLR) with 2 VFs; 00:02.0 -> 02:00.0 Chelsio T4
+/// (device-specific quirk); 00:03.0 -> 03:00.0 Atheros (NO_BUS_RESET).
+fn quirky() -> (Fabric, Topology) {
+    let rp = || Spec::qemu_root_port().hotplug_slot(false);
+    let mut f = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[
+            (
+                devfn(1, 0),
+                rp().child(0, 0, Spec::endpoint(0x8086, 0x1521).sriov(2, 0x1520)),
+            ),
+            (
+                devfn(2, 0),
+                rp().child(0, 0, Spec::endpoint(0x1425, 0x4001)),
+            ),
+            (
+                devfn(3, 0),
+                rp().child(0, 0, Spec::endpoint(0x168c, 0x0030)),
+            ),
+        ],
+    );
+    let t = track(&mut f);
+    (f, t)
+}
+
+#[test]
+fn pf_flr_brings_its_vfs_back_after_vf_enable() {
+    let (mut f, t) = quirky();
+    let pf = b("01:00.0");
+    let action = t.reset_action(pf, ResetMethod::Flr).unwrap();
+    let (mut job, step) = start(&t, &mut f, action);
+    assert_eq!(job.scope(), &[pf, b("01:00.1"), b("01:00.2")]);
+    let run = drive(&mut job, &t, &mut f, &NoShadow, step);
+    assert_eq!(run.outcome, ResetOutcome::Ready);
+    // PF back at 100 ms, VF Enable restored then; VFs polled 100 ms later.
+    assert_eq!(job.first_ready_ns(), Some(100 * MS));
+    assert_eq!(*run.waits.last().unwrap(), 200 * MS);
+    assert_ne!(f.read32(b("01:00.2"), COMMAND), u32::MAX);
+}
+
+#[test]
+fn device_specific_reset_and_bus_reset_quirk() {
+    let (mut f, t) = quirky();
+    let chelsio = b("02:00.0");
+    assert_eq!(
+        t.reset_methods(chelsio).unwrap().first(),
+        Some(ResetMethod::DeviceSpecific)
+    );
+    f.write32(chelsio, BAR0, 0x4000_0000);
+    let action = t
+        .reset_action(chelsio, ResetMethod::DeviceSpecific)
+        .unwrap();
+    let (mut job, step) = start(&t, &mut f, action);
+    assert_eq!(
+        f.read32(chelsio, BAR0),
+        0x4000_0000,
+        "not reset before TP check"
+    );
+    let run = drive(&mut job, &t, &mut f, &NoShadow, step);
+    assert_eq!(run.outcome, ResetOutcome::Ready);
+    assert_eq!(job.reset_exit_ns(), Some(0));
+    assert_eq!(f.read32(chelsio, BAR0), 0x4000_0000);
+
+    let atheros = b("03:00.0");
+    let rp = b("00:03.0");
+    let saved = SavedState::capture(&t, &mut f, &[atheros]);
+    assert_eq!(
+        ResetJob::start(
+            &t,
+            &mut f,
+            ResetAction::SecondaryBus { bridge: rp },
+            0,
+            saved
+        )
+        .unwrap_err(),
+        EngineError::BusResetQuirk { bridge: rp }
+    );
+    // A guest owning it gets its FLR instead of an SBR.
+    assert_eq!(
+        narrowest_reset(&t, |_| Owner::Guest(1), &[atheros]).unwrap(),
+        vec![ResetAction::Function {
+            bdf: atheros,
+            method: ResetMethod::Flr
+        }]
+    );
+}
+
+#[test]
+fn pcie_aer_acs_and_msi_state_survive_an_sbr() {
+    let (mut f, t) = setup(SimReadiness::default());
+    let e = b("04:00.0"); // e1000e: MSI + MSI-X + AER
+    let dp = b("02:01.0");
+    let fe = t.function(e).unwrap().clone();
+    let (pcie, aer, msi) = (fe.caps.pcie as u16, fe.caps.aer, fe.caps.msi as u16);
+    f.write16(e, pcie + PCIE_DEVCTL, 0x201f);
+    f.write16(e, pcie + PCIE_LNKCTL, 0x0040);
+    f.write16(e, pcie + PCIE_DEVCTL2, 0x0010);
+    f.write32(e, aer + AER_UNCOR_MASK, 0x0040_0000);
+    f.write32(e, aer + AER_UNCOR_SEVER, 0x0000_1000);
+    f.write32(e, aer + AER_COR_MASK, 0x0000_0001);
+    f.write32(e, msi + 4, 0x0800_0040);
+    f.write32(e, msi + 8, 0);
+    f.write16(e, msi + 0x0c, 0x55);
+    f.write16(e, msi + MSI_FLAGS, MSI_FLAGS_ENABLE);
+    let regs = |f: &mut Fabric| {
+        vec![
+            f.read16(e, pcie + PCIE_DEVCTL) as u32,
+            f.read16(e, pcie + PCIE_LNKCTL) as u32,
+            f.read16(e, pcie + PCIE_DEVCTL2) as u32,
+            f.read32(e, aer + AER_UNCOR_MASK),
+            f.read32(e, aer + AER_UNCOR_SEVER),
+            f.read32(e, aer + AER_COR_MASK),
+            f.read32(e, msi + 4),
+            f.read16(e, msi + 0x0c) as u32,
+            f.read16(e, msi + MSI_FLAGS) as u32,
+        ]
+    };
+    let before = regs(&mut f);
+    let (mut job, step) = start(&t, &mut f, ResetAction::Slot { port: dp });
+    let run = drive(&mut job, &t, &mut f, &NoShadow, step);
+    assert_eq!(run.outcome, ResetOutcome::Ready);
+    assert_eq!(regs(&mut f), before);
+    assert_eq!(before[8] as u16 & MSI_FLAGS_ENABLE, MSI_FLAGS_ENABLE);
 }

@@ -786,8 +786,8 @@ impl ResetJob {
                         let Some(f) = self.saved.functions.get(e.saved) else {
                             continue;
                         };
-                        let id = port.read32(f.bdf, VENDOR_ID);
-                        if id == u32::MAX || id as u16 == VENDOR_ID_RRS {
+                        let vf = topo.function(f.bdf).is_some_and(|t| t.physfn().is_some());
+                        if !save::answers(port, f.bdf, vf) {
                             continue;
                         }
                         self.first_ready_ns.get_or_insert(now_ns);

@@ -254,8 +254,7 @@ fn capture_function<H: ConfigPort + MemoryPort + ?Sized>(
     bdf: Bdf,
 ) -> Option<SavedFunction> {
     let f = topo.function(bdf)?;
-    let id = port.read32(bdf, VENDOR_ID);
-    if id == u32::MAX || id as u16 == VENDOR_ID_RRS {
+    if !answers(port, bdf, f.physfn().is_some()) {
         return None;
     }
     let mut header = [0u32; 16];
@@ -374,6 +373,18 @@ fn capture_function<H: ConfigPort + MemoryPort + ?Sized>(
         });
     }
     Some(saved)
+}
+
+/// Whether a function answers config requests: Vendor ID neither RRS
+/// (0x0001) nor all-ones (Linux `pci_dev_wait`). A VF's Vendor ID reads
+/// 0xFFFF by definition (SR-IOV §3.4.1.1): its Command/Status dword is
+/// checked instead.
+pub fn answers<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf, vf: bool) -> bool {
+    if vf {
+        return port.read32(bdf, COMMAND) != u32::MAX;
+    }
+    let id = port.read32(bdf, VENDOR_ID);
+    id != u32::MAX && id as u16 != VENDOR_ID_RRS
 }
 
 /// Writes Command = INTx Disable only (no decoding, no bus mastering), as
