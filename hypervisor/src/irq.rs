@@ -16,7 +16,7 @@ use crate::mmio::{MmioAccess, MmioDevice, MmioRegion, fault_ipa};
 use crate::vgic::dist::{Access, GICR_STRIDE};
 use crate::vgic::{self, Eois, InjectError, Kick, VGic, Version};
 use crate::vm::{Vm, system};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use platform::{Gic, Platform};
 
 /// Set up the physical distributor; call once on the boot CPU after the EL2
@@ -30,6 +30,7 @@ pub fn init(platform: &Platform) -> Result<&'static PhysGic, GicError> {
 /// the CNTHP deadline path that reports once the first guest runs.
 pub fn init_cpu(cpu: usize) -> Result<(), GicError> {
     gic::init_cpu(&system().platform, cpu)?;
+    reroute_spis_of(cpu);
     if cpu == system().boot_cpu {
         let deadline = cpu::counter() + counter_hz() / 1000;
         CHECK_DEADLINE.store(deadline, Ordering::Relaxed);
@@ -387,11 +388,26 @@ fn dispatch_spi(intid: u32) -> bool {
 /// enable it, and call `handler(pintid)` at EL2 on that CPU when it fires
 /// (the handler returns whether to deactivate it now).
 pub fn register_spi(pintid: u32, pcpu: usize, level: bool, handler: fn(u32) -> bool) {
-    if !(32..1020).contains(&pintid) || pcpu >= MAX_CPUS {
+    if !(32..1020).contains(&pintid) || pcpu >= MAX_CPUS.min(127) {
         return;
     }
     SPI_HANDLERS[pintid as usize].store(handler as usize, Ordering::Release);
+    SPI_ROUTE[pintid as usize].store((pcpu as u8 + 1) | (u8::from(level) << 7), Ordering::Release);
     gic::route_spi(pintid, pcpu, level);
+}
+
+/// Where each registered SPI goes: pCPU + 1 in bits 6:0 (0 = none), level
+/// in bit 7. Replayed when a CPU comes up (a GICv2 CPU interface mask is
+/// only known once that CPU has read its banked ITARGETSR0).
+static SPI_ROUTE: [AtomicU8; 1020] = [const { AtomicU8::new(0) }; 1020];
+
+fn reroute_spis_of(cpu: usize) {
+    for (pintid, r) in SPI_ROUTE.iter().enumerate() {
+        let r = r.load(Ordering::Acquire);
+        if r & 0x7f == cpu as u8 + 1 {
+            gic::route_spi(pintid as u32, cpu, r & 0x80 != 0);
+        }
+    }
 }
 
 #[allow(dead_code)]
@@ -400,6 +416,7 @@ pub fn unregister_spi(pintid: u32) {
     if let Some(h) = SPI_HANDLERS.get(pintid as usize) {
         gic::disable_spi(pintid);
         h.store(0, Ordering::Release);
+        SPI_ROUTE[pintid as usize].store(0, Ordering::Release);
     }
 }
 
