@@ -18,10 +18,25 @@
 //!     }
 //! }
 //! ```
+//! A `Wait` whose deadline is not in the future (FLR's first Transactions
+//! Pending read is at the start time) means: step again at once. The
+//! functions' BAR mappings in their owners' stage-2 stay as they are; the
+//! device does not decode while Command is 0, so MMIO reads all-ones as on
+//! hardware.
+//!
 //! Meanwhile, config accesses of the owners to `job.masks(bdf)` functions are
 //! answered by [`masked_read`] (writes dropped): the owner sees what hardware
 //! shows during a reset, and no vCPU stalls. Several jobs may run at once on
 //! disjoint scopes ([`ResetJob::overlaps`]).
+//!
+//! Around the engine (the shell's part): choose the action with
+//! [`Topology::reset_methods`] / [`narrowest_reset`] (guest SBR) /
+//! [`check_hwdom_reset`] (hwdom requests); log a warning when
+//! [`Topology::is_default_reset_order`] is false (seed 003); put
+//! `TimedOut` functions and `NoMethod` errors in the [`Quarantine`]; check
+//! [`Reservations::breaks_reservation`] and the quarantine before every
+//! assignment; on an MSI-X vector unmask, [`msix_table_lost`] then
+//! [`repair_msix_table`] (seed 001).
 //!
 //! # Sequences and timing
 //!
