@@ -517,6 +517,47 @@ fn drive_devices(t: &mut Test, tree: &Tree, skip: &[(u8, u8)]) -> usize {
     n
 }
 
+/// A read/write device register without side effects while the device is
+/// idle, that a reset clears to 0, and its writable bits: nvme CC (only the
+/// queue entry sizes IOSQES/IOCQES, Enable and Shutdown left 0; QEMU keeps
+/// ASQ across a reset), e1000e RDBAL (16-byte aligned).
+fn scratch_register(f: &Func) -> Option<(u64, u32)> {
+    let bar = f.mem_bar(0)?;
+    match (f.vendor, f.device) {
+        NVME => Some((bar.addr + 0x14, 0x00ff_0000)),
+        E1000E => Some((bar.addr + 0x2800, 0xffff_fff0)),
+        _ => None,
+    }
+}
+
+/// A marker value for function `f` (distinct per function where the
+/// register allows it).
+fn marker(f: &Func, mask: u32) -> u32 {
+    if (f.vendor, f.device) == NVME {
+        // IOSQES = 6 (64-byte SQ entries), IOCQES = 4 (16-byte CQ entries).
+        return (6 << 16) | (4 << 20);
+    }
+    (0x5a00_0000 | (u32::from(f.rid()) << 8) | 0xa0) & mask
+}
+
+/// Leave a marker in the scratch register of each of our devices: a reset
+/// of the device (which clears it) shows at `recheck`.
+fn leave_markers(tree: &Tree, given: &[(u8, u8)]) -> usize {
+    let mut n = 0;
+    for f in tree
+        .funcs()
+        .iter()
+        .filter(|f| !given.contains(&(f.bus, f.devfn)))
+    {
+        if let Some((addr, mask)) = scratch_register(f)
+            && mmio_write32(addr, marker(f, mask)).is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Write `v` to a plain RW register, read it back under `mask`, restore it.
 fn check_rw(t: &mut Test, a: &Addr, what: &str, addr: u64, v: u32, mask: u32) {
     let Ok(old) = mmio_read32(addr) else {
@@ -601,6 +642,8 @@ pub fn enumerate(env: &Env) -> ! {
     );
 
     if env.bootargs.flag("recheck") {
+        let marked = leave_markers(tree, given);
+        println!("left markers in {marked} devices");
         // Let the guests run their tests, then prove nothing of ours moved.
         let wait = env
             .bootargs
@@ -846,6 +889,24 @@ fn recheck(t: &mut Test, c: &mut Ecam, tree: &Tree, given: &[(u8, u8)]) {
             cmd & pcienum::CMD_MEMORY != 0 || !f.bars.iter().any(|b| b.is_mem()),
             format_args!("{a}: Memory Space disabled ({cmd:#x})"),
         );
+    }
+    // Our devices were not reset: the markers are still there.
+    for f in tree
+        .funcs()
+        .iter()
+        .filter(|f| !given.contains(&(f.bus, f.devfn)))
+    {
+        if let Some((addr, mask)) = scratch_register(f) {
+            let got = mmio_read32(addr);
+            t.check(
+                got.is_ok_and(|v| v & mask == marker(f, mask)),
+                format_args!(
+                    "{}: marker {:#x} at {addr:#x} now reads {got:x?}: the device was reset or moved",
+                    Addr(f.bus, f.devfn),
+                    marker(f, mask)
+                ),
+            );
+        }
     }
     let driven = drive_devices(t, tree, given);
     if t.failures == before {
@@ -1253,4 +1314,102 @@ fn root_port_attacks(t: &mut Test, br: &Bridge, c: &mut Ecam, tree: &Tree) {
             ),
         );
     }
+}
+
+// ---- pci-sbr -----------------------------------------------------------------------
+
+/// `pci-sbr`: the guest asks for a Secondary Bus Reset on the virtual root
+/// port above each of its devices (as Linux does for recovery or
+/// `reset_method=bus`); the hypervisor must perform a real reset covering
+/// only the guest's functions: the device's scratch register (nvme ASQ,
+/// e1000e RDBAL) is back to 0 afterwards, the device answers again, and its
+/// BARs and Command are as the guest programmed them (or programmable again).
+pub fn pci_sbr(env: &Env) -> ! {
+    let mut t = Test::new("pci-sbr");
+    let Some((_br, mut ecam, tree)) = enumerate_bus(&mut t, env) else {
+        t.finish(env)
+    };
+    check_guest_view(&mut t, env, tree);
+    let mut done = 0;
+    for (i, rp) in tree
+        .funcs()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.is_bridge())
+    {
+        let a = Addr(rp.bus, rp.devfn);
+        let kids = tree.funcs().iter().filter(|g| g.parent == Some(i));
+        let Some(dev) = kids
+            .clone()
+            .find(|g| scratch_register(g).is_some())
+            .copied()
+        else {
+            continue;
+        };
+        let d = Addr(dev.bus, dev.devfn);
+        let Some((reg, mask)) = scratch_register(&dev) else {
+            continue;
+        };
+        let mark = marker(&dev, mask);
+        let _ = mmio_write32(reg, mark);
+        let before = mmio_read32(reg);
+        t.check(
+            before.is_ok_and(|v| v & mask == mark),
+            format_args!("{d}: scratch register reads {before:x?} after writing {mark:#x}"),
+        );
+        // Set SBR, hold it (Trst >= 1 ms), clear it.
+        let bc = ecam.read16(rp.bus, rp.devfn, BRIDGE_CONTROL);
+        ecam.write16(rp.bus, rp.devfn, BRIDGE_CONTROL, bc | 0x40);
+        rt::delay_ms(2);
+        ecam.write16(rp.bus, rp.devfn, BRIDGE_CONTROL, bc & !0x40);
+        // Config space answers again within 1 s (the hypervisor may hold the
+        // accesses or return all-ones / RRS while the reset runs).
+        let id = u32::from(dev.vendor) | (u32::from(dev.device) << 16);
+        let back = rt::poll_ms(1000, || {
+            (ecam.read32(dev.bus, dev.devfn, VENDOR_ID) == id).then_some(())
+        });
+        t.check(
+            back.is_some(),
+            format_args!("{d}: does not answer within 1 s of SBR on {a}"),
+        );
+        let bc_now = ecam.read16(rp.bus, rp.devfn, BRIDGE_CONTROL);
+        t.check(
+            bc_now & 0x40 == 0,
+            format_args!("{a}: SBR still set ({bc_now:#x})"),
+        );
+        // Our virtual config is intact, or at least reprogrammable: make sure
+        // BAR0 and Memory are ours again, then look at the device.
+        let bar0 = ecam.read32(dev.bus, dev.devfn, BAR0) & !0xf;
+        let cmd = ecam.read16(dev.bus, dev.devfn, COMMAND);
+        println!("{d}: after SBR on {a}: BAR0 {bar0:#x}, Command {cmd:#x}");
+        // Like a driver after a reset: put every memory BAR and Command back.
+        for (k, b) in dev.bars.iter().enumerate().filter(|(_, b)| b.is_mem()) {
+            set_bar(&mut ecam, &dev, k, b.addr);
+        }
+        ecam.write16(
+            dev.bus,
+            dev.devfn,
+            COMMAND,
+            cmd | pcienum::CMD_MEMORY | pcienum::CMD_BUS_MASTER,
+        );
+        let after = mmio_read32(reg);
+        if after == Ok(0) {
+            println!("{d}: reset by SBR on {a}: scratch register {mark:#x} -> 0");
+        } else {
+            t.fail(format_args!(
+                "{d}: scratch register reads {after:x?} after SBR (was {mark:#x}): no reset happened"
+            ));
+        }
+        done += 1;
+    }
+    t.check(
+        done > 0,
+        format_args!("no device below a root port to reset"),
+    );
+    let driven = drive_devices(&mut t, tree, &[]);
+    t.check(
+        driven > 0,
+        format_args!("no device to drive after the resets"),
+    );
+    t.finish(env)
 }
