@@ -437,6 +437,8 @@ fn verify_programming(t: &mut Test, c: &mut Ecam, tree: &Tree) {
 
 const NVME: (u16, u16) = (0x1b36, 0x0010);
 const E1000E: (u16, u16) = (0x8086, 0x10d3);
+/// The conventional PCI e1000 (82540EM): the same CTRL/STATUS/RDBAL.
+const E1000: (u16, u16) = (0x8086, 0x100e);
 
 /// Read real device registers through BAR0: nvme CAP/VS, e1000e STATUS/CTRL,
 /// plus a write/read-back of a plain RW register (nvme ASQ, e1000e RDBAL).
@@ -481,37 +483,31 @@ fn drive_devices(t: &mut Test, tree: &Tree, skip: &[(u8, u8)]) -> usize {
             }
             // ASQ (0x28): 4 KiB aligned, read/write while the controller is disabled.
             check_rw(t, &a, "nvme ASQ", bar.addr + 0x28, 0x1234_5000, 0xffff_f000);
-        } else if id == E1000E {
+        } else if id == E1000E || id == E1000 {
+            let name = if id == E1000 { "e1000" } else { "e1000e" };
             n += 1;
             let ctrl = mmio_read32(bar.addr);
             let status = mmio_read32(bar.addr + 8);
             match (ctrl, status) {
                 (Ok(ctrl), Ok(status)) => {
                     println!(
-                        "{a} e1000e: CTRL {ctrl:#010x}, STATUS {status:#010x} (FD {}, LU {}, speed {})",
+                        "{a} {name}: CTRL {ctrl:#010x}, STATUS {status:#010x} (FD {}, LU {}, speed {})",
                         status & 1,
                         (status >> 1) & 1,
                         (status >> 6) & 3
                     );
                     t.check(
                         status != u32::MAX && ctrl != u32::MAX,
-                        format_args!("{a}: e1000e CTRL/STATUS read all-ones"),
+                        format_args!("{a}: {name} CTRL/STATUS read all-ones"),
                     );
                 }
                 e => t.fail(format_args!(
-                    "{a}: e1000e BAR0 {:#x} unreadable: {e:x?}",
+                    "{a}: {name} BAR0 {:#x} unreadable: {e:x?}",
                     bar.addr
                 )),
             }
             // RDBAL (0x2800): 16-byte aligned, read/write.
-            check_rw(
-                t,
-                &a,
-                "e1000e RDBAL",
-                bar.addr + 0x2800,
-                0x1234_5670,
-                0xffff_fff0,
-            );
+            check_rw(t, &a, "RDBAL", bar.addr + 0x2800, 0x1234_5670, 0xffff_fff0);
         }
     }
     n
@@ -525,7 +521,7 @@ fn scratch_register(f: &Func) -> Option<(u64, u32)> {
     let bar = f.mem_bar(0)?;
     match (f.vendor, f.device) {
         NVME => Some((bar.addr + 0x14, 0x00ff_0000)),
-        E1000E => Some((bar.addr + 0x2800, 0xffff_fff0)),
+        E1000E | E1000 => Some((bar.addr + 0x2800, 0xffff_fff0)),
         _ => None,
     }
 }
@@ -633,7 +629,7 @@ pub fn enumerate(env: &Env) -> ! {
     let want_driven = tree
         .funcs()
         .iter()
-        .filter(|f| [NVME, E1000E].contains(&(f.vendor, f.device)))
+        .filter(|f| [NVME, E1000E, E1000].contains(&(f.vendor, f.device)))
         .filter(|f| !given.contains(&(f.bus, f.devfn)))
         .count();
     t.check(
