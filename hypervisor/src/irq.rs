@@ -12,7 +12,7 @@ use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::gic::{self, CpuLrs, GicError, PhysGic};
 use crate::arch::aarch64::head::MAX_CPUS;
 use crate::arch::aarch64::trap::TrapFrame;
-use crate::mmio::{MmioAccess, MmioDevice, MmioRegion, fault_ipa};
+use crate::mmio::{MmioAccess, MmioDevice, MmioRegion};
 use crate::vgic::dist::{Access, GICR_STRIDE};
 use crate::vgic::{self, Eois, InjectError, Kick, VGic, Version};
 use crate::vm::{Vm, system};
@@ -101,10 +101,6 @@ pub fn vm_gic(platform: &Platform, nvcpus: usize) -> VmGic {
         ),
     };
     let mut state = VGic::new(version, nvcpus, g.prio_bits);
-    let window = |r: &Option<MmioRegion>| r.map(|r| (r.base, r.size));
-    if let Some(gicd) = window(&regions[0]) {
-        state.set_windows(gicd, window(&regions[1]));
-    }
     state.set_hw_by_eoi(!g.hw_deactivation);
     for v in 0..state.nvcpus() {
         // The EL1 timers' interrupts arrive at EL2 physically and go in
@@ -243,6 +239,35 @@ pub fn lower_el_irq(vm: &Vm, vcpu: usize) {
     }
 }
 
+/// Wait on a CPU with no vCPU running: WFI (on QEMU an idle CPU then
+/// really halts, so `-icount` figures of other CPUs stay exact), then handle
+/// what woke it with interrupts still masked at EL2: kick SGIs (the reason
+/// to look again), the hypervisor timer, SPIs routed here.
+pub fn idle_wait() {
+    let g = gic::get();
+    aarch64_cpu::asm::wfi();
+    for _ in 0..4 {
+        let Some(a) = gic::ack() else { break };
+        gic::priority_drop(a);
+        if a.intid == g.hyp_timer {
+            gic::deactivate(a);
+            gic::hyp_timer_fired(cpu::cpu_index(), cpu::counter());
+        } else if a.intid >= 32 {
+            if dispatch_spi(a.intid) {
+                gic::deactivate(a);
+            }
+        } else {
+            // A kick, or a timer of a vCPU that is off: nothing to do.
+            gic::deactivate(a);
+        }
+    }
+}
+
+/// Wake the idle physical CPU `pcpu` (it waits in [`idle_wait`]).
+pub fn wake(pcpu: usize) {
+    gic::kick(pcpu);
+}
+
 /// A trapped access to the VM's distributor (`redist` false) or
 /// redistributor region.
 pub fn gic_mmio(
@@ -254,24 +279,6 @@ pub fn gic_mmio(
     frame: &mut TrapFrame,
 ) {
     emulate(vm, vcpu, vm.vgic.lock(), redist, offset, access, frame);
-}
-
-/// The trap path for the GIC windows, ahead of the VM's general MMIO map:
-/// a data abort inside the VM's distributor or redistributor windows is
-/// emulated here and the instruction skipped (true); anything else is left
-/// to the caller (false).
-pub fn gic_fast_path(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: &cpu::Syndrome) -> bool {
-    let ipa = fault_ipa(syn.hpfar, syn.far);
-    let Ok(access) = MmioAccess::decode(syn.esr, ipa) else {
-        return false;
-    };
-    let s = vm.vgic.lock();
-    let Some((redist, offset)) = s.window(ipa, access.width.bytes()) else {
-        return false;
-    };
-    emulate(vm, vcpu, s, redist, offset, &access, frame);
-    frame.elr += 4;
-    true
 }
 
 fn emulate(

@@ -404,8 +404,8 @@ impl Vm {
         if let Some(v0) = self.vcpus.first() {
             *v0.boot.lock() = (self.entry, self.ram.base);
             v0.set_power(VcpuPower::OnPending);
+            crate::irq::wake(v0.pcpu);
         }
-        cpu::send_event();
     }
 
     /// Whether to log another fault of this VM (and say so once when the
@@ -507,7 +507,7 @@ pub fn run_pcpu(cpu: usize) -> ! {
     let sys = system();
     let Some((vm_index, vcpu_index)) = sys.pins.get(cpu).copied().flatten() else {
         loop {
-            cpu::wait_for_event();
+            crate::irq::idle_wait();
         }
     };
     let vm = &sys.vms[vm_index];
@@ -518,14 +518,20 @@ pub fn run_pcpu(cpu: usize) -> ! {
     while vcpu.power() != VcpuPower::OnPending || vm.stopped.load(Ordering::Acquire) {
         if waits_for_pci && let Some(pci) = PCI.get() {
             let mut pci = pci.lock();
-            if !pci.pending.iter().any(|g| usize::from(g.vm) == vm_index) {
-                waits_for_pci = false;
-            } else if crate::pci_calls::expire_guest(&mut pci, vm_index as u16, cpu::counter()) {
-                FAILED.store(true, Ordering::Release);
-                waits_for_pci = false;
+            match pci.pending.iter().find(|g| usize::from(g.vm) == vm_index) {
+                None => waits_for_pci = false,
+                Some(g) if cpu::counter() < g.deadline => {
+                    // Wake up for the deadline if nothing else comes first.
+                    crate::irq::hyp_timer_arm(cpu, g.deadline, |_| {});
+                }
+                Some(_) => {
+                    crate::pci_calls::expire_guest(&mut pci, vm_index as u16, cpu::counter());
+                    FAILED.store(true, Ordering::Release);
+                    waits_for_pci = false;
+                }
             }
         }
-        cpu::wait_for_event();
+        crate::irq::idle_wait();
     }
     let (entry, context) = *vcpu.boot.lock();
     vcpu.set_power(VcpuPower::On);
@@ -604,7 +610,7 @@ impl HypercallHost for Caller<'_> {
             VcpuPower::Off => {
                 *boot = (entry, context_id);
                 target.set_power(VcpuPower::OnPending);
-                cpu::send_event();
+                crate::irq::wake(target.pcpu);
                 Ok(())
             }
         }
@@ -827,13 +833,6 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
             // A trapped SMC leaves ELR at the instruction itself.
             frame.elr += 4;
             hypercall(vm, vcpu, frame);
-        }
-        // The GIC windows first: their traps are the most frequent.
-        esr::EC_DABT_LOW if crate::irq::gic_fast_path(vm, vcpu, frame, &syn) => {
-            if vm.stopped.load(Ordering::Acquire) {
-                vm.vcpus[vcpu].set_power(VcpuPower::Off);
-                run_pcpu(cpu::cpu_index());
-            }
         }
         esr::EC_DABT_LOW => data_abort(vm, vcpu, frame, syn),
         esr::EC_IABT_LOW => {

@@ -170,9 +170,6 @@ pub struct VGic {
     /// GICv2: a level interrupt re-asserted while active then stays pending
     /// and is never signalled).
     hw_by_eoi: bool,
-    /// The guest's distributor and redistributor windows (IPA, size,
-    /// redistributor?), for the trap fast path.
-    windows: [Option<(u64, u64, bool)>; 2],
 }
 
 impl VGic {
@@ -190,28 +187,7 @@ impl VGic {
             vcpus: (0..nvcpus).map(|i| VcpuGic::new(version, i)).collect(),
             prio_mask,
             hw_by_eoi: false,
-            windows: [None; 2],
         }
-    }
-
-    /// Where the guest sees its distributor and (GICv3) redistributors.
-    pub fn set_windows(&mut self, gicd: (u64, u64), gicr: Option<(u64, u64)>) {
-        self.windows = [
-            Some((gicd.0, gicd.1, false)),
-            gicr.map(|(base, size)| (base, size, true)),
-        ];
-    }
-
-    /// Which window holds the whole access `[ipa, ipa + width)`:
-    /// (redistributor?, offset).
-    pub fn window(&self, ipa: u64, width: u64) -> Option<(bool, u64)> {
-        self.windows
-            .iter()
-            .flatten()
-            .find_map(|&(base, size, redist)| {
-                let offset = ipa.wrapping_sub(base);
-                (offset < size && size - offset >= width).then_some((redist, offset))
-            })
     }
 
     /// Deliver physically backed interrupts with EOI maintenance instead of

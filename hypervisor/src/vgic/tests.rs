@@ -532,21 +532,3 @@ fn new_edge_while_held_is_not_lost() {
         Some(1)
     );
 }
-
-#[test]
-fn windows_hold_whole_accesses_only() {
-    let mut g = gic(Version::V3, 2);
-    g.set_windows((0x800_0000, 0x1_0000), Some((0x80a_0000, 2 * GICR_STRIDE)));
-    assert_eq!(g.window(0x800_0104, 4), Some((false, 0x104)));
-    assert_eq!(
-        g.window(0x80a_0000 + GICR_STRIDE + 8, 8),
-        Some((true, GICR_STRIDE + 8))
-    );
-    assert_eq!(g.window(0x800_fffc, 8), None, "straddles the end");
-    assert_eq!(g.window(0x7ff_fffc, 4), None);
-    assert_eq!(
-        g.window(0x80a_0000 + 2 * GICR_STRIDE, 4),
-        None,
-        "a third vCPU's frame"
-    );
-}

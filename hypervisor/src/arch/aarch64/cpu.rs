@@ -322,10 +322,3 @@ pub fn inject_sync(frame: &mut TrapFrame, kind: Injected, far: u64) {
 pub fn wait_for_event() {
     aarch64_cpu::asm::wfe();
 }
-
-/// Wake CPUs waiting in `wait_for_event`.
-#[inline]
-pub fn send_event() {
-    barrier::dsb(barrier::ISH);
-    aarch64_cpu::asm::sev();
-}
