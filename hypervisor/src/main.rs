@@ -30,6 +30,7 @@ mod memory;
 mod mmio;
 mod pci_calls;
 mod pci_host;
+mod pci_report;
 mod smccc;
 mod vgic;
 #[cfg(target_os = "none")]

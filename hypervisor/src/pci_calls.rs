@@ -144,6 +144,10 @@ fn log_tree<P: ConfigPort>(pci: &mut PciState<P>, segment: u16) -> (u64, u64, u6
             log::info!("  unit {:?}: {:?}", unit.id.0, unit.members);
         }
     }
+    // Machine-readable copy for `cargo xtask pci-report`.
+    for line in crate::pci_report::lines(&mut pci.topology, &mut pci.port, segment) {
+        log::info!("pci-json {line}");
+    }
     (functions.len() as u64, count, orphans)
 }
 
