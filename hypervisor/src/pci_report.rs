@@ -268,7 +268,10 @@ mod tests {
             assert_eq!(l.matches('[').count(), l.matches(']').count(), "{l}");
             assert!(!l.chars().any(|c| c.is_control()));
         }
-        assert!(lines(&mut topo, &mut fabric, 1).len() == 1, "other segment: end only");
+        assert!(
+            lines(&mut topo, &mut fabric, 1).len() == 1,
+            "other segment: end only"
+        );
     }
 
     #[test]
