@@ -3,7 +3,10 @@
 //! demultiplexed by each function's Status.Interrupt Status; a function that
 //! asserts is masked with Command.INTx Disable and its owner's virtual line
 //! is raised; the owner's EOI unmasks it, and if the function still needs
-//! service the physical line fires again.
+//! service the physical line fires again. While the owner keeps its own
+//! (virtual) Command.INTx Disable set, an asserting function is masked
+//! without raising anything; the owner clearing that bit unmasks it
+//! ([`command_written`]), and the line fires again if it still asserts.
 
 use alloc::vec::Vec;
 use pci::regs::{COMMAND, COMMAND_INTX_DISABLE, STATUS};
@@ -20,17 +23,23 @@ pub struct IntxSource {
     pub physical: Bdf,
     /// The owning VM.
     pub vm: u16,
-    /// Masked by us (INTx Disable set) until the owner's EOI.
+    /// Masked by us (INTx Disable set) until the owner's EOI, or until
+    /// the owner clears its own INTx Disable.
     pub masked: bool,
+    /// The owner's virtual line was raised for it: unmasked on its EOI.
+    pub raised: bool,
 }
 
 /// The physical line `pintid` fired: mask every function on it that
-/// asserts and report its owner through `raise` (at most once per VM).
+/// asserts and report its owner through `raise` (at most once per VM),
+/// unless the owner keeps that function's INTx disabled itself
+/// (`guest_disabled(vm, function)`): then it stays masked, unreported.
 /// Returns how many functions claimed the interrupt.
 pub fn demux<P: ConfigPort>(
     sources: &mut [IntxSource],
     port: &mut P,
     pintid: u32,
+    guest_disabled: &dyn Fn(u16, Bdf) -> bool,
     raise: &mut dyn FnMut(u16),
 ) -> usize {
     let mut claimed = 0;
@@ -46,6 +55,10 @@ pub fn demux<P: ConfigPort>(
         port.write16(s.physical, COMMAND, command | COMMAND_INTX_DISABLE);
         s.masked = true;
         claimed += 1;
+        if guest_disabled(s.vm, s.physical) {
+            continue;
+        }
+        s.raised = true;
         let bit = 1u64 << (s.vm % 64);
         if raised & bit == 0 {
             raised |= bit;
@@ -70,15 +83,43 @@ pub fn eoi<P: ConfigPort>(
         .iter_mut()
         .filter(|s| s.vm == vm && s.pintid == vintid && s.masked)
     {
+        s.raised = false;
         if guest_disabled(s.physical) {
             continue;
         }
-        let command = port.read16(s.physical, COMMAND);
-        port.write16(s.physical, COMMAND, command & !COMMAND_INTX_DISABLE);
-        s.masked = false;
+        unmask(s, port);
         unmasked += 1;
     }
     unmasked
+}
+
+/// VM `vm` wrote the Command register of one of its functions: unmask its
+/// functions held masked (not waiting for an EOI) that it no longer keeps
+/// INTx-disabled. Returns how many were unmasked.
+pub fn command_written<P: ConfigPort>(
+    sources: &mut [IntxSource],
+    port: &mut P,
+    vm: u16,
+    guest_disabled: &dyn Fn(Bdf) -> bool,
+) -> usize {
+    let mut unmasked = 0;
+    for s in sources
+        .iter_mut()
+        .filter(|s| s.vm == vm && s.masked && !s.raised)
+    {
+        if guest_disabled(s.physical) {
+            continue;
+        }
+        unmask(s, port);
+        unmasked += 1;
+    }
+    unmasked
+}
+
+fn unmask<P: ConfigPort>(s: &mut IntxSource, port: &mut P) {
+    let command = port.read16(s.physical, COMMAND);
+    port.write16(s.physical, COMMAND, command & !COMMAND_INTX_DISABLE);
+    s.masked = false;
 }
 
 /// The distinct physical lines of `sources`.
@@ -126,14 +167,27 @@ mod tests {
                 physical: A,
                 vm: 1,
                 masked: false,
+                raised: false,
             },
             IntxSource {
                 pintid: 36,
                 physical: B,
                 vm: 2,
                 masked: false,
+                raised: false,
             },
         ]
+    }
+
+    /// Line `pintid` fires; the guests keep INTx disabled iff `disabled`.
+    fn fire(
+        s: &mut [IntxSource],
+        port: &mut Regs,
+        pintid: u32,
+        disabled: bool,
+        raised: &mut Vec<u16>,
+    ) -> usize {
+        demux(s, port, pintid, &|_, _| disabled, &mut |vm| raised.push(vm))
     }
 
     #[test]
@@ -144,7 +198,7 @@ mod tests {
         port.write16(B, STATUS, STATUS_INTERRUPT);
         let mut s = sources();
         let mut raised = vec![];
-        assert_eq!(demux(&mut s, &mut port, 36, &mut |vm| raised.push(vm)), 1);
+        assert_eq!(fire(&mut s, &mut port, 36, false, &mut raised), 1);
         assert_eq!(raised, [2]);
         assert_eq!(port.read16(B, COMMAND), 0x0406, "INTx Disable set");
         assert_eq!(
@@ -155,10 +209,10 @@ mod tests {
         assert!(s[1].masked && !s[0].masked);
         // Another interrupt on the line while B is masked: B is not raised twice.
         raised.clear();
-        assert_eq!(demux(&mut s, &mut port, 36, &mut |vm| raised.push(vm)), 0);
+        assert_eq!(fire(&mut s, &mut port, 36, false, &mut raised), 0);
         assert!(raised.is_empty());
         // A different line claims nothing.
-        assert_eq!(demux(&mut s, &mut port, 37, &mut |vm| raised.push(vm)), 0);
+        assert_eq!(fire(&mut s, &mut port, 37, false, &mut raised), 0);
     }
 
     #[test]
@@ -167,7 +221,7 @@ mod tests {
         port.write16(B, COMMAND, 0x0006);
         port.write16(B, STATUS, STATUS_INTERRUPT);
         let mut s = sources();
-        demux(&mut s, &mut port, 36, &mut |_| {});
+        demux(&mut s, &mut port, 36, &|_, _| false, &mut |_| {});
         assert_eq!(eoi(&mut s, &mut port, 1, 36, &|_| false), 0, "not vm 1's");
         assert_eq!(
             eoi(&mut s, &mut port, 2, 36, &|_| true),
@@ -179,5 +233,41 @@ mod tests {
         assert_eq!(port.read16(B, COMMAND), 0x0006);
         assert!(!s[1].masked);
         assert_eq!(lines(&s), [36]);
+    }
+
+    #[test]
+    fn a_function_the_guest_disabled_is_held_until_it_clears_intx_disable() {
+        let mut port = Regs::default();
+        port.write16(B, COMMAND, 0x0006);
+        port.write16(B, STATUS, STATUS_INTERRUPT);
+        let mut s = sources();
+        let mut raised = vec![];
+        // The guest keeps INTx disabled: masked, nothing raised.
+        let n = fire(&mut s, &mut port, 36, true, &mut raised);
+        assert_eq!(n, 1);
+        assert!(raised.is_empty());
+        assert!(s[1].masked && !s[1].raised);
+        assert_eq!(port.read16(B, COMMAND), 0x0406);
+        // A Command write that keeps it disabled changes nothing; another
+        // VM's write neither.
+        assert_eq!(command_written(&mut s, &mut port, 2, &|_| true), 0);
+        assert_eq!(command_written(&mut s, &mut port, 1, &|_| false), 0);
+        assert!(s[1].masked);
+        // Cleared: unmasked (the line fires again while it asserts).
+        assert_eq!(command_written(&mut s, &mut port, 2, &|_| false), 1);
+        assert_eq!(port.read16(B, COMMAND), 0x0006);
+        assert!(!s[1].masked);
+        // Raised now; a Command write before the EOI does not unmask early.
+        fire(&mut s, &mut port, 36, false, &mut raised);
+        assert_eq!(raised, [2]);
+        assert!(s[1].masked && s[1].raised);
+        assert_eq!(command_written(&mut s, &mut port, 2, &|_| false), 0);
+        assert!(s[1].masked);
+        // EOI while the guest has disabled INTx meanwhile: held, then
+        // released by the Command write that clears it.
+        assert_eq!(eoi(&mut s, &mut port, 2, 36, &|_| true), 0);
+        assert!(s[1].masked && !s[1].raised);
+        assert_eq!(command_written(&mut s, &mut port, 2, &|_| false), 1);
+        assert!(!s[1].masked);
     }
 }

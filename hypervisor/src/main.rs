@@ -31,6 +31,7 @@ mod mmio;
 mod pci_calls;
 mod pci_host;
 mod pci_report;
+mod resets;
 mod smccc;
 mod vgic;
 #[cfg(target_os = "none")]

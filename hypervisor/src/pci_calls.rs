@@ -173,6 +173,15 @@ pub fn hwdom_ecam_access<P: ConfigPort>(
         let Some((bdf, reg)) = window.decode(at) else {
             return mask << shift;
         };
+        // A function being reset answers like hardware does meanwhile.
+        if !pci.resets.is_empty() && crate::resets::masks(pci, bdf) {
+            let read = crate::resets::masked_read(pci, bdf, reg, w as u16).unwrap_or(u32::MAX);
+            return if write.is_some() {
+                0
+            } else {
+                u64::from(read) << shift
+            };
+        }
         let value = write.map(|v| ((v >> shift) & mask) as u32);
         let outcome = pci
             .ownership
@@ -201,7 +210,12 @@ pub fn guest_ecam_access<P: ConfigPort>(
     effects: &mut Effects,
 ) -> u64 {
     let mut result = 0u64;
-    let PciState { port, guests, .. } = pci;
+    let PciState {
+        port,
+        guests,
+        resets,
+        ..
+    } = pci;
     let mut bus = guests.iter_mut().find(|(v, _)| *v == vm).map(|(_, b)| b);
     for (at, w) in split_access(offset, width) {
         let shift = (at - offset) * 8;
@@ -210,6 +224,20 @@ pub fn guest_ecam_access<P: ConfigPort>(
             result |= mask << shift;
             continue;
         };
+        // A function being reset answers like hardware does meanwhile.
+        if !resets.is_empty() {
+            let vbdf = Bdf::from_devfn(0, (at >> 20) as u8, (at >> 12) as u8);
+            if let Some(physical) = bus.physical_of(vbdf)
+                && resets.iter().any(|r| r.job.masks(physical))
+            {
+                if write.is_none() {
+                    let reg = (at & 0xfff) as u16;
+                    let read = pci::reset_engine::masked_read(reg, w as u8, false);
+                    result |= u64::from(read) << shift;
+                }
+                continue;
+            }
+        }
         match write {
             Some(v) => bus.config_write(port, at, w as u16, ((v >> shift) & mask) as u32, effects),
             None => result |= u64::from(bus.config_read(port, at, w as u16)) << shift,

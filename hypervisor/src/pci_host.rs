@@ -152,6 +152,11 @@ pub struct PciState<P = EcamPort> {
     pub guests: Vec<(u16, GuestBus)>,
     /// Passed-through functions on physical INTx lines.
     pub intx: Vec<crate::intx::IntxSource>,
+    /// Resets in progress.
+    pub resets: Vec<crate::resets::RunningReset>,
+    /// Functions never handed out again: no method resets them, or they did
+    /// not come back from a reset.
+    pub quarantine: pci::reset_engine::Quarantine,
 }
 
 /// A guest that starts once the hardware domain has reported every function
@@ -239,6 +244,8 @@ impl<P: ConfigPort> PciState<P> {
             pending: Vec::new(),
             guests: Vec::new(),
             intx: Vec::new(),
+            resets: Vec::new(),
+            quarantine: pci::reset_engine::Quarantine::new(),
         }
     }
 }

@@ -736,6 +736,7 @@ fn give_pci_bus(
                 physical,
                 vm: vm.index,
                 masked: false,
+                raised: false,
             });
         }
     }
@@ -757,16 +758,31 @@ fn give_pci_bus(
     Ok(routed)
 }
 
+/// Whether guest `vm` keeps INTx of its function `physical` disabled in
+/// its virtual Command register.
+fn guest_intx_disabled(guests: &[(u16, pci::vpci::GuestBus)], vm: u16, physical: pci::Bdf) -> bool {
+    guests
+        .iter()
+        .find(|(v, _)| *v == vm)
+        .and_then(|(_, b)| b.virtual_command(physical))
+        .is_some_and(|c| c & pci::regs::COMMAND_INTX_DISABLE != 0)
+}
+
 /// A physical INTx line fired (at EL2): mask the functions that assert it
-/// and raise their owners' virtual lines. The physical interrupt is
-/// deactivated at once: the line dropped when its sources were masked.
+/// and raise their owners' virtual lines (not for a function its owner
+/// keeps INTx-disabled: it stays masked until the owner clears the bit).
+/// The physical interrupt is deactivated at once: the line dropped when
+/// its sources were masked.
 fn intx_interrupt(pintid: u32) -> bool {
     let mut owners = [u16::MAX; 8];
     let mut n = 0;
     if let Some(pci) = PCI.get() {
         let mut pci = pci.lock();
-        let PciState { port, intx, .. } = &mut *pci;
-        crate::intx::demux(intx, port, pintid, &mut |vm| {
+        let PciState {
+            port, intx, guests, ..
+        } = &mut *pci;
+        let disabled = |vm, physical| guest_intx_disabled(guests, vm, physical);
+        crate::intx::demux(intx, port, pintid, &disabled, &mut |vm| {
             if let Some(slot) = owners.get_mut(n) {
                 *slot = vm;
                 n += 1;
@@ -788,15 +804,24 @@ pub fn intx_eoi(vm: usize, vintid: u32) {
     let PciState {
         port, intx, guests, ..
     } = &mut *pci;
-    let bus = guests
-        .iter()
-        .find(|(v, _)| usize::from(*v) == vm)
-        .map(|(_, b)| b);
-    let disabled = |physical| {
-        bus.and_then(|b| b.virtual_command(physical))
-            .is_some_and(|c| c & pci::regs::COMMAND_INTX_DISABLE != 0)
-    };
+    let disabled = |physical| guest_intx_disabled(guests, vm as u16, physical);
     crate::intx::eoi(intx, port, vm as u16, vintid, &disabled);
+}
+
+/// Guest `vm` wrote a Command register of its virtual bus: unmask its
+/// functions held masked while it kept their INTx disabled, now that it
+/// does not (a function still asserting fires its line again).
+fn intx_command_written(vm: u16) {
+    let Some(pci) = PCI.get() else { return };
+    let mut pci = pci.lock();
+    let PciState {
+        port, intx, guests, ..
+    } = &mut *pci;
+    if !intx.iter().any(|s| s.vm == vm && s.masked) {
+        return;
+    }
+    let disabled = |physical| guest_intx_disabled(guests, vm, physical);
+    crate::intx::command_written(intx, port, vm, &disabled);
 }
 
 /// Register the guests that wait for PCI functions (at boot, before any VM
@@ -906,12 +931,19 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
 fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
     vm.stopped.store(true, Ordering::Release);
     // Its devices stop DMA at once. They stay its own (hidden from the
-    // hardware domain) until they have been reset.
+    // hardware domain) until they have been reset; then they go back.
     if let Some(pci) = PCI.get() {
         let mut pci = pci.lock();
         let PciState { port, guests, .. } = &mut *pci;
         if let Some((_, bus)) = guests.iter_mut().find(|(v, _)| *v == vm.index) {
             bus.quiesce(port);
+            let functions: Vec<pci::Bdf> = bus.describe().map(|(_, _, p)| p).collect();
+            start_resets(
+                &mut pci,
+                vm,
+                &functions,
+                crate::resets::AfterReset::Release { vm: vm.index },
+            );
         }
     }
     vm.vcpus[vcpu].set_power(VcpuPower::Off);
@@ -1020,6 +1052,12 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
             if !access.write {
                 frame.set_reg(access.reg, access.load_result(result));
             }
+            // A write over Command (0x04..0x06 of a function) may clear
+            // the guest's INTx Disable.
+            let reg = offset & 0xfff;
+            if access.write && reg < 0x06 && reg + access.width.bytes() > 0x04 {
+                intx_command_written(vm.index);
+            }
             apply_pci_effects(vm, &effects);
         }
         MmioDevice::GuestPciWindow => {
@@ -1099,6 +1137,158 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
     }
 }
 
+/// A reset a guest asked for.
+#[derive(Clone, Copy, Debug)]
+enum ResetRequest {
+    /// Secondary Bus Reset of the virtual root port of its `n`th unit.
+    Unit(usize),
+    /// Initiate FLR of one of its functions.
+    Flr(pci::Bdf),
+}
+
+/// Perform the reset a guest asked for: the narrowest real reset covering
+/// the unit behind its virtual root port (an SBR when it owns everything
+/// below the physical bridge, else function resets), or the FLR.
+fn guest_reset(vm: &Vm, request: ResetRequest) {
+    let Some(pci) = PCI.get() else { return };
+    let mut pci = pci.lock();
+    match request {
+        ResetRequest::Unit(unit) => {
+            let root_port = pci::vpci::GuestBus::root_port(unit);
+            let functions: Vec<pci::Bdf> = pci
+                .guest_bus(vm.index)
+                .map(|bus| {
+                    bus.describe()
+                        .filter(|&(rp, _, _)| rp == root_port)
+                        .map(|(_, _, p)| p)
+                        .collect()
+                })
+                .unwrap_or_default();
+            start_resets(&mut pci, vm, &functions, crate::resets::AfterReset::Nothing);
+        }
+        ResetRequest::Flr(bdf) => match crate::resets::flr_of(&pci, bdf) {
+            Some(action) => start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing),
+            None => log::warn!("{}: FLR of {bdf} asked for, but it has none", vm.name),
+        },
+    }
+}
+
+/// Start the resets covering `functions` of guest `vm`.
+fn start_resets(
+    pci: &mut PciState,
+    vm: &Vm,
+    functions: &[pci::Bdf],
+    then: crate::resets::AfterReset,
+) {
+    if functions.is_empty() {
+        return;
+    }
+    match crate::resets::for_guest(pci, functions) {
+        Ok(actions) => {
+            for action in actions {
+                start_one(pci, vm, action, then);
+            }
+        }
+        Err(e) => {
+            log::error!(
+                "{}: no reset covers {functions:?}: {e}; quarantined",
+                vm.name
+            );
+            for &b in functions {
+                pci.quarantine
+                    .add(b, pci::reset_engine::QuarantineReason::NoResetMethod);
+            }
+        }
+    }
+}
+
+fn start_one(
+    pci: &mut PciState,
+    vm: &Vm,
+    action: pci::ResetAction,
+    then: crate::resets::AfterReset,
+) {
+    let now = now_ns();
+    match crate::resets::start(pci, &mut pci_host::BarMemory, action, now, then) {
+        Ok(()) => {
+            log::info!("{}: {action:?} started", vm.name);
+            if let Some(next) = pci.resets.iter().map(|r| r.next_ns).min() {
+                arm_reset_timer(next);
+            }
+        }
+        Err(e) => log::warn!("{}: {action:?} not started: {e}", vm.name),
+    }
+}
+
+/// The counter in nanoseconds.
+fn now_ns() -> u64 {
+    let freq = u128::from(cpu::counter_frequency().max(1));
+    (u128::from(cpu::counter()) * 1_000_000_000 / freq) as u64
+}
+
+/// Step the resets at `deadline_ns` on this CPU.
+fn arm_reset_timer(deadline_ns: u64) {
+    let freq = u128::from(cpu::counter_frequency().max(1));
+    let ticks = (u128::from(deadline_ns) * freq).div_ceil(1_000_000_000) as u64;
+    crate::irq::hyp_timer_arm(cpu::cpu_index(), ticks, reset_timer);
+}
+
+/// The hypervisor timer of a reset: step the jobs, finish those that ended.
+fn reset_timer(_ticks: u64) {
+    let Some(pci) = PCI.get() else { return };
+    let mut pci = pci.lock();
+    let (finished, next) = crate::resets::step(&mut pci, &mut pci_host::BarMemory, now_ns());
+    for f in finished {
+        match f.ready_after_ns {
+            Some(ns) => log::info!(
+                "{:?} done: {:?}, ready {}.{:03} ms after the reset ended",
+                f.action,
+                f.outcome,
+                ns / 1_000_000,
+                (ns / 1000) % 1000
+            ),
+            None => log::info!("{:?} done: {:?}", f.action, f.outcome),
+        }
+        if let crate::resets::AfterReset::Release { vm } = f.then
+            && !pci.resets.iter().any(|r| r.then == f.then)
+        {
+            release_guest_functions(&mut pci, vm);
+        }
+    }
+    if let Some(next) = next {
+        arm_reset_timer(next);
+    }
+}
+
+/// A stopped guest's functions, reset, go back to the hardware domain
+/// (except quarantined ones, which stay hidden).
+fn release_guest_functions(pci: &mut PciState, vm: u16) {
+    let PciState {
+        ownership,
+        topology,
+        guests,
+        intx,
+        quarantine,
+        ..
+    } = pci;
+    let given: Vec<pci::Bdf> = ownership.functions_of(vm).collect();
+    if let Some((b, why)) = quarantine.first_of(&given) {
+        // Never handed out again: it stays hidden with the stopped guest.
+        log::error!("{b} is quarantined ({why:?}): the functions of its guest stay hidden");
+        return;
+    }
+    ownership.release(topology, vm);
+    guests.retain(|(v, _)| *v != vm);
+    let lines = crate::intx::lines(intx);
+    intx.retain(|s| s.vm != vm);
+    for line in lines {
+        if !intx.iter().any(|s| s.pintid == line) {
+            crate::irq::unregister_spi(line);
+        }
+    }
+    log::info!("functions {given:?} reset and back with the hardware domain");
+}
+
 /// Carry out what a guest's config or MSI-X access asks for: stage-2
 /// changes for its BARs, and log lines for what was refused.
 fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
@@ -1136,18 +1326,8 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
                     );
                 }
             }
-            Effect::SecondaryBusReset { unit } => {
-                log::warn!(
-                    "{}: secondary bus reset of unit {unit} asked for; resets are not performed yet",
-                    vm.name
-                );
-            }
-            Effect::FunctionLevelReset { physical } => {
-                log::warn!(
-                    "{}: FLR of {physical} asked for; resets are not performed yet",
-                    vm.name
-                );
-            }
+            Effect::SecondaryBusReset { unit } => guest_reset(vm, ResetRequest::Unit(unit)),
+            Effect::FunctionLevelReset { physical } => guest_reset(vm, ResetRequest::Flr(physical)),
             Effect::MsiControl { physical, enabled } => {
                 if enabled && vm.log_fault() {
                     log::warn!(

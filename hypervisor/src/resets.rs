@@ -1,0 +1,289 @@
+//! Resets the hypervisor performs, driven by its timer: a guest's Secondary
+//! Bus Reset of its virtual root port (the narrowest real reset that covers
+//! its functions), a guest's FLR, and the reset of every function when its
+//! guest stops, before the hardware domain sees it again (seed 000: never
+//! rely on the guest). The state machines are `pci::reset_engine`'s; this
+//! module keeps the running jobs, answers masked config reads while they run,
+//! and says what to do when they end. Generic over the ports, so it is
+//! host-tested against `pci::sim` with a fake clock.
+
+use crate::pci_host::PciState;
+use alloc::vec::Vec;
+use pci::reset_engine::{
+    EngineError, Hw, NoShadow, QuarantineReason, ResetJob, ResetOutcome, SavedState, Step,
+    narrowest_reset,
+};
+use pci::vpci::MemoryPort;
+use pci::{Bdf, ConfigPort, ResetAction, ResetMethod};
+
+/// What happens when a job ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterReset {
+    /// The owner asked for it: nothing more.
+    Nothing,
+    /// Guest `vm` stopped: once its last reset ends, its functions go back
+    /// to the hardware domain.
+    Release { vm: u16 },
+}
+
+/// A reset in progress.
+#[derive(Debug)]
+pub struct RunningReset {
+    pub job: ResetJob,
+    /// When the job wants to be stepped again (ns).
+    pub next_ns: u64,
+    pub then: AfterReset,
+}
+
+/// A job that ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub action: ResetAction,
+    pub outcome: ResetOutcome,
+    pub then: AfterReset,
+    /// From the reset's end (SBR deassert, FLR initiated) to the first
+    /// function answering again, in ns.
+    pub ready_after_ns: Option<u64>,
+}
+
+/// Start `action` at `now_ns`: capture the state of everything it touches,
+/// then begin. Refused if it overlaps a running reset.
+pub fn start<P: ConfigPort, M: MemoryPort>(
+    pci: &mut PciState<P>,
+    mem: &mut M,
+    action: ResetAction,
+    now_ns: u64,
+    then: AfterReset,
+) -> Result<(), EngineError> {
+    let scope = pci.topology.action_scope(action);
+    if pci.resets.iter().any(|r| r.job.overlaps(&scope)) {
+        return Err(EngineError::Reset(pci::ResetError::EmptySet));
+    }
+    let mut hw = Hw {
+        config: &mut pci.port,
+        memory: mem,
+    };
+    let saved = SavedState::capture(&pci.topology, &mut hw, &scope);
+    let (job, step) = ResetJob::start(&pci.topology, &mut hw, action, now_ns, saved)?;
+    let next_ns = match step {
+        Step::Wait { until_ns } => until_ns,
+        Step::Done { .. } => now_ns,
+    };
+    pci.resets.push(RunningReset { job, next_ns, then });
+    Ok(())
+}
+
+/// Step every job that is due at `now_ns`. Returns the jobs that ended and
+/// the next deadline of those still running.
+pub fn step<P: ConfigPort, M: MemoryPort>(
+    pci: &mut PciState<P>,
+    mem: &mut M,
+    now_ns: u64,
+) -> (Vec<Finished>, Option<u64>) {
+    let mut finished = Vec::new();
+    let PciState {
+        port,
+        topology,
+        resets,
+        quarantine,
+        ..
+    } = pci;
+    let mut hw = Hw {
+        config: port,
+        memory: mem,
+    };
+    let mut i = 0;
+    while i < resets.len() {
+        let r = &mut resets[i];
+        if r.next_ns > now_ns {
+            i += 1;
+            continue;
+        }
+        // Steps with a deadline already passed are taken at once.
+        let mut step = r.job.step(topology, &mut hw, &NoShadow, now_ns);
+        for _ in 0..8 {
+            match step {
+                Step::Wait { until_ns } if until_ns <= now_ns => {
+                    step = r.job.step(topology, &mut hw, &NoShadow, now_ns)
+                }
+                _ => break,
+            }
+        }
+        match step {
+            Step::Wait { until_ns } => {
+                r.next_ns = until_ns;
+                i += 1;
+            }
+            Step::Done { outcome } => {
+                let r = resets.swap_remove(i);
+                if let ResetOutcome::TimedOut(gone) = &outcome {
+                    for &b in gone {
+                        if quarantine.add(b, QuarantineReason::NotReady) {
+                            log::error!("{b} did not come back after its reset: quarantined");
+                        }
+                    }
+                }
+                let ready_after_ns = r
+                    .job
+                    .first_ready_ns()
+                    .zip(r.job.reset_exit_ns())
+                    .map(|(ready, exit)| ready.saturating_sub(exit));
+                finished.push(Finished {
+                    action: r.job.action(),
+                    outcome,
+                    then: r.then,
+                    ready_after_ns,
+                });
+            }
+        }
+    }
+    let next = resets.iter().map(|r| r.next_ns).min();
+    (finished, next)
+}
+
+/// What an owner's config read of `bdf` returns while a reset covers it
+/// (`None`: not masked, access the function).
+pub fn masked_read<P>(pci: &PciState<P>, bdf: Bdf, reg: u16, width: u16) -> Option<u32> {
+    pci.resets
+        .iter()
+        .find(|r| r.job.masks(bdf))
+        .map(|_| pci::reset_engine::masked_read(reg, width as u8, false))
+}
+
+/// Whether writes to `bdf` are dropped because a reset covers it.
+pub fn masks<P>(pci: &PciState<P>, bdf: Bdf) -> bool {
+    pci.resets.iter().any(|r| r.job.masks(bdf))
+}
+
+/// The resets that cover `functions` (all of one guest) and touch nothing
+/// the guest does not own.
+pub fn for_guest<P>(pci: &PciState<P>, functions: &[Bdf]) -> Result<Vec<ResetAction>, EngineError> {
+    narrowest_reset(&pci.topology, |b| pci.ownership.owner(b), functions)
+}
+
+/// The reset for a guest's FLR of `bdf`: its FLR (or AF FLR), if it has one.
+pub fn flr_of<P>(pci: &PciState<P>, bdf: Bdf) -> Option<ResetAction> {
+    let methods = pci.topology.reset_methods(bdf).ok()?;
+    methods
+        .as_slice()
+        .iter()
+        .copied()
+        .find(|m| matches!(m, ResetMethod::Flr | ResetMethod::AfFlr))
+        .map(|method| ResetAction::Function { bdf, method })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pci::EcamWindow;
+    use pci::sim::{Fabric, Spec, devfn};
+    use pci::vpci::Owner;
+
+    const MS: u64 = 1_000_000;
+
+    /// Two root ports with an nvme each; the second nvme belongs to guest 1.
+    fn state() -> (PciState<Fabric>, Vec<Bdf>) {
+        let mut fabric = Fabric::new().with_root_complex(
+            0,
+            0,
+            &[
+                (
+                    devfn(1, 0),
+                    Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+                ),
+                (
+                    devfn(2, 0),
+                    Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+                ),
+            ],
+        );
+        let found = fabric.enumerate();
+        let window = EcamWindow {
+            segment: 0,
+            bus_start: 0,
+            bus_end: 255,
+        };
+        let mut pci = PciState::new(std::vec![window], fabric);
+        for b in &found {
+            pci.topology.report_add(*b, &mut pci.port).unwrap();
+        }
+        (pci, found)
+    }
+
+    /// The sim's BAR memory is part of the fabric; a separate memory port
+    /// only has to exist for the MSI-X restore of functions without a table.
+    struct NoMemory;
+    impl MemoryPort for NoMemory {
+        fn read(&mut self, _: u64, _: u16) -> u64 {
+            u64::MAX
+        }
+        fn write(&mut self, _: u64, _: u16, _: u64) {}
+    }
+
+    #[test]
+    fn a_guest_owning_everything_below_its_port_gets_a_real_sbr_that_ends_at_the_floor() {
+        let (mut pci, found) = state();
+        let nvme = *found.iter().find(|b| b.bus == 2).unwrap();
+        pci.ownership
+            .assign(&mut pci.topology, 1, &[nvme], false)
+            .unwrap();
+        assert_eq!(pci.ownership.owner(nvme), Owner::Guest(1));
+        let actions = for_guest(&pci, &[nvme]).unwrap();
+        assert_eq!(actions.len(), 1);
+        assert!(matches!(
+            actions[0],
+            ResetAction::SecondaryBus { .. } | ResetAction::Slot { .. }
+        ));
+        // The guest's BAR and Command as they were.
+        let bar0 = pci.port.read32(nvme, 0x10);
+        let cmd = pci.port.read16(nvme, 0x04);
+        start(
+            &mut pci,
+            &mut NoMemory,
+            actions[0],
+            0,
+            AfterReset::Release { vm: 1 },
+        )
+        .unwrap();
+        assert!(masks(&pci, nvme));
+        assert_eq!(masked_read(&pci, nvme, 0, 4), Some(u32::MAX));
+        assert_eq!(masked_read(&pci, found[0], 0, 4), None, "not in the scope");
+        // Step as a timer would: at each deadline.
+        let mut now = 0;
+        let mut done = Vec::new();
+        for _ in 0..64 {
+            let (f, next) = step(&mut pci, &mut NoMemory, now);
+            done.extend(f);
+            match next {
+                Some(n) => now = n.max(now),
+                None => break,
+            }
+        }
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].outcome, ResetOutcome::Ready);
+        assert_eq!(done[0].then, AfterReset::Release { vm: 1 });
+        // Ready at the first poll 100 ms after deassert (1 ms Trst before).
+        let after = done[0].ready_after_ns.unwrap();
+        assert!((100 * MS..=101 * MS).contains(&after), "{after}");
+        assert!(!masks(&pci, nvme));
+        assert_eq!(pci.port.read32(nvme, 0x10), bar0, "BAR restored");
+        assert_eq!(pci.port.read16(nvme, 0x04), cmd, "Command restored");
+    }
+
+    #[test]
+    fn flr_is_chosen_for_a_guests_flr_and_overlapping_resets_are_refused() {
+        let (mut pci, found) = state();
+        let nvme = *found.iter().find(|b| b.bus == 1).unwrap();
+        let flr = flr_of(&pci, nvme).unwrap();
+        assert_eq!(
+            flr,
+            ResetAction::Function {
+                bdf: nvme,
+                method: ResetMethod::Flr
+            }
+        );
+        start(&mut pci, &mut NoMemory, flr, 0, AfterReset::Nothing).unwrap();
+        assert!(start(&mut pci, &mut NoMemory, flr, 0, AfterReset::Nothing).is_err());
+        assert_eq!(flr_of(&pci, found[0]), None, "a root port has no FLR");
+    }
+}
