@@ -6,6 +6,8 @@
 #[cfg(target_os = "none")]
 mod pci_bench;
 #[cfg(target_os = "none")]
+mod pci_intx;
+#[cfg(target_os = "none")]
 mod pci_tests;
 #[cfg(target_os = "none")]
 mod tests;

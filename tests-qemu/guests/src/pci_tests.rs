@@ -15,7 +15,7 @@ use test_guests::smccc::*;
 
 /// The `pci-host-ecam-generic` node of our DT.
 #[derive(Debug, Clone, Copy)]
-struct Bridge {
+pub(crate) struct Bridge {
     ecam: u64,
     ecam_size: u64,
     hb: HostBridge,
@@ -117,7 +117,7 @@ fn irq_map_layout(fdt: &fdt::Fdt<'_>, node: fdt::node::FdtNode<'_, '_>) -> Optio
 
 /// The INTID legacy interrupt `pin` (1..4) of `f` is routed to, through
 /// the bridges' swizzle and the host bridge's `interrupt-map`.
-fn intx_route(env: &Env, tree: &Tree, f: &Func) -> Option<u32> {
+pub(crate) fn intx_route(env: &Env, tree: &Tree, f: &Func) -> Option<u32> {
     let mut pin = u32::from(f.interrupt_pin);
     if !(1..=4).contains(&pin) {
         return None;
@@ -143,7 +143,7 @@ fn intx_route(env: &Env, tree: &Tree, f: &Func) -> Option<u32> {
 }
 
 /// Config space through the ECAM window (each access traps to the hypervisor).
-struct Ecam {
+pub(crate) struct Ecam {
     base: u64,
     bus_start: u8,
 }
@@ -194,18 +194,18 @@ impl ConfigSpace for Ecam {
     ecam_rw!(read32, write32, u32);
 }
 
-fn mmio_read32(addr: u64) -> Result<u32, rt::Abort> {
+pub(crate) fn mmio_read32(addr: u64) -> Result<u32, rt::Abort> {
     rt::probe_read32(addr)
 }
 
-fn mmio_write32(addr: u64, v: u32) -> Result<(), rt::Abort> {
+pub(crate) fn mmio_write32(addr: u64, v: u32) -> Result<(), rt::Abort> {
     // SAFETY: a BAR address the enumeration assigned (or a probe of one that
     // must abort); an abort is caught and the store skipped.
     rt::expect_abort(|| unsafe { core::ptr::write_volatile(addr as *mut u32, v) })
 }
 
 /// Find the bridge, enumerate below it and print the tree.
-fn enumerate_bus(t: &mut Test, env: &Env) -> Option<(Bridge, Ecam, &'static Tree)> {
+pub(crate) fn enumerate_bus(t: &mut Test, env: &Env) -> Option<(Bridge, Ecam, &'static Tree)> {
     let br = match find_bridge(env) {
         Ok(b) => b,
         Err(e) => {
@@ -436,7 +436,7 @@ fn verify_programming(t: &mut Test, c: &mut Ecam, tree: &Tree) {
 // ---- device registers through the BARs ---------------------------------------------
 
 const NVME: (u16, u16) = (0x1b36, 0x0010);
-const E1000E: (u16, u16) = (0x8086, 0x10d3);
+pub(crate) const E1000E: (u16, u16) = (0x8086, 0x10d3);
 /// The conventional PCI e1000 (82540EM): the same CTRL/STATUS/RDBAL.
 const E1000: (u16, u16) = (0x8086, 0x100e);
 
@@ -964,7 +964,7 @@ pub fn pci_guest(env: &Env) -> ! {
 }
 
 /// The endpoints are the ones given (`devices=`), each below a root port.
-fn check_guest_view(t: &mut Test, env: &Env, tree: &Tree) {
+pub(crate) fn check_guest_view(t: &mut Test, env: &Env, tree: &Tree) {
     let (want, n) = expected_devices(t, env);
     let endpoints = tree
         .funcs()

@@ -33,17 +33,17 @@ const GICR_STRIDE: usize = 0x2_0000;
 const LOG_LEN: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Version {
+pub(crate) enum Version {
     V2,
     V3,
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Gic {
-    version: Version,
-    gicd: usize,
+pub(crate) struct Gic {
+    pub(crate) version: Version,
+    pub(crate) gicd: usize,
     /// GICv3: first redistributor; GICv2: CPU interface.
-    cpu: usize,
+    pub(crate) cpu: usize,
     cpu_size: usize,
 }
 
@@ -90,12 +90,7 @@ pub fn run(env: &Env, name: &str) -> ! {
         ));
         t.finish(env)
     };
-    VERSION.store(
-        if gic.version == Version::V3 { 3 } else { 2 },
-        Ordering::SeqCst,
-    );
-    GICD.store(gic.gicd, Ordering::SeqCst);
-    GICC.store(gic.cpu, Ordering::SeqCst);
+    select(&gic);
     println!(
         "{}: GIC{:?} GICD {:#x} {} {:#x}",
         t.name,
@@ -121,7 +116,7 @@ pub fn run(env: &Env, name: &str) -> ! {
     t.finish(env)
 }
 
-fn find_gic(env: &Env) -> Option<Gic> {
+pub(crate) fn find_gic(env: &Env) -> Option<Gic> {
     let fdt = env.fdt();
     if let Some(node) = fdt.find_compatible(&["arm,gic-v3"]) {
         let mut reg = node.reg()?;
@@ -144,6 +139,16 @@ fn find_gic(env: &Env) -> Option<Gic> {
         cpu: c.starting_address as usize,
         cpu_size: c.size.unwrap_or(0),
     })
+}
+
+/// Use `gic` for the helpers below (what `run` does for the gic-* tests).
+pub(crate) fn select(gic: &Gic) {
+    VERSION.store(
+        if gic.version == Version::V3 { 3 } else { 2 },
+        Ordering::SeqCst,
+    );
+    GICD.store(gic.gicd, Ordering::SeqCst);
+    GICC.store(gic.cpu, Ordering::SeqCst);
 }
 
 // ---- register access ---------------------------------------------------------
@@ -211,17 +216,17 @@ macro_rules! mrs {
     }};
 }
 
-fn mask_irqs() {
+pub(crate) fn mask_irqs() {
     // SAFETY: PSTATE.I of this vCPU.
     unsafe { asm!("msr daifset, #2", options(nostack)) };
 }
-fn unmask_irqs() {
+pub(crate) fn unmask_irqs() {
     // SAFETY: PSTATE.I of this vCPU; the IRQ handler is installed.
     unsafe { asm!("msr daifclr, #2", options(nostack)) };
 }
 
 /// Distributor: enabled, all SPIs Group 1 (GICv3) or 0 (GICv2).
-fn dist_init() {
+pub(crate) fn dist_init() {
     if v3() {
         for n in 1..9 {
             w32(gicd() + 0x80 + 4 * n, u32::MAX);
@@ -234,7 +239,7 @@ fn dist_init() {
 }
 
 /// This vCPU's redistributor / banked registers and CPU interface.
-fn cpu_init(cpu: usize) {
+pub(crate) fn cpu_init(cpu: usize) {
     if v3() {
         w32(gicr_rd(cpu) + 0x14, 0);
         for _ in 0..1000 {
@@ -261,7 +266,7 @@ fn cpu_init(cpu: usize) {
     }
 }
 
-fn enable(intid: u32, cpu: usize) {
+pub(crate) fn enable(intid: u32, cpu: usize) {
     let bit = 1u32 << (intid % 32);
     if v3() && intid < 32 {
         w32(gicr_sgi(cpu) + 0x100, bit);
@@ -270,7 +275,7 @@ fn enable(intid: u32, cpu: usize) {
     }
 }
 
-fn set_priority(intid: u32, cpu: usize, prio: u8) {
+pub(crate) fn set_priority(intid: u32, cpu: usize, prio: u8) {
     if v3() && intid < 32 {
         w8(gicr_sgi(cpu) + 0x400 + intid as usize, prio);
     } else {
@@ -279,7 +284,7 @@ fn set_priority(intid: u32, cpu: usize, prio: u8) {
 }
 
 /// SPI `intid` to vCPU 0.
-fn route_to_cpu0(intid: u32) {
+pub(crate) fn route_to_cpu0(intid: u32) {
     if v3() {
         w64(gicd() + 0x6000 + 8 * intid as usize, 0);
     } else {
@@ -292,6 +297,30 @@ fn set_pending(intid: u32) {
         gicd() + 0x200 + 4 * (intid as usize / 32),
         1 << (intid % 32),
     );
+}
+
+/// SPI `intid` level-sensitive (GICD_ICFGR: 0b0x).
+pub(crate) fn set_level(intid: u32) {
+    let reg = gicd() + 0xC00 + 4 * (intid as usize / 16);
+    w32(reg, r32(reg) & !(2 << (2 * (intid % 16))));
+}
+
+/// Acknowledge the highest-priority pending interrupt: the IAR value.
+pub(crate) fn ack() -> u32 {
+    if v3() {
+        mrs!("icc_iar1_el1") as u32
+    } else {
+        r32(gicc() + 0xC)
+    }
+}
+
+/// End (priority drop and deactivate) the interrupt `iar` acknowledged.
+pub(crate) fn eoi(iar: u32) {
+    if v3() {
+        msr!("icc_eoir1_el1", u64::from(iar));
+    } else {
+        w32(gicc() + 0x10, iar);
+    }
 }
 
 fn send_sgi(intid: u32, target: usize) {
@@ -320,11 +349,7 @@ fn counter_now() -> u64 {
 fn irq_handler() {
     let entry = counter_now();
     ENTRY.store(entry, Ordering::SeqCst);
-    let iar = if v3() {
-        mrs!("icc_iar1_el1") as u32
-    } else {
-        r32(gicc() + 0xC)
-    };
+    let iar = ack();
     let intid = iar & 0x3ff;
     if intid >= 1020 {
         SPURIOUS.fetch_add(1, Ordering::SeqCst);
@@ -361,11 +386,7 @@ fn irq_handler() {
     if intid == SGI_PING && cpu == 1 {
         send_sgi(SGI_PONG, 0);
     }
-    if v3() {
-        msr!("icc_eoir1_el1", u64::from(iar));
-    } else {
-        w32(gicc() + 0x10, iar);
-    }
+    eoi(iar);
 }
 
 fn timer_tick(now: u64) {
