@@ -845,20 +845,20 @@ fn recheck(t: &mut Test, c: &mut Ecam, tree: &Tree, given: &[(u8, u8)]) {
             // Either still its guest's (its BAR aborts for us), or its guest
             // stopped and the hypervisor reset it and gave it back: then it
             // answers with the BARs we programmed (restored after the reset).
-            if let Some(b) = f.mem_bar(0) {
-                if mmio_read32(b.addr).is_ok() {
-                    let id = c.read32(f.bus, f.devfn, VENDOR_ID);
-                    let lo = c.read32(f.bus, f.devfn, BAR0) & !0xf;
-                    t.check(
-                        id == u32::from(f.vendor) | (u32::from(f.device) << 16)
-                            && u64::from(lo) == b.addr & 0xffff_ffff,
-                        format_args!(
-                            "{a} came back from its guest with id {id:#x}, BAR0 {lo:#x} (ours {:#x})",
-                            b.addr
-                        ),
-                    );
-                    println!("{a}: back from its guest, BAR0 {lo:#x} as we programmed it");
-                }
+            if let Some(b) = f.mem_bar(0)
+                && mmio_read32(b.addr).is_ok()
+            {
+                let id = c.read32(f.bus, f.devfn, VENDOR_ID);
+                let lo = c.read32(f.bus, f.devfn, BAR0) & !0xf;
+                t.check(
+                    id == u32::from(f.vendor) | (u32::from(f.device) << 16)
+                        && u64::from(lo) == b.addr & 0xffff_ffff,
+                    format_args!(
+                        "{a} came back from its guest with id {id:#x}, BAR0 {lo:#x} (ours {:#x})",
+                        b.addr
+                    ),
+                );
+                println!("{a}: back from its guest, BAR0 {lo:#x} as we programmed it");
             }
             continue;
         }
