@@ -157,6 +157,9 @@ pub struct PciState<P = EcamPort> {
     /// Functions never handed out again: no method resets them, or they did
     /// not come back from a reset.
     pub quarantine: pci::reset_engine::Quarantine,
+    /// Guests given their functions, waiting for those to be reset before
+    /// they start: the virtual host bridge their device tree will show.
+    pub starting: Vec<(u16, crate::guest_fdt::GuestPci)>,
 }
 
 /// A guest that starts once the hardware domain has reported every function
@@ -246,6 +249,7 @@ impl<P: ConfigPort> PciState<P> {
             intx: Vec::new(),
             resets: Vec::new(),
             quarantine: pci::reset_engine::Quarantine::new(),
+            starting: Vec::new(),
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum AfterReset {
     /// Guest `vm` stopped: once its last reset ends, its functions go back
     /// to the hardware domain.
     Release { vm: u16 },
+    /// Guest `vm` was given its functions: once its last reset ends, it
+    /// starts with them.
+    Start { vm: u16 },
 }
 
 /// A reset in progress.

@@ -657,10 +657,23 @@ fn start_ready_guests(pci: &mut PciState) {
                 let Some(bridge) = &vm.guest_pci else {
                     continue;
                 };
-                let started = give_pci_bus(pci, sys, vm, bridge, &units)
-                    .and_then(|bridge| vm.start_with_pci(&sys.platform, &bridge));
-                match started {
-                    Ok(()) => log::info!("{} starts with {} PCI unit(s)", vm.name, units.len()),
+                if let Some((b, why)) = pci.quarantine.first_of(&units.concat()) {
+                    log::error!("{} cannot be given {b}: quarantined ({why:?})", vm.name);
+                    pci.ownership.release(&pci.topology, vm.index);
+                    FAILED.store(true, Ordering::Release);
+                    continue;
+                }
+                match give_pci_bus(pci, sys, vm, bridge, &units) {
+                    Ok(bridge) => {
+                        // Reset before the change of owner; the guest starts
+                        // when the last reset is done.
+                        pci.starting.push((vm.index, bridge));
+                        let then = crate::resets::AfterReset::Start { vm: vm.index };
+                        start_resets(pci, vm, &units.concat(), then);
+                        if !pci.resets.iter().any(|r| r.then == then) {
+                            finish_guest_start(pci, vm.index);
+                        }
+                    }
                     Err(e) => {
                         log::error!("{} cannot start: {e}", vm.name);
                         pci.ownership.release(&pci.topology, vm.index);
@@ -1249,14 +1262,44 @@ fn reset_timer(_ticks: u64) {
             ),
             None => log::info!("{:?} done: {:?}", f.action, f.outcome),
         }
-        if let crate::resets::AfterReset::Release { vm } = f.then
-            && !pci.resets.iter().any(|r| r.then == f.then)
-        {
-            release_guest_functions(&mut pci, vm);
+        if pci.resets.iter().any(|r| r.then == f.then) {
+            continue;
+        }
+        match f.then {
+            crate::resets::AfterReset::Release { vm } => release_guest_functions(&mut pci, vm),
+            crate::resets::AfterReset::Start { vm } => finish_guest_start(&mut pci, vm),
+            crate::resets::AfterReset::Nothing => {}
         }
     }
     if let Some(next) = next {
         arm_reset_timer(next);
+    }
+}
+
+/// A guest's functions were reset for it: start it, unless one of them is
+/// quarantined (did not come back).
+fn finish_guest_start(pci: &mut PciState, vm: u16) {
+    let Some(i) = pci.starting.iter().position(|(v, _)| *v == vm) else {
+        return;
+    };
+    let (_, bridge) = pci.starting.swap_remove(i);
+    let sys = system();
+    let Some(vm) = sys.vms.get(usize::from(vm)) else {
+        return;
+    };
+    let given: Vec<pci::Bdf> = pci.ownership.functions_of(vm.index).collect();
+    let started = match pci.quarantine.first_of(&given) {
+        Some((b, why)) => Err(alloc::format!("{b} is quarantined ({why:?})")),
+        None => vm
+            .start_with_pci(&sys.platform, &bridge)
+            .map_err(|e| alloc::format!("{e}")),
+    };
+    match started {
+        Ok(()) => log::info!("{} starts with its PCI functions {given:?}, reset", vm.name),
+        Err(e) => {
+            log::error!("{} cannot start: {e}", vm.name);
+            FAILED.store(true, Ordering::Release);
+        }
     }
 }
 
