@@ -48,7 +48,9 @@ pub fn demux<P: ConfigPort>(
         .iter_mut()
         .filter(|s| s.pintid == pintid && !s.masked)
     {
-        if port.read16(s.physical, STATUS) & STATUS_INTERRUPT == 0 {
+        // All-ones: nothing answers (under reset, removed), not an assertion.
+        let status = port.read16(s.physical, STATUS);
+        if status == u16::MAX || status & STATUS_INTERRUPT == 0 {
             continue;
         }
         let command = port.read16(s.physical, COMMAND);
@@ -213,6 +215,18 @@ mod tests {
         assert!(raised.is_empty());
         // A different line claims nothing.
         assert_eq!(fire(&mut s, &mut port, 37, false, &mut raised), 0);
+    }
+
+    #[test]
+    fn a_function_that_reads_all_ones_is_not_claimed() {
+        let mut port = Regs::default();
+        port.write16(A, COMMAND, 0xffff);
+        port.write16(A, STATUS, 0xffff);
+        let mut s = sources();
+        let mut raised = vec![];
+        assert_eq!(fire(&mut s, &mut port, 36, false, &mut raised), 0);
+        assert!(raised.is_empty() && !s[0].masked);
+        assert_eq!(port.read16(A, COMMAND), 0xffff, "not written");
     }
 
     #[test]
