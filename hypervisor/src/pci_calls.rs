@@ -6,7 +6,8 @@ use crate::pci_host::{PciState, split_access};
 use crate::smccc::{self, CallError, PciCall};
 use alloc::vec::Vec;
 use pci::vpci::Effects;
-use pci::{Bdf, ConfigPort, ReportOutcome, TopologyError};
+use pci::vpci::Owner;
+use pci::{Bdf, ConfigPort, ReportOutcome, ResetAction, ResetMethod, TopologyError};
 
 /// Reason codes returned in x1 with REJECTED / NOT_FOUND (docs/interfaces.md).
 pub fn reason(e: &TopologyError) -> u64 {
@@ -51,15 +52,57 @@ const DENIED: CallError = CallError {
 /// nothing and is logged.
 pub fn handle<P: ConfigPort>(
     pci: &mut PciState<P>,
-    hwdom: bool,
+    who: Caller,
     caller: &str,
     call: PciCall,
+    start: &mut Vec<ResetAction>,
 ) -> Result<[u64; 3], CallError> {
-    if !hwdom {
-        log::warn!("{caller}: PCI call {call:?} is reserved to the hardware domain: denied");
-        return Err(DENIED);
+    match call {
+        PciCall::ResetInfo { .. } | PciCall::Reset { .. } | PciCall::ResetReserve { .. } => {
+            return reset_call(pci, who, caller, call, start);
+        }
+        _ if !who.hwdom => {
+            log::warn!("{caller}: PCI call {call:?} is reserved to the hardware domain: denied");
+            return Err(DENIED);
+        }
+        _ => {}
     }
     match call {
+        PciCall::ResetInfo { .. } | PciCall::Reset { .. } | PciCall::ResetReserve { .. } => {
+            Err(DENIED)
+        }
+        PciCall::SetResetMethods {
+            segment,
+            rid,
+            methods,
+        } => {
+            let bdf = Bdf::from_rid(segment, rid);
+            let mut list = Vec::new();
+            for i in 0..16 {
+                match (methods >> (4 * i)) & 0xf {
+                    0 => break,
+                    code => list.push(method_of(code).ok_or(INVALID)?),
+                }
+            }
+            let result = if list.is_empty() {
+                pci.topology.clear_reset_methods(bdf);
+                Ok(())
+            } else {
+                pci.topology.set_reset_methods(bdf, &list)
+            };
+            match result {
+                Ok(()) => {
+                    if !pci.topology.is_default_reset_order(bdf) {
+                        log::warn!("{bdf}: reset methods set to {list:?}, not the probed order");
+                    }
+                    Ok([list.len() as u64, 0, 0])
+                }
+                Err(e) => {
+                    log::warn!("{caller}: reset methods {list:?} of {bdf} refused: {e}");
+                    Err(INVALID)
+                }
+            }
+        }
         PciCall::Add { segment, rid } => {
             let bdf = Bdf::from_rid(segment, rid);
             match pci.topology.report_add(bdf, &mut pci.port) {
@@ -103,6 +146,123 @@ pub fn handle<P: ConfigPort>(
             let members = pci.topology.unit_members(bdf);
             let id = members.first().copied().unwrap_or(bdf);
             Ok([u64::from(id.rid()), members.len() as u64, 0])
+        }
+    }
+}
+
+/// Who makes a PCI call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub vm: u16,
+    pub hwdom: bool,
+}
+
+const INVALID: CallError = CallError {
+    status: smccc::INVALID_PARAMETER,
+    reason: 0,
+};
+
+/// Method codes of the reset calls: 1 device specific, 2 FLR, 3 AF FLR,
+/// 4 PM, 5 slot, 6 bus.
+pub fn method_of(code: u64) -> Option<ResetMethod> {
+    ResetMethod::ALL
+        .get(usize::try_from(code).ok()?.checked_sub(1)?)
+        .copied()
+}
+
+pub fn code_of(action: ResetAction) -> u64 {
+    let method = match action {
+        ResetAction::Function { method, .. } => method,
+        ResetAction::Slot { .. } => ResetMethod::Slot,
+        ResetAction::SecondaryBus { .. } => ResetMethod::Bus,
+    };
+    ResetMethod::ALL
+        .iter()
+        .position(|&m| m == method)
+        .map_or(0, |i| i as u64 + 1)
+}
+
+/// The reset calls (seed 002), for the hardware domain and for guests (who
+/// name their functions by virtual address). A caller may only ask about,
+/// reset or reserve what it owns.
+fn reset_call<P: ConfigPort>(
+    pci: &mut PciState<P>,
+    who: Caller,
+    caller: &str,
+    call: PciCall,
+    start: &mut Vec<ResetAction>,
+) -> Result<[u64; 3], CallError> {
+    let (PciCall::ResetInfo { segment, rid }
+    | PciCall::Reset { segment, rid, .. }
+    | PciCall::ResetReserve { segment, rid }) = call
+    else {
+        return Err(INVALID);
+    };
+    let named = Bdf::from_rid(segment, rid);
+    let owner = if who.hwdom {
+        Owner::Hwdom
+    } else {
+        Owner::Guest(who.vm)
+    };
+    let bdf = if who.hwdom {
+        named
+    } else {
+        pci.guest_bus(who.vm)
+            .and_then(|b| b.physical_of(named))
+            .ok_or(refused(TopologyError::NotTracked { bdf: named }))?
+    };
+    if !pci.topology.contains(bdf) || pci.ownership.owner(bdf) != owner {
+        log::warn!("{caller}: reset call on {named}, which it does not own: denied");
+        return Err(DENIED);
+    }
+    let action = match call {
+        PciCall::Reset { method, .. } if method != 0 => {
+            let m = method_of(method).ok_or(INVALID)?;
+            pci.topology.reset_action(bdf, m).map_err(|_| INVALID)?
+        }
+        _ => match crate::resets::for_guest(pci, &[bdf]) {
+            Ok(actions) if actions.len() == 1 => actions[0],
+            _ => {
+                return Err(CallError {
+                    status: smccc::NOT_SUPPORTED,
+                    reason: 0,
+                });
+            }
+        },
+    };
+    let scope = pci.topology.action_scope(action);
+    let not_owned = scope
+        .iter()
+        .filter(|&&b| {
+            pci.topology
+                .function(b)
+                .is_some_and(|f| !f.kind.is_bridge())
+                && pci.ownership.owner(b) != owner
+        })
+        .count() as u64;
+    match call {
+        PciCall::ResetInfo { .. } => Ok([code_of(action), scope.len() as u64, not_owned]),
+        PciCall::Reset { .. } => {
+            if not_owned > 0 {
+                log::warn!("{caller}: {action:?} would touch functions it does not own: refused");
+                return Err(DENIED);
+            }
+            start.push(action);
+            Ok([code_of(action), scope.len() as u64, 0])
+        }
+        _ => {
+            let guest = if who.hwdom { u16::MAX } else { who.vm };
+            let owner_of = |b| pci.ownership.owner(b);
+            match pci
+                .reservations
+                .reserve(&pci.topology, guest, action, owner_of)
+            {
+                Ok(()) => Ok([code_of(action), scope.len() as u64, 0]),
+                Err(c) => {
+                    log::warn!("{caller}: reservation of {action:?} refused: {c:?}");
+                    Err(DENIED)
+                }
+            }
         }
     }
 }
@@ -295,6 +455,14 @@ pub fn ready_guests<P>(pci: &mut PciState<P>) -> Vec<GuestStart> {
             pci.pending.push(guest);
             continue;
         }
+        if let Some(c) = pci
+            .reservations
+            .breaks_reservation(&guest.requested, Owner::Guest(guest.vm))
+        {
+            log::error!("{} cannot be given {}: {c:?}", guest.name, c.bdf);
+            decisions.push(GuestStart::Fail { vm: guest.vm });
+            continue;
+        }
         match pci.ownership.assign(
             &mut pci.topology,
             guest.vm,
@@ -376,6 +544,20 @@ pub fn expire_guest<P>(pci: &mut PciState<P>, vm: u16, now: u64) -> bool {
 mod tests {
     use super::*;
     use crate::pci_host::PendingGuest;
+
+    /// A call from the hwdom (`true`, VM 0) or from guest VM 1.
+    fn hv<P: ConfigPort>(
+        pci: &mut PciState<P>,
+        hwdom: bool,
+        name: &str,
+        call: PciCall,
+    ) -> Result<[u64; 3], CallError> {
+        let who = Caller {
+            vm: u16::from(!hwdom),
+            hwdom,
+        };
+        handle(pci, who, name, call, &mut Vec::new())
+    }
     use pci::EcamWindow;
     use pci::sim::{Fabric, Spec, devfn};
     use std::vec::Vec;
@@ -404,7 +586,7 @@ mod tests {
         assert_eq!(found.len(), 2);
         // Child first: it waits as an orphan.
         let child = found[1];
-        let r = handle(
+        let r = hv(
             &mut pci,
             true,
             "hwdom",
@@ -414,7 +596,7 @@ mod tests {
             },
         );
         assert_eq!(r, Ok([1, 0, 0]));
-        let r = handle(
+        let r = hv(
             &mut pci,
             true,
             "hwdom",
@@ -424,7 +606,7 @@ mod tests {
             },
         );
         assert_eq!(r, Ok([0, 1, 0]), "attached, adopting the orphan");
-        let r = handle(
+        let r = hv(
             &mut pci,
             true,
             "hwdom",
@@ -435,7 +617,7 @@ mod tests {
             Ok([2, 2, 0]),
             "two functions, two units (ACS root port), no orphans"
         );
-        let r = handle(
+        let r = hv(
             &mut pci,
             true,
             "hwdom",
@@ -451,7 +633,7 @@ mod tests {
     fn reports_are_validated_and_reserved_to_the_hwdom() {
         let (mut pci, _) = state();
         let nothing = Bdf::new(0, 0, 7, 0);
-        let r = handle(
+        let r = hv(
             &mut pci,
             true,
             "hwdom",
@@ -467,16 +649,16 @@ mod tests {
                 reason: 3
             })
         );
-        let r = handle(&mut pci, true, "hwdom", PciCall::Add { segment: 3, rid: 0 });
+        let r = hv(&mut pci, true, "hwdom", PciCall::Add { segment: 3, rid: 0 });
         assert_eq!(r.map_err(|e| e.status), Err(smccc::INVALID_PARAMETER));
-        let r = handle(
+        let r = hv(
             &mut pci,
             false,
             "guest",
             PciCall::Add { segment: 0, rid: 8 },
         );
         assert_eq!(r, Err(DENIED));
-        let r = handle(
+        let r = hv(
             &mut pci,
             true,
             "hwdom",
@@ -488,7 +670,7 @@ mod tests {
 
     fn report_all(pci: &mut PciState<Fabric>, found: &[Bdf]) {
         for b in found {
-            handle(
+            hv(
                 pci,
                 true,
                 "hwdom",
@@ -499,7 +681,7 @@ mod tests {
             )
             .unwrap();
         }
-        handle(pci, true, "hwdom", PciCall::EnumerationDone { segment: 0 }).unwrap();
+        hv(pci, true, "hwdom", PciCall::EnumerationDone { segment: 0 }).unwrap();
     }
 
     fn pending(vm: u16, requested: &[Bdf], whole_units: bool) -> PendingGuest {
@@ -560,6 +742,77 @@ mod tests {
         pci.pending.push(pending(3, &[found[0]], false));
         report_all(&mut pci, &found);
         assert_eq!(ready_guests(&mut pci), [GuestStart::Fail { vm: 3 }]);
+    }
+
+    #[test]
+    fn reset_calls_answer_seed_002_and_check_ownership() {
+        let (mut pci, found) = state();
+        report_all(&mut pci, &found);
+        let nvme = found[1];
+        let call = |segment, rid| PciCall::ResetInfo { segment, rid };
+        // The hwdom owns everything below the root port: one bus-level
+        // reset touching the nvme only, nothing it does not own.
+        let [code, touched, not_owned] = hv(&mut pci, true, "hwdom", call(0, nvme.rid())).unwrap();
+        assert!(matches!(
+            method_of(code),
+            Some(ResetMethod::Bus | ResetMethod::Slot)
+        ));
+        assert_eq!((touched, not_owned), (1, 0));
+        // A specific method, started through `start`.
+        let mut start = Vec::new();
+        let who = Caller { vm: 0, hwdom: true };
+        let r = handle(
+            &mut pci,
+            who,
+            "hwdom",
+            PciCall::Reset {
+                segment: 0,
+                rid: nvme.rid(),
+                method: 2,
+            },
+            &mut start,
+        );
+        assert_eq!(r.map(|v| v[0]), Ok(2));
+        assert_eq!(
+            start,
+            [ResetAction::Function {
+                bdf: nvme,
+                method: ResetMethod::Flr
+            }]
+        );
+        // Once the nvme is a guest's, the hwdom may not reset or query it.
+        pci.pending.push(pending(1, &[nvme], false));
+        assert!(matches!(
+            ready_guests(&mut pci)[..],
+            [GuestStart::Start { .. }]
+        ));
+        assert_eq!(
+            hv(&mut pci, true, "hwdom", call(0, nvme.rid())),
+            Err(DENIED)
+        );
+        // The hwdom may reorder reset methods, only to supported ones.
+        let set = |methods| PciCall::SetResetMethods {
+            segment: 0,
+            rid: nvme.rid(),
+            methods,
+        };
+        assert_eq!(hv(&mut pci, true, "hwdom", set(0x2)), Ok([1, 0, 0]));
+        assert_eq!(
+            hv(&mut pci, true, "hwdom", set(0x1)),
+            Err(INVALID),
+            "no device-specific reset"
+        );
+        assert_eq!(
+            hv(&mut pci, true, "hwdom", set(0x22)),
+            Err(INVALID),
+            "duplicate"
+        );
+        assert_eq!(
+            hv(&mut pci, true, "hwdom", set(0x9)),
+            Err(INVALID),
+            "no method 9"
+        );
+        assert_eq!(hv(&mut pci, false, "guest", set(0x2)), Err(DENIED));
     }
 
     #[test]

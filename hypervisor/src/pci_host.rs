@@ -160,6 +160,8 @@ pub struct PciState<P = EcamPort> {
     /// Guests given their functions, waiting for those to be reset before
     /// they start: the virtual host bridge their device tree will show.
     pub starting: Vec<(u16, crate::guest_fdt::GuestPci)>,
+    /// Resets guests asked to keep possible (seed 002).
+    pub reservations: pci::reset_engine::Reservations,
 }
 
 /// A guest that starts once the hardware domain has reported every function
@@ -250,6 +252,7 @@ impl<P: ConfigPort> PciState<P> {
             resets: Vec::new(),
             quarantine: pci::reset_engine::Quarantine::new(),
             starting: Vec::new(),
+            reservations: pci::reset_engine::Reservations::new(),
         }
     }
 }

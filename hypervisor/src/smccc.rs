@@ -57,8 +57,22 @@ pub mod vendor {
     /// The assignment unit of (x1, x2): x1 = the unit's id (its first
     /// member's bus << 8 | devfn), x2 = number of members.
     pub const PCI_UNIT_OF: u32 = 0xC600_0013;
+    /// Which reset covers the caller's function (x1 = segment, x2 = bus << 8
+    /// | devfn, virtual for a guest): x1 = method code, x2 = functions it
+    /// touches, x3 = how many of those the caller does not own.
+    pub const PCI_RESET_INFO: u32 = 0xC600_0020;
+    /// Reset the caller's function (x3 = method code, 0 = the narrowest
+    /// reset covering it). Asynchronous: the function answers like hardware
+    /// (all-ones) until it is back.
+    pub const PCI_RESET: u32 = 0xC600_0021;
+    /// Keep the narrowest reset of the caller's function possible while it
+    /// runs: assignments that would break it are refused.
+    pub const PCI_RESET_RESERVE: u32 = 0xC600_0022;
+    /// hwdom: the reset methods of a function, in order (x3: method codes,
+    /// 4 bits each, lowest first, 0 ends; x3 = 0: back to the probed order).
+    pub const PCI_SET_RESET_METHODS: u32 = 0xC600_0023;
     /// Calls in the service, excluding the generic queries.
-    pub const COUNT: u64 = 6;
+    pub const COUNT: u64 = 10;
     /// Most bytes one CONSOLE_WRITE carries (x2..x7).
     pub const CONSOLE_WRITE_MAX: usize = 48;
     /// UUID 7b3c9a1e-5d42-4f0b-9e61-2c8d0a4f1b37 as four little-endian words.
@@ -87,10 +101,39 @@ pub enum CpuOnError {
 /// A PCI call, with its arguments range-checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PciCall {
-    Add { segment: u16, rid: u16 },
-    Remove { segment: u16, rid: u16 },
-    EnumerationDone { segment: u16 },
-    UnitOf { segment: u16, rid: u16 },
+    Add {
+        segment: u16,
+        rid: u16,
+    },
+    Remove {
+        segment: u16,
+        rid: u16,
+    },
+    EnumerationDone {
+        segment: u16,
+    },
+    UnitOf {
+        segment: u16,
+        rid: u16,
+    },
+    ResetInfo {
+        segment: u16,
+        rid: u16,
+    },
+    Reset {
+        segment: u16,
+        rid: u16,
+        method: u64,
+    },
+    ResetReserve {
+        segment: u16,
+        rid: u16,
+    },
+    SetResetMethods {
+        segment: u16,
+        rid: u16,
+        methods: u64,
+    },
 }
 
 /// Why a PCI call failed: the SMCCC status and a reason code for x1.
@@ -238,7 +281,11 @@ fn vendor_call(host: &mut dyn HypercallHost, id: u32, regs: &[u64; 8]) -> Outcom
         vendor::PCI_ADD
         | vendor::PCI_REMOVE
         | vendor::PCI_UNIT_OF
-        | vendor::PCI_ENUMERATION_DONE => {
+        | vendor::PCI_ENUMERATION_DONE
+        | vendor::PCI_RESET_INFO
+        | vendor::PCI_RESET
+        | vendor::PCI_RESET_RESERVE
+        | vendor::PCI_SET_RESET_METHODS => {
             let (Ok(segment), Ok(rid)) = (u16::try_from(regs[1]), u16::try_from(regs[2])) else {
                 return ret(INVALID_PARAMETER);
             };
@@ -246,6 +293,18 @@ fn vendor_call(host: &mut dyn HypercallHost, id: u32, regs: &[u64; 8]) -> Outcom
                 vendor::PCI_ADD => PciCall::Add { segment, rid },
                 vendor::PCI_REMOVE => PciCall::Remove { segment, rid },
                 vendor::PCI_UNIT_OF => PciCall::UnitOf { segment, rid },
+                vendor::PCI_RESET_INFO => PciCall::ResetInfo { segment, rid },
+                vendor::PCI_RESET => PciCall::Reset {
+                    segment,
+                    rid,
+                    method: regs[3],
+                },
+                vendor::PCI_RESET_RESERVE => PciCall::ResetReserve { segment, rid },
+                vendor::PCI_SET_RESET_METHODS => PciCall::SetResetMethods {
+                    segment,
+                    rid,
+                    methods: regs[3],
+                },
                 _ => PciCall::EnumerationDone { segment },
             };
             match host.pci(call) {

@@ -632,9 +632,21 @@ impl HypercallHost for Caller<'_> {
                 reason: 0,
             });
         };
+        let who = crate::pci_calls::Caller {
+            vm: self.vm.index,
+            hwdom: self.vm.hardware_domain,
+        };
+        let mut to_start = Vec::new();
         let mut pci = pci.lock();
-        let result =
-            crate::pci_calls::handle(&mut pci, self.vm.hardware_domain, &self.vm.name, call);
+        let result = crate::pci_calls::handle(&mut pci, who, &self.vm.name, call, &mut to_start);
+        for action in to_start {
+            start_one(
+                &mut pci,
+                self.vm,
+                action,
+                crate::resets::AfterReset::Nothing,
+            );
+        }
         start_ready_guests(&mut pci);
         result
     }
@@ -1312,6 +1324,7 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
         guests,
         intx,
         quarantine,
+        reservations,
         ..
     } = pci;
     let given: Vec<pci::Bdf> = ownership.functions_of(vm).collect();
@@ -1321,6 +1334,7 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
         return;
     }
     ownership.release(topology, vm);
+    reservations.release(vm);
     guests.retain(|(v, _)| *v != vm);
     let lines = crate::intx::lines(intx);
     intx.retain(|s| s.vm != vm);
