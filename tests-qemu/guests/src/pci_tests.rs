@@ -1417,3 +1417,100 @@ pub fn pci_sbr(env: &Env) -> ! {
     );
     t.finish(env)
 }
+
+const PHV_PCI_RESET_INFO: u32 = 0xC600_0020;
+const PHV_PCI_RESET: u32 = 0xC600_0021;
+/// PCIe capability: Device Capabilities FLR bit, Device Control Initiate FLR.
+const PCIE_DEVCAP_FLR: u32 = 1 << 28;
+const PCIE_DEVCTL_BCR_FLR: u16 = 1 << 15;
+
+/// `pci-reset`: a guest resets its devices itself: an FLR through its
+/// virtual Device Control where the device has one, the reset hypercall
+/// otherwise; first it asks which reset covers each device (seed 002) and
+/// expects one that touches nothing it does not own. Each reset must really
+/// happen (a marker in a device register is gone) and the device must
+/// answer again and work.
+pub fn pci_reset(env: &Env) -> ! {
+    let mut t = Test::new("pci-reset");
+    let Some((_br, mut ecam, tree)) = enumerate_bus(&mut t, env) else {
+        t.finish(env)
+    };
+    check_guest_view(&mut t, env, tree);
+    let mut done = 0;
+    for dev in tree.funcs().iter().filter(|f| !f.is_bridge()) {
+        let d = Addr(dev.bus, dev.devfn);
+        let Some((reg, mask)) = scratch_register(dev) else {
+            continue;
+        };
+        let rid = u64::from(dev.rid());
+        let info = pci_call(PHV_PCI_RESET_INFO, 0, rid);
+        t.check(
+            info.status() == 0 && info.0[2] >= 1 && info.0[3] == 0,
+            format_args!("{d}: PCI_RESET_INFO answered {:x?}", info.0),
+        );
+        println!(
+            "{d}: covered by reset method {} touching {} function(s), {} not ours",
+            info.0[1], info.0[2], info.0[3]
+        );
+        let mark = marker(dev, mask);
+        let _ = mmio_write32(reg, mark);
+        let pcie = pcienum::find_cap(&mut ecam, dev.bus, dev.devfn, 0x10);
+        let flr = pcie.filter(|&p| ecam.read32(dev.bus, dev.devfn, p + 4) & PCIE_DEVCAP_FLR != 0);
+        let how = match flr {
+            Some(p) => {
+                let ctl = ecam.read16(dev.bus, dev.devfn, p + 8);
+                ecam.write16(dev.bus, dev.devfn, p + 8, ctl | PCIE_DEVCTL_BCR_FLR);
+                "FLR"
+            }
+            None => {
+                let r = pci_call(PHV_PCI_RESET, 0, rid);
+                t.check(
+                    r.status() == 0,
+                    format_args!("{d}: PCI_RESET answered {:x?}", r.0),
+                );
+                "PCI_RESET"
+            }
+        };
+        let id = u32::from(dev.vendor) | (u32::from(dev.device) << 16);
+        let back = rt::poll_ms(1000, || {
+            (ecam.read32(dev.bus, dev.devfn, VENDOR_ID) == id).then_some(())
+        });
+        t.check(
+            back.is_some(),
+            format_args!("{d}: does not answer within 1 s of its {how}"),
+        );
+        if let Some(p) = flr {
+            // Initiate FLR always reads 0.
+            let now = ecam.read16(dev.bus, dev.devfn, p + 8);
+            t.check(
+                now & PCIE_DEVCTL_BCR_FLR == 0,
+                format_args!("{d}: Initiate FLR reads back set ({now:#x})"),
+            );
+        }
+        // Like a driver after a reset: BARs and Command back.
+        let cmd = ecam.read16(dev.bus, dev.devfn, COMMAND);
+        for (k, b) in dev.bars.iter().enumerate().filter(|(_, b)| b.is_mem()) {
+            set_bar(&mut ecam, dev, k, b.addr);
+        }
+        ecam.write16(
+            dev.bus,
+            dev.devfn,
+            COMMAND,
+            cmd | pcienum::CMD_MEMORY | pcienum::CMD_BUS_MASTER,
+        );
+        match mmio_read32(reg) {
+            Ok(v) if v & mask == 0 => println!("{d}: reset by {how}: marker {mark:#x} -> 0"),
+            other => t.fail(format_args!(
+                "{d}: register reads {other:x?} after its {how} (was {mark:#x}): no reset happened"
+            )),
+        }
+        done += 1;
+    }
+    t.check(done > 0, format_args!("no device to reset"));
+    let driven = drive_devices(&mut t, tree, &[]);
+    t.check(
+        driven > 0,
+        format_args!("no device to drive after the resets"),
+    );
+    t.finish(env)
+}
