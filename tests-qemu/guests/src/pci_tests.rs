@@ -647,7 +647,8 @@ pub fn enumerate(env: &Env) -> ! {
             .ok()
             .flatten()
             .unwrap_or(2000);
-        rt::delay_ms(wait);
+        // Idle, not spinning: the guests' -icount figures stay exact.
+        rt::idle_ms(wait);
         recheck(&mut t, &mut ecam, tree, given);
     }
     t.finish(env)
@@ -1366,12 +1367,19 @@ pub fn pci_sbr(env: &Env) -> ! {
         ecam.write16(rp.bus, rp.devfn, BRIDGE_CONTROL, bc | 0x40);
         rt::delay_ms(2);
         ecam.write16(rp.bus, rp.devfn, BRIDGE_CONTROL, bc & !0x40);
+        let deassert = rt::counter();
         // Config space answers again within 1 s (the hypervisor may hold the
         // accesses or return all-ones / RRS while the reset runs).
         let id = u32::from(dev.vendor) | (u32::from(dev.device) << 16);
         let back = rt::poll_ms(1000, || {
             (ecam.read32(dev.bus, dev.devfn, VENDOR_ID) == id).then_some(())
         });
+        let us = (rt::counter() - deassert) * 1_000_000 / rt::counter_freq();
+        println!(
+            "{d}: answers {}.{:03} ms after the SBR deassert write",
+            us / 1000,
+            us % 1000
+        );
         t.check(
             back.is_some(),
             format_args!("{d}: does not answer within 1 s of SBR on {a}"),
@@ -1456,6 +1464,7 @@ pub fn pci_reset(env: &Env) -> ! {
         let _ = mmio_write32(reg, mark);
         let pcie = pcienum::find_cap(&mut ecam, dev.bus, dev.devfn, 0x10);
         let flr = pcie.filter(|&p| ecam.read32(dev.bus, dev.devfn, p + 4) & PCIE_DEVCAP_FLR != 0);
+        let started = rt::counter();
         let how = match flr {
             Some(p) => {
                 let ctl = ecam.read16(dev.bus, dev.devfn, p + 8);
@@ -1475,6 +1484,12 @@ pub fn pci_reset(env: &Env) -> ! {
         let back = rt::poll_ms(1000, || {
             (ecam.read32(dev.bus, dev.devfn, VENDOR_ID) == id).then_some(())
         });
+        let us = (rt::counter() - started) * 1_000_000 / rt::counter_freq();
+        println!(
+            "{d}: answers {}.{:03} ms after its {how} was asked for",
+            us / 1000,
+            us % 1000
+        );
         t.check(
             back.is_some(),
             format_args!("{d}: does not answer within 1 s of its {how}"),
