@@ -360,10 +360,9 @@ fn mirrors_qemu_device_arguments() {
             &["00:01.0"],
             &["00:02.0", "05:00.0", "06:01.0", "06:02.0"],
             &["01:00.0"],
-            &["02:00.0"],
-            &["02:01.0"],
-            &["03:00.0"],
-            &["04:00.0"],
+            // QEMU's downstream ports have no ACS: the switch below the
+            // upstream port is one unit (as `cargo xtask pci-report` shows).
+            &["02:00.0", "02:01.0", "03:00.0", "04:00.0"],
         ])
     );
     assert_eq!(f.read32(b("00:00.0"), VENDOR_ID), 0x0008_1b36);
