@@ -4,7 +4,7 @@ mod common;
 use common::*;
 
 use pci::regs::*;
-use pci::sim::{ACS_ENABLED, ACS_NONE_ADVERTISED, Fabric, SimKind, Spec, devfn};
+use pci::sim::{ACS_ENABLED, ACS_NONE_ADVERTISED, ACS_QEMU, Fabric, SimKind, Spec, devfn};
 use pci::units::{AcsQuirk, AcsQuirkEffect};
 use pci::{ConfigPort, Topology};
 
@@ -115,8 +115,12 @@ fn t3b_switch_downstream_ports_with_acs() {
         &[(
             devfn(1, 0),
             switch(vec![
-                Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_e1000e()),
-                Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_nvme()),
+                Spec::qemu_x3130_downstream()
+                    .acs(Some(ACS_QEMU))
+                    .child(0, 0, Spec::qemu_e1000e()),
+                Spec::qemu_x3130_downstream()
+                    .acs(Some(ACS_QEMU))
+                    .child(0, 0, Spec::qemu_nvme()),
             ]),
         )],
     );
@@ -148,14 +152,22 @@ fn t3c_switch_mixed_acs() {
                     Spec::qemu_x3130_downstream()
                         .acs(None)
                         .child(0, 0, Spec::qemu_e1000e()),
-                    Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_nvme()),
+                    Spec::qemu_x3130_downstream().acs(Some(ACS_QEMU)).child(
+                        0,
+                        0,
+                        Spec::qemu_nvme(),
+                    ),
                 ]),
             ),
             (
                 devfn(2, 0),
                 switch(vec![
                     Spec::qemu_x3130_downstream().acs(None),
-                    Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_nvme()),
+                    Spec::qemu_x3130_downstream().acs(Some(ACS_QEMU)).child(
+                        0,
+                        0,
+                        Spec::qemu_nvme(),
+                    ),
                 ]),
             ),
         ],
