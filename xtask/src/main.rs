@@ -375,21 +375,35 @@ fn cmd_bench(which: &str) -> Result<ExitCode> {
         ]))?;
     }
     if hyp {
-        // The vGIC figures: tests-qemu/scenarios/gic-bench.toml runs with
-        // `-icount shift=0`, so the guest's counter deltas are instructions.
+        // The hypervisor figures: every scenario run under `-icount shift=0`
+        // (gic-bench, bench-*), where the guests' counter deltas are
+        // instructions; their figure lines are the ones with "bench: " or
+        // timing lines ("answers ... ms after", "ready ... ms after").
         let images = image::build_all()?;
-        let s = scenario::load("gic-bench")?;
         let mut failed = false;
-        for &gic in &s.gic {
-            let r = runner::run(&s, gic, &images)?;
-            println!("hyp (GICv{gic}), instructions:");
-            for line in r.log.lines().filter(|l| l.contains("gic-bench: ")) {
-                let figure = line.split("gic-bench: ").nth(1).unwrap_or(line);
-                println!("  {figure}");
-            }
-            if !r.passed() {
-                eprintln!("xtask: {}: {}", r.name, r.problems.join("; "));
-                failed = true;
+        for name in [
+            "gic-bench",
+            "bench-pci-hwdom",
+            "bench-pci-guest",
+            "bench-pci-intx",
+            "bench-pci-sbr",
+            "bench-pci-reset",
+        ] {
+            let s = scenario::load(name)?;
+            for &gic in &s.gic {
+                let r = runner::run(&s, gic, &images)?;
+                println!(
+                    "{name} (GICv{gic}), instructions (1 tick = 1 instruction = 1 virtual ns):"
+                );
+                for line in r.log.lines().filter(|l| {
+                    l.contains("bench: ") || l.contains(" ms after") || l.contains("pci-intx: ")
+                }) {
+                    println!("  {line}");
+                }
+                if !r.passed() {
+                    eprintln!("xtask: {}: {}", r.name, r.problems.join("; "));
+                    failed = true;
+                }
             }
         }
         if failed {
