@@ -17,6 +17,9 @@
 //!   the spec's timing, saving and restoring config state (MSI-X from the
 //!   hypervisor's shadow); guest SBR → narrowest reset, reservations,
 //!   quarantine.
+//! - [`aer`]: Advanced Error Reporting: the root port service (source
+//!   search, classification, storm limiter), the owners' virtual AER
+//!   registers, fatal-error recovery with a deadline, firmware-first CPER.
 //! - `sim` (feature `sim`): a simulated fabric that answers config accesses
 //!   like hardware, for tests, fuzzing and benchmarks.
 //!
@@ -48,6 +51,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod aer;
 pub mod caps;
 mod fnmap;
 pub mod port;
@@ -61,6 +65,7 @@ pub mod units;
 pub mod vpci;
 
 pub use addr::{Bdf, EcamWindow};
+pub use aer::{AerConfig, AerEvent, AerReport, RecoveryTracker, RootPortService, Severity};
 pub use port::{ConfigPort, MemoryPort};
 pub use reset::{ResetAction, ResetCoverage, ResetError, ResetMethod};
 pub use reset_engine::{EngineError, ResetJob, ResetOutcome, SavedState, Step};

@@ -660,3 +660,84 @@ impl GuestBus {
         self.ports.len()
     }
 }
+
+/// AER delivery into the guest's view (issue 7; logic in
+/// [`crate::aer::virtual_regs`]).
+impl GuestBus {
+    /// The unit (virtual root port index) of an assigned function.
+    pub fn unit_of(&self, physical: Bdf) -> Option<usize> {
+        Some(self.fns.iter().find(|f| f.physical == physical)?.unit as usize)
+    }
+
+    /// Delivers an AER event of an assigned function: its virtual AER
+    /// status (masks and severities as the guest wrote them) and its virtual
+    /// root port's Root Error Status / Error Source ID (virtual BDF).
+    /// `None` if the function is not this guest's.
+    pub fn aer_deliver(
+        &mut self,
+        event: &crate::aer::AerEvent,
+    ) -> Option<crate::aer::virtual_regs::GuestDelivery> {
+        use crate::aer::virtual_regs::{Signalled, record_function_error, signal_root};
+        let i = self.fns.iter().position(|f| f.physical == event.source)?;
+        let f = self.fns.get_mut(i)?;
+        let sig = match f.virtual_aer_mut() {
+            Some(mut a) => record_function_error(&mut a, event),
+            None => Signalled::from_severity(event.severity),
+        };
+        let unit = f.unit as usize;
+        let vsource = self.vbdf_of(self.fns.get(i)?);
+        let rp = self.ports.get_mut(unit)?;
+        let interrupt = signal_root(&mut rp.aer_mut(), sig, vsource.rid());
+        Some(crate::aer::virtual_regs::GuestDelivery {
+            unit,
+            root_port: Self::root_port(unit),
+            virtual_source: vsource,
+            interrupt,
+        })
+    }
+
+    /// Whether the virtual root port of `unit` asserts its (level) AER
+    /// interrupt: check after each guest write to lower the INTx.
+    pub fn aer_interrupt(&mut self, unit: usize) -> bool {
+        self.ports
+            .get_mut(unit)
+            .is_some_and(|p| crate::aer::virtual_regs::root_interrupt_asserted(&p.aer_mut()))
+    }
+
+    /// After a recovery reset the hypervisor performed itself: the event
+    /// shows again in the function's virtual AER and the virtual root port
+    /// keeps Root Error Status fatal set with
+    /// [`crate::aer::virtual_regs::ROOT_STATUS_HV_RESET`].
+    pub fn aer_mark_hypervisor_reset(&mut self, event: &crate::aer::AerEvent) -> bool {
+        let Some(f) = self.fns.iter_mut().find(|f| f.physical == event.source) else {
+            return false;
+        };
+        if let Some(mut a) = f.virtual_aer_mut() {
+            crate::aer::virtual_regs::record_function_error(&mut a, event);
+        }
+        let unit = f.unit as usize;
+        match self.ports.get_mut(unit) {
+            Some(p) => {
+                crate::aer::virtual_regs::mark_hypervisor_reset(&mut p.aer_mut());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A function did not come back from its recovery reset: the guest sees
+    /// the card below its virtual root port surprise-removed (Presence
+    /// Detect and link down, Surprise Down; everything below reads
+    /// all-ones).
+    pub fn aer_surprise_remove(&mut self, physical: Bdf) -> bool {
+        let Some(unit) = self.unit_of(physical) else {
+            return false;
+        };
+        let Some(p) = self.ports.get_mut(unit) else {
+            return false;
+        };
+        p.surprise_remove();
+        self.rebuild_routes();
+        true
+    }
+}

@@ -688,6 +688,16 @@ impl AssignedFn {
         let at = policy::VAER.checked_add(offset)?;
         (self.pcie != 0 && self.rule_at(at).is_some()).then(|| rd(&self.shadow, at, 4))
     }
+
+    /// The virtual AER capability's storage, for the AER issue's event
+    /// delivery (`crate::aer::virtual_regs`); `None` if it has no AER.
+    pub fn virtual_aer_mut(&mut self) -> Option<crate::aer::virtual_regs::AerBytes<'_>> {
+        if self.pcie == 0 || self.rule_at(policy::VAER).is_none() {
+            return None;
+        }
+        let bytes = self.shadow.get_mut(policy::VAER as usize..)?;
+        Some(crate::aer::virtual_regs::AerBytes::new(bytes))
+    }
 }
 
 /// Sizes the six BARs (decoding must be off) and restores them.

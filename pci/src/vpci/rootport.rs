@@ -68,6 +68,8 @@ impl RootPortTemplate {
         v32(&mut t.wmask, PREF_LIMIT_UPPER, u32::MAX);
         t.init[CAP_PTR as usize] = RP_PCIE as u8;
         t.wmask[INTERRUPT_LINE as usize] = 0xff;
+        // INTA: the AER interrupt (Linux's port driver without MSI).
+        t.init[INTERRUPT_PIN as usize] = 1;
         // Parity, SERR, ISA, VGA, VGA16, master abort mode, SBR.
         v16(&mut t.wmask, BRIDGE_CONTROL, 0x007f);
 
@@ -114,7 +116,11 @@ impl RootPortTemplate {
         v32(&mut t.wmask, a + AER_COR_MASK, AER_COR_BITS);
         v32(&mut t.wmask, a + AER_CAP_CTRL, 0x140);
         v32(&mut t.wmask, a + AER_ROOT_COMMAND, 0x7);
-        v32(&mut t.w1c, a + AER_ROOT_STATUS, 0x7f);
+        v32(
+            &mut t.w1c,
+            a + AER_ROOT_STATUS,
+            crate::aer::virtual_regs::ROOT_STATUS_W1C,
+        );
         t
     }
 }
@@ -123,11 +129,16 @@ impl RootPortTemplate {
 #[derive(Clone, Debug)]
 pub(crate) struct VirtualRootPort {
     pub cfg: [u8; RP_SIZE],
+    /// Surprise-removed by the AER recovery: nothing routes below.
+    pub removed: bool,
 }
 
 impl VirtualRootPort {
     pub fn new(t: &RootPortTemplate) -> Self {
-        Self { cfg: t.init }
+        Self {
+            cfg: t.init,
+            removed: false,
+        }
     }
 
     pub fn read(&self, reg: u16, width: u16) -> u32 {
@@ -174,6 +185,35 @@ impl VirtualRootPort {
     /// The secondary bus, if the guest programmed a usable range.
     pub fn routed_bus(&self) -> Option<u8> {
         let (sec, sub) = (self.secondary(), self.subordinate());
-        (sec != 0 && sec <= sub).then_some(sec)
+        (sec != 0 && sec <= sub && !self.removed).then_some(sec)
+    }
+
+    /// The virtual AER capability's storage (`crate::aer::virtual_regs`).
+    pub fn aer_mut(&mut self) -> crate::aer::virtual_regs::AerBytes<'_> {
+        crate::aer::virtual_regs::AerBytes::new(
+            self.cfg.get_mut(RP_AER as usize..).unwrap_or_default(),
+        )
+    }
+
+    /// Surprise removal of the card below: Presence Detect and Data Link
+    /// Layer Link Active clear, their change bits set, Surprise Down in the
+    /// port's own uncorrectable status; nothing below routes any more.
+    pub fn surprise_remove(&mut self) {
+        self.removed = true;
+        let slt = RP_PCIE + PCIE_SLTSTA;
+        let v = self.read(slt, 2) as u16;
+        // Presence Detect Changed (3), Data Link Layer State Changed (8).
+        put(
+            &mut self.cfg,
+            slt,
+            &((v & !PCIE_SLTSTA_PDS) | (1 << 3) | (1 << 8)).to_le_bytes(),
+        );
+        let lnk = RP_PCIE + PCIE_LNKSTA;
+        let v = self.read(lnk, 2) as u16;
+        put(&mut self.cfg, lnk, &(v & !PCIE_LNKSTA_DLLLA).to_le_bytes());
+        use crate::aer::virtual_regs::AerStorage;
+        let mut a = self.aer_mut();
+        let u = a.get(AER_UNCOR_STATUS);
+        a.set(AER_UNCOR_STATUS, u | crate::aer::UNCOR_SURPRISE_DOWN);
     }
 }

@@ -1,0 +1,245 @@
+//! The recovery state machine: fatal errors freeze the source until a link
+//! reset; the owner has a deadline to ask for it, then the hypervisor does
+//! it (seed 000: never rely on the guest).
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use super::{AerEvent, Severity};
+use crate::addr::Bdf;
+use crate::topology::Topology;
+use crate::vpci::Owner;
+
+/// Finished recoveries kept for the log.
+const LOG_LEN: usize = 64;
+
+/// Where a recovery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryState {
+    /// Correctable or non-fatal: delivered, the device keeps working.
+    Delivered,
+    /// Fatal: frozen until a link reset; the owner has until the deadline.
+    FrozenAwaitingReset,
+    /// The owner asked (SBR on its virtual root port); the reset runs.
+    ResetByOwner,
+    /// The deadline passed; the hypervisor's reset runs.
+    ResetByHypervisor,
+    /// Reset done, the function answered and was restored.
+    Recovered,
+    /// It did not come back: quarantined, surprise-removed for its owner.
+    Quarantined,
+}
+
+/// One error's recovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    pub source: Bdf,
+    pub owner: Owner,
+    pub severity: Severity,
+    /// The (first) event; later fatal events of a frozen source are
+    /// coalesced into `coalesced`.
+    pub event: AerEvent,
+    pub coalesced: u32,
+    /// For fatal errors: when the hypervisor resets if the owner has not.
+    pub deadline_ns: Option<u64>,
+    pub state: RecoveryState,
+    /// The hypervisor performed the reset (the owner ignored the error).
+    pub by_hypervisor: bool,
+}
+
+/// The deadline passed: the shell resets [`recovery_functions`] of `source`
+/// with [`crate::reset_engine::narrowest_reset`], then calls
+/// [`RecoveryTracker::on_reset_done`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetNeeded {
+    pub source: Bdf,
+    pub owner: Owner,
+    pub event: AerEvent,
+}
+
+/// How a recovery ended ([`RecoveryTracker::on_reset_done`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryOutcome {
+    pub source: Bdf,
+    pub owner: Owner,
+    /// [`RecoveryState::Recovered`] or [`RecoveryState::Quarantined`].
+    pub state: RecoveryState,
+    pub by_hypervisor: bool,
+}
+
+/// Tracks fatal errors until their link reset, and logs every event.
+#[derive(Clone, Debug)]
+pub struct RecoveryTracker {
+    deadline_ns: u64,
+    active: Vec<Recovery>,
+    log: VecDeque<Recovery>,
+}
+
+impl RecoveryTracker {
+    /// `deadline_ns`: how long an owner has to reset after a fatal error
+    /// (the VM config's, [`super::AerConfig::reset_deadline_ns`]).
+    pub fn new(deadline_ns: u64) -> Self {
+        Self {
+            deadline_ns,
+            active: Vec::new(),
+            log: VecDeque::new(),
+        }
+    }
+
+    fn log_push(&mut self, r: Recovery) {
+        if self.log.len() >= LOG_LEN {
+            self.log.pop_front();
+        }
+        self.log.push_back(r);
+    }
+
+    /// Records an event delivered to `owner` and returns the source's state:
+    /// `Delivered` for correctable / non-fatal; for fatal, a new
+    /// `FrozenAwaitingReset` with the deadline counted from the event, or
+    /// the running recovery's state (the event is coalesced into it).
+    pub fn on_event(&mut self, event: &AerEvent, owner: Owner) -> RecoveryState {
+        if let Some(r) = self.active.iter_mut().find(|r| r.source == event.source) {
+            if event.severity == Severity::Fatal {
+                r.coalesced = r.coalesced.saturating_add(1);
+            }
+            return r.state;
+        }
+        let mut r = Recovery {
+            source: event.source,
+            owner,
+            severity: event.severity,
+            event: *event,
+            coalesced: 0,
+            deadline_ns: None,
+            state: RecoveryState::Delivered,
+            by_hypervisor: false,
+        };
+        if event.severity != Severity::Fatal {
+            self.log_push(r);
+            return RecoveryState::Delivered;
+        }
+        r.deadline_ns = Some(event.at_ns.saturating_add(self.deadline_ns));
+        r.state = RecoveryState::FrozenAwaitingReset;
+        self.active.push(r);
+        r.state
+    }
+
+    /// Whether `bdf` is frozen by a fatal error (awaiting or under reset).
+    pub fn is_frozen(&self, bdf: Bdf) -> bool {
+        self.active.iter().any(|r| r.source == bdf)
+    }
+
+    /// The running recovery of `bdf`.
+    pub fn recovery(&self, bdf: Bdf) -> Option<&Recovery> {
+        self.active.iter().find(|r| r.source == bdf)
+    }
+
+    /// Running recoveries.
+    pub fn active(&self) -> impl Iterator<Item = &Recovery> + '_ {
+        self.active.iter()
+    }
+
+    /// Finished recoveries and delivered events, oldest first (the last 64).
+    pub fn log(&self) -> impl Iterator<Item = &Recovery> + '_ {
+        self.log.iter()
+    }
+
+    /// The owner asked for a reset (SBR on its virtual root port, FLR, a
+    /// reset hypercall) and the shell started one covering `functions`:
+    /// their frozen recoveries become `ResetByOwner` (the deadline no longer
+    /// applies). Returns how many.
+    pub fn on_owner_reset(&mut self, functions: &[Bdf]) -> usize {
+        let mut n = 0;
+        for r in &mut self.active {
+            if r.state == RecoveryState::FrozenAwaitingReset && functions.contains(&r.source) {
+                r.state = RecoveryState::ResetByOwner;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The earliest pending deadline, to arm a timer.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.active
+            .iter()
+            .filter(|r| r.state == RecoveryState::FrozenAwaitingReset)
+            .filter_map(|r| r.deadline_ns)
+            .min()
+    }
+
+    /// At time `now_ns`: the first frozen source whose deadline passed
+    /// becomes `ResetByHypervisor` and is returned. Call again until `None`.
+    pub fn poll(&mut self, now_ns: u64) -> Option<ResetNeeded> {
+        let r = self.active.iter_mut().find(|r| {
+            r.state == RecoveryState::FrozenAwaitingReset
+                && r.deadline_ns.is_some_and(|d| d <= now_ns)
+        })?;
+        r.state = RecoveryState::ResetByHypervisor;
+        r.by_hypervisor = true;
+        Some(ResetNeeded {
+            source: r.source,
+            owner: r.owner,
+            event: r.event,
+        })
+    }
+
+    /// A reset finished: `ready` functions answered and were restored,
+    /// `failed` did not come back (quarantine them). Every running recovery
+    /// whose source is in either list ends (a reset that covered a frozen
+    /// source ends its recovery, whoever asked). Returns the outcomes.
+    pub fn on_reset_done(&mut self, ready: &[Bdf], failed: &[Bdf]) -> Vec<RecoveryOutcome> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.active.len() {
+            let Some(r) = self.active.get(i).copied() else {
+                break;
+            };
+            let state = if failed.contains(&r.source) {
+                RecoveryState::Quarantined
+            } else if ready.contains(&r.source) {
+                RecoveryState::Recovered
+            } else {
+                i += 1;
+                continue;
+            };
+            self.active.swap_remove(i);
+            let done = Recovery { state, ..r };
+            self.log_push(done);
+            out.push(RecoveryOutcome {
+                source: r.source,
+                owner: r.owner,
+                state,
+                by_hypervisor: r.by_hypervisor,
+            });
+        }
+        out
+    }
+
+    /// Drops a function's running recovery (removed from the topology).
+    pub fn forget(&mut self, bdf: Bdf) {
+        self.active.retain(|r| r.source != bdf);
+    }
+}
+
+/// The functions a fatal error's link reset covers, for
+/// [`crate::reset_engine::narrowest_reset`]: the non-bridge functions below
+/// the source's parent bridge (the link) that `source`'s owner owns, the
+/// source first. A source on a root bus (an RCiEP) is alone.
+pub fn recovery_functions(
+    topo: &Topology,
+    ownership_of: impl Fn(Bdf) -> Owner,
+    source: Bdf,
+) -> Vec<Bdf> {
+    let mut out = alloc::vec![source];
+    let owner = ownership_of(source);
+    if let Some(parent) = topo.parent_bridge(source) {
+        for b in topo.subtree(parent) {
+            let bridge = topo.function(b).is_some_and(|f| f.kind.is_bridge());
+            if b != source && !bridge && ownership_of(b) == owner {
+                out.push(b);
+            }
+        }
+    }
+    out
+}
