@@ -217,11 +217,13 @@ impl MmioMap {
     /// The region holding the whole access `[ipa, ipa + width)`, and the
     /// offset into it. A plain loop over a handful of regions: this runs on
     /// every data abort.
+    /// Slots past `len` are empty (size 0) and never match, so the loop
+    /// runs over the whole array without a count check.
     #[inline]
     pub fn find(&self, ipa: u64, width: Width) -> Option<(MmioRegion, u64)> {
-        for r in self.regions.iter().take(self.len) {
+        for r in &self.regions {
             let offset = ipa.wrapping_sub(r.base);
-            if ipa >= r.base && offset < r.size && width.bytes() <= r.size - offset {
+            if offset < r.size && ipa >= r.base && width.bytes() <= r.size - offset {
                 return Some((*r, offset));
             }
         }

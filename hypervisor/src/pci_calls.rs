@@ -2,7 +2,7 @@
 //! `pci` tracker. Generic over the config port, so all of it is tested on
 //! the host against `pci::sim`.
 
-use crate::pci_host::{PciState, split_access};
+use crate::pci_host::{PciState, WindowPort, split_access};
 use crate::smccc::{self, CallError, PciCall};
 use alloc::vec::Vec;
 use pci::vpci::Effects;
@@ -316,51 +316,92 @@ fn log_tree<P: ConfigPort>(pci: &mut PciState<P>, segment: u16) -> (u64, u64, u6
 /// piece goes through the ownership filter: guests' functions read as
 /// absent, writes that would disturb a guest are refused (logged). Returns
 /// the value read (all-ones where nothing answers).
-pub fn hwdom_ecam_access<P: ConfigPort>(
+#[inline(always)]
+pub fn hwdom_ecam_access<P: WindowPort>(
     pci: &mut PciState<P>,
-    window: usize,
+    index: usize,
     offset: u64,
     width: u64,
     write: Option<u64>,
 ) -> u64 {
-    let Some(window) = pci.windows.get(window).copied() else {
+    let Some(window) = pci.windows.get(index).copied() else {
         return u64::MAX;
     };
-    // One naturally aligned piece of at most 4 bytes at `at`, its value
-    // placed at `shift` bits.
-    let mut piece = |at: u64, w: u64, shift: u64| -> u64 {
-        let mask = (1u64 << (8 * w)) - 1;
-        let Some((bdf, reg)) = window.decode(at) else {
-            return mask << shift;
-        };
-        // A function being reset answers like hardware does meanwhile.
-        if !pci.resets.is_empty() && crate::resets::masks(pci, bdf) {
-            let read = crate::resets::masked_read(pci, bdf, reg, w as u16).unwrap_or(u32::MAX);
-            return if write.is_some() {
-                0
-            } else {
-                u64::from(read) << shift
-            };
+    // The common case: one aligned register access, straight through.
+    if matches!(width, 1 | 2 | 4) && offset & (width - 1) == 0 {
+        let value = write.map(|v| (v & ((1u64 << (8 * width)) - 1)) as u32);
+        // No guest owns a function and no reset runs: nothing to filter,
+        // the access goes to the physical function as it is.
+        if pci.resets.is_empty()
+            && !pci.ownership.any_assigned()
+            && let Some(v) = pci.port.window_access(index, offset, width, value)
+        {
+            return u64::from(v);
         }
-        let value = write.map(|v| ((v >> shift) & mask) as u32);
-        let outcome = pci
-            .ownership
-            .hwdom_apply(&mut pci.port, bdf, reg, w as u16, value);
-        if let Some(why) = outcome.refused {
-            log::warn!("hwdom: write of {w} bytes at {bdf} +{reg:#x} refused: {why:?}");
-        }
-        u64::from(outcome.value) << shift
-    };
-    // The common case: one aligned register access.
-    if width <= 4 && offset.is_multiple_of(width) {
-        return piece(offset, width, 0);
+        return u64::from(hwdom_piece(pci, window, offset, width, value));
     }
-    split_access(offset, width).fold(0, |acc, (at, w)| acc | piece(at, w, (at - offset) * 8))
+    hwdom_ecam_split(pci, window, offset, width, write)
 }
 
-/// A trapped access of guest `vm` to its virtual ECAM: split into aligned
-/// pieces for its virtual bus. The effects of writes (stage-2 changes,
-/// refusals, resets asked for) are appended to `effects`.
+/// An unaligned or 8-byte hardware domain ECAM access, piece by piece.
+#[inline(never)]
+fn hwdom_ecam_split<P: ConfigPort>(
+    pci: &mut PciState<P>,
+    window: pci::EcamWindow,
+    offset: u64,
+    width: u64,
+    write: Option<u64>,
+) -> u64 {
+    split_access(offset, width).fold(0, |acc, (at, w)| {
+        let shift = (at - offset) * 8;
+        let value = write.map(|v| ((v >> shift) & ((1u64 << (8 * w)) - 1)) as u32);
+        acc | u64::from(hwdom_piece(pci, window, at, w, value)) << shift
+    })
+}
+
+/// One naturally aligned piece of at most 4 bytes at `at` of a hardware
+/// domain ECAM access: the value read (all-ones of its width where nothing
+/// answers; 0 for a write).
+#[inline(always)]
+fn hwdom_piece<P: ConfigPort>(
+    pci: &mut PciState<P>,
+    window: pci::EcamWindow,
+    at: u64,
+    w: u64,
+    write: Option<u32>,
+) -> u32 {
+    let Some((bdf, reg)) = window.decode(at) else {
+        return ((1u64 << (8 * w)) - 1) as u32;
+    };
+    // A function being reset answers like hardware does meanwhile.
+    if !pci.resets.is_empty() && crate::resets::masks(pci, bdf) {
+        return hwdom_masked(pci, bdf, reg, w, write.is_some());
+    }
+    let outcome = pci
+        .ownership
+        .hwdom_apply(&mut pci.port, bdf, reg, w as u16, write);
+    if let Some(why) = outcome.refused {
+        log_refused(bdf, reg, w, why);
+    }
+    outcome.value
+}
+
+#[cold]
+#[inline(never)]
+fn hwdom_masked<P>(pci: &PciState<P>, bdf: Bdf, reg: u16, w: u64, write: bool) -> u32 {
+    let read = crate::resets::masked_read(pci, bdf, reg, w as u16).unwrap_or(u32::MAX);
+    if write { 0 } else { read }
+}
+
+#[cold]
+#[inline(never)]
+fn log_refused(bdf: Bdf, reg: u16, w: u64, why: pci::vpci::Refusal) {
+    log::warn!("hwdom: write of {w} bytes at {bdf} +{reg:#x} refused: {why:?}");
+}
+
+/// A guest's trapped access to its virtual ECAM: `offset` into it, `width`
+/// bytes, a write if `write` holds the value (its effects are appended to
+/// `effects`). Returns the value read (all-ones where nothing answers).
 pub fn guest_ecam_access<P: ConfigPort>(
     pci: &mut PciState<P>,
     vm: u16,
@@ -369,41 +410,89 @@ pub fn guest_ecam_access<P: ConfigPort>(
     write: Option<u64>,
     effects: &mut Effects,
 ) -> u64 {
-    let mut result = 0u64;
+    match write {
+        Some(v) => guest_ecam(pci, vm, offset, width, Some((v, effects))),
+        None => guest_ecam(pci, vm, offset, width, None),
+    }
+}
+
+/// A guest's trapped read of its virtual ECAM (reads have no effects).
+#[inline]
+pub fn guest_ecam_read<P: ConfigPort>(
+    pci: &mut PciState<P>,
+    vm: u16,
+    offset: u64,
+    width: u64,
+) -> u64 {
+    guest_ecam(pci, vm, offset, width, None)
+}
+
+#[inline(always)]
+fn guest_ecam<P: ConfigPort>(
+    pci: &mut PciState<P>,
+    vm: u16,
+    offset: u64,
+    width: u64,
+    mut write: Option<(u64, &mut Effects)>,
+) -> u64 {
     let PciState {
         port,
         guests,
         resets,
         ..
     } = pci;
-    let mut bus = guests.iter_mut().find(|(v, _)| *v == vm).map(|(_, b)| b);
+    let Some(bus) = guests.iter_mut().find(|(v, _)| *v == vm).map(|(_, b)| b) else {
+        return split_access(offset, width).fold(0, |acc, (at, w)| {
+            acc | (((1u64 << (8 * w)) - 1) << ((at - offset) * 8))
+        });
+    };
+    // The common case: one aligned register access, straight through.
+    if matches!(width, 1 | 2 | 4) && offset & (width - 1) == 0 {
+        let write = write.map(|(v, e)| ((v & ((1u64 << (8 * width)) - 1)) as u32, e));
+        return u64::from(guest_piece(bus, port, resets, offset, width, write));
+    }
+    let mut result = 0u64;
     for (at, w) in split_access(offset, width) {
         let shift = (at - offset) * 8;
-        let mask = (1u64 << (8 * w)) - 1;
-        let Some(bus) = bus.as_deref_mut() else {
-            result |= mask << shift;
-            continue;
-        };
-        // A function being reset answers like hardware does meanwhile.
-        if !resets.is_empty() {
-            let vbdf = Bdf::from_devfn(0, (at >> 20) as u8, (at >> 12) as u8);
-            if let Some(physical) = bus.physical_of(vbdf)
-                && resets.iter().any(|r| r.job.masks(physical))
-            {
-                if write.is_none() {
-                    let reg = (at & 0xfff) as u16;
-                    let read = pci::reset_engine::masked_read(reg, w as u8, false);
-                    result |= u64::from(read) << shift;
-                }
-                continue;
-            }
-        }
-        match write {
-            Some(v) => bus.config_write(port, at, w as u16, ((v >> shift) & mask) as u32, effects),
-            None => result |= u64::from(bus.config_read(port, at, w as u16)) << shift,
-        }
+        let piece = write
+            .as_mut()
+            .map(|(v, e)| (((*v >> shift) & ((1u64 << (8 * w)) - 1)) as u32, &mut **e));
+        result |= u64::from(guest_piece(bus, port, resets, at, w, piece)) << shift;
     }
     result
+}
+
+/// One naturally aligned piece of at most 4 bytes at `at` of a guest's
+/// virtual ECAM access: the value read (0 for a write).
+#[inline(always)]
+fn guest_piece<P: ConfigPort>(
+    bus: &mut pci::vpci::GuestBus,
+    port: &mut P,
+    resets: &[crate::resets::RunningReset],
+    at: u64,
+    w: u64,
+    write: Option<(u32, &mut Effects)>,
+) -> u32 {
+    // A function being reset answers like hardware does meanwhile.
+    if !resets.is_empty() {
+        let vbdf = Bdf::from_devfn(0, (at >> 20) as u8, (at >> 12) as u8);
+        if let Some(physical) = bus.physical_of(vbdf)
+            && resets.iter().any(|r| r.job.masks(physical))
+        {
+            if write.is_some() {
+                return 0;
+            }
+            let reg = (at & 0xfff) as u16;
+            return pci::reset_engine::masked_read(reg, w as u8, false);
+        }
+    }
+    match write {
+        Some((v, effects)) => {
+            bus.config_write(port, at, w as u16, v, effects);
+            0
+        }
+        None => bus.config_read(port, at, w as u16),
+    }
 }
 
 /// The host-bridge interrupt (INTID) of `pin` (1..=4) of function `bdf`:

@@ -54,8 +54,10 @@ impl EcamPort {
     }
 
     /// Physical address of register `reg` of `bdf`, aligned for `width`.
+    #[inline]
     fn address(&self, bdf: Bdf, reg: u16, width: u16) -> Option<usize> {
-        if !reg.is_multiple_of(width) {
+        // `width` is 1, 2 or 4.
+        if reg & (width - 1) != 0 {
             return None;
         }
         self.regions.iter().find_map(|r| {
@@ -63,6 +65,69 @@ impl EcamPort {
                 .offset_of(bdf, reg)
                 .map(|off| (r.base + off) as usize)
         })
+    }
+}
+
+/// Physical config space reached by hardware domain ECAM window and
+/// offset, without going through a [`Bdf`]: the pass-through fast path of
+/// [`crate::pci_calls::hwdom_ecam_access`]. Window `i` is the `i`th of
+/// [`PciState::windows`].
+pub trait WindowPort: ConfigPort {
+    /// `width` (1, 2 or 4) naturally aligned bytes at `offset` into window
+    /// `window`, written if `write` holds a value (then 0 is returned).
+    /// `None`: not done, go through [`ConfigPort`].
+    #[inline]
+    fn window_access(
+        &mut self,
+        window: usize,
+        offset: u64,
+        width: u64,
+        write: Option<u32>,
+    ) -> Option<u32> {
+        let _ = (window, offset, width, write);
+        None
+    }
+}
+
+#[cfg(test)]
+impl WindowPort for pci::sim::Fabric {}
+
+#[cfg(target_os = "none")]
+impl WindowPort for EcamPort {
+    #[inline]
+    fn window_access(
+        &mut self,
+        window: usize,
+        offset: u64,
+        width: u64,
+        write: Option<u32>,
+    ) -> Option<u32> {
+        let r = self.regions.get(window)?;
+        if offset >= r.window.size() {
+            return None;
+        }
+        let a = (r.base + offset) as usize;
+        // SAFETY: inside ECAM window `window`, which the EL2 map covers as
+        // Device memory; naturally aligned (checked by the caller).
+        unsafe {
+            Some(match (width, write) {
+                (1, None) => u32::from((a as *const u8).read_volatile()),
+                (2, None) => u32::from((a as *const u16).read_volatile()),
+                (_, None) => (a as *const u32).read_volatile(),
+                (1, Some(v)) => {
+                    (a as *mut u8).write_volatile(v as u8);
+                    0
+                }
+                (2, Some(v)) => {
+                    (a as *mut u16).write_volatile(v as u16);
+                    0
+                }
+                (_, Some(v)) => {
+                    (a as *mut u32).write_volatile(v);
+                    0
+                }
+            })
+        }
     }
 }
 

@@ -1062,28 +1062,20 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
         // Handled above, before decoding.
         MmioDevice::HwdomPciWindow => return,
         MmioDevice::VirtualEcam => {
-            let value = access.store_value(frame.reg(access.reg));
-            let mut effects = pci::vpci::Effects::default();
-            let result = PCI.get().map_or(u64::MAX, |pci| {
-                crate::pci_calls::guest_ecam_access(
-                    &mut pci.lock(),
-                    vm.index,
-                    offset,
-                    access.width.bytes(),
-                    access.write.then_some(value),
-                    &mut effects,
-                )
-            });
-            if !access.write {
+            let width = access.width.bytes();
+            if access.write {
+                let value = access.store_value(frame.reg(access.reg));
+                virtual_ecam_write(vm, offset, width, value);
+            } else {
+                // Reads have no effects: nothing to build or apply.
+                let result = match PCI.get() {
+                    Some(pci) => {
+                        crate::pci_calls::guest_ecam_read(&mut pci.lock(), vm.index, offset, width)
+                    }
+                    None => u64::MAX,
+                };
                 frame.set_reg(access.reg, access.load_result(result));
             }
-            // A write over Command (0x04..0x06 of a function) may clear
-            // the guest's INTx Disable.
-            let reg = offset & 0xfff;
-            if access.write && reg < 0x06 && reg + access.width.bytes() > 0x04 {
-                intx_command_written(vm.index);
-            }
-            apply_pci_effects(vm, &effects);
         }
         MmioDevice::GuestPciWindow => {
             let mut effects = pci::vpci::Effects::default();
@@ -1129,16 +1121,19 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
             return;
         }
         MmioDevice::HostEcam(index) => {
-            let value = access.store_value(frame.reg(access.reg));
-            let result = PCI.get().map_or(u64::MAX, |pci| {
-                crate::pci_calls::hwdom_ecam_access(
+            let write = access
+                .write
+                .then(|| access.store_value(frame.reg(access.reg)));
+            let result = match PCI.get() {
+                Some(pci) => crate::pci_calls::hwdom_ecam_access(
                     &mut pci.lock(),
                     usize::from(index),
                     offset,
                     access.width.bytes(),
-                    access.write.then_some(value),
-                )
-            });
+                    write,
+                ),
+                None => u64::MAX,
+            };
             if !access.write {
                 frame.set_reg(access.reg, access.load_result(result));
             }
@@ -1160,6 +1155,30 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
         vm.vcpus[vcpu].set_power(VcpuPower::Off);
         run_pcpu(cpu::cpu_index());
     }
+}
+
+/// A guest's write to its virtual ECAM, with the effects it has (kept out
+/// of line: the effect list is large, and reads never need it).
+#[inline(never)]
+fn virtual_ecam_write(vm: &Vm, offset: u64, width: u64, value: u64) {
+    let mut effects = pci::vpci::Effects::default();
+    let _ = PCI.get().map(|pci| {
+        crate::pci_calls::guest_ecam_access(
+            &mut pci.lock(),
+            vm.index,
+            offset,
+            width,
+            Some(value),
+            &mut effects,
+        )
+    });
+    // A write over Command (0x04..0x06 of a function) may clear
+    // the guest's INTx Disable.
+    let reg = offset & 0xfff;
+    if reg < 0x06 && reg + width > 0x04 {
+        intx_command_written(vm.index);
+    }
+    apply_pci_effects(vm, &effects);
 }
 
 /// A reset a guest asked for.

@@ -35,6 +35,19 @@ pub struct GuestBus {
     bus_port: [u8; 256],
 }
 
+/// A read of a virtual root port's config bytes, as
+/// [`VirtualRootPort::read`] does, in one load where the bytes are there.
+#[inline]
+fn root_port_read(p: &VirtualRootPort, reg: u16, width: u16) -> u32 {
+    let at = usize::from(reg);
+    match p.cfg.get(at..at + usize::from(width)) {
+        Some(&[a]) => u32::from(a),
+        Some(&[a, b]) => u32::from(u16::from_le_bytes([a, b])),
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+        _ => p.read(reg, width),
+    }
+}
+
 impl GuestBus {
     /// Builds the virtual bus for the units given to a guest (as returned
     /// by [`super::Ownership::assign`]): one virtual root port per unit, at
@@ -208,7 +221,7 @@ impl GuestBus {
     /// Decodes a virtual ECAM offset: (bus, devfn, reg), or None if outside
     /// the window or not a naturally aligned 1/2/4-byte access.
     fn decode(&self, offset: u64, width: u16) -> Option<(u8, u8, u16)> {
-        if !matches!(width, 1 | 2 | 4) || !offset.is_multiple_of(width as u64) {
+        if !matches!(width, 1 | 2 | 4) || offset & (width as u64 - 1) != 0 {
             return None;
         }
         if offset >= self.ecam_size() {
@@ -236,7 +249,7 @@ impl GuestBus {
         if bus == 0 {
             let d = devfn >> 3;
             return match (devfn & 7, self.ports.get((d as usize).wrapping_sub(1))) {
-                (0, Some(p)) if d != 0 => p.read(reg, width),
+                (0, Some(p)) if d != 0 => root_port_read(p, reg, width),
                 _ => ones,
             };
         }

@@ -141,6 +141,9 @@ pub(crate) struct AssignedFn {
     /// The policy of every register the guest sees, absolute offsets, sorted
     /// and non-overlapping.
     pub rules: Vec<Rule>,
+    /// For each dword `d` of the shadowed space, the index of the first
+    /// rule ending after byte `4 * d`: [`AssignedFn::rule_at`] starts there.
+    rule_index: [u16; SHADOW_SIZE / 4],
     pub shadow: [u8; SHADOW_SIZE],
     reset_shadow: [u8; SHADOW_SIZE],
     pub bars: [Bar; 6],
@@ -156,6 +159,14 @@ pub(crate) struct AssignedFn {
 /// BAR slots, bit 6 the ROM).
 pub(crate) const REMAP_ROM: u8 = 1 << 6;
 pub(crate) const REMAP_ALL: u8 = 0x7f;
+
+/// [`AssignedFn::rule_index`] of sorted, non-overlapping `rules`.
+fn rule_index_of(rules: &[Rule]) -> [u16; SHADOW_SIZE / 4] {
+    core::array::from_fn(|d| {
+        let reg = (4 * d) as u16;
+        rules.partition_point(|r| r.offset + r.len <= reg) as u16
+    })
+}
 
 fn rd(buf: &[u8], off: u16, len: u16) -> u32 {
     let mut v = 0u32;
@@ -313,6 +324,7 @@ impl AssignedFn {
             physical,
             unit,
             vfn,
+            rule_index: rule_index_of(&clean),
             rules: clean,
             shadow: [0; SHADOW_SIZE],
             reset_shadow: [0; SHADOW_SIZE],
@@ -389,9 +401,17 @@ impl AssignedFn {
         self.reset_shadow = s;
     }
 
-    /// The rule covering `reg`, if any (O(log n)).
+    /// The rule covering `reg`, if any: O(1) by the dword index (at most 3
+    /// rules end inside a dword), O(log n) past the shadowed space.
+    #[inline]
     fn rule_at(&self, reg: u16) -> Option<&Rule> {
-        let i = self.rules.partition_point(|r| r.offset + r.len <= reg);
+        let mut i = match self.rule_index.get(usize::from(reg / 4)) {
+            Some(&i) => usize::from(i),
+            None => self.rules.partition_point(|r| r.offset + r.len <= reg),
+        };
+        while self.rules.get(i).is_some_and(|r| r.offset + r.len <= reg) {
+            i += 1;
+        }
         self.rules.get(i).filter(|r| r.offset <= reg)
     }
 

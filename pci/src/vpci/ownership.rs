@@ -233,6 +233,13 @@ impl Ownership {
             .map(|(b, _)| *b)
     }
 
+    /// Whether any function is owned by a guest (else the hardware domain's
+    /// accesses are never filtered).
+    #[inline]
+    pub fn any_assigned(&self) -> bool {
+        !self.guests.is_empty()
+    }
+
     /// Whether the hardware domain's writes to this function (a bridge
     /// above a guest's function, or the PF of a guest's VF) are filtered.
     pub fn is_protected(&self, bridge: Bdf) -> bool {
@@ -455,6 +462,7 @@ impl Ownership {
     /// Carries out one hardware-domain config access through `port`,
     /// filtered by [`Ownership::hwdom_access`]. Widths other than 1, 2, 4 or
     /// misaligned registers read all-ones and drop writes.
+    #[inline]
     pub fn hwdom_apply<P: ConfigPort + ?Sized>(
         &self,
         port: &mut P,
@@ -463,8 +471,40 @@ impl Ownership {
         width: u16,
         write: Option<u32>,
     ) -> HwdomOutcome {
+        // Nothing is given to a guest: every well-formed access passes
+        // through unfiltered (what the full path below decides too).
+        if self.guests.is_empty()
+            && matches!(width, 1 | 2 | 4)
+            && reg & (width - 1) == 0
+            && reg < CONFIG_SPACE_SIZE
+        {
+            let value = match write {
+                None => read_width(port, bdf, reg, width),
+                Some(v) => {
+                    write_width(port, bdf, reg, width, v);
+                    0
+                }
+            };
+            return HwdomOutcome {
+                value,
+                refused: None,
+            };
+        }
+        self.hwdom_apply_filtered(port, bdf, reg, width, write)
+    }
+
+    /// [`Ownership::hwdom_apply`] when guests own functions.
+    #[inline(never)]
+    fn hwdom_apply_filtered<P: ConfigPort + ?Sized>(
+        &self,
+        port: &mut P,
+        bdf: Bdf,
+        reg: u16,
+        width: u16,
+        write: Option<u32>,
+    ) -> HwdomOutcome {
         let ones = width_ones(width);
-        if !matches!(width, 1 | 2 | 4) || !reg.is_multiple_of(width) || reg >= CONFIG_SPACE_SIZE {
+        if !matches!(width, 1 | 2 | 4) || reg & (width - 1) != 0 || reg >= CONFIG_SPACE_SIZE {
             return HwdomOutcome {
                 value: if write.is_some() { 0 } else { ones },
                 refused: None,
@@ -601,6 +641,7 @@ pub(crate) const fn width_ones(width: u16) -> u32 {
     }
 }
 
+#[inline]
 pub(crate) fn read_width<P: ConfigPort + ?Sized>(
     port: &mut P,
     bdf: Bdf,
@@ -614,6 +655,7 @@ pub(crate) fn read_width<P: ConfigPort + ?Sized>(
     }
 }
 
+#[inline]
 pub(crate) fn write_width<P: ConfigPort + ?Sized>(
     port: &mut P,
     bdf: Bdf,
