@@ -197,7 +197,11 @@ pub enum MmioMapError {
 
 impl MmioMap {
     pub fn add(&mut self, region: MmioRegion) -> Result<(), MmioMapError> {
-        let end = region.base.saturating_add(region.size);
+        // A region wrapping past the top of the address space would hold
+        // address 0 too: refused like an overlap (`find` relies on it).
+        let Some(end) = region.base.checked_add(region.size) else {
+            return Err(MmioMapError::Overlap);
+        };
         if self
             .regions()
             .any(|r| region.base < r.base.saturating_add(r.size) && r.base < end)
@@ -223,7 +227,8 @@ impl MmioMap {
     pub fn find(&self, ipa: u64, width: Width) -> Option<(MmioRegion, u64)> {
         for r in &self.regions {
             let offset = ipa.wrapping_sub(r.base);
-            if offset < r.size && ipa >= r.base && width.bytes() <= r.size - offset {
+            // No region wraps (`add`): `offset < size` implies `ipa >= base`.
+            if offset < r.size && width.bytes() <= r.size - offset {
                 return Some((*r, offset));
             }
         }
