@@ -324,9 +324,9 @@ pub fn hwdom_ecam_access<P: WindowPort>(
     width: u64,
     write: Option<u64>,
 ) -> u64 {
-    let Some(window) = pci.windows.get(index).copied() else {
+    if index >= pci.windows.len() {
         return u64::MAX;
-    };
+    }
     // The common case: one aligned register access, straight through.
     if matches!(width, 1 | 2 | 4) && offset & (width - 1) == 0 {
         let value = write.map(|v| (v & ((1u64 << (8 * width)) - 1)) as u32);
@@ -338,6 +338,12 @@ pub fn hwdom_ecam_access<P: WindowPort>(
         {
             return u64::from(v);
         }
+    }
+    let Some(window) = pci.windows.get(index).copied() else {
+        return u64::MAX;
+    };
+    if matches!(width, 1 | 2 | 4) && offset & (width - 1) == 0 {
+        let value = write.map(|v| (v & ((1u64 << (8 * width)) - 1)) as u32);
         return u64::from(hwdom_piece(pci, window, offset, width, value));
     }
     hwdom_ecam_split(pci, window, offset, width, write)

@@ -94,7 +94,7 @@ impl WindowPort for pci::sim::Fabric {}
 
 #[cfg(target_os = "none")]
 impl WindowPort for EcamPort {
-    #[inline]
+    #[inline(always)]
     fn window_access(
         &mut self,
         window: usize,
