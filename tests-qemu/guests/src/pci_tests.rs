@@ -647,8 +647,18 @@ pub fn enumerate(env: &Env) -> ! {
             .ok()
             .flatten()
             .unwrap_or(2000);
-        // Idle, not spinning: the guests' -icount figures stay exact.
-        rt::idle_ms(wait);
+        // `try_sbr_after_ms`: while the guests own their devices, try to
+        // reset them with an SBR of their root ports: the hypervisor must
+        // keep the bit clear (it logs the refusal).
+        let sbr_at = env.bootargs.number("try_sbr_after_ms").ok().flatten();
+        if let Some(ms) = sbr_at.filter(|&ms| ms < wait) {
+            rt::idle_ms(ms);
+            try_sbr_above_given(&mut t, &mut ecam, tree, given);
+            // idle_ms works once per run (see there): spin the rest.
+            rt::delay_ms(wait - ms);
+        } else {
+            rt::idle_ms(wait);
+        }
         recheck(&mut t, &mut ecam, tree, given);
     }
     t.finish(env)
@@ -1528,4 +1538,33 @@ pub fn pci_reset(env: &Env) -> ! {
         format_args!("no device to drive after the resets"),
     );
     t.finish(env)
+}
+
+/// The hardware domain tries a Secondary Bus Reset of the bridge above each
+/// function it gave away: the write must not take (the bit reads back 0).
+fn try_sbr_above_given(t: &mut Test, c: &mut Ecam, tree: &Tree, given: &[(u8, u8)]) {
+    for (i, rp) in tree
+        .funcs()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.is_bridge())
+    {
+        let below_given = tree
+            .funcs()
+            .iter()
+            .any(|f| f.parent == Some(i) && given.contains(&(f.bus, f.devfn)));
+        if !below_given {
+            continue;
+        }
+        let a = Addr(rp.bus, rp.devfn);
+        let bc = c.read16(rp.bus, rp.devfn, BRIDGE_CONTROL);
+        c.write16(rp.bus, rp.devfn, BRIDGE_CONTROL, bc | 0x40);
+        let now = c.read16(rp.bus, rp.devfn, BRIDGE_CONTROL);
+        c.write16(rp.bus, rp.devfn, BRIDGE_CONTROL, bc & !0x40);
+        t.check(
+            now & 0x40 == 0,
+            format_args!("{a}: our SBR above a guest's device took ({now:#x})"),
+        );
+        println!("{a}: SBR above a guest's device refused (Bridge Control {now:#x})");
+    }
 }

@@ -202,7 +202,10 @@ pub fn delay_ms(ms: u64) {
 /// wakes the CPU even while masked here; under the hypervisor it arrives at
 /// EL2 and is left pending for us). An idle CPU executes nothing, so
 /// instruction counts measured on other CPUs meanwhile stay exact
-/// (`-icount`). Takes over the virtual timer: for the end of a test only.
+/// (`-icount`). Takes over the virtual timer: for the end of a test only,
+/// and once per run: under the hypervisor the timer's physical interrupt
+/// stays active (HW-bound to our virtual one, which we never enable or
+/// acknowledge), so it cannot wake us a second time.
 pub fn idle_ms(ms: u64) {
     let end = deadline_ms(ms);
     // SAFETY: programming our own virtual timer (enabled, unmasked).
@@ -423,7 +426,9 @@ impl Test {
         if self.failures == 0 {
             println!("{}: ok", self.name);
         }
-        if env.hwdom && wait_ms > 0 {
+        // The hwdom waits for the guests; a guest may linger with its
+        // devices (another VM's test needs them owned meanwhile).
+        if wait_ms > 0 {
             idle_ms(wait_ms);
         }
         power_off(env.hwdom)
