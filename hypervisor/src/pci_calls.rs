@@ -150,6 +150,40 @@ pub fn handle<P: ConfigPort>(
     }
 }
 
+/// Apply a VM configuration's reset-method orders to functions it was
+/// given (seed 003): only methods the function supports, no repeats; a
+/// non-default order is logged.
+pub fn apply_reset_methods<P>(
+    pci: &mut PciState<P>,
+    vm: u16,
+    config: &[(platform::PciFunctionAddress, Vec<alloc::string::String>)],
+) -> Result<(), alloc::string::String> {
+    for (addr, names) in config {
+        let bdf = Bdf::new(addr.segment, addr.bus, addr.device, addr.function);
+        if pci.ownership.owner(bdf) != Owner::Guest(vm) {
+            return Err(alloc::format!(
+                "phv,pci-reset-methods names {bdf}, not one of its functions"
+            ));
+        }
+        let mut methods = Vec::new();
+        for name in names {
+            let m = ResetMethod::from_name(name).ok_or_else(|| {
+                alloc::format!("phv,pci-reset-methods: no reset method \"{name}\"")
+            })?;
+            methods.push(m);
+        }
+        pci.topology
+            .set_reset_methods(bdf, &methods)
+            .map_err(|e| alloc::format!("phv,pci-reset-methods of {bdf}: {e}"))?;
+        if !pci.topology.is_default_reset_order(bdf) {
+            log::warn!(
+                "{bdf}: reset methods {names:?} from the VM configuration, not the probed order"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Who makes a PCI call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
@@ -837,6 +871,32 @@ mod tests {
         pci.pending.push(pending(3, &[found[0]], false));
         report_all(&mut pci, &found);
         assert_eq!(ready_guests(&mut pci), [GuestStart::Fail { vm: 3 }]);
+    }
+
+    #[test]
+    fn vm_config_reset_methods_are_validated() {
+        let (mut pci, found) = state();
+        report_all(&mut pci, &found);
+        let nvme = found[1];
+        pci.pending.push(pending(1, &[nvme], false));
+        assert!(matches!(
+            ready_guests(&mut pci)[..],
+            [GuestStart::Start { .. }]
+        ));
+        let addr = platform::PciFunctionAddress::parse("0000:01:00.0").unwrap();
+        assert_eq!(Bdf::new(0, 1, 0, 0), nvme);
+        let names = |n: &[&str]| n.iter().map(|s| std::string::String::from(*s)).collect();
+        assert!(apply_reset_methods(&mut pci, 1, &[(addr, names(&["flr"]))]).is_ok());
+        assert_eq!(
+            pci.topology.reset_methods(nvme).unwrap().as_slice(),
+            [ResetMethod::Flr]
+        );
+        assert!(apply_reset_methods(&mut pci, 1, &[(addr, names(&["warp"]))]).is_err());
+        assert!(apply_reset_methods(&mut pci, 1, &[(addr, names(&["device_specific"]))]).is_err());
+        assert!(
+            apply_reset_methods(&mut pci, 2, &[(addr, names(&["flr"]))]).is_err(),
+            "not its own"
+        );
     }
 
     #[test]

@@ -675,6 +675,14 @@ fn start_ready_guests(pci: &mut PciState) {
                     FAILED.store(true, Ordering::Release);
                     continue;
                 }
+                let config = sys.platform.vms.get(usize::from(vm.index));
+                let methods = config.map_or(&[][..], |c| &c.pci_reset_methods[..]);
+                if let Err(e) = crate::pci_calls::apply_reset_methods(pci, vm.index, methods) {
+                    log::error!("{} cannot start: {e}", vm.name);
+                    pci.ownership.release(&pci.topology, vm.index);
+                    FAILED.store(true, Ordering::Release);
+                    continue;
+                }
                 match give_pci_bus(pci, sys, vm, bridge, &units) {
                     Ok(bridge) => {
                         // Reset before the change of owner; the guest starts

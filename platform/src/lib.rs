@@ -313,6 +313,10 @@ pub struct VmConfig {
     /// `phv,pci-whole-units`: take every member of the assignment units of
     /// `pci_devices` instead of failing when a unit is named only in part.
     pub pci_whole_units: bool,
+    /// `phv,pci-reset-methods`: per function, the reset methods to use, in
+    /// order ("SSSS:BB:DD.F=flr,pm"; Linux's `reset_method` names). Checked
+    /// against what the function supports when it is assigned.
+    pub pci_reset_methods: Vec<(PciFunctionAddress, Vec<String>)>,
 }
 
 /// A PCI function address as a VM configuration names it.

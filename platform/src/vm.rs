@@ -212,6 +212,31 @@ fn vm(dt: &DeviceTree, id: NodeId) -> Result<VmConfig, PlatformError> {
         }
         pci_devices.push(address);
     }
+    let mut pci_reset_methods = Vec::new();
+    for text in dt
+        .prop_strings(id, "phv,pci-reset-methods")
+        .map_err(|_| bad_vm(&name, "phv,pci-reset-methods is not a string list"))?
+        .unwrap_or_default()
+    {
+        let parsed = text.split_once('=').and_then(|(addr, methods)| {
+            let addr = PciFunctionAddress::parse(addr)?;
+            let methods: Vec<String> = methods
+                .split(',')
+                .map(|m| String::from(m.trim()))
+                .filter(|m| !m.is_empty())
+                .collect();
+            (!methods.is_empty()).then_some((addr, methods))
+        });
+        match parsed {
+            Some(entry) => pci_reset_methods.push(entry),
+            None => {
+                return Err(bad_vm(
+                    &name,
+                    format!("phv,pci-reset-methods: \"{text}\" is not SSSS:BB:DD.F=method[,method...]"),
+                ));
+            }
+        }
+    }
     Ok(VmConfig {
         hardware_domain: dt.has_prop(id, "phv,hardware-domain"),
         memory_size,
@@ -221,6 +246,7 @@ fn vm(dt: &DeviceTree, id: NodeId) -> Result<VmConfig, PlatformError> {
         bootargs: String::from(bootargs),
         pci_devices,
         pci_whole_units: dt.has_prop(id, "phv,pci-whole-units"),
+        pci_reset_methods,
         name,
     })
 }

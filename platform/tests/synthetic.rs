@@ -159,6 +159,7 @@ fn vms_under_chosen_parse_to_exact_configs() {
             b.cells("memory", &[0, 0x20_0000]).cells("cpus", &[1]);
             kernel(b, 0x4500_0000, "");
             b.strings_prop("phv,pci-devices", &["0000:01:00.0", "0000:02:00.0"]);
+            b.strings_prop("phv,pci-reset-methods", &["0000:01:00.0=flr, pm"]);
         });
     });
     let p = parse(&blob);
@@ -176,6 +177,7 @@ fn vms_under_chosen_parse_to_exact_configs() {
                 bootargs: "test=boot".into(),
                 pci_devices: vec![],
                 pci_whole_units: false,
+                pci_reset_methods: vec![],
             },
             VmConfig {
                 name: "guest".into(),
@@ -190,6 +192,10 @@ fn vms_under_chosen_parse_to_exact_configs() {
                     PciFunctionAddress::parse("02:00.0").unwrap(),
                 ],
                 pci_whole_units: false,
+                pci_reset_methods: vec![(
+                    PciFunctionAddress::parse("0000:01:00.0").unwrap(),
+                    vec!["flr".into(), "pm".into()]
+                )],
             },
         ]
     );

@@ -21,6 +21,8 @@ pub struct VmNode {
     /// `phv,pci-devices` (omitted when empty) and `phv,pci-whole-units`.
     pub pci_devices: Vec<String>,
     pub pci_whole_units: bool,
+    /// `phv,pci-reset-methods` (omitted when empty): "SSSS:BB:DD.F=m1,m2".
+    pub pci_reset_methods: Vec<String>,
 }
 
 fn parse(dtb: &[u8]) -> Result<Fdt<'_>> {
@@ -125,6 +127,10 @@ fn add_chosen(w: &mut FdtWriter, extra: &Extra<'_>) -> Result<()> {
         if vm.pci_whole_units {
             w.property_null("phv,pci-whole-units").map_err(werr)?;
         }
+        if !vm.pci_reset_methods.is_empty() {
+            w.property_string_list("phv,pci-reset-methods", vm.pci_reset_methods.clone())
+                .map_err(werr)?;
+        }
         let m = w
             .begin_node(&format!("module@{:x}", vm.module_addr))
             .map_err(werr)?;
@@ -186,6 +192,7 @@ mod tests {
                 vec!["0000:01:00.0".into(), "02:00.0".into()]
             },
             pci_whole_units: !hw,
+            pci_reset_methods: Vec::new(),
         }
     }
 

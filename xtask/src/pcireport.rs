@@ -41,6 +41,7 @@ pub fn scenario(gic: u8, devices: &[String]) -> Scenario {
             memory_base: None,
             pci_devices: Vec::new(),
             pci_whole_units: false,
+            pci_reset_methods: Vec::new(),
         }],
         expect: Expect {
             exit_code: 0,

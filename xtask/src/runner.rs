@@ -99,6 +99,7 @@ pub fn qemu_args(s: &Scenario, gic: u8, images: &Images) -> Result<Vec<String>> 
                 bootargs: vm.full_bootargs(),
                 pci_devices: vm.pci_devices.clone(),
                 pci_whole_units: vm.pci_whole_units,
+                pci_reset_methods: vm.pci_reset_methods.clone(),
             })
             .collect();
     let out = dtb::with_vms(&src, &nodes, Some("semihosting"))?;

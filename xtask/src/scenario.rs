@@ -79,6 +79,9 @@ pub struct Vm {
     /// Take whole assignment units (`phv,pci-whole-units`).
     #[serde(default)]
     pub pci_whole_units: bool,
+    /// Reset-method orders (`phv,pci-reset-methods`), "SSSS:BB:DD.F=flr,pm".
+    #[serde(default)]
+    pub pci_reset_methods: Vec<String>,
 }
 
 impl Vm {
