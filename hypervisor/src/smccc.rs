@@ -216,6 +216,7 @@ pub fn dispatch(host: &mut dyn HypercallHost, regs: &[u64; 8]) -> Outcome {
     }
 }
 
+#[inline(never)]
 fn psci_call(host: &mut dyn HypercallHost, id: u32, a1: u64, a2: u64, a3: u64) -> Outcome {
     match id {
         psci::PSCI_VERSION => ret(PSCI_VERSION_1_1),
@@ -257,6 +258,7 @@ fn psci_call(host: &mut dyn HypercallHost, id: u32, a1: u64, a2: u64, a3: u64) -
     }
 }
 
+#[inline(never)]
 fn vendor_call(host: &mut dyn HypercallHost, id: u32, regs: &[u64; 8]) -> Outcome {
     match id {
         vendor::CALL_COUNT => ret(vendor::COUNT),

@@ -893,30 +893,37 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
             hypercall(vm, vcpu, frame);
         }
         esr::EC_DABT_LOW => data_abort(vm, vcpu, frame, syn),
-        esr::EC_IABT_LOW => {
-            let ipa = fault_ipa(syn.hpfar, syn.far);
-            if vm.log_fault() {
-                log::warn!(
-                    "{} vCPU {vcpu}: instruction fetch from IPA {ipa:#x} outside its memory at {:#x}; external abort injected",
-                    vm.name,
-                    frame.elr
-                );
-            }
-            cpu::inject_sync(frame, Injected::InstructionAbort, syn.far);
-        }
         crate::irq::EC_SYSREG if crate::irq::sysreg_trap(vm, vcpu, syn.esr, frame) => {}
-        ec => {
-            if vm.log_fault() {
-                log::warn!(
-                    "{} vCPU {vcpu}: unexpected trap EC {ec:#x} (ESR {:#x}) at {:#x}; undefined instruction injected",
-                    vm.name,
-                    syn.esr,
-                    frame.elr
-                );
-            }
-            cpu::inject_sync(frame, Injected::Undefined, 0);
-        }
+        ec => other_trap(vm, vcpu, frame, syn, ec),
     }
+}
+
+/// Instruction aborts and anything unexpected: rare, kept out of the hot
+/// path's frame.
+#[cold]
+#[inline(never)]
+fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome, ec: u64) {
+    if ec == esr::EC_IABT_LOW {
+        let ipa = fault_ipa(syn.hpfar, syn.far);
+        if vm.log_fault() {
+            log::warn!(
+                "{} vCPU {vcpu}: instruction fetch from IPA {ipa:#x} outside its memory at {:#x}; external abort injected",
+                vm.name,
+                frame.elr
+            );
+        }
+        cpu::inject_sync(frame, Injected::InstructionAbort, syn.far);
+        return;
+    }
+    if vm.log_fault() {
+        log::warn!(
+            "{} vCPU {vcpu}: unexpected trap EC {ec:#x} (ESR {:#x}) at {:#x}; undefined instruction injected",
+            vm.name,
+            syn.esr,
+            frame.elr
+        );
+    }
+    cpu::inject_sync(frame, Injected::Undefined, 0);
 }
 
 fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
