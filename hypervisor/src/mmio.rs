@@ -214,6 +214,13 @@ impl MmioMap {
         Ok(())
     }
 
+    /// Order the regions by `rank` (lowest first): the lookup is linear, so
+    /// the most frequently trapped regions go first.
+    pub fn order_by(&mut self, rank: impl Fn(MmioDevice) -> u8) {
+        let n = self.len;
+        self.regions[..n].sort_by_key(|r| rank(r.device));
+    }
+
     pub fn regions(&self) -> impl Iterator<Item = &MmioRegion> {
         self.regions.iter().take(self.len)
     }
@@ -306,6 +313,30 @@ mod tests {
         let ipa = 0x40_1000_0abc_u64;
         let hpfar = (ipa >> 12) << 4;
         assert_eq!(fault_ipa(hpfar, 0xffff_0000_0000_0abc), ipa);
+    }
+
+    #[test]
+    fn regions_can_be_ordered_for_the_linear_lookup() {
+        let mut map = MmioMap::default();
+        for (base, device) in [
+            (0x900_0000, MmioDevice::Uart),
+            (0x4010_0000, MmioDevice::VirtualEcam),
+        ] {
+            map.add(MmioRegion {
+                base,
+                size: 0x1000,
+                device,
+            })
+            .unwrap();
+        }
+        map.order_by(|d| u8::from(d != MmioDevice::VirtualEcam));
+        let order: std::vec::Vec<MmioDevice> = map.regions().map(|r| r.device).collect();
+        assert_eq!(order, [MmioDevice::VirtualEcam, MmioDevice::Uart]);
+        assert_eq!(
+            map.find(0x900_0004, Width::Word)
+                .map(|(r, o)| (r.device, o)),
+            Some((MmioDevice::Uart, 4))
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::arch::aarch64::cpu::{self, El1Context, Injected};
 use crate::arch::aarch64::firmware;
-use crate::arch::aarch64::head::{CPU_STACKS, STACK_SIZE};
+use crate::arch::aarch64::head::{CPU_STACKS, MAX_CPUS, STACK_SIZE};
 use crate::arch::aarch64::mmu::{self, Stage2Map};
 use crate::arch::aarch64::trap::{TRAP_FRAME_SIZE, TrapFrame, enter_guest};
 use crate::console;
@@ -16,7 +16,7 @@ use crate::smccc::{self, CallError, CpuOnError, HypercallHost, Outcome, PciCall,
 use crate::vuart::VirtualUart;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use pci::ConfigPort;
 use platform::{ExitMethod, Platform, Region, VmConfig};
 use spin::{Mutex, Once};
@@ -324,6 +324,13 @@ impl Vm {
         prefix.push(b'[');
         prefix.extend_from_slice(config.name.as_bytes());
         prefix.extend_from_slice(b"] ");
+        // Config space first, then the GIC: the lookup is linear.
+        mmio.order_by(|d| match d {
+            MmioDevice::HostEcam(_) | MmioDevice::VirtualEcam => 0,
+            MmioDevice::Gicd | MmioDevice::Gicr => 1,
+            MmioDevice::Uart => 2,
+            MmioDevice::HwdomPciWindow | MmioDevice::GuestPciWindow => 3,
+        });
         // Only now is the table live (no fallible step may drop it after).
         let vttbr = stage2.vttbr();
         let vm = Vm {
@@ -533,6 +540,10 @@ pub fn run_pcpu(cpu: usize) -> ! {
         }
         crate::irq::idle_wait();
     }
+    if let (Some(v), Some(n)) = (RUNNING_VM.get(cpu), RUNNING_VCPU.get(cpu)) {
+        v.store(core::ptr::from_ref(vm).cast_mut(), Ordering::Relaxed);
+        n.store(vcpu_index, Ordering::Relaxed);
+    }
     let (entry, context) = *vcpu.boot.lock();
     vcpu.set_power(VcpuPower::On);
     cpu::load_vm(vm.vttbr, vcpu_index);
@@ -576,13 +587,28 @@ fn halt(why: &str) -> ! {
 }
 
 /// The VM and vCPU running on this CPU.
+#[inline]
 fn current() -> (&'static Vm, usize) {
-    let sys = system();
-    match sys.pins.get(cpu::cpu_index()).copied().flatten() {
-        Some((vm, vcpu)) => (&sys.vms[vm], vcpu),
-        None => halt("trap on a CPU without a vCPU"),
+    let cpu = cpu::cpu_index();
+    let vm = RUNNING_VM
+        .get(cpu)
+        .map_or(core::ptr::null_mut(), |p| p.load(Ordering::Relaxed));
+    let vcpu = RUNNING_VCPU
+        .get(cpu)
+        .map_or(0, |v| v.load(Ordering::Relaxed));
+    if vm.is_null() {
+        halt("trap on a CPU without a vCPU");
     }
+    // SAFETY: `run_pcpu` stores pointers into `SYSTEM`'s VM table, which is
+    // never changed or freed after boot.
+    (unsafe { &*vm }, vcpu)
 }
+
+/// The VM and vCPU each physical CPU runs, set before entering it: read on
+/// every trap without going through the system table.
+static RUNNING_VM: [AtomicPtr<Vm>; MAX_CPUS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+static RUNNING_VCPU: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
 /// The hypercall view of the calling vCPU's VM.
 struct Caller<'a> {
