@@ -479,7 +479,10 @@ impl Topology {
     /// override, or an override equal to it). The shell logs a warning when
     /// a reset runs with a non-default order (seed 003).
     pub fn is_default_reset_order(&self, bdf: Bdf) -> bool {
-        match (self.reset_overrides.get(&bdf), self.supported_reset_methods(bdf)) {
+        match (
+            self.reset_overrides.get(&bdf),
+            self.supported_reset_methods(bdf),
+        ) {
             (None, _) => true,
             (Some(o), Ok(s)) => o.as_slice() == s.as_slice(),
             (Some(_), Err(_)) => false,

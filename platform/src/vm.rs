@@ -232,7 +232,9 @@ fn vm(dt: &DeviceTree, id: NodeId) -> Result<VmConfig, PlatformError> {
             None => {
                 return Err(bad_vm(
                     &name,
-                    format!("phv,pci-reset-methods: \"{text}\" is not SSSS:BB:DD.F=method[,method...]"),
+                    format!(
+                        "phv,pci-reset-methods: \"{text}\" is not SSSS:BB:DD.F=method[,method...]"
+                    ),
                 ));
             }
         }
