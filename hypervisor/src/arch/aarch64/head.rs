@@ -52,7 +52,9 @@ pub const MAIR_EL2_VALUE: u64 = 0xFF04;
 pub const SCTLR_EL2_MMU_ON: u64 = 0x30C5_0830 | 1 | (1 << 2) | (1 << 12);
 
 global_asm!(
-    r#"
+    concat!(
+        include_str!("../../../../linker/image_start.S"),
+        r#"
 .section .text.head, "ax"
 .global _image_start_code
     /* arm64 Image header (Documentation/arch/arm64/booting.rst) */
@@ -73,56 +75,10 @@ primary_entry:
     cmp     x1, #2
     b.ne    park
 
-    /* Apply R_AARCH64_RELATIVE relocations: *(base + off) = base + addend. */
-    adr     x20, _image_start
-    adrp    x1, _rela_start
-    add     x1, x1, :lo12:_rela_start
-    adrp    x2, _rela_end
-    add     x2, x2, :lo12:_rela_end
-1:  cmp     x1, x2
-    b.hs    2f
-    ldp     x3, x4, [x1], #16          /* r_offset, r_info */
-    ldr     x5, [x1], #8               /* r_addend */
-    cmp     w4, #1027                  /* R_AARCH64_RELATIVE */
-    b.ne    1b
-    add     x5, x5, x20
-    str     x5, [x20, x3]
-    b       1b
-2:
-    /* Zero .bss (4 KiB aligned at both ends). */
-    adrp    x1, _bss_start
-    add     x1, x1, :lo12:_bss_start
-    adrp    x2, _bss_end
-    add     x2, x2, :lo12:_bss_end
-3:  cmp     x1, x2
-    b.hs    4f
-    stp     xzr, xzr, [x1], #16
-    b       3b
-4:
-    /* Bootstrap L1 table: 512 x 1 GiB blocks, Device-nGnRE + AF + XN ... */
-    adrp    x1, BOOTSTRAP_L1
-    add     x1, x1, :lo12:BOOTSTRAP_L1
-    mov     x2, #0
-    ldr     x4, =0x0040000000000401    /* XN | AF | AttrIndx 0 | block */
-5:  lsl     x3, x2, #30
-    orr     x3, x3, x4
-    str     x3, [x1, x2, lsl #3]
-    add     x2, x2, #1
-    cmp     x2, #512
-    b.lo    5b
-    /* ... except the blocks holding the image and the DTB: Normal WB, inner shareable. */
-    ldr     x4, =0x0000000000000705    /* AF | SH inner | AttrIndx 1 | block */
-    lsr     x2, x20, #30
-    and     x2, x2, #511
-    lsl     x3, x2, #30
-    orr     x3, x3, x4
-    str     x3, [x1, x2, lsl #3]
-    lsr     x2, x19, #30
-    and     x2, x2, #511
-    lsl     x3, x2, #30
-    orr     x3, x3, x4
-    str     x3, [x1, x2, lsl #3]
-    dsb     sy
+    relocate_image
+    zero_bss
+    /* Bootstrap L1 table: Device memory, except where the image and the DTB are. */
+    fill_bootstrap_l1 BOOTSTRAP_L1, 0x0040000000000401, 0x0000000000000705
 
     ldr     x2, ={mair}
     msr     mair_el2, x2
@@ -180,7 +136,8 @@ secondary_entry:
     bl      secondary_main
     b       park
 .ltorg
-"#,
+"#
+    ),
     mair = const MAIR_EL2_VALUE,
     sctlr = const SCTLR_EL2_MMU_ON,
     stack_size = const STACK_SIZE,

@@ -39,7 +39,9 @@ const DEVICE_BLOCK: u64 = (1 << 54) | (1 << 53) | (1 << 10) | 1;
 const NORMAL_BLOCK: u64 = (1 << 10) | (3 << 8) | (1 << 2) | 1;
 
 global_asm!(
-    r#"
+    concat!(
+        include_str!("../../../../linker/image_start.S"),
+        r#"
 .section .text.head, "ax"
     /* arm64 Image header (Documentation/arch/arm64/booting.rst) */
     b       rt_primary_entry           /* code0 */
@@ -59,56 +61,10 @@ rt_primary_entry:
     cmp     x1, #1
     b.ne    rt_park
 
-    /* Apply R_AARCH64_RELATIVE relocations: *(base + off) = base + addend. */
-    adr     x20, _image_start
-    adrp    x1, _rela_start
-    add     x1, x1, :lo12:_rela_start
-    adrp    x2, _rela_end
-    add     x2, x2, :lo12:_rela_end
-1:  cmp     x1, x2
-    b.hs    2f
-    ldp     x3, x4, [x1], #16          /* r_offset, r_info */
-    ldr     x5, [x1], #8               /* r_addend */
-    cmp     w4, #1027                  /* R_AARCH64_RELATIVE */
-    b.ne    1b
-    add     x5, x5, x20
-    str     x5, [x20, x3]
-    b       1b
-2:
-    /* Zero .bss (4 KiB aligned at both ends). */
-    adrp    x1, _bss_start
-    add     x1, x1, :lo12:_bss_start
-    adrp    x2, _bss_end
-    add     x2, x2, :lo12:_bss_end
-3:  cmp     x1, x2
-    b.hs    4f
-    stp     xzr, xzr, [x1], #16
-    b       3b
-4:
-    /* Bootstrap L1 table: 512 x 1 GiB Device blocks ... */
-    adrp    x1, RT_L1
-    add     x1, x1, :lo12:RT_L1
-    mov     x2, #0
-    ldr     x4, ={device}
-5:  lsl     x3, x2, #30
-    orr     x3, x3, x4
-    str     x3, [x1, x2, lsl #3]
-    add     x2, x2, #1
-    cmp     x2, #512
-    b.lo    5b
-    /* ... except the blocks holding the image and the DTB: Normal memory. */
-    ldr     x4, ={normal}
-    lsr     x2, x20, #30
-    and     x2, x2, #511
-    lsl     x3, x2, #30
-    orr     x3, x3, x4
-    str     x3, [x1, x2, lsl #3]
-    lsr     x2, x19, #30
-    and     x2, x2, #511
-    lsl     x3, x2, #30
-    orr     x3, x3, x4
-    str     x3, [x1, x2, lsl #3]
-    dsb     sy
+    relocate_image
+    zero_bss
+    /* Bootstrap L1 table: Device memory, except where the image and the DTB are. */
+    fill_bootstrap_l1 RT_L1, {device}, {normal}
 
     bl      rt_cpu_setup
     adrp    x1, RT_STACKS
@@ -237,7 +193,8 @@ rt_exception_common:
     ldp     x28, x29, [sp, #224]
     add     sp, sp, #{frame_size}
     eret
-"#,
+"#
+    ),
     device = const DEVICE_BLOCK,
     normal = const NORMAL_BLOCK,
     mair = const MAIR_EL1_VALUE,
