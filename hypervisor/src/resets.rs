@@ -27,6 +27,8 @@ pub enum AfterReset {
     /// Guest `vm` was given its functions: once its last reset ends, it
     /// starts with them.
     Start { vm: u16 },
+    /// Guest `vm` restarts: once its last reset ends, it boots again.
+    Restart { vm: u16 },
 }
 
 /// A reset in progress.
@@ -50,7 +52,9 @@ pub struct Finished {
 }
 
 /// Start `action` at `now_ns`: capture the state of everything it touches,
-/// then begin. Refused if it overlaps a running reset.
+/// then begin. If a running reset already covers the same functions, that
+/// one stands for it (and takes over `then` if it had nothing to do after);
+/// otherwise an overlapping reset is refused.
 pub fn start<P: ConfigPort, M: MemoryPort>(
     pci: &mut PciState<P>,
     mem: &mut M,
@@ -59,8 +63,15 @@ pub fn start<P: ConfigPort, M: MemoryPort>(
     then: AfterReset,
 ) -> Result<(), EngineError> {
     let scope = pci.topology.action_scope(action);
-    if pci.resets.iter().any(|r| r.job.overlaps(&scope)) {
-        return Err(EngineError::Reset(pci::ResetError::EmptySet));
+    if let Some(running) = pci.resets.iter_mut().find(|r| r.job.overlaps(&scope)) {
+        let covers = scope.iter().all(|b| running.job.masks(*b));
+        if covers && (running.then == AfterReset::Nothing || running.then == then) {
+            running.then = then;
+            return Ok(());
+        }
+        return Err(EngineError::Reset(pci::ResetError::MixedOwners {
+            bdf: scope.first().copied().unwrap_or(Bdf::new(0, 0, 0, 0)),
+        }));
     }
     let mut hw = Hw {
         config: &mut pci.port,
@@ -286,7 +297,15 @@ mod tests {
             }
         );
         start(&mut pci, &mut NoMemory, flr, 0, AfterReset::Nothing).unwrap();
-        assert!(start(&mut pci, &mut NoMemory, flr, 0, AfterReset::Nothing).is_err());
+        // The same reset again: the running one stands for it and takes
+        // over what to do after.
+        let release = AfterReset::Release { vm: 1 };
+        start(&mut pci, &mut NoMemory, flr, 0, release).unwrap();
+        assert_eq!(pci.resets.len(), 1);
+        assert_eq!(pci.resets[0].then, release);
+        // A wider reset overlapping it is refused.
+        let sbr = ResetAction::SecondaryBus { bridge: found[0] };
+        assert!(start(&mut pci, &mut NoMemory, sbr, 0, AfterReset::Nothing).is_err());
         assert_eq!(flr_of(&pci, found[0]), None, "a root port has no FLR");
     }
 }

@@ -987,10 +987,56 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
             }
             log::info!("{} restarts", vm.name);
             vm.vcpus[vcpu].set_power(VcpuPower::Off);
-            vm.load_images();
+            // With PCI functions it boots again once they are reset.
+            if !reset_pci_for_restart(vm) {
+                vm.load_images();
+            }
             run_pcpu(cpu::cpu_index());
         }
     }
+}
+
+/// A guest restarts: its devices are reset (never rely on the guest) and its
+/// virtual bus loses what it programmed, as on a machine reset: a Secondary
+/// Bus Reset of every virtual root port resets the virtual functions and
+/// unmaps their BARs, and the physical functions are reset by the narrowest
+/// resets. Returns whether the VM must wait for them before it boots again.
+fn reset_pci_for_restart(vm: &Vm) -> bool {
+    const BRIDGE_CONTROL: u64 = 0x3e;
+    const SBR: u64 = 1 << 6;
+    let Some(pci) = PCI.get() else { return false };
+    let mut pci = pci.lock();
+    let mut effects = pci::vpci::Effects::default();
+    let units = pci.guest_bus(vm.index).map_or(0, |b| b.units());
+    for unit in 0..units {
+        let rp = pci::vpci::GuestBus::root_port(unit);
+        let at = (u64::from(rp.devfn) << 12) | BRIDGE_CONTROL;
+        let bc = crate::pci_calls::guest_ecam_access(&mut pci, vm.index, at, 2, None, &mut effects);
+        for value in [bc | SBR, bc & !SBR] {
+            crate::pci_calls::guest_ecam_access(
+                &mut pci,
+                vm.index,
+                at,
+                2,
+                Some(value),
+                &mut effects,
+            );
+        }
+    }
+    // Its BARs leave its stage 2; the resets are ours, and it boots again
+    // when they are done.
+    for effect in effects.iter() {
+        if let pci::vpci::Effect::Unmap { ipa, size } = *effect {
+            let _ = vm.stage2.lock().unmap(ipa, size);
+        }
+    }
+    let functions: Vec<pci::Bdf> = pci
+        .guest_bus(vm.index)
+        .map(|b| b.describe().map(|(_, _, p)| p).collect())
+        .unwrap_or_default();
+    let then = crate::resets::AfterReset::Restart { vm: vm.index };
+    start_resets(&mut pci, vm, &functions, then);
+    pci.resets.iter().any(|r| r.then == then)
 }
 
 /// Stop a VM: the calling vCPU now, the others when they next trap.
@@ -1265,23 +1311,30 @@ fn start_resets(
     functions: &[pci::Bdf],
     then: crate::resets::AfterReset,
 ) {
-    if functions.is_empty() {
-        return;
-    }
-    match crate::resets::for_guest(pci, functions) {
-        Ok(actions) => {
-            for action in actions {
-                start_one(pci, vm, action, then);
-            }
+    // One narrowest reset per parent bridge: a unit the guest owns entirely
+    // gets the bus (or slot) reset of its bridge, the strongest reset that
+    // touches nothing else; functions spread over bridges are not lumped.
+    let mut groups: Vec<(Option<pci::Bdf>, Vec<pci::Bdf>)> = Vec::new();
+    for &b in functions {
+        let parent = pci.topology.parent_bridge(b);
+        match groups.iter_mut().find(|(p, _)| *p == parent) {
+            Some((_, g)) => g.push(b),
+            None => groups.push((parent, alloc::vec![b])),
         }
-        Err(e) => {
-            log::error!(
-                "{}: no reset covers {functions:?}: {e}; quarantined",
-                vm.name
-            );
-            for &b in functions {
-                pci.quarantine
-                    .add(b, pci::reset_engine::QuarantineReason::NoResetMethod);
+    }
+    for (_, group) in groups {
+        match crate::resets::for_guest(pci, &group) {
+            Ok(actions) => {
+                for action in actions {
+                    start_one(pci, vm, action, then);
+                }
+            }
+            Err(e) => {
+                log::error!("{}: no reset covers {group:?}: {e}; quarantined", vm.name);
+                for &b in &group {
+                    pci.quarantine
+                        .add(b, pci::reset_engine::QuarantineReason::NoResetMethod);
+                }
             }
         }
     }
@@ -1340,6 +1393,11 @@ fn reset_timer(_ticks: u64) {
         match f.then {
             crate::resets::AfterReset::Release { vm } => release_guest_functions(&mut pci, vm),
             crate::resets::AfterReset::Start { vm } => finish_guest_start(&mut pci, vm),
+            crate::resets::AfterReset::Restart { vm } => {
+                if let Some(vm) = system().vms.get(usize::from(vm)) {
+                    vm.load_images();
+                }
+            }
             crate::resets::AfterReset::Nothing => {}
         }
     }

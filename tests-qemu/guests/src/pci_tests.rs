@@ -1568,3 +1568,79 @@ fn try_sbr_above_given(t: &mut Test, c: &mut Ecam, tree: &Tree, given: &[(u8, u8
         println!("{a}: SBR above a guest's device refused (Bridge Control {now:#x})");
     }
 }
+
+/// PSCI SYSTEM_RESET.
+const PSCI_SYSTEM_RESET: u32 = 0x8400_0009;
+/// "phvreboo": the word a `pci-reboot` guest leaves before restarting.
+const REBOOTED: u64 = 0x7068_7672_6562_6f6f;
+
+/// `pci-reboot`: a guest leaves a marker in each of its devices and restarts
+/// itself (PSCI SYSTEM_RESET); after the restart the markers must be gone
+/// (the hypervisor reset its devices: never rely on the guest) and the
+/// devices must work after a fresh enumeration.
+pub fn pci_reboot(env: &Env) -> ! {
+    let mut t = Test::new("pci-reboot");
+    // The last word of our RAM survives the restart: the hypervisor loads
+    // the image and the DTB again, nothing else.
+    let flag = (env.mem_base + env.mem_size - 8) as *mut u64;
+    // SAFETY: inside our own RAM, used by nothing else.
+    let restarted = unsafe { flag.read_volatile() } == REBOOTED;
+    let Some((_br, mut ecam, tree)) = enumerate_bus(&mut t, env) else {
+        t.finish(env)
+    };
+    let devices = tree
+        .funcs()
+        .iter()
+        .filter(|f| !f.is_bridge() && scratch_register(f).is_some());
+    if !restarted {
+        for dev in devices {
+            let Some((reg, mask)) = scratch_register(dev) else {
+                continue;
+            };
+            let mark = marker(dev, mask);
+            let _ = mmio_write32(reg, mark);
+            let back = mmio_read32(reg);
+            t.check(
+                back.is_ok_and(|v| v & mask == mark),
+                format_args!("{}: marker reads {back:x?}", Addr(dev.bus, dev.devfn)),
+            );
+        }
+        // SAFETY: as above; cleaned to memory, the restart begins with the
+        // MMU (and caches) off.
+        unsafe {
+            flag.write_volatile(REBOOTED);
+            core::arch::asm!("dc civac, {}", "dsb sy", in(reg) flag);
+        }
+        println!("pci-reboot: markers left, restarting");
+        let r = call::hvc(PSCI_SYSTEM_RESET, [0; 7]);
+        t.fail(format_args!("SYSTEM_RESET returned {:x?}", r.0));
+        t.finish(env)
+    }
+    // SAFETY: as above.
+    unsafe { flag.write_volatile(0) };
+    let mut seen = 0;
+    for dev in devices {
+        let Some((reg, mask)) = scratch_register(dev) else {
+            continue;
+        };
+        let d = Addr(dev.bus, dev.devfn);
+        match mmio_read32(reg) {
+            Ok(v) if v & mask == 0 => println!("{d}: marker gone after the restart"),
+            other => t.fail(format_args!(
+                "{d}: marker reads {other:x?} after the restart: not reset"
+            )),
+        }
+        seen += 1;
+    }
+    t.check(
+        seen > 0,
+        format_args!("no device to check after the restart"),
+    );
+    let driven = drive_devices(&mut t, tree, &[]);
+    t.check(
+        driven > 0,
+        format_args!("no device to drive after the restart"),
+    );
+    let _ = &mut ecam;
+    t.finish(env)
+}

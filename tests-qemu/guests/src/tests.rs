@@ -20,6 +20,7 @@ fn test_guest_main(env: Env) -> ! {
         Some("pci-hostile") => crate::pci_tests::pci_hostile(&env),
         Some("pci-sbr") => crate::pci_tests::pci_sbr(&env),
         Some("pci-reset") => crate::pci_tests::pci_reset(&env),
+        Some("pci-reboot") => crate::pci_tests::pci_reboot(&env),
         Some("pci-bench") => crate::pci_bench::pci_bench(&env),
         Some("pci-intx") => crate::pci_intx::pci_intx(&env),
         other => {
