@@ -1191,6 +1191,20 @@ pub fn pci_hostile(env: &Env) -> ! {
 }
 
 /// Program BAR `k` of `f` (low dword; the high dword of a 64-bit BAR to 0).
+/// Like a driver after a reset: every memory BAR and Memory + Bus Master back.
+fn reprogram_after_reset(c: &mut Ecam, f: &Func) {
+    let cmd = c.read16(f.bus, f.devfn, COMMAND);
+    for (k, b) in f.bars.iter().enumerate().filter(|(_, b)| b.is_mem()) {
+        set_bar(c, f, k, b.addr);
+    }
+    c.write16(
+        f.bus,
+        f.devfn,
+        COMMAND,
+        cmd | pcienum::CMD_MEMORY | pcienum::CMD_BUS_MASTER,
+    );
+}
+
 fn set_bar(c: &mut Ecam, f: &Func, k: usize, addr: u64) {
     let off = BAR0 + 4 * k as u16;
     let flags = c.read32(f.bus, f.devfn, off) & 0xf;
@@ -1404,16 +1418,7 @@ pub fn pci_sbr(env: &Env) -> ! {
         let bar0 = ecam.read32(dev.bus, dev.devfn, BAR0) & !0xf;
         let cmd = ecam.read16(dev.bus, dev.devfn, COMMAND);
         println!("{d}: after SBR on {a}: BAR0 {bar0:#x}, Command {cmd:#x}");
-        // Like a driver after a reset: put every memory BAR and Command back.
-        for (k, b) in dev.bars.iter().enumerate().filter(|(_, b)| b.is_mem()) {
-            set_bar(&mut ecam, &dev, k, b.addr);
-        }
-        ecam.write16(
-            dev.bus,
-            dev.devfn,
-            COMMAND,
-            cmd | pcienum::CMD_MEMORY | pcienum::CMD_BUS_MASTER,
-        );
+        reprogram_after_reset(&mut ecam, &dev);
         let after = mmio_read32(reg);
         if after == Ok(0) {
             println!("{d}: reset by SBR on {a}: scratch register {mark:#x} -> 0");
@@ -1512,17 +1517,7 @@ pub fn pci_reset(env: &Env) -> ! {
                 format_args!("{d}: Initiate FLR reads back set ({now:#x})"),
             );
         }
-        // Like a driver after a reset: BARs and Command back.
-        let cmd = ecam.read16(dev.bus, dev.devfn, COMMAND);
-        for (k, b) in dev.bars.iter().enumerate().filter(|(_, b)| b.is_mem()) {
-            set_bar(&mut ecam, dev, k, b.addr);
-        }
-        ecam.write16(
-            dev.bus,
-            dev.devfn,
-            COMMAND,
-            cmd | pcienum::CMD_MEMORY | pcienum::CMD_BUS_MASTER,
-        );
+        reprogram_after_reset(&mut ecam, dev);
         match mmio_read32(reg) {
             Ok(v) if v & mask == 0 => println!("{d}: reset by {how}: marker {mark:#x} -> 0"),
             other => t.fail(format_args!(
@@ -1585,7 +1580,7 @@ pub fn pci_reboot(env: &Env) -> ! {
     let flag = (env.mem_base + env.mem_size - 8) as *mut u64;
     // SAFETY: inside our own RAM, used by nothing else.
     let restarted = unsafe { flag.read_volatile() } == REBOOTED;
-    let Some((_br, mut ecam, tree)) = enumerate_bus(&mut t, env) else {
+    let Some((_br, _ecam, tree)) = enumerate_bus(&mut t, env) else {
         t.finish(env)
     };
     let devices = tree
@@ -1641,6 +1636,5 @@ pub fn pci_reboot(env: &Env) -> ! {
         driven > 0,
         format_args!("no device to drive after the restart"),
     );
-    let _ = &mut ecam;
     t.finish(env)
 }
