@@ -1354,7 +1354,13 @@ fn start_one(
                 arm_reset_timer(next);
             }
         }
-        Err(e) => log::warn!("{}: {action:?} not started: {e}", vm.name),
+        // A guest asking again and again while its reset runs must not
+        // flood the console: counted like its faults.
+        Err(e) => {
+            if vm.log_fault() {
+                log::warn!("{}: {action:?} not started: {e}", vm.name);
+            }
+        }
     }
 }
 
