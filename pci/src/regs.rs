@@ -20,6 +20,7 @@ pub const COMMAND_IO: u16 = 1 << 0;
 pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
 pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+pub const COMMAND_SERR: u16 = 1 << 8;
 pub const STATUS_IMMEDIATE_READINESS: u16 = 1 << 0;
 pub const STATUS_CAP_LIST: u16 = 1 << 4;
 
@@ -35,6 +36,8 @@ pub const SECONDARY_BUS: u16 = 0x19;
 pub const SUBORDINATE_BUS: u16 = 0x1a;
 pub const BRIDGE_CONTROL: u16 = 0x3e;
 pub const BRIDGE_CONTROL_SBR: u16 = 1 << 6;
+/// Bridge Control SERR# Enable: forward error messages from the secondary side.
+pub const BRIDGE_CONTROL_SERR: u16 = 1 << 1;
 
 /// Number of BARs in a type 0 / type 1 header.
 pub const BARS_TYPE0: u8 = 6;

@@ -935,3 +935,80 @@ fn cper_truncated_and_garbage_records_are_errors_not_panics() {
         let _ = cper::PcieErrorSection::parse(&buf).map(|s| s.to_event(x as u32, x as u8, 0));
     }
 }
+
+// ------------------------------------------------------ hwdom ownership
+
+/// The standard capability ids the hardware domain walks on `bdf`.
+fn visible_cap_ids(h: &HwdomAer, f: &mut Fabric, bdf: Bdf) -> Vec<u8> {
+    let mut ids = Vec::new();
+    let mut p = h.patch_read(bdf, CAP_PTR, 1, f.read8(bdf, CAP_PTR) as u32) as u16;
+    while p != 0 && ids.len() < 48 {
+        ids.push(f.read8(bdf, p));
+        // A dword read of the header, as Linux's walker does.
+        let dw = h.patch_read(bdf, p, 4, f.read32(bdf, p));
+        p = ((dw >> 8) & 0xfc) as u16;
+    }
+    ids
+}
+
+#[test]
+fn an_owned_root_port_hides_msi_x_and_keeps_error_reporting_enabled() {
+    let (mut f, t, _s) = enabled(AerConfig::default());
+    let rp = b("00:01.0");
+    let nvme = b("01:00.0");
+    let mut h = HwdomAer::new();
+    let before = visible_cap_ids(&h, &mut f, rp);
+    assert!(before.contains(&CAP_ID_MSIX), "{before:?}");
+    h.own_port(&mut f, rp);
+    assert!(h.owns_port(rp) && !h.owns_port(b("00:02.0")));
+    let after = visible_cap_ids(&h, &mut f, rp);
+    let expected: Vec<u8> = before
+        .iter()
+        .copied()
+        .filter(|&id| id != CAP_ID_MSIX)
+        .collect();
+    assert_eq!(after, expected);
+    // Enabling the hidden MSI-X is dropped.
+    let msix = t.function(rp).unwrap().caps.msix as u16;
+    assert_eq!(h.filter_write(&t, rp, msix + 2, 2, 0x8000), None);
+    // enable() set the reporting path; the hwdom's writes cannot clear it.
+    assert_ne!(f.read16(nvme, COMMAND) & COMMAND_SERR, 0);
+    assert_ne!(f.read16(rp, BRIDGE_CONTROL) & BRIDGE_CONTROL_SERR, 0);
+    assert_eq!(
+        h.filter_write(&t, nvme, COMMAND, 2, 0x0006),
+        Some(0x0006 | COMMAND_SERR as u32)
+    );
+    assert_eq!(
+        h.filter_write(&t, nvme, COMMAND, 1, 0x06),
+        Some(0x06),
+        "the low byte holds no forced bit"
+    );
+    assert_eq!(
+        h.filter_write(&t, nvme, COMMAND + 1, 1, 0),
+        Some(u32::from(COMMAND_SERR >> 8))
+    );
+    assert_eq!(
+        h.filter_write(&t, rp, 0x3c, 4, 0x0040_0000),
+        Some(0x0040_0000 | (u32::from(BRIDGE_CONTROL_SERR) << 16)),
+        "an SBR write keeps SERR# Enable"
+    );
+    let pcie = u16::from(t.function(nvme).unwrap().caps.pcie);
+    assert_eq!(
+        h.filter_write(&t, nvme, pcie + PCIE_DEVCTL, 2, 0x2000),
+        Some(0x2000 | u32::from(DEVCTL_REPORTING))
+    );
+    // Nothing changes for a function below a port the hypervisor does not own.
+    let e1000e = b("02:00.0");
+    assert_eq!(h.filter_write(&t, e1000e, COMMAND, 2, 6), Some(6));
+    assert_eq!(h.patch_read(b("00:02.0"), CAP_PTR, 1, 0x40), 0x40);
+}
+
+#[test]
+fn an_owner_deadline_overrides_the_default() {
+    let mut r = RecoveryTracker::new(5_000 * MS);
+    let e = AerEvent::new(b("01:00.0"), Severity::Fatal, 10 * MS);
+    r.on_event_within(&e, Owner::Guest(1), 200 * MS);
+    assert_eq!(r.next_deadline(), Some(210 * MS));
+    assert_eq!(r.poll(209 * MS), None);
+    assert_eq!(r.poll(210 * MS).map(|n| n.source), Some(b("01:00.0")));
+}

@@ -4,9 +4,10 @@
 
 use alloc::collections::BTreeMap;
 
-use super::AerEvent;
 use super::virtual_regs::{AerStorage, Signalled, VirtualAer};
+use super::{AerEvent, DEVCTL_REPORTING};
 use crate::addr::Bdf;
+use crate::port::ConfigPort;
 use crate::regs::*;
 use crate::topology::{FunctionKind, Topology};
 
@@ -28,6 +29,96 @@ use crate::topology::{FunctionKind, Topology};
 pub struct HwdomAer {
     functions: BTreeMap<Bdf, VirtualAer>,
     ports: BTreeMap<Bdf, VirtualAer>,
+    /// Root ports whose AER the hypervisor took ([`Self::own_port`]).
+    owned: BTreeMap<Bdf, HiddenCaps>,
+}
+
+/// A root port's MSI and MSI-X capabilities, unlinked from the hardware
+/// domain's view of its capability list: its AER interrupt must stay the
+/// INTx the hypervisor takes at EL2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct HiddenCaps {
+    /// (offset of a pointer byte, value the hardware domain reads there).
+    patches: [(u8, u8); 2],
+    patched: usize,
+    /// (offset, length) of each hidden capability: writes there are dropped.
+    hidden: [(u8, u8); 2],
+    n_hidden: usize,
+}
+
+impl HiddenCaps {
+    /// Walks `bdf`'s list (bounded, defensive) and unlinks MSI and MSI-X.
+    fn scan<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf) -> Self {
+        let mut h = Self::default();
+        let status = port.read16(bdf, STATUS);
+        if status == u16::MAX || status & STATUS_CAP_LIST == 0 {
+            return h;
+        }
+        // The pointer byte that leads to the current capability, and the
+        // value it should read (changes when capabilities are skipped).
+        let mut at = CAP_PTR as u8;
+        let mut pointer = port.read8(bdf, CAP_PTR) & 0xfc;
+        let mut link_from = at;
+        let mut skipping = false;
+        for _ in 0..48 {
+            if pointer < 0x40 {
+                break;
+            }
+            let id = port.read8(bdf, u16::from(pointer));
+            let next = port.read8(bdf, u16::from(pointer) + 1) & 0xfc;
+            let len = match id {
+                CAP_ID_MSI => {
+                    // 64-bit address (bit 7), per-vector masking (bit 8).
+                    let ctl = port.read16(bdf, u16::from(pointer) + 2);
+                    10 + if ctl & (1 << 7) != 0 { 4 } else { 0 }
+                        + if ctl & (1 << 8) != 0 { 10 } else { 0 }
+                }
+                CAP_ID_MSIX => 12,
+                _ => 0,
+            };
+            if len != 0 {
+                if let Some(slot) = h.hidden.get_mut(h.n_hidden) {
+                    *slot = (pointer, len);
+                    h.n_hidden += 1;
+                }
+                if !skipping {
+                    link_from = at;
+                    skipping = true;
+                }
+            } else if skipping {
+                if let Some(slot) = h.patches.get_mut(h.patched) {
+                    *slot = (link_from, pointer);
+                    h.patched += 1;
+                }
+                skipping = false;
+            }
+            at = pointer + 1;
+            pointer = next;
+        }
+        if skipping && let Some(slot) = h.patches.get_mut(h.patched) {
+            *slot = (link_from, 0);
+            h.patched += 1;
+        }
+        h
+    }
+
+    fn patch(&self, reg: u16, width: u16, mut value: u32) -> u32 {
+        for &(at, v) in self.patches.iter().take(self.patched) {
+            let at = u16::from(at);
+            if (reg..reg + width).contains(&at) {
+                let shift = 8 * u32::from(at - reg);
+                value = (value & !(0xff << shift)) | (u32::from(v) << shift);
+            }
+        }
+        value
+    }
+
+    fn hides(&self, reg: u16, width: u16) -> bool {
+        self.hidden.iter().take(self.n_hidden).any(|&(start, len)| {
+            let (start, end) = (u16::from(start), u16::from(start) + u16::from(len));
+            reg < end && start < reg + width
+        })
+    }
 }
 
 /// The root port (or RCEC) that collects `bdf`'s errors: itself if it is
@@ -151,5 +242,84 @@ impl HwdomAer {
     pub fn forget(&mut self, bdf: Bdf) {
         self.functions.remove(&bdf);
         self.ports.remove(&bdf);
+        self.owned.remove(&bdf);
+    }
+
+    /// The hypervisor took AER on `root_port` (after
+    /// [`super::RootPortService::enable`]): from now on the hardware domain
+    /// does not see its MSI / MSI-X capabilities, and cannot clear the error
+    /// reporting enables of the port and the functions below
+    /// ([`Self::filter_write`]).
+    pub fn own_port<P: ConfigPort + ?Sized>(&mut self, port: &mut P, root_port: Bdf) {
+        let hidden = HiddenCaps::scan(port, root_port);
+        self.owned.insert(root_port, hidden);
+    }
+
+    /// Whether the hypervisor owns AER of `root_port`.
+    pub fn owns_port(&self, root_port: Bdf) -> bool {
+        self.owned.contains_key(&root_port)
+    }
+
+    /// The root ports the hypervisor owns AER of.
+    pub fn owned_ports(&self) -> impl Iterator<Item = Bdf> + '_ {
+        self.owned.keys().copied()
+    }
+
+    /// A hardware-domain read of `width` bytes at `reg` of `bdf` that
+    /// returned `physical` from the hardware, as the hardware domain sees
+    /// it: an owned root port's capability list skips MSI and MSI-X.
+    pub fn patch_read(&self, bdf: Bdf, reg: u16, width: u16, physical: u32) -> u32 {
+        match self.owned.get(&bdf) {
+            Some(h) if reg < 0x100 => h.patch(reg, width, physical),
+            _ => physical,
+        }
+    }
+
+    /// A hardware-domain write of `value` (`width` bytes at `reg` of `bdf`)
+    /// that the overlay did not consume ([`Self::write`]): what to write to
+    /// the hardware, or `None` to drop it. Writes into an owned root port's
+    /// hidden MSI / MSI-X are dropped; below an owned root port, SERR#
+    /// Enable (Command, Bridge Control) and the Device Control reporting
+    /// enables stay set, as the AER owner set them.
+    pub fn filter_write(
+        &self,
+        topo: &Topology,
+        bdf: Bdf,
+        reg: u16,
+        width: u16,
+        value: u32,
+    ) -> Option<u32> {
+        if self.owned.is_empty() || reg >= 0x100 {
+            return Some(value);
+        }
+        if let Some(h) = self.owned.get(&bdf)
+            && h.hides(reg, width)
+        {
+            return None;
+        }
+        let Some(f) = topo.function(bdf) else {
+            return Some(value);
+        };
+        if !root_port_of(topo, bdf).is_some_and(|rp| self.owned.contains_key(&rp)) {
+            return Some(value);
+        }
+        let mut forced = [(COMMAND, COMMAND_SERR), (0, 0), (0, 0)];
+        if f.kind.is_bridge() {
+            forced[1] = (BRIDGE_CONTROL, BRIDGE_CONTROL_SERR);
+        }
+        if f.caps.pcie != 0 {
+            forced[2] = (u16::from(f.caps.pcie) + PCIE_DEVCTL, DEVCTL_REPORTING);
+        }
+        let mut value = value;
+        for (at, bits) in forced.into_iter().filter(|&(_, bits)| bits != 0) {
+            // 16-bit registers: the bytes of `bits` inside this access.
+            for (byte, b) in bits.to_le_bytes().into_iter().enumerate() {
+                let at = at + byte as u16;
+                if (reg..reg + width).contains(&at) {
+                    value |= u32::from(b) << (8 * u32::from(at - reg));
+                }
+            }
+        }
+        Some(value)
     }
 }

@@ -98,6 +98,16 @@ impl RecoveryTracker {
     /// `FrozenAwaitingReset` with the deadline counted from the event, or
     /// the running recovery's state (the event is coalesced into it).
     pub fn on_event(&mut self, event: &AerEvent, owner: Owner) -> RecoveryState {
+        self.on_event_within(event, owner, self.deadline_ns)
+    }
+
+    /// [`Self::on_event`] with the owner's own deadline (its VM config's).
+    pub fn on_event_within(
+        &mut self,
+        event: &AerEvent,
+        owner: Owner,
+        deadline_ns: u64,
+    ) -> RecoveryState {
         if let Some(r) = self.active.iter_mut().find(|r| r.source == event.source) {
             if event.severity == Severity::Fatal {
                 r.coalesced = r.coalesced.saturating_add(1);
@@ -118,7 +128,7 @@ impl RecoveryTracker {
             self.log_push(r);
             return RecoveryState::Delivered;
         }
-        r.deadline_ns = Some(event.at_ns.saturating_add(self.deadline_ns));
+        r.deadline_ns = Some(event.at_ns.saturating_add(deadline_ns));
         r.state = RecoveryState::FrozenAwaitingReset;
         self.active.push(r);
         r.state

@@ -165,7 +165,8 @@ impl RootPortService {
     /// Takes AER ownership of a root port as Linux's probe does: clears its
     /// Device Status and Root Control system-error enables, clears Root Error
     /// Status and the AER status of the port and every tracked function
-    /// below, sets their Device Control reporting enables (bits 0-3), then
+    /// below, sets their Device Control reporting enables (bits 0-3), SERR#
+    /// Enable in Command and, on bridges, in Bridge Control, then
     /// enables the Root Error Command interrupts (bits 0-2). Also prepares
     /// the storm limiter's entries so that [`Self::service`] does not
     /// allocate.
@@ -194,6 +195,24 @@ impl RootPortService {
             let Some(f) = topo.function(bdf) else {
                 continue;
             };
+            // Error messages travel only where the path allows them: SERR#
+            // Enable on each function (non-fatal / fatal reporting, and
+            // QEMU's model requires it) and on each bridge's Bridge Control
+            // (forwarding from its secondary side).
+            let cmd = port.read16(bdf, COMMAND);
+            if cmd != u16::MAX {
+                port.write16(bdf, COMMAND, cmd | COMMAND_SERR);
+            }
+            if f.kind.is_bridge() {
+                let bc = port.read16(bdf, BRIDGE_CONTROL);
+                if bc != u16::MAX {
+                    port.write16(
+                        bdf,
+                        BRIDGE_CONTROL,
+                        (bc | BRIDGE_CONTROL_SERR) & !BRIDGE_CONTROL_SBR,
+                    );
+                }
+            }
             let pcie = f.caps.pcie as u16;
             if pcie != 0 {
                 let ctl = port.read16(bdf, pcie + PCIE_DEVCTL);
