@@ -14,6 +14,7 @@ extern crate alloc;
 
 // Hardware-facing modules exist only on the target; the pure ones below
 // are host-tested.
+mod aer;
 #[cfg(target_os = "none")]
 mod arch;
 #[cfg(target_os = "none")]

@@ -368,6 +368,7 @@ pub fn hwdom_ecam_access<P: WindowPort>(
         // the access goes to the physical function as it is.
         if pci.resets.is_empty()
             && !pci.ownership.any_assigned()
+            && !pci.aer.filters_hwdom(index, offset, value.is_some())
             && let Some(v) = pci.port.window_access(index, offset, width, value)
         {
             return u64::from(v);
@@ -417,11 +418,37 @@ fn hwdom_piece<P: ConfigPort>(
     if !pci.resets.is_empty() && crate::resets::masks(pci, bdf) {
         return hwdom_masked(pci, bdf, reg, w, write.is_some());
     }
+    let mut write = write;
+    let overlaid = pci.aer.active() && pci.ownership.owner(bdf) == pci::vpci::Owner::Hwdom;
+    if overlaid {
+        // The hypervisor owns AER: the hardware domain sees (and clears) an
+        // overlay of the error registers, and cannot undo the error path.
+        let (topo, w16) = (&pci.topology, w as u16);
+        match write {
+            None => {
+                if let Some(v) = pci.aer.hwdom.read(topo, bdf, reg, w16) {
+                    return v;
+                }
+            }
+            Some(v) => {
+                if pci.aer.hwdom.write(topo, bdf, reg, w16, v) {
+                    return 0;
+                }
+                match pci.aer.hwdom.filter_write(topo, bdf, reg, w16, v) {
+                    Some(v) => write = Some(v),
+                    None => return 0,
+                }
+            }
+        }
+    }
     let outcome = pci
         .ownership
         .hwdom_apply(&mut pci.port, bdf, reg, w as u16, write);
     if let Some(why) = outcome.refused {
         log_refused(bdf, reg, w, why);
+    }
+    if write.is_none() && overlaid {
+        return pci.aer.hwdom.patch_read(bdf, reg, w as u16, outcome.value);
     }
     outcome.value
 }

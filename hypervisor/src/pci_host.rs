@@ -227,6 +227,8 @@ pub struct PciState<P = EcamPort> {
     pub starting: Vec<(u16, crate::guest_fdt::GuestPci)>,
     /// Resets guests asked to keep possible (seed 002).
     pub reservations: pci::reset_engine::Reservations,
+    /// AER of the physical root ports (issue 7).
+    pub aer: crate::aer::AerState,
 }
 
 /// A guest that starts once the hardware domain has reported every function
@@ -318,6 +320,7 @@ impl<P: ConfigPort> PciState<P> {
             quarantine: pci::reset_engine::Quarantine::new(),
             starting: Vec::new(),
             reservations: pci::reset_engine::Reservations::new(),
+            aer: crate::aer::AerState::default(),
         }
     }
 }

@@ -665,6 +665,9 @@ impl HypercallHost for Caller<'_> {
         let mut to_start = Vec::new();
         let mut pci = pci.lock();
         let result = crate::pci_calls::handle(&mut pci, who, &self.vm.name, call, &mut to_start);
+        if let (PciCall::EnumerationDone { segment }, Ok(_)) = (call, result) {
+            take_aer(&mut pci, segment);
+        }
         for action in to_start {
             start_one(
                 &mut pci,
@@ -799,6 +802,34 @@ fn give_pci_bus(
             });
         }
     }
+    // AER: each virtual root port raises its INTA, the same interrupt-map
+    // entry as INTA of device 0 below it; where that has none, the line of
+    // the physical root port above the unit.
+    for unit in 0..bus.units() {
+        let rp = pci::vpci::GuestBus::root_port(unit);
+        let hi = guest_fdt::pci_child_hi(0, rp.device(), 0);
+        let existing = routed
+            .intx
+            .iter()
+            .find(|&&(h, p, _)| h == hi && p == 1)
+            .map(|&(_, _, intid)| intid);
+        let vintid = existing.or_else(|| {
+            let (_, _, physical) = bus.describe().find(|&(r, _, _)| r == rp)?;
+            let port = pci::aer::root_port_of(&pci.topology, physical)?;
+            let h = host.as_ref()?;
+            crate::pci_calls::route_intx(&pci.topology, h.intx_mask, &h.intx, port, 1)
+        });
+        if let Some(vintid) = vintid {
+            if existing.is_none() {
+                routed.intx.push((hi, 1, vintid));
+            }
+            pci.aer.guest_lines.push(crate::aer::GuestLine {
+                vm: vm.index,
+                unit,
+                vintid,
+            });
+        }
+    }
     // No bridge the hardware domain keeps may open a window over these.
     pci.ownership
         .set_guest_memory(vm.index, bus.physical_bars());
@@ -811,7 +842,7 @@ fn give_pci_bus(
             .iter()
             .any(|s| s.pintid == pintid && s.vm == vm.index)
         {
-            crate::irq::register_spi(pintid, pcpu, true, intx_interrupt);
+            crate::irq::register_spi(pintid, pcpu, true, pci_line_interrupt);
         }
     }
     Ok(routed)
@@ -827,44 +858,99 @@ fn guest_intx_disabled(guests: &[(u16, pci::vpci::GuestBus)], vm: u16, physical:
         .is_some_and(|c| c & pci::regs::COMMAND_INTX_DISABLE != 0)
 }
 
-/// A physical INTx line fired (at EL2): mask the functions that assert it
-/// and raise their owners' virtual lines (not for a function its owner
-/// keeps INTx-disabled: it stays masked until the owner clears the bit).
-/// The physical interrupt is deactivated at once: the line dropped when
-/// its sources were masked.
-fn intx_interrupt(pintid: u32) -> bool {
-    let mut owners = [u16::MAX; 8];
-    let mut n = 0;
+/// A physical INTx line fired (at EL2): service the AER of the root ports
+/// on it (their errors go to their owners' views), mask the passed-through
+/// functions that assert it and raise their owners' virtual lines (not for
+/// a function its owner keeps INTx-disabled: it stays masked until the
+/// owner clears the bit). The physical interrupt is deactivated at once:
+/// the line dropped when its sources were cleared or masked.
+fn pci_line_interrupt(pintid: u32) -> bool {
+    let mut raises = crate::aer::Raises::default();
     if let Some(pci) = PCI.get() {
         let mut pci = pci.lock();
+        if pci.aer.ports.iter().any(|p| p.pintid == Some(pintid)) {
+            crate::aer::service_line(&mut pci, pintid, now_ns(), &mut raises);
+            arm_pci_timer(&pci);
+        }
         let PciState {
             port, intx, guests, ..
         } = &mut *pci;
         let disabled = |vm, physical| guest_intx_disabled(guests, vm, physical);
         crate::intx::demux(intx, port, pintid, &disabled, &mut |vm| {
-            if let Some(slot) = owners.get_mut(n) {
-                *slot = vm;
-                n += 1;
-            }
+            raises.push((vm, pintid));
         });
     }
-    // Raised outside the PCI lock: the vGIC takes its own.
-    for &vm in &owners[..n] {
-        let _ = crate::irq::set_spi_line(usize::from(vm), pintid, true);
-    }
+    raise_lines(&raises);
     true
+}
+
+/// Raise virtual lines (outside the PCI lock: the vGIC takes its own).
+fn raise_lines(raises: &crate::aer::Raises) {
+    for (vm, vintid) in raises.iter() {
+        let _ = crate::irq::set_spi_line(usize::from(vm), vintid, true);
+    }
+}
+
+/// The hardware domain declared `segment` enumerated: take AER on its root
+/// ports, their INTx at EL2 on the CPU of the hardware domain's first vCPU.
+fn take_aer(pci: &mut PciState, segment: u16) {
+    let sys = system();
+    let Some(host) = sys
+        .platform
+        .pci_host_bridges
+        .iter()
+        .find(|b| b.access == platform::ConfigAccess::Ecam && b.segment == segment)
+        .map(hwdom_pci)
+    else {
+        return;
+    };
+    let route = |topo: &pci::Topology, bdf, pin| {
+        crate::pci_calls::route_intx(topo, host.intx_mask, &host.intx, bdf, pin)
+    };
+    let taken = crate::aer::take_root_ports(pci, segment, route);
+    let pcpu = sys
+        .vms
+        .iter()
+        .find(|v| v.hardware_domain)
+        .and_then(|v| v.vcpus.first())
+        .map_or(0, |v| v.pcpu);
+    for port in &taken {
+        match port.pintid {
+            Some(pintid) => {
+                // A line a guest's function shares stays on the guest's CPU.
+                if !pci.intx.iter().any(|s| s.pintid == pintid) {
+                    crate::irq::register_spi(pintid, pcpu, true, pci_line_interrupt);
+                }
+                log::info!(
+                    "AER of root port {} taken, its INTx on SPI {pintid}",
+                    port.bdf
+                );
+            }
+            None => log::warn!(
+                "AER of root port {} taken, but its INTx routes nowhere",
+                port.bdf
+            ),
+        }
+    }
 }
 
 /// A guest ended a level-triggered virtual SPI: unmask its functions on
 /// that line (unless it keeps their INTx disabled itself).
 pub fn intx_eoi(vm: usize, vintid: u32) {
     let Some(pci) = PCI.get() else { return };
-    let mut pci = pci.lock();
-    let PciState {
-        port, intx, guests, ..
-    } = &mut *pci;
-    let disabled = |physical| guest_intx_disabled(guests, vm as u16, physical);
-    crate::intx::eoi(intx, port, vm as u16, vintid, &disabled);
+    let mut raises = crate::aer::Raises::default();
+    {
+        let mut pci = pci.lock();
+        // A virtual root port whose AER status the handler did not clear
+        // asserts its line again.
+        crate::aer::resample(&mut pci, vm as u16, Some(vintid), &mut raises);
+        let PciState {
+            port, intx, guests, ..
+        } = &mut *pci;
+        let disabled = |physical| guest_intx_disabled(guests, vm as u16, physical);
+        crate::intx::eoi(intx, port, vm as u16, vintid, &disabled);
+    }
+    raise_lines(&raises);
 }
 
 /// Guest `vm` wrote a Command register of its virtual bus: unmask its
@@ -887,6 +973,18 @@ fn intx_command_written(vm: u16) {
 /// runs).
 pub fn register_pci_guests(pci: &mut PciState, platform: &Platform, vms: &[Vm], frequency: u64) {
     let timeout = PCI_REPORT_TIMEOUT_MS.saturating_mul(frequency) / 1000;
+    // AER: each VM's recovery deadline, and who sees the physical root ports.
+    pci.aer.hwdom_vm = vms.iter().position(|v| v.hardware_domain).map(|i| i as u16);
+    pci.aer.deadlines = platform
+        .vms
+        .iter()
+        .map(|c| {
+            c.aer_deadline_ms
+                .map_or(pci::aer::AerConfig::DEFAULT.reset_deadline_ns, |ms| {
+                    u64::from(ms) * 1_000_000
+                })
+        })
+        .collect();
     for (index, (vm, config)) in vms.iter().zip(&platform.vms).enumerate() {
         if vm.guest_pci.is_none() {
             continue;
@@ -1265,6 +1363,15 @@ fn virtual_ecam_write(vm: &Vm, offset: u64, width: u64, value: u64) {
     if reg < 0x06 && reg + width > 0x04 {
         intx_command_written(vm.index);
     }
+    // Its virtual root ports (bus 0): Root Error Command may now enable an
+    // interrupt for a status already set.
+    if offset >> 20 == 0
+        && let Some(pci) = PCI.get()
+    {
+        let mut raises = crate::aer::Raises::default();
+        crate::aer::resample(&mut pci.lock(), vm.index, None, &mut raises);
+        raise_lines(&raises);
+    }
     apply_pci_effects(vm, &effects);
 }
 
@@ -1295,10 +1402,14 @@ fn guest_reset(vm: &Vm, request: ResetRequest) {
                         .collect()
                 })
                 .unwrap_or_default();
+            crate::aer::owner_reset(&mut pci, &functions);
             start_resets(&mut pci, vm, &functions, crate::resets::AfterReset::Nothing);
         }
         ResetRequest::Flr(bdf) => match crate::resets::flr_of(&pci, bdf) {
-            Some(action) => start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing),
+            Some(action) => {
+                crate::aer::owner_reset(&mut pci, &[bdf]);
+                start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing)
+            }
             None => log::warn!("{}: FLR of {bdf} asked for, but it has none", vm.name),
         },
     }
@@ -1350,9 +1461,7 @@ fn start_one(
     match crate::resets::start(pci, &mut pci_host::BarMemory, action, now, then) {
         Ok(()) => {
             log::info!("{}: {action:?} started", vm.name);
-            if let Some(next) = pci.resets.iter().map(|r| r.next_ns).min() {
-                arm_reset_timer(next);
-            }
+            arm_pci_timer(pci);
         }
         // A guest asking again and again while its reset runs must not
         // flood the console: counted like its faults.
@@ -1370,19 +1479,65 @@ fn now_ns() -> u64 {
     (u128::from(cpu::counter()) * 1_000_000_000 / freq) as u64
 }
 
-/// Step the resets at `deadline_ns` on this CPU.
-fn arm_reset_timer(deadline_ns: u64) {
-    let freq = u128::from(cpu::counter_frequency().max(1));
-    let ticks = (u128::from(deadline_ns) * freq).div_ceil(1_000_000_000) as u64;
-    crate::irq::hyp_timer_arm(cpu::cpu_index(), ticks, reset_timer);
+/// Arm this CPU's hypervisor timer for the next step of a reset or the
+/// next AER recovery deadline, whichever comes first.
+fn arm_pci_timer(pci: &PciState) {
+    let next = pci
+        .resets
+        .iter()
+        .map(|r| r.next_ns)
+        .chain(pci.aer.recovery.next_deadline())
+        .min();
+    if let Some(deadline_ns) = next {
+        let freq = u128::from(cpu::counter_frequency().max(1));
+        let ticks = (u128::from(deadline_ns) * freq).div_ceil(1_000_000_000) as u64;
+        crate::irq::hyp_timer_arm(cpu::cpu_index(), ticks, pci_timer);
+    }
 }
 
-/// The hypervisor timer of a reset: step the jobs, finish those that ended.
-fn reset_timer(_ticks: u64) {
+/// The hypervisor timer of PCI: step the resets, finish those that ended;
+/// take over the AER recoveries whose owner did not reset in time.
+fn pci_timer(_ticks: u64) {
     let Some(pci) = PCI.get() else { return };
-    let mut pci = pci.lock();
-    let (finished, next) = crate::resets::step(&mut pci, &mut pci_host::BarMemory, now_ns());
+    let mut raises = crate::aer::Raises::default();
+    {
+        let mut pci = pci.lock();
+        step_resets(&mut pci);
+        let now = now_ns();
+        for t in crate::aer::deadlines_passed(&mut pci, now, &mut raises) {
+            let vm = match t.owner {
+                pci::vpci::Owner::Guest(vm) => Some(vm),
+                pci::vpci::Owner::Hwdom => pci.aer.hwdom_vm,
+            };
+            let Some(vm) = vm.and_then(|v| system().vms.get(usize::from(v))) else {
+                continue;
+            };
+            start_resets(
+                &mut pci,
+                vm,
+                &t.functions,
+                crate::resets::AfterReset::Nothing,
+            );
+            if pci.quarantine.first_of(&t.functions).is_some() {
+                // No reset could start: it never comes back.
+                crate::aer::reset_done(&mut pci, &t.functions, &t.functions);
+            }
+        }
+        arm_pci_timer(&pci);
+    }
+    raise_lines(&raises);
+}
+
+/// Step the resets that are due; finish those that ended.
+fn step_resets(pci: &mut PciState) {
+    let (finished, _) = crate::resets::step(pci, &mut pci_host::BarMemory, now_ns());
     for f in finished {
+        let scope = pci.topology.action_scope(f.action);
+        let gone: &[pci::Bdf] = match &f.outcome {
+            pci::reset_engine::ResetOutcome::TimedOut(gone) => gone,
+            _ => &[],
+        };
+        crate::aer::reset_done(pci, &scope, gone);
         match f.ready_after_ns {
             Some(ns) => log::info!(
                 "{:?} done: {:?}, ready {}.{:03} ms after the reset ended",
@@ -1397,8 +1552,8 @@ fn reset_timer(_ticks: u64) {
             continue;
         }
         match f.then {
-            crate::resets::AfterReset::Release { vm } => release_guest_functions(&mut pci, vm),
-            crate::resets::AfterReset::Start { vm } => finish_guest_start(&mut pci, vm),
+            crate::resets::AfterReset::Release { vm } => release_guest_functions(pci, vm),
+            crate::resets::AfterReset::Start { vm } => finish_guest_start(pci, vm),
             crate::resets::AfterReset::Restart { vm } => {
                 if let Some(vm) = system().vms.get(usize::from(vm)) {
                     vm.load_images();
@@ -1406,9 +1561,6 @@ fn reset_timer(_ticks: u64) {
             }
             crate::resets::AfterReset::Nothing => {}
         }
-    }
-    if let Some(next) = next {
-        arm_reset_timer(next);
     }
 }
 
@@ -1449,6 +1601,7 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
         intx,
         quarantine,
         reservations,
+        aer,
         ..
     } = pci;
     let given: Vec<pci::Bdf> = ownership.functions_of(vm).collect();
@@ -1462,8 +1615,11 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
     guests.retain(|(v, _)| *v != vm);
     let lines = crate::intx::lines(intx);
     intx.retain(|s| s.vm != vm);
+    aer.guest_lines.retain(|l| l.vm != vm);
     for line in lines {
-        if !intx.iter().any(|s| s.pintid == line) {
+        if !intx.iter().any(|s| s.pintid == line)
+            && !aer.ports.iter().any(|p| p.pintid == Some(line))
+        {
             crate::irq::unregister_spi(line);
         }
     }

@@ -317,6 +317,10 @@ pub struct VmConfig {
     /// order ("SSSS:BB:DD.F=flr,pm"; Linux's `reset_method` names). Checked
     /// against what the function supports when it is assigned.
     pub pci_reset_methods: Vec<(PciFunctionAddress, Vec<String>)>,
+    /// `phv,aer-deadline-ms`: after a fatal AER error of one of its
+    /// functions, how long the VM has to reset it before the hypervisor
+    /// does (`None`: the hypervisor's default).
+    pub aer_deadline_ms: Option<u32>,
 }
 
 /// A PCI function address as a VM configuration names it.

@@ -239,7 +239,14 @@ fn vm(dt: &DeviceTree, id: NodeId) -> Result<VmConfig, PlatformError> {
             }
         }
     }
+    let aer_deadline_ms = dt
+        .prop_u32(id, "phv,aer-deadline-ms")
+        .map_err(|_| bad_vm(&name, "phv,aer-deadline-ms must be one 32-bit cell"))?;
+    if aer_deadline_ms == Some(0) {
+        return Err(bad_vm(&name, "phv,aer-deadline-ms must be at least 1"));
+    }
     Ok(VmConfig {
+        aer_deadline_ms,
         hardware_domain: dt.has_prop(id, "phv,hardware-domain"),
         memory_size,
         memory_base,

@@ -23,6 +23,8 @@ pub struct VmNode {
     pub pci_whole_units: bool,
     /// `phv,pci-reset-methods` (omitted when empty): "SSSS:BB:DD.F=m1,m2".
     pub pci_reset_methods: Vec<String>,
+    /// `phv,aer-deadline-ms` (omitted when `None`).
+    pub aer_deadline_ms: Option<u32>,
 }
 
 fn parse(dtb: &[u8]) -> Result<Fdt<'_>> {
@@ -131,6 +133,9 @@ fn add_chosen(w: &mut FdtWriter, extra: &Extra<'_>) -> Result<()> {
             w.property_string_list("phv,pci-reset-methods", vm.pci_reset_methods.clone())
                 .map_err(werr)?;
         }
+        if let Some(ms) = vm.aer_deadline_ms {
+            w.property_u32("phv,aer-deadline-ms", ms).map_err(werr)?;
+        }
         let m = w
             .begin_node(&format!("module@{:x}", vm.module_addr))
             .map_err(werr)?;
@@ -193,6 +198,7 @@ mod tests {
             },
             pci_whole_units: !hw,
             pci_reset_methods: Vec::new(),
+            aer_deadline_ms: None,
         }
     }
 

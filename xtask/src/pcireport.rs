@@ -42,6 +42,7 @@ pub fn scenario(gic: u8, devices: &[String]) -> Scenario {
             pci_devices: Vec::new(),
             pci_whole_units: false,
             pci_reset_methods: Vec::new(),
+            aer_deadline_ms: None,
         }],
         expect: Expect {
             exit_code: 0,

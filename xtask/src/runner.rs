@@ -100,6 +100,7 @@ pub fn qemu_args(s: &Scenario, gic: u8, images: &Images) -> Result<Vec<String>> 
                 pci_devices: vm.pci_devices.clone(),
                 pci_whole_units: vm.pci_whole_units,
                 pci_reset_methods: vm.pci_reset_methods.clone(),
+                aer_deadline_ms: vm.aer_deadline_ms,
             })
             .collect();
     let out = dtb::with_vms(&src, &nodes, Some("semihosting"))?;

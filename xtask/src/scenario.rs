@@ -82,6 +82,10 @@ pub struct Vm {
     /// Reset-method orders (`phv,pci-reset-methods`), "SSSS:BB:DD.F=flr,pm".
     #[serde(default)]
     pub pci_reset_methods: Vec<String>,
+    /// After a fatal AER error, how long the VM has to reset the function
+    /// before the hypervisor does (`phv,aer-deadline-ms`).
+    #[serde(default)]
+    pub aer_deadline_ms: Option<u32>,
 }
 
 impl Vm {

@@ -90,7 +90,7 @@ mod recovery;
 mod service;
 pub mod virtual_regs;
 
-pub use hwdom::HwdomAer;
+pub use hwdom::{HwdomAer, root_port_of};
 pub use recovery::{
     Recovery, RecoveryOutcome, RecoveryState, RecoveryTracker, ResetNeeded, recovery_functions,
 };
