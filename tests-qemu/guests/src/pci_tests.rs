@@ -149,6 +149,10 @@ pub(crate) struct Ecam {
 }
 
 impl Ecam {
+    /// The address of register `off` of `bus`/`df` in the window.
+    pub(crate) fn address(&self, bus: u8, df: u8, off: u16) -> u64 {
+        self.addr(bus, df, off)
+    }
     fn addr(&self, bus: u8, df: u8, off: u16) -> u64 {
         self.base
             + (u64::from(bus.wrapping_sub(self.bus_start)) << 20)
@@ -637,6 +641,11 @@ pub fn enumerate(env: &Env) -> ! {
         format_args!("drove {driven} devices of {want_driven}"),
     );
 
+    // `aer_device=ID aer_bus=N`: an AER error of our own device (QEMU id
+    // ID, on bus N) reaches us, and no guest.
+    if let Some(id) = env.bootargs.get("aer_device") {
+        crate::pci_aer::hwdom_own_error(&mut t, env, &mut ecam, tree, id);
+    }
     if env.bootargs.flag("recheck") {
         let marked = leave_markers(tree, given);
         println!("left markers in {marked} devices");

@@ -23,6 +23,7 @@ fn test_guest_main(env: Env) -> ! {
         Some("pci-reboot") => crate::pci_tests::pci_reboot(&env),
         Some("pci-bench") => crate::pci_bench::pci_bench(&env),
         Some("pci-intx") => crate::pci_intx::pci_intx(&env),
+        Some("pci-aer") => crate::pci_aer::pci_aer(&env),
         other => {
             let mut t = Test::new("guest");
             t.fail(format_args!(
