@@ -6,6 +6,7 @@ mod image;
 mod pcireport;
 mod prereq;
 mod qemu;
+mod qmp;
 mod runner;
 mod scenario;
 mod util;

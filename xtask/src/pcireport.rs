@@ -31,6 +31,7 @@ pub fn scenario(gic: u8, devices: &[String]) -> Scenario {
         timeout_s: 60,
         qemu_args,
         hypervisor: true,
+        qmp: false,
         vm: vec![Vm {
             label: "hwdom".into(),
             hardware_domain: true,

@@ -1,6 +1,6 @@
 //! Turning a scenario into a QEMU command line, and running it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::dtb::{self, VmNode};
@@ -124,18 +124,48 @@ pub fn qemu_args(s: &Scenario, gic: u8, images: &Images) -> Result<Vec<String>> 
     Ok(args)
 }
 
+/// The QMP socket of a run (`qmp = true`): `build/qmp/<scenario>-gic<N>.sock`.
+fn qmp_socket(run: &str) -> Result<PathBuf> {
+    let p = util::build_dir().join("qmp").join(format!("{run}.sock"));
+    // sun_path holds 108 bytes with the terminating NUL.
+    if p.as_os_str().len() >= 108 {
+        return Err(Error::Usage(format!(
+            "QMP socket path {} is too long for a Unix socket (move the checkout)",
+            p.display()
+        )));
+    }
+    Ok(p)
+}
+
+/// QEMU's arguments for a QMP server on `sock` that does not wait for us.
+pub fn qmp_args(sock: &Path) -> [String; 2] {
+    [
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", sock.display()),
+    ]
+}
+
 /// Run a scenario on one GIC version and check its expectations.
 pub fn run(s: &Scenario, gic: u8, images: &Images) -> Result<RunResult> {
     let name = format!("{}-gic{gic}", s.name);
     let log_path = util::build_dir().join("logs").join(format!("{name}.log"));
-    let args = qemu_args(s, gic, images)?;
+    let mut args = qemu_args(s, gic, images)?;
+    let qmp = if s.qmp {
+        let sock = qmp_socket(&name)?;
+        args.extend(qmp_args(&sock));
+        Some(sock)
+    } else {
+        None
+    };
     let o = qemu::run_captured(
         &args,
         Duration::from_secs(s.timeout_s),
         &log_path,
         &s.expect.absent,
+        qmp.as_deref(),
     )?;
     let mut problems = scenario::check(&s.expect, &o.log, o.exit_code);
+    problems.extend(o.problems);
     if o.timed_out {
         problems.insert(0, format!("timed out after {} s", s.timeout_s));
     }

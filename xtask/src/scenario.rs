@@ -48,6 +48,11 @@ pub struct Scenario {
     pub hypervisor: bool,
     #[serde(default)]
     pub vm: Vec<Vm>,
+    /// Run QEMU with a QMP socket: the guests' `phv-hmp: <command>` console
+    /// lines are sent to QEMU's monitor as they arrive (only
+    /// `pcie_aer_inject_error`), the replies logged as `xtask: hmp ...` lines.
+    #[serde(default)]
+    pub qmp: bool,
     pub expect: Expect,
     /// Set while the scenario cannot pass yet (e.g. the hypervisor side it
     /// tests has not landed): the reason. `cargo xtask test` reports it as
@@ -307,7 +312,7 @@ absent = ["PANIC"]
         let s = Scenario::parse("two", TWO).unwrap();
         assert_eq!(s.gic, vec![3]);
         assert_eq!((s.smp, s.memory_mib, s.timeout_s), (2, 1024, 10));
-        assert!(s.hypervisor);
+        assert!(s.hypervisor && !s.qmp);
         assert_eq!(s.vm[0].memory_base, Some(0x4800_0000));
         assert_eq!(s.vm[1].cpus, 1);
         assert_eq!(s.vm[0].full_bootargs(), "test=hello label=hwdom role=hwdom");
