@@ -1201,7 +1201,7 @@ pub fn pci_hostile(env: &Env) -> ! {
 
 /// Program BAR `k` of `f` (low dword; the high dword of a 64-bit BAR to 0).
 /// Like a driver after a reset: every memory BAR and Memory + Bus Master back.
-fn reprogram_after_reset(c: &mut Ecam, f: &Func) {
+pub(crate) fn reprogram_after_reset(c: &mut Ecam, f: &Func) {
     let cmd = c.read16(f.bus, f.devfn, COMMAND);
     for (k, b) in f.bars.iter().enumerate().filter(|(_, b)| b.is_mem()) {
         set_bar(c, f, k, b.addr);
