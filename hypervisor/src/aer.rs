@@ -72,6 +72,17 @@ impl Raises {
     }
 }
 
+/// Events waiting to be logged: the interrupt path formats nothing; the
+/// lines are written after the owner's EOI or by the PCI timer
+/// ([`flush_log`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingLog {
+    items: [Option<(AerEvent, Owner, pci::aer::RecoveryState)>; 8],
+    len: usize,
+    /// Events that found the queue full.
+    dropped: u32,
+}
+
 /// The hypervisor's AER state.
 #[derive(Debug)]
 pub struct AerState {
@@ -87,6 +98,7 @@ pub struct AerState {
     pub hwdom_vm: Option<u16>,
     /// Per VM index: its reset deadline after a fatal error (ns).
     pub deadlines: Vec<u64>,
+    pub pending_log: PendingLog,
 }
 
 impl Default for AerState {
@@ -100,6 +112,7 @@ impl Default for AerState {
             guest_lines: Vec::new(),
             hwdom_vm: None,
             deadlines: Vec::new(),
+            pending_log: PendingLog::default(),
         }
     }
 }
@@ -274,14 +287,35 @@ pub fn deliver<P: ConfigPort>(pci: &mut PciState<P>, event: &AerEvent, raises: &
     }
     let deadline = pci.aer.deadline_of(owner);
     let state = pci.aer.recovery.on_event_within(event, owner, deadline);
-    log::warn!(
-        "AER: {:?} error of {} (status {:#x}) for {:?}: {:?}",
-        event.severity,
-        event.source,
-        event.status(),
-        owner,
-        state
-    );
+    let q = &mut pci.aer.pending_log;
+    match q.items.get_mut(q.len) {
+        Some(slot) => {
+            *slot = Some((*event, owner, state));
+            q.len += 1;
+        }
+        None => q.dropped = q.dropped.saturating_add(1),
+    }
+}
+
+/// Write the log lines of the events delivered since the last call.
+pub fn flush_log<P>(pci: &mut PciState<P>) {
+    if pci.aer.pending_log.len == 0 && pci.aer.pending_log.dropped == 0 {
+        return;
+    }
+    let q = core::mem::take(&mut pci.aer.pending_log);
+    for (event, owner, state) in q.items.iter().take(q.len).flatten() {
+        log::warn!(
+            "AER: {:?} error of {} (status {:#x}) for {:?}: {:?}",
+            event.severity,
+            event.source,
+            event.status(),
+            owner,
+            state
+        );
+    }
+    if q.dropped > 0 {
+        log::warn!("AER: {} more events not logged", q.dropped);
+    }
 }
 
 /// After an EOI of `vintid` by `vm`, or a write of its virtual root ports:

@@ -16,7 +16,9 @@ use crate::smccc::{self, CallError, CpuOnError, HypercallHost, Outcome, PciCall,
 use crate::vuart::VirtualUart;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 use pci::ConfigPort;
 use platform::{ExitMethod, Platform, Region, VmConfig};
 use spin::{Mutex, Once};
@@ -664,6 +666,7 @@ impl HypercallHost for Caller<'_> {
         };
         let mut to_start = Vec::new();
         let mut pci = pci.lock();
+        crate::aer::flush_log(&mut pci);
         let result = crate::pci_calls::handle(&mut pci, who, &self.vm.name, call, &mut to_start);
         if let (PciCall::EnumerationDone { segment }, Ok(_)) = (call, result) {
             take_aer(&mut pci, segment);
@@ -869,7 +872,11 @@ fn pci_line_interrupt(pintid: u32) -> bool {
     if let Some(pci) = PCI.get() {
         let mut pci = pci.lock();
         if pci.aer.ports.iter().any(|p| p.pintid == Some(pintid)) {
-            crate::aer::service_line(&mut pci, pintid, now_ns(), &mut raises);
+            if crate::aer::service_line(&mut pci, pintid, now_ns(), &mut raises)
+                && let Some(at) = IRQ_AT.get(cpu::cpu_index())
+            {
+                AER_IRQ_AT.store(at.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
             arm_pci_timer(&pci);
         }
         let PciState {
@@ -883,6 +890,12 @@ fn pci_line_interrupt(pintid: u32) -> bool {
     raise_lines(&raises);
     true
 }
+
+/// Per CPU: the counter when the last interrupt from a lower EL reached EL2.
+static IRQ_AT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// When the last AER interrupt of a root port reached EL2 (logged at the
+/// owner's EOI, off the measured path; 0: none pending).
+static AER_IRQ_AT: AtomicU64 = AtomicU64::new(0);
 
 /// Raise virtual lines (outside the PCI lock: the vGIC takes its own).
 fn raise_lines(raises: &crate::aer::Raises) {
@@ -938,9 +951,14 @@ fn take_aer(pci: &mut PciState, segment: u16) {
 /// that line (unless it keeps their INTx disabled itself).
 pub fn intx_eoi(vm: usize, vintid: u32) {
     let Some(pci) = PCI.get() else { return };
+    let at = AER_IRQ_AT.swap(0, Ordering::Relaxed);
+    if at != 0 {
+        log::info!("AER: the root port interrupt ended by this EOI reached EL2 at counter {at}");
+    }
     let mut raises = crate::aer::Raises::default();
     {
         let mut pci = pci.lock();
+        crate::aer::flush_log(&mut pci);
         // A virtual root port whose AER status the handler did not clear
         // asserts its line again.
         crate::aer::resample(&mut pci, vm as u16, Some(vintid), &mut raises);
@@ -1502,6 +1520,7 @@ fn pci_timer(_ticks: u64) {
     let mut raises = crate::aer::Raises::default();
     {
         let mut pci = pci.lock();
+        crate::aer::flush_log(&mut pci);
         step_resets(&mut pci);
         let now = now_ns();
         for t in crate::aer::deadlines_passed(&mut pci, now, &mut raises) {
@@ -1706,6 +1725,10 @@ fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndro
 /// IRQ or FIQ while a vCPU ran: physical interrupts are the hypervisor's.
 #[unsafe(no_mangle)]
 extern "C" fn lower_el_irq(_frame: &mut TrapFrame) {
+    // For the AER figure: when the interrupt reached EL2.
+    if let Some(at) = IRQ_AT.get(cpu::cpu_index()) {
+        at.store(cpu::counter(), Ordering::Relaxed);
+    }
     let (vm, vcpu) = current();
     crate::irq::lower_el_irq(vm, vcpu);
 }

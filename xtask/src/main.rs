@@ -350,6 +350,35 @@ fn cmd_platform(file: &str) -> Result<ExitCode> {
     Ok(code)
 }
 
+/// The AER figure of a bench log: each guest line "aer: KIND: ... handler
+/// entry at counter E" paired with the hypervisor's last "reached EL2 at
+/// counter T" before it: (KIND, E - T).
+fn aer_latencies(log: &str) -> Vec<(String, u64)> {
+    let number_after = |line: &str, key: &str| -> Option<u64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse().ok()
+    };
+    let mut at_el2 = None;
+    let mut out = Vec::new();
+    for line in log.lines() {
+        if let Some(t) = number_after(line, "reached EL2 at counter ") {
+            at_el2 = Some(t);
+        } else if let (Some(e), Some(t)) = (number_after(line, "handler entry at counter "), at_el2)
+            && e > t
+        {
+            let kind = line
+                .split("aer: ")
+                .nth(1)
+                .and_then(|r| r.split(':').next())
+                .unwrap_or("?");
+            out.push((kind.to_string(), e - t));
+            at_el2 = None;
+        }
+    }
+    out
+}
+
 /// Benchmark suites. `hyp` (the hypervisor's own paths, timed in QEMU with
 /// `-icount shift=0` so figures repeat exactly) is the place for the next ones.
 fn cmd_bench(which: &str) -> Result<ExitCode> {
@@ -389,6 +418,8 @@ fn cmd_bench(which: &str) -> Result<ExitCode> {
             "bench-pci-intx",
             "bench-pci-sbr",
             "bench-pci-reset",
+            "bench-pci-aer",
+            "bench-pci-aer-ignored",
         ] {
             let s = scenario::load(name)?;
             for &gic in &s.gic {
@@ -401,6 +432,9 @@ fn cmd_bench(which: &str) -> Result<ExitCode> {
                 }) {
                     println!("  {line}");
                 }
+                for (what, n) in aer_latencies(&r.log) {
+                    println!("  AER {what}: root port interrupt at EL2 -> guest handler: {n}");
+                }
                 if !r.passed() {
                     eprintln!("xtask: {}: {}", r.name, r.problems.join("; "));
                     failed = true;
@@ -412,4 +446,20 @@ fn cmd_bench(which: &str) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn aer_latencies_pair_el2_and_guest_counters() {
+        let log = "phv: AER: the root port interrupt ended by this EOI reached EL2 at counter 1000\n\
+                   [guest] aer: correctable: Root Error Status 0x1, handler entry at counter 1900\n\
+                   [guest] aer: non-fatal: Root Error Status 0x24, handler entry at counter 5000\n\
+                   phv: AER: the root port interrupt ended by this EOI reached EL2 at counter 6000\n\
+                   [guest] aer: fatal: Root Error Status 0x54, handler entry at counter 6850\n";
+        assert_eq!(
+            super::aer_latencies(log),
+            [("correctable".to_string(), 900), ("fatal".to_string(), 850)]
+        );
+    }
 }
