@@ -99,6 +99,8 @@ pub struct AerState {
     /// Per VM index: its reset deadline after a fatal error (ns).
     pub deadlines: Vec<u64>,
     pub pending_log: PendingLog,
+    /// The reports of the port being serviced (kept: no copy per interrupt).
+    pub reports: pci::aer::Reports,
 }
 
 impl Default for AerState {
@@ -113,6 +115,7 @@ impl Default for AerState {
             hwdom_vm: None,
             deadlines: Vec::new(),
             pending_log: PendingLog::default(),
+            reports: pci::aer::Reports::new(),
         }
     }
 }
@@ -223,20 +226,31 @@ pub fn service_line<P: ConfigPort>(
         if port.pintid != Some(pintid) {
             continue;
         }
-        let Ok(reports) = pci
-            .aer
+        let aer = &mut pci.aer;
+        if aer
             .service
-            .service(&pci.topology, &mut pci.port, port.bdf, now_ns)
-        else {
+            .service_into(
+                &pci.topology,
+                &mut pci.port,
+                port.bdf,
+                now_ns,
+                &mut aer.reports,
+            )
+            .is_err()
+        {
             continue;
-        };
-        if reports.root_status == u32::MAX || reports.root_status & 0xf == 0 {
+        }
+        let root_status = aer.reports.root_status;
+        if root_status == u32::MAX || root_status & 0xf == 0 {
             continue;
         }
         claimed = true;
-        for report in reports.iter() {
-            match *report {
-                AerReport::Event(event) => deliver(pci, &event, raises),
+        for k in 0..pci.aer.reports.len() {
+            let Some(report) = pci.aer.reports.get(k).copied() else {
+                break;
+            };
+            match report {
+                AerReport::Event(ref event) => deliver(pci, event, raises),
                 AerReport::StormMasked {
                     source,
                     severity,

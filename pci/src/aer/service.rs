@@ -56,8 +56,14 @@ pub struct Reports {
     pub suppressed: u32,
 }
 
+impl Default for Reports {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Reports {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             items: [None; MAX_REPORTS],
             len: 0,
@@ -76,6 +82,23 @@ impl Reports {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Empties the list (the slots are overwritten as reports come).
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.root_status = 0;
+        self.source_id = 0;
+        self.suppressed = 0;
+    }
+
+    /// The `i`th report.
+    pub fn get(&self, i: usize) -> Option<&AerReport> {
+        if i < self.len {
+            self.items.get(i)?.as_ref()
+        } else {
+            None
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -250,12 +273,27 @@ impl RootPortService {
         root_port: Bdf,
         now_ns: u64,
     ) -> Result<Reports, AerError> {
-        let aer = Self::check_port(topo, root_port)?;
         let mut out = Reports::new();
+        self.service_into(topo, port, root_port, now_ns, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::service`] into reports the caller keeps (cleared first): the
+    /// interrupt path then copies nothing large.
+    pub fn service_into<P: ConfigPort + ?Sized>(
+        &mut self,
+        topo: &Topology,
+        port: &mut P,
+        root_port: Bdf,
+        now_ns: u64,
+        out: &mut Reports,
+    ) -> Result<(), AerError> {
+        let aer = Self::check_port(topo, root_port)?;
+        out.clear();
         let st = port.read32(root_port, aer + AER_ROOT_STATUS);
         out.root_status = st;
         if st == u32::MAX || st & 0xf == 0 {
-            return Ok(out);
+            return Ok(());
         }
         let id = port.read32(root_port, aer + AER_ERROR_SOURCE);
         out.source_id = id;
@@ -267,17 +305,15 @@ impl RootPortService {
         if st & AER_ROOT_STATUS_COR != 0 {
             let multi = st & AER_ROOT_STATUS_MULTI_COR != 0;
             self.class(
-                topo, port, root_port, id as u16, multi, true, st, now_ns, &mut out,
+                topo, port, root_port, id as u16, multi, true, st, now_ns, out,
             );
         }
         if st & AER_ROOT_STATUS_UNCOR != 0 {
             let multi = st & AER_ROOT_STATUS_MULTI_UNCOR != 0;
             let sid = (id >> 16) as u16;
-            self.class(
-                topo, port, root_port, sid, multi, false, st, now_ns, &mut out,
-            );
+            self.class(topo, port, root_port, sid, multi, false, st, now_ns, out);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Whether `bdf` is the port or below it.
