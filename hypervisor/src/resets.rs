@@ -155,6 +155,40 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
     (finished, next)
 }
 
+/// Quarantine every function of `segment` that no reset method can reset
+/// (its method list is empty): it is never handed to a guest (the
+/// assignment checks the quarantine) and stays with the hardware domain.
+/// Bridges are never handed out and are skipped. Returns the functions
+/// newly quarantined, in address order, for the caller to log.
+pub fn quarantine_unresettable<P>(pci: &mut PciState<P>, segment: u16) -> Vec<Bdf> {
+    let PciState {
+        topology,
+        quarantine,
+        ..
+    } = pci;
+    let mut added = Vec::new();
+    for (bdf, f) in topology.functions() {
+        if bdf.segment != segment || f.kind.is_bridge() {
+            continue;
+        }
+        let none = topology
+            .reset_methods(bdf)
+            .map_or(true, |m| m.as_slice().is_empty());
+        if none && quarantine.add(bdf, QuarantineReason::NoResetMethod) {
+            added.push(bdf);
+        }
+    }
+    added
+}
+
+/// The name of a quarantine reason in logs and the PCI report.
+pub fn quarantine_name(reason: QuarantineReason) -> &'static str {
+    match reason {
+        QuarantineReason::NoResetMethod => "no-reset-method",
+        QuarantineReason::NotReady => "not-ready",
+    }
+}
+
 /// What an owner's config read of `bdf` returns while a reset covers it
 /// (`None`: not masked, access the function).
 pub fn masked_read<P>(pci: &PciState<P>, bdf: Bdf, reg: u16, width: u16) -> Option<u32> {
@@ -282,6 +316,48 @@ mod tests {
         assert!(!masks(&pci, nvme));
         assert_eq!(pci.port.read32(nvme, 0x10), bar0, "BAR restored");
         assert_eq!(pci.port.read16(nvme, 0x04), cmd, "Command restored");
+    }
+
+    #[test]
+    fn functions_no_method_can_reset_are_quarantined_at_enumeration() {
+        // A root port with an nvme, and a device on the root bus with no
+        // FLR, no PM and no bridge above it (like QEMU's pci-testdev).
+        let mut fabric = Fabric::new().with_root_complex(
+            0,
+            0,
+            &[
+                (
+                    devfn(1, 0),
+                    Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+                ),
+                (devfn(5, 0), Spec::conventional(0x1b36, 0x0005).pm(None)),
+            ],
+        );
+        let found = fabric.enumerate();
+        let window = EcamWindow {
+            segment: 0,
+            bus_start: 0,
+            bus_end: 255,
+        };
+        let mut pci = PciState::new(std::vec![window], fabric);
+        for b in &found {
+            pci.topology.report_add(*b, &mut pci.port).unwrap();
+        }
+        let testdev = Bdf::new(0, 0, 5, 0);
+        // The root port has no method either, but bridges are never given.
+        assert_eq!(quarantine_unresettable(&mut pci, 0), std::vec![testdev]);
+        assert_eq!(
+            pci.quarantine.reason(testdev),
+            Some(QuarantineReason::NoResetMethod)
+        );
+        assert_eq!(
+            quarantine_name(QuarantineReason::NoResetMethod),
+            "no-reset-method"
+        );
+        // Reported once: a second enumeration adds nothing new.
+        assert!(quarantine_unresettable(&mut pci, 0).is_empty());
+        assert!(quarantine_unresettable(&mut pci, 1).is_empty());
+        assert_eq!(pci.quarantine.len(), 1);
     }
 
     #[test]
