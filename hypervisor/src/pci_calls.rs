@@ -71,6 +71,11 @@ pub fn handle<P: ConfigPort>(
         PciCall::ResetInfo { .. } | PciCall::Reset { .. } | PciCall::ResetReserve { .. } => {
             Err(DENIED)
         }
+        // Reads BAR memory: the shell calls `crate::msix::inspect` instead.
+        PciCall::MsixEntry { .. } => Err(CallError {
+            status: smccc::NOT_SUPPORTED,
+            reason: 0,
+        }),
         PciCall::SetResetMethods {
             segment,
             rid,

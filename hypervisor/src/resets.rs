@@ -10,8 +10,7 @@
 use crate::pci_host::PciState;
 use alloc::vec::Vec;
 use pci::reset_engine::{
-    EngineError, Hw, NoShadow, QuarantineReason, ResetJob, ResetOutcome, SavedState, Step,
-    narrowest_reset,
+    EngineError, Hw, QuarantineReason, ResetJob, ResetOutcome, SavedState, Step, narrowest_reset,
 };
 use pci::vpci::MemoryPort;
 use pci::{Bdf, ConfigPort, ResetAction, ResetMethod};
@@ -100,11 +99,21 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
         topology,
         resets,
         quarantine,
+        guests,
         ..
     } = pci;
     let mut hw = Hw {
         config: port,
         memory: mem,
+    };
+    // The MSI-X tables come back as the hypervisor last wrote them for the
+    // guests (a reset a guest asked for cleared that record with its
+    // virtual state); functions without such a record get the table the
+    // engine captured before the reset.
+    let shadow = |bdf: Bdf, entry: u16| {
+        guests
+            .iter()
+            .find_map(|(_, bus)| bus.msix_programmed(bdf, entry))
     };
     let mut i = 0;
     while i < resets.len() {
@@ -114,11 +123,11 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
             continue;
         }
         // Steps with a deadline already passed are taken at once.
-        let mut step = r.job.step(topology, &mut hw, &NoShadow, now_ns);
+        let mut step = r.job.step(topology, &mut hw, &shadow, now_ns);
         for _ in 0..8 {
             match step {
                 Step::Wait { until_ns } if until_ns <= now_ns => {
-                    step = r.job.step(topology, &mut hw, &NoShadow, now_ns)
+                    step = r.job.step(topology, &mut hw, &shadow, now_ns)
                 }
                 _ => break,
             }
