@@ -29,6 +29,7 @@ mod intx;
 mod irq;
 mod memory;
 mod mmio;
+mod msix;
 mod pci_calls;
 mod pci_host;
 mod pci_report;

@@ -71,6 +71,11 @@ pub fn handle<P: ConfigPort>(
         PciCall::ResetInfo { .. } | PciCall::Reset { .. } | PciCall::ResetReserve { .. } => {
             Err(DENIED)
         }
+        // Reads BAR memory: the shell calls `crate::msix::inspect` instead.
+        PciCall::MsixEntry { .. } => Err(CallError {
+            status: smccc::NOT_SUPPORTED,
+            reason: 0,
+        }),
         PciCall::SetResetMethods {
             segment,
             rid,
@@ -338,8 +343,13 @@ fn log_tree<P: ConfigPort>(pci: &mut PciState<P>, segment: u16) -> (u64, u64, u6
             log::info!("  unit {:?}: {:?}", unit.id.0, unit.members);
         }
     }
+    // A function no method can reset is never handed out (logged once).
+    for b in crate::resets::quarantine_unresettable(pci, segment) {
+        log::warn!("{b}: no reset method can reset it: quarantined (never given to a guest)");
+    }
     // Machine-readable copy for `cargo xtask pci-report`.
-    for line in crate::pci_report::lines(&mut pci.topology, &mut pci.port, segment) {
+    for line in crate::pci_report::lines(&mut pci.topology, &mut pci.port, &pci.quarantine, segment)
+    {
         log::info!("pci-json {line}");
     }
     (functions.len() as u64, count, orphans)

@@ -9,9 +9,11 @@
 //! {"type":"function","bdf":"0000:01:00.0","vendor":"1b36","device":"0010",
 //!  "class":"010802","header_type":0,"multifunction":false,"kind":"endpoint",
 //!  "parent":"0000:00:01.0","unit":"0000:01:00.0",
-//!  "reset_methods":[{"method":"flr","scope":["0000:01:00.0"]},...]}
+//!  "reset_methods":[{"method":"flr","scope":["0000:01:00.0"]},...],
+//!  "quarantine":null}
 //! {"type":"unit","id":"0000:04:00.0","members":["0000:04:00.0",...]}
-//! {"type":"end","segment":"0000","functions":18,"units":13,"orphans":0}
+//! {"type":"end","segment":"0000","functions":18,"units":13,"orphans":0,
+//!  "quarantined":1}
 //! ```
 //!
 //! `parent` is `null` on the root bus. `kind` is the function's
@@ -20,12 +22,17 @@
 //! with the functions it would reset (`reset_scope`); a method whose scope
 //! cannot be computed has `"scope":null` and an `"error"`. Functions and
 //! units are in address order; the `end` line closes the segment's report.
+//! `quarantine` is `null`, or why the function is never handed to a guest:
+//! `"no-reset-method"` (no method can reset it; decided at enumeration) or
+//! `"not-ready"` (it did not come back after a reset); `quarantined` counts
+//! the segment's quarantined functions.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
+use pci::reset_engine::Quarantine;
 use pci::{Bdf, ConfigPort, FunctionKind, Topology};
 
 /// Name of a function kind in the report.
@@ -62,6 +69,7 @@ fn bdf_list(out: &mut String, list: &[Bdf]) {
 pub fn function_line<P: ConfigPort + ?Sized>(
     topo: &mut Topology,
     port: &mut P,
+    quarantine: &Quarantine,
     bdf: Bdf,
 ) -> Option<String> {
     let f = topo.function(bdf)?.clone();
@@ -108,11 +116,21 @@ pub fn function_line<P: ConfigPort + ?Sized>(
                 }
                 s.push('}');
             }
-            s.push_str("]}");
+            s.push(']');
         }
         Err(e) => {
-            let _ = write!(s, "],\"reset_error\":\"{}\"}}", escape(&format!("{e}")));
+            let _ = write!(s, "],\"reset_error\":\"{}\"", escape(&format!("{e}")));
         }
+    }
+    match quarantine.reason(bdf) {
+        Some(r) => {
+            let _ = write!(
+                s,
+                ",\"quarantine\":\"{}\"}}",
+                crate::resets::quarantine_name(r)
+            );
+        }
+        None => s.push_str(",\"quarantine\":null}"),
     }
     Some(s)
 }
@@ -137,6 +155,7 @@ fn escape(text: &str) -> String {
 pub fn lines<P: ConfigPort + ?Sized>(
     topo: &mut Topology,
     port: &mut P,
+    quarantine: &Quarantine,
     segment: u16,
 ) -> Vec<String> {
     let bdfs: Vec<Bdf> = topo
@@ -146,7 +165,7 @@ pub fn lines<P: ConfigPort + ?Sized>(
         .collect();
     let mut out: Vec<String> = bdfs
         .iter()
-        .filter_map(|&b| function_line(topo, port, b))
+        .filter_map(|&b| function_line(topo, port, quarantine, b))
         .collect();
     let mut units = 0;
     for unit in topo.units().iter() {
@@ -159,8 +178,9 @@ pub fn lines<P: ConfigPort + ?Sized>(
         }
     }
     let orphans = topo.orphans().filter(|b| b.segment == segment).count();
+    let quarantined = bdfs.iter().filter(|&&b| quarantine.contains(b)).count();
     out.push(format!(
-        "{{\"type\":\"end\",\"segment\":\"{segment:04x}\",\"functions\":{},\"units\":{units},\"orphans\":{orphans}}}",
+        "{{\"type\":\"end\",\"segment\":\"{segment:04x}\",\"functions\":{},\"units\":{units},\"orphans\":{orphans},\"quarantined\":{quarantined}}}",
         bdfs.len()
     ));
     out
@@ -191,6 +211,9 @@ mod tests {
                             .child(2, 0, Spec::qemu_e1000e()),
                     ),
                 ),
+                // Like QEMU's pci-testdev on the root bus: no FLR, no PM,
+                // no bridge above it to reset.
+                (devfn(5, 0), Spec::conventional(0x1b36, 0x0005).pm(None)),
             ],
         );
         let found = fabric.enumerate();
@@ -209,7 +232,12 @@ mod tests {
     fn lines_name_every_function_unit_and_reset() {
         let (mut topo, mut fabric) = tracked();
         let n = topo.len();
-        let out = lines(&mut topo, &mut fabric, 0);
+        let mut q = Quarantine::new();
+        q.add(
+            Bdf::new(0, 0, 5, 0),
+            pci::reset_engine::QuarantineReason::NoResetMethod,
+        );
+        let out = lines(&mut topo, &mut fabric, &q, 0);
         let functions: Vec<&String> = out
             .iter()
             .filter(|l| l.starts_with("{\"type\":\"function\""))
@@ -240,6 +268,15 @@ mod tests {
             .unwrap();
         assert!(rp.contains("\"parent\":null") && rp.contains("\"header_type\":1"));
         assert!(rp.contains("\"kind\":\"root-port\""));
+        assert!(rp.ends_with(",\"quarantine\":null}"), "{rp}");
+        let testdev = functions
+            .iter()
+            .find(|l| l.contains("\"bdf\":\"0000:00:05.0\""))
+            .unwrap();
+        assert!(
+            testdev.ends_with("\"reset_methods\":[],\"quarantine\":\"no-reset-method\"}"),
+            "{testdev}"
+        );
         // The conventional devices behind the PCIe-to-PCI bridge share a unit
         // with it (DMA aliasing).
         let unit_lines: Vec<&String> = out
@@ -257,7 +294,7 @@ mod tests {
         assert_eq!(
             out.last().unwrap().as_str(),
             format!(
-                "{{\"type\":\"end\",\"segment\":\"0000\",\"functions\":{n},\"units\":{},\"orphans\":0}}",
+                "{{\"type\":\"end\",\"segment\":\"0000\",\"functions\":{n},\"units\":{},\"orphans\":0,\"quarantined\":1}}",
                 unit_lines.len()
             )
         );
@@ -269,7 +306,7 @@ mod tests {
             assert!(!l.chars().any(|c| c.is_control()));
         }
         assert!(
-            lines(&mut topo, &mut fabric, 1).len() == 1,
+            lines(&mut topo, &mut fabric, &q, 1).len() == 1,
             "other segment: end only"
         );
     }

@@ -10,8 +10,7 @@
 use crate::pci_host::PciState;
 use alloc::vec::Vec;
 use pci::reset_engine::{
-    EngineError, Hw, NoShadow, QuarantineReason, ResetJob, ResetOutcome, SavedState, Step,
-    narrowest_reset,
+    EngineError, Hw, QuarantineReason, ResetJob, ResetOutcome, SavedState, Step, narrowest_reset,
 };
 use pci::vpci::MemoryPort;
 use pci::{Bdf, ConfigPort, ResetAction, ResetMethod};
@@ -100,11 +99,21 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
         topology,
         resets,
         quarantine,
+        guests,
         ..
     } = pci;
     let mut hw = Hw {
         config: port,
         memory: mem,
+    };
+    // The MSI-X tables come back as the hypervisor last wrote them for the
+    // guests (a reset a guest asked for cleared that record with its
+    // virtual state); functions without such a record get the table the
+    // engine captured before the reset.
+    let shadow = |bdf: Bdf, entry: u16| {
+        guests
+            .iter()
+            .find_map(|(_, bus)| bus.msix_programmed(bdf, entry))
     };
     let mut i = 0;
     while i < resets.len() {
@@ -114,11 +123,11 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
             continue;
         }
         // Steps with a deadline already passed are taken at once.
-        let mut step = r.job.step(topology, &mut hw, &NoShadow, now_ns);
+        let mut step = r.job.step(topology, &mut hw, &shadow, now_ns);
         for _ in 0..8 {
             match step {
                 Step::Wait { until_ns } if until_ns <= now_ns => {
-                    step = r.job.step(topology, &mut hw, &NoShadow, now_ns)
+                    step = r.job.step(topology, &mut hw, &shadow, now_ns)
                 }
                 _ => break,
             }
@@ -153,6 +162,40 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
     }
     let next = resets.iter().map(|r| r.next_ns).min();
     (finished, next)
+}
+
+/// Quarantine every function of `segment` that no reset method can reset
+/// (its method list is empty): it is never handed to a guest (the
+/// assignment checks the quarantine) and stays with the hardware domain.
+/// Bridges are never handed out and are skipped. Returns the functions
+/// newly quarantined, in address order, for the caller to log.
+pub fn quarantine_unresettable<P>(pci: &mut PciState<P>, segment: u16) -> Vec<Bdf> {
+    let PciState {
+        topology,
+        quarantine,
+        ..
+    } = pci;
+    let mut added = Vec::new();
+    for (bdf, f) in topology.functions() {
+        if bdf.segment != segment || f.kind.is_bridge() {
+            continue;
+        }
+        let none = topology
+            .reset_methods(bdf)
+            .map_or(true, |m| m.as_slice().is_empty());
+        if none && quarantine.add(bdf, QuarantineReason::NoResetMethod) {
+            added.push(bdf);
+        }
+    }
+    added
+}
+
+/// The name of a quarantine reason in logs and the PCI report.
+pub fn quarantine_name(reason: QuarantineReason) -> &'static str {
+    match reason {
+        QuarantineReason::NoResetMethod => "no-reset-method",
+        QuarantineReason::NotReady => "not-ready",
+    }
 }
 
 /// What an owner's config read of `bdf` returns while a reset covers it
@@ -282,6 +325,48 @@ mod tests {
         assert!(!masks(&pci, nvme));
         assert_eq!(pci.port.read32(nvme, 0x10), bar0, "BAR restored");
         assert_eq!(pci.port.read16(nvme, 0x04), cmd, "Command restored");
+    }
+
+    #[test]
+    fn functions_no_method_can_reset_are_quarantined_at_enumeration() {
+        // A root port with an nvme, and a device on the root bus with no
+        // FLR, no PM and no bridge above it (like QEMU's pci-testdev).
+        let mut fabric = Fabric::new().with_root_complex(
+            0,
+            0,
+            &[
+                (
+                    devfn(1, 0),
+                    Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
+                ),
+                (devfn(5, 0), Spec::conventional(0x1b36, 0x0005).pm(None)),
+            ],
+        );
+        let found = fabric.enumerate();
+        let window = EcamWindow {
+            segment: 0,
+            bus_start: 0,
+            bus_end: 255,
+        };
+        let mut pci = PciState::new(std::vec![window], fabric);
+        for b in &found {
+            pci.topology.report_add(*b, &mut pci.port).unwrap();
+        }
+        let testdev = Bdf::new(0, 0, 5, 0);
+        // The root port has no method either, but bridges are never given.
+        assert_eq!(quarantine_unresettable(&mut pci, 0), std::vec![testdev]);
+        assert_eq!(
+            pci.quarantine.reason(testdev),
+            Some(QuarantineReason::NoResetMethod)
+        );
+        assert_eq!(
+            quarantine_name(QuarantineReason::NoResetMethod),
+            "no-reset-method"
+        );
+        // Reported once: a second enumeration adds nothing new.
+        assert!(quarantine_unresettable(&mut pci, 0).is_empty());
+        assert!(quarantine_unresettable(&mut pci, 1).is_empty());
+        assert_eq!(pci.quarantine.len(), 1);
     }
 
     #[test]

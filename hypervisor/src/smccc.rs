@@ -71,8 +71,12 @@ pub mod vendor {
     /// hwdom: the reset methods of a function, in order (x3: method codes,
     /// 4 bits each, lowest first, 0 ends; x3 = 0: back to the probed order).
     pub const PCI_SET_RESET_METHODS: u32 = 0xC600_0023;
+    /// hwdom: entry x3 of the physical MSI-X table of (x1, x2), read from
+    /// the device: x1 = address (high << 32 | low), x2 = data, x3 = vector
+    /// control.
+    pub const PCI_MSIX_ENTRY: u32 = 0xC600_0024;
     /// Calls in the service, excluding the generic queries.
-    pub const COUNT: u64 = 10;
+    pub const COUNT: u64 = 11;
     /// Most bytes one CONSOLE_WRITE carries (x2..x7).
     pub const CONSOLE_WRITE_MAX: usize = 48;
     /// UUID 7b3c9a1e-5d42-4f0b-9e61-2c8d0a4f1b37 as four little-endian words.
@@ -133,6 +137,11 @@ pub enum PciCall {
         segment: u16,
         rid: u16,
         methods: u64,
+    },
+    MsixEntry {
+        segment: u16,
+        rid: u16,
+        entry: u64,
     },
 }
 
@@ -287,7 +296,8 @@ fn vendor_call(host: &mut dyn HypercallHost, id: u32, regs: &[u64; 8]) -> Outcom
         | vendor::PCI_RESET_INFO
         | vendor::PCI_RESET
         | vendor::PCI_RESET_RESERVE
-        | vendor::PCI_SET_RESET_METHODS => {
+        | vendor::PCI_SET_RESET_METHODS
+        | vendor::PCI_MSIX_ENTRY => {
             let (Ok(segment), Ok(rid)) = (u16::try_from(regs[1]), u16::try_from(regs[2])) else {
                 return ret(INVALID_PARAMETER);
             };
@@ -306,6 +316,11 @@ fn vendor_call(host: &mut dyn HypercallHost, id: u32, regs: &[u64; 8]) -> Outcom
                     segment,
                     rid,
                     methods: regs[3],
+                },
+                vendor::PCI_MSIX_ENTRY => PciCall::MsixEntry {
+                    segment,
+                    rid,
+                    entry: regs[3],
                 },
                 _ => PciCall::EnumerationDone { segment },
             };

@@ -667,6 +667,17 @@ impl HypercallHost for Caller<'_> {
         let mut to_start = Vec::new();
         let mut pci = pci.lock();
         crate::aer::flush_log(&mut pci);
+        if let PciCall::MsixEntry { .. } = call {
+            let windows = |pa: u64, len: u64| {
+                self.vm.mmio.regions().any(|r| {
+                    r.device == MmioDevice::HwdomPciWindow
+                        && pa >= r.base
+                        && pa.saturating_add(len) <= r.base.saturating_add(r.size)
+                })
+            };
+            let mem = &mut pci_host::BarMemory;
+            return crate::msix::inspect(&mut pci, mem, who.hwdom, &self.vm.name, call, windows);
+        }
         let result = crate::pci_calls::handle(&mut pci, who, &self.vm.name, call, &mut to_start);
         if let (PciCall::EnumerationDone { segment }, Ok(_)) = (call, result) {
             take_aer(&mut pci, segment);
@@ -1668,7 +1679,10 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
             Effect::Unmap { ipa, size } => {
                 let _ = vm.stage2.lock().unmap(ipa, size);
             }
-            Effect::TrapMsix { .. } | Effect::MsixEntry { .. } | Effect::MsixControl { .. } => {}
+            Effect::TrapMsix { .. } => {}
+            Effect::MsixEntry { physical, .. } | Effect::MsixControl { physical, .. } => {
+                guest_msix_commit(vm, physical)
+            }
             Effect::BarRefused {
                 vbdf,
                 bar,
@@ -1693,6 +1707,30 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
                 }
             }
         }
+    }
+}
+
+/// A guest's MSI-X access: its physical table follows its shadow where it
+/// is used; a table lost to a reset the hypervisor did not do is rewritten
+/// and logged (seed 001).
+fn guest_msix_commit(vm: &Vm, physical: pci::Bdf) {
+    let Some(pci) = PCI.get() else {
+        return;
+    };
+    let done = crate::msix::commit(
+        &mut pci.lock(),
+        &mut pci_host::BarMemory,
+        vm.index,
+        physical,
+    );
+    if let Some(c) = done.filter(|c| c.repaired != 0)
+        && vm.log_fault()
+    {
+        log::warn!(
+            "{}: MSI-X table of {physical} lost behind the hypervisor's back (device reset?): {} entries rewritten",
+            vm.name,
+            c.repaired
+        );
     }
 }
 

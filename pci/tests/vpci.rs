@@ -825,6 +825,102 @@ fn msix_table_is_shadowed_and_pages_trapped() {
     assert_eq!(g.msix_read(fab, entry, 4), None, "unmapped with Memory off");
 }
 
+/// What the shell does after a guest access: commit the MSI-X table of
+/// every function an MSI-X effect names (hardware as it is: no reset runs).
+fn commit_msix(g: &mut GuestBus, fab: &mut Fabric, e: &Effects) -> MsixCommit {
+    let mut total = MsixCommit::default();
+    for eff in e.iter() {
+        if let Effect::MsixControl { physical, .. } | Effect::MsixEntry { physical, .. } = *eff {
+            let c = g.msix_commit(fab, physical, true).unwrap();
+            total.updated += c.updated;
+            total.repaired += c.repaired;
+        }
+    }
+    total
+}
+
+#[test]
+fn msix_table_is_written_when_used_and_a_backdoor_reset_is_repaired() {
+    let (mut w, mut g, _) = guest();
+    let fab = &mut w.fab;
+    program_root_ports(&mut g, fab);
+    let nvme = off(1, 0, 0, 0);
+    let phys = b("01:00.0");
+    let mut e = Effects::new();
+    g.config_write(fab, nvme + 0x10, 4, 0, &mut e);
+    g.config_write(fab, nvme + 0x14, 4, 0x80, &mut e);
+    g.config_write(fab, nvme + 4, 2, COMMAND_MEMORY as u32, &mut e);
+    let base = 0x80_0000_0000u64;
+    let caps = guest_caps(&mut g, fab, 1, 0);
+    let msix = nvme + caps.iter().find(|c| c.0 == CAP_ID_MSIX).unwrap().1 as u64 + 2;
+    let reset_entry = [0, 0, 0, MSIX_ENTRY_VECTOR_CTRL_MASKED];
+    // Linux: Enable + Function Mask, program two vectors, unmask vector 0
+    // only, clear the Function Mask.
+    e.clear();
+    g.config_write(fab, msix, 2, 0xc000, &mut e);
+    for (i, data) in [(0u64, 0x40u64), (1, 0x41)] {
+        assert!(g.msix_write(fab, base + 16 * i, 8, 0x0800_0040, &mut e));
+        assert!(g.msix_write(fab, base + 16 * i + 8, 4, data, &mut e));
+    }
+    assert!(g.msix_write(fab, base + 12, 4, 0, &mut e));
+    assert_eq!(commit_msix(&mut g, fab, &e), MsixCommit::default());
+    assert_eq!(
+        fab.msix_entry(phys, 0),
+        Some(reset_entry),
+        "function masked: unused"
+    );
+    e.clear();
+    g.config_write(fab, msix, 2, 0x8000, &mut e);
+    let c = commit_msix(&mut g, fab, &e);
+    assert_eq!((c.updated, c.repaired), (1, 0));
+    assert_eq!(fab.msix_entry(phys, 0), Some([0x0800_0040, 0, 0x40, 0]));
+    assert_eq!(fab.msix_entry(phys, 1), Some(reset_entry), "still masked");
+    assert_eq!(g.msix_programmed(phys, 0), Some([0x0800_0040, 0, 0x40, 0]));
+    // Nothing changed: nothing written, nothing lost.
+    e.clear();
+    g.config_write(fab, msix, 2, 0x8000, &mut e);
+    assert!(g.msix_write(fab, base + 12, 4, 0, &mut e));
+    assert_eq!(commit_msix(&mut g, fab, &e), MsixCommit::default());
+
+    // The device resets itself (seed 001): its table is gone, the
+    // hypervisor did not see it happen.
+    assert!(fab.backdoor_msix_reset(phys));
+    assert_eq!(fab.msix_entry(phys, 0), Some(reset_entry));
+    // The guest unmasks vector 1: the loss is found, the table rewritten
+    // from what the hypervisor wrote, and vector 1 written too.
+    e.clear();
+    assert!(g.msix_write(fab, base + 16 + 12, 4, 0, &mut e));
+    let c = commit_msix(&mut g, fab, &e);
+    assert_eq!((c.updated, c.repaired), (1, 65), "{c:?}");
+    assert_eq!(fab.msix_entry(phys, 0), Some([0x0800_0040, 0, 0x40, 0]));
+    assert_eq!(fab.msix_entry(phys, 1), Some([0x0800_0040, 0, 0x41, 0]));
+    assert_eq!(fab.msix_entry(phys, 2), Some(reset_entry));
+    // The guest masks vector 0 again: its physical mask bit follows.
+    e.clear();
+    assert!(g.msix_write(fab, base + 12, 4, 1, &mut e));
+    assert_eq!(commit_msix(&mut g, fab, &e), MsixCommit::default());
+    assert_eq!(fab.msix_entry(phys, 0), Some([0x0800_0040, 0, 0x40, 1]));
+
+    // While a reset runs the shell commits without hardware: the record
+    // changes (for the reset engine to restore), the device is untouched.
+    assert!(g.msix_write(fab, base + 8, 4, 0x50, &mut e));
+    assert!(g.msix_write(fab, base + 12, 4, 0, &mut e));
+    let c = g.msix_commit(fab, phys, false).unwrap();
+    assert_eq!((c.updated, c.repaired), (1, 0));
+    assert_eq!(fab.msix_entry(phys, 0), Some([0x0800_0040, 0, 0x40, 1]));
+    assert_eq!(g.msix_programmed(phys, 0), Some([0x0800_0040, 0, 0x50, 0]));
+    // A reset the guest asks for (FLR) clears the record with the table.
+    e.clear();
+    let devctl = nvme + caps.iter().find(|c| c.0 == CAP_ID_PCIE).unwrap().1 as u64 + 8;
+    g.config_write(fab, devctl, 2, PCIE_DEVCTL_BCR_FLR as u32, &mut e);
+    assert_eq!(g.msix_programmed(phys, 0), None);
+    assert_eq!(
+        g.msix_commit(fab, b("03:00.0"), true),
+        None,
+        "not the guest's"
+    );
+}
+
 #[test]
 fn flr_and_sbr_are_effects_and_reset_the_virtual_state() {
     let (mut w, mut g, _) = guest();

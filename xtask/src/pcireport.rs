@@ -55,7 +55,11 @@ pub fn scenario(gic: u8, devices: &[String]) -> Scenario {
     }
 }
 
-/// Assemble the report from a console log.
+/// Assemble the report from a console log: `{"segments":[{"segment",
+/// "orphans", "functions", "units", "quarantine"}]}`. Each function keeps
+/// its `quarantine` (null, or why it is never handed to a guest:
+/// `no-reset-method`, `not-ready`); a segment's `quarantine` lists those
+/// functions as `{"bdf","reason"}`.
 ///
 /// Errors when there is no `pci-json` line, a line is not a JSON object,
 /// or a segment's `end` line disagrees with the lines before it.
@@ -92,11 +96,32 @@ pub fn assemble(log: &str) -> Result<Value, String> {
                         units.len()
                     ));
                 }
+                // Functions never handed to a guest, and why.
+                let quarantine: Vec<Value> = functions
+                    .iter()
+                    .filter_map(|f| {
+                        let reason = f.get("quarantine").filter(|r| !r.is_null())?;
+                        Some(json!({
+                            "bdf": f.get("bdf").cloned().unwrap_or(Value::Null),
+                            "reason": reason.clone(),
+                        }))
+                    })
+                    .collect();
+                if let Some(q) = count("quarantined")
+                    && q != quarantine.len() as u64
+                {
+                    return Err(format!(
+                        "log line {}: end of segment says {q} quarantined, the function lines show {}",
+                        n + 1,
+                        quarantine.len()
+                    ));
+                }
                 segments.push(json!({
                     "segment": obj.get("segment").cloned().unwrap_or(Value::Null),
                     "orphans": obj.get("orphans").cloned().unwrap_or(Value::Null),
                     "functions": std::mem::take(&mut functions),
                     "units": std::mem::take(&mut units),
+                    "quarantine": quarantine,
                 }));
             }
             other => {
@@ -133,6 +158,41 @@ phv: pci-json {"type":"unit","id":"0000:00:01.0","members":["0000:00:01.0"]}
 phv: pci-json {"type":"unit","id":"0000:01:00.0","members":["0000:01:00.0"]}
 phv: pci-json {"type":"end","segment":"0000","functions":3,"units":3,"orphans":0}
 "#;
+
+    /// What the hypervisor logs today: every function says whether it is
+    /// quarantined, the end line counts them.
+    const QUARANTINE_LOG: &str = r#"phv: WARN  0000:00:00.0: no reset method can reset it: quarantined (never given to a guest)
+phv: pci-json {"type":"function","bdf":"0000:00:00.0","vendor":"1b36","device":"0008","class":"060000","header_type":0,"multifunction":false,"kind":"conventional","parent":null,"unit":"0000:00:00.0","reset_methods":[],"quarantine":"no-reset-method"}
+phv: pci-json {"type":"function","bdf":"0000:00:01.0","vendor":"1b36","device":"000c","class":"060400","header_type":1,"multifunction":false,"kind":"root-port","parent":null,"unit":"0000:00:01.0","reset_methods":[],"quarantine":null}
+phv: pci-json {"type":"function","bdf":"0000:01:00.0","vendor":"1b36","device":"0010","class":"010802","header_type":0,"multifunction":false,"kind":"endpoint","parent":"0000:00:01.0","unit":"0000:01:00.0","reset_methods":[{"method":"flr","scope":["0000:01:00.0"]}],"quarantine":"not-ready"}
+phv: pci-json {"type":"unit","id":"0000:00:00.0","members":["0000:00:00.0"]}
+phv: pci-json {"type":"unit","id":"0000:00:01.0","members":["0000:00:01.0"]}
+phv: pci-json {"type":"unit","id":"0000:01:00.0","members":["0000:01:00.0"]}
+phv: pci-json {"type":"end","segment":"0000","functions":3,"units":3,"orphans":0,"quarantined":2}
+"#;
+
+    #[test]
+    fn lists_quarantined_functions() {
+        let v = assemble(QUARANTINE_LOG).unwrap();
+        let seg = &v["segments"][0];
+        assert_eq!(seg["functions"][0]["quarantine"], "no-reset-method");
+        assert!(seg["functions"][1]["quarantine"].is_null());
+        assert_eq!(
+            seg["quarantine"],
+            json!([
+                {"bdf": "0000:00:00.0", "reason": "no-reset-method"},
+                {"bdf": "0000:01:00.0", "reason": "not-ready"},
+            ])
+        );
+        // The end line's count must agree with the function lines.
+        let wrong = QUARANTINE_LOG.replace("\"quarantined\":2", "\"quarantined\":1");
+        assert!(assemble(&wrong).unwrap_err().contains("quarantined"));
+        // Older logs without the fields: an empty list.
+        assert_eq!(
+            assemble(LOG).unwrap()["segments"][0]["quarantine"],
+            json!([])
+        );
+    }
 
     #[test]
     fn assembles_segments() {

@@ -36,7 +36,8 @@
 //! `TimedOut` functions and `NoMethod` errors in the [`Quarantine`]; check
 //! [`Reservations::breaks_reservation`] and the quarantine before every
 //! assignment; on an MSI-X vector unmask, [`msix_table_lost`] then
-//! [`repair_msix_table`] (seed 001).
+//! [`repair_msix_table`] (seed 001: `vpci::GuestBus::msix_commit` does it
+//! for guests' functions).
 //!
 //! # Sequences and timing
 //!

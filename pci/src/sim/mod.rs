@@ -604,6 +604,21 @@ impl Fabric {
         Some(self.ready(idx))
     }
 
+    /// A reset the device does on its own, through its own registers (a
+    /// BIST, a controller reset that reinitialises the MSI-X logic: seed
+    /// 001): the MSI-X table returns to its reset values (every entry zero
+    /// and masked) while config space is untouched. False if nothing is at
+    /// `bdf`.
+    pub fn backdoor_msix_reset(&mut self, bdf: Bdf) -> bool {
+        let Some(idx) = self.index_of(bdf) else {
+            return false;
+        };
+        for e in self.fns[idx].msix.chunks_mut(4) {
+            e.copy_from_slice(&[0, 0, 0, MSIX_ENTRY_VECTOR_CTRL_MASKED]);
+        }
+        true
+    }
+
     /// Reads MSI-X table entry `entry` (address lo, address hi, data, vector control).
     pub fn msix_entry(&mut self, bdf: Bdf, entry: u16) -> Option<[u32; 4]> {
         let idx = self.index_of(bdf)?;

@@ -639,6 +639,34 @@ impl GuestBus {
         ])
     }
 
+    /// Brings the physical MSI-X table of an assigned function in line with
+    /// the guest's, and detects and repairs a table lost behind the
+    /// hypervisor's back (seed 001): see [`AssignedFn::msix_commit`]. The
+    /// shell calls it after each [`Effect::MsixControl`] and
+    /// [`Effect::MsixEntry`], with `hardware` false while a reset of the
+    /// function runs. `None` if `physical` is not this guest's. No
+    /// allocation.
+    pub fn msix_commit<M: MemoryPort + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        physical: Bdf,
+        hardware: bool,
+    ) -> Option<super::MsixCommit> {
+        let f = self.fns.iter_mut().find(|f| f.physical == physical)?;
+        Some(f.msix_commit(mem, hardware))
+    }
+
+    /// Entry `entry` of the physical MSI-X table as the hypervisor wrote it
+    /// (`None` if it wrote none since the function's last reset): the
+    /// [`crate::reset_engine::MsixShadow`] the reset engine restores the
+    /// table from after a reset the guest did not ask for.
+    pub fn msix_programmed(&self, physical: Bdf, entry: u16) -> Option<[u32; 4]> {
+        self.fns
+            .iter()
+            .find(|f| f.physical == physical)?
+            .msix_programmed(entry)
+    }
+
     /// Stops DMA of every assigned function (physical Bus Master off), e.g.
     /// when the guest stops; its virtual state is left as it is.
     pub fn quiesce<P: ConfigPort + ?Sized>(&mut self, port: &mut P) {

@@ -12,8 +12,9 @@ use super::ownership::{read_width, write_width};
 use super::policy::{self, Policy, Rule, Special};
 use crate::addr::Bdf;
 use crate::caps::walk_caps;
-use crate::port::ConfigPort;
+use crate::port::{ConfigPort, MemoryPort};
 use crate::regs::*;
+use crate::reset_engine::{msix_table_lost, repair_msix_table};
 
 /// Bytes of virtual storage: the standard space, then the virtual AER.
 pub(crate) const SHADOW_SIZE: usize = 0x130;
@@ -64,9 +65,12 @@ pub(crate) struct Rom {
     pub evaluated: Option<u64>,
 }
 
-/// The MSI-X capability's table and PBA, and the guest's shadow table.
+/// The MSI-X capability's table and PBA, the guest's shadow table, and what
+/// the hypervisor last wrote to the physical table.
 #[derive(Clone, Debug)]
 pub(crate) struct Msix {
+    /// Offset of the capability (its Message Control is at +2).
+    pub cap: u16,
     pub table_bar: u8,
     pub table_offset: u32,
     pub pba_bar: u8,
@@ -74,6 +78,25 @@ pub(crate) struct Msix {
     pub entries: u16,
     /// Four dwords per entry: address low, address high, data, vector control.
     pub shadow: Vec<u32>,
+    /// The physical table as the hypervisor last wrote it (or, during a
+    /// reset, as the reset engine will restore it): address low, address
+    /// high, data, vector control per entry.
+    pub hw: Vec<[u32; 4]>,
+    /// Whether `hw` holds anything the hypervisor wrote since the function
+    /// was last reset (else the device's reset values are expected).
+    pub hw_valid: bool,
+}
+
+/// What [`AssignedFn::msix_commit`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsixCommit {
+    /// Entries written to the physical table (or recorded for the reset
+    /// engine to write, while a reset runs): they became live or changed.
+    pub updated: u16,
+    /// Entries rewritten because the physical table had lost what the
+    /// hypervisor wrote (a reset it did not do, seed 001); 0 if nothing
+    /// was lost.
+    pub repaired: u16,
 }
 
 pub(crate) const PAGE: u64 = 0x1000;
@@ -85,6 +108,13 @@ impl Msix {
 
     pub fn pba_len(&self) -> u64 {
         (self.entries as u64).div_ceil(64) * 8
+    }
+
+    fn reset_hw(&mut self) {
+        for e in self.hw.iter_mut() {
+            *e = [0, 0, 0, MSIX_ENTRY_VECTOR_CTRL_MASKED];
+        }
+        self.hw_valid = false;
     }
 
     fn reset_shadow(&mut self) {
@@ -309,14 +339,18 @@ impl AssignedFn {
             let table = port.read32(physical, msix_cap + MSIX_TABLE);
             let pba = port.read32(physical, msix_cap + MSIX_PBA);
             let mut m = Msix {
+                cap: msix_cap,
                 table_bar: (table & MSIX_BIR_MASK) as u8,
                 table_offset: table & !MSIX_BIR_MASK,
                 pba_bar: (pba & MSIX_BIR_MASK) as u8,
                 pba_offset: pba & !MSIX_BIR_MASK,
                 entries,
                 shadow: vec![0; entries as usize * 4],
+                hw: vec![[0; 4]; entries as usize],
+                hw_valid: false,
             };
             m.reset_shadow();
+            m.reset_hw();
             m
         });
 
@@ -672,6 +706,8 @@ impl AssignedFn {
         self.shadow = self.reset_shadow;
         if let Some(m) = self.msix.as_mut() {
             m.reset_shadow();
+            // The physical reset that follows clears the table.
+            m.reset_hw();
         }
         self.mirror_bus_master(port, 0);
     }
@@ -700,6 +736,105 @@ impl AssignedFn {
         };
         *slot = merge(*slot, value, lanes, wmask, 0);
         true
+    }
+
+    /// Physical address of the MSI-X table, in the BAR as the hardware
+    /// domain programmed it (`None`: no MSI-X, or the BAR has no address).
+    pub fn msix_table_pa(&self) -> Option<u64> {
+        let m = self.msix.as_ref()?;
+        let bar = self.bars.get(m.table_bar as usize)?;
+        (bar.is_memory() && bar.pa != 0).then(|| bar.pa.wrapping_add(m.table_offset as u64))
+    }
+
+    /// Brings the physical MSI-X table in line with the guest's, at the
+    /// moments the table would be used: the guest set Enable, cleared the
+    /// Function Mask, unmasked a vector, or rewrote a live one.
+    ///
+    /// While the guest's MSI-X is enabled and not function-masked, every
+    /// entry it has unmasked ("live") is written to the physical table
+    /// (masked while address and data change, then its Vector Control)
+    /// unless the hypervisor wrote exactly that already; an entry the guest
+    /// masked again gets its physical mask bit set. Before that, the
+    /// physical table is compared with what the hypervisor last wrote
+    /// ([`msix_table_lost`]): a device that reset itself behind the
+    /// hypervisor's back (seed 001) gets its table rewritten from that copy
+    /// ([`repair_msix_table`]) and the caller is told (`repaired`).
+    ///
+    /// With `hardware` false (a reset of the function is running) nothing
+    /// is read or written: only the record is updated, and the reset engine
+    /// writes it when it restores the function
+    /// ([`super::GuestBus::msix_programmed`]).
+    pub fn msix_commit<M: MemoryPort + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        hardware: bool,
+    ) -> MsixCommit {
+        let mut out = MsixCommit::default();
+        let table = self.msix_table_pa();
+        let Some(m) = self.msix.as_mut() else {
+            return out;
+        };
+        let Some(pa) = table else {
+            return out;
+        };
+        let ctl = rd(&self.shadow, m.cap + MSIX_FLAGS, 2) as u16;
+        if ctl & MSIX_FLAGS_ENABLE == 0 || ctl & MSIX_FLAGS_MASKALL != 0 {
+            return out;
+        }
+        let guest = |m: &Msix, i: usize| -> [u32; 4] {
+            let mut e = [0u32; 4];
+            for (k, d) in e.iter_mut().enumerate() {
+                *d = m.shadow.get(4 * i + k).copied().unwrap_or(0);
+            }
+            e
+        };
+        let live = |e: &[u32; 4]| e[3] & MSIX_ENTRY_VECTOR_CTRL_MASKED == 0;
+        let entries = m.hw.len();
+        if !(0..entries).any(|i| live(&guest(m, i))) {
+            return out;
+        }
+        // A table that does not answer (all-ones) is not checked: there is
+        // nothing to compare with.
+        if hardware
+            && m.hw_valid
+            && mem.read(pa, 4) as u32 != u32::MAX
+            && msix_table_lost(mem, pa, &m.hw)
+        {
+            out.repaired = repair_msix_table(mem, pa, &m.hw) as u16;
+        }
+        for i in 0..entries {
+            let want = guest(m, i);
+            let at = pa.wrapping_add(i as u64 * MSIX_ENTRY_SIZE as u64);
+            let Some(have) = m.hw.get_mut(i) else {
+                continue;
+            };
+            if live(&want) {
+                if *have != want {
+                    if hardware {
+                        repair_msix_table(mem, at, &[want]);
+                    }
+                    *have = want;
+                    m.hw_valid = true;
+                    out.updated += 1;
+                }
+            } else if live(have) {
+                have[3] |= MSIX_ENTRY_VECTOR_CTRL_MASKED;
+                if hardware {
+                    mem.write(at + 12, 4, have[3] as u64);
+                }
+            }
+        }
+        out
+    }
+
+    /// Entry `index` of the physical table as the hypervisor wrote it, when
+    /// it wrote any since the function was last reset.
+    pub fn msix_programmed(&self, index: u16) -> Option<[u32; 4]> {
+        let m = self.msix.as_ref()?;
+        if !m.hw_valid {
+            return None;
+        }
+        m.hw.get(index as usize).copied()
     }
 
     /// Read-only access to the virtual AER registers (offset from the

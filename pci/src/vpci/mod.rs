@@ -79,7 +79,7 @@
 //! | PM | PMC read-only; power state and PME Enable virtual (the device stays in D0: a D3hot→D0 transition would reset it behind the hypervisor) |
 //! | PCIe | read-only except Device Control (error reporting enables virtual; payload, Relaxed Ordering, No Snoop read-only; Initiate FLR → [`Effect::FunctionLevelReset`], reads 0) and Device Status (RW1C through) |
 //! | MSI | all virtual (physical MSI stays disabled: no vITS on ARM yet) |
-//! | MSI-X | Enable and Function Mask virtual; table/PBA location read-only; table entries shadowed |
+//! | MSI-X | Enable and Function Mask virtual; table/PBA location read-only; table entries shadowed, written to the physical table when used ([`GuestBus::msix_commit`]) |
 //! | AF | FLR → effect; rest read-only |
 //! | vendor-specific | read-only |
 //! | other capabilities (VPD, PCI-X, EA, ...) | skipped by the chain, first dword hidden |
@@ -125,9 +125,18 @@
 //!   [`GuestBus::virtual_command`] says, the MSI-X table from the
 //!   hypervisor's own copy. The virtual state was reset already.
 //! - INTx: physical Interrupt Disable is the hypervisor's; the guest's is
-//!   in [`GuestBus::virtual_command`]. MSI/MSI-X have no physical effect yet
-//!   (no vITS): [`Effect::MsiControl`] / [`Effect::MsixControl`] /
-//!   [`Effect::MsixEntry`] tell what the guest asked for.
+//!   in [`GuestBus::virtual_command`]. MSI has no physical effect yet (no
+//!   vITS): [`Effect::MsiControl`] tells what the guest asked for.
+//! - [`Effect::MsixControl`] / [`Effect::MsixEntry`]: call
+//!   [`GuestBus::msix_commit`]. While the guest's MSI-X is enabled and not
+//!   function-masked, the entries it unmasked are written to the physical
+//!   table (physical MSI-X Enable stays off until MSI delivery exists: the
+//!   table is the state a reset loses, seed 001); before that the physical
+//!   table is checked against what the hypervisor last wrote, and a table
+//!   lost to a reset the hypervisor did not do is rewritten and reported.
+//!   During a reset of the function pass `hardware = false` and give the
+//!   reset engine [`GuestBus::msix_programmed`] as its
+//!   [`crate::reset_engine::MsixShadow`].
 //! - Guest stops: [`GuestBus::quiesce`], then [`Ownership::release`].
 //!
 //! # Not done yet
@@ -149,6 +158,7 @@ use alloc::vec::Vec;
 pub use crate::port::{ConfigPort, MemoryPort};
 pub use bus::{GuestBus, MAX_UNIT_FUNCTIONS, MAX_UNITS, ROM_INDEX};
 pub use effects::{BarRefusal, EFFECTS_CAPACITY, Effect, Effects};
+pub use function::MsixCommit;
 pub use ownership::{AssignError, HwdomDecision, HwdomOutcome, Owner, Ownership, Refusal};
 pub use policy::{Policy, Rule, Special};
 pub use rootport::{ROOT_PORT_DEVICE, ROOT_PORT_VENDOR};

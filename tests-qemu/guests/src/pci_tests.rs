@@ -668,6 +668,7 @@ pub fn enumerate(env: &Env) -> ! {
         } else {
             rt::idle_ms(wait);
         }
+        check_msix(&mut t, env, tree);
         recheck(&mut t, &mut ecam, tree, given);
     }
     t.finish(env)
@@ -1388,6 +1389,7 @@ pub fn pci_sbr(env: &Env) -> ! {
         let Some((reg, mask)) = scratch_register(&dev) else {
             continue;
         };
+        let msix = program_msix(&mut ecam, &dev);
         let mark = marker(&dev, mask);
         let _ = mmio_write32(reg, mark);
         let before = mmio_read32(reg);
@@ -1428,6 +1430,11 @@ pub fn pci_sbr(env: &Env) -> ! {
         let cmd = ecam.read16(dev.bus, dev.devfn, COMMAND);
         println!("{d}: after SBR on {a}: BAR0 {bar0:#x}, Command {cmd:#x}");
         reprogram_after_reset(&mut ecam, &dev);
+        // Linux's restore: the MSI-X vectors programmed and enabled again
+        // (the hwdom's `msix_check` reads the physical table meanwhile).
+        if msix && program_msix(&mut ecam, &dev) {
+            println!("{d}: MSI-X vectors programmed again after the SBR");
+        }
         let after = mmio_read32(reg);
         if after == Ok(0) {
             println!("{d}: reset by SBR on {a}: scratch register {mark:#x} -> 0");
@@ -1447,7 +1454,115 @@ pub fn pci_sbr(env: &Env) -> ! {
         driven > 0,
         format_args!("no device to drive after the resets"),
     );
+    // The physical MSI-X table is for the hardware domain to inspect (not
+    // natively: there is no hypervisor to call).
+    if let Some(f) = tree
+        .funcs()
+        .iter()
+        .find(|f| f.msix.is_some())
+        .filter(|_| !env.native)
+    {
+        let r = call::hvc(
+            PHV_PCI_MSIX_ENTRY,
+            [0, u64::from(f.bus) << 8 | u64::from(f.devfn), 0, 0, 0, 0, 0],
+        );
+        t.check(
+            r.status() == -4,
+            format_args!(
+                "PCI_MSIX_ENTRY from a guest returned {}, not DENIED",
+                r.status()
+            ),
+        );
+    }
     t.finish(env)
+}
+
+const PHV_PCI_MSIX_ENTRY: u32 = 0xC600_0024;
+/// MSI-X entries `program_msix` programs (at most).
+const MSIX_PATTERN_ENTRIES: u64 = 2;
+
+/// Entry `e` as `program_msix` writes it: (address, data). The address is
+/// never used (the hypervisor keeps physical MSI-X Enable off); the pattern
+/// lets the hardware domain recognise the guest's entries in the physical
+/// table.
+const fn msix_pattern(e: u64) -> (u64, u32) {
+    (0x0800_0040, 0x5000 | e as u32)
+}
+
+/// Programs the first MSI-X vectors of `f` like Linux: Enable with the
+/// Function Mask, each entry (address, data, unmasked), Function Mask off.
+/// False if `f` has no MSI-X table in a memory BAR.
+fn program_msix(c: &mut Ecam, f: &Func) -> bool {
+    let (Some((bir, off, n)), Some(cap)) = (
+        f.msix,
+        pcienum::find_cap(c, f.bus, f.devfn, pcienum::CAP_MSIX),
+    ) else {
+        return false;
+    };
+    let Some(bar) = f.mem_bar(usize::from(bir)) else {
+        return false;
+    };
+    c.write16(f.bus, f.devfn, cap + 2, 0xc000);
+    for e in 0..u64::from(n).min(MSIX_PATTERN_ENTRIES) {
+        let at = bar.addr + u64::from(off) + 16 * e;
+        let (addr, data) = msix_pattern(e);
+        let _ = mmio_write32(at, addr as u32);
+        let _ = mmio_write32(at + 4, (addr >> 32) as u32);
+        let _ = mmio_write32(at + 8, data);
+        let _ = mmio_write32(at + 12, 0);
+    }
+    c.write16(f.bus, f.devfn, cap + 2, 0x8000);
+    true
+}
+
+/// `msix_check=BDF,...` (hwdom): while the guests still own these
+/// functions, read their physical MSI-X entries with PCI_MSIX_ENTRY and
+/// expect what `program_msix` wrote (a guest re-programmed them after its
+/// SBR; the hypervisor must have written them to the device). Waits up to
+/// `msix_check_ms` (default 3000) for them to appear.
+fn check_msix(t: &mut Test, env: &Env, tree: &Tree) {
+    let Some(list) = env.bootargs.get("msix_check") else {
+        return;
+    };
+    let ms = env
+        .bootargs
+        .number("msix_check_ms")
+        .ok()
+        .flatten()
+        .unwrap_or(3000);
+    for (bus, df) in list.split(',').filter_map(parse_bdf) {
+        let a = Addr(bus, df);
+        let Some(f) = tree.funcs().iter().find(|f| (f.bus, f.devfn) == (bus, df)) else {
+            t.fail(format_args!("msix_check: no function {a}"));
+            continue;
+        };
+        let n = f
+            .msix
+            .map_or(0, |m| u64::from(m.2))
+            .min(MSIX_PATTERN_ENTRIES);
+        let rid = u64::from(bus) << 8 | u64::from(df);
+        let read = |e: u64| call::hvc(PHV_PCI_MSIX_ENTRY, [0, rid, e, 0, 0, 0, 0]);
+        let seen = rt::poll_ms(ms, || {
+            (0..n)
+                .all(|e| {
+                    let r = read(e);
+                    let (addr, data) = msix_pattern(e);
+                    let [x0, x1, x2, x3] = r.0;
+                    x0 == 0 && x1 == addr && x2 == u64::from(data) && x3 & 1 == 0
+                })
+                .then_some(())
+        });
+        let [x0, x1, x2, x3] = read(0).0;
+        if n > 0 && seen.is_some() {
+            println!(
+                "{a}: physical MSI-X table holds the guest's {n} vectors (entry 0: address {x1:#x}, data {x2:#x}, control {x3:#x})"
+            );
+        } else {
+            t.fail(format_args!(
+                "{a}: physical MSI-X entry 0 reads status {x0:#x}: address {x1:#x}, data {x2:#x}, control {x3:#x} ({n} entries expected)"
+            ));
+        }
+    }
 }
 
 const PHV_PCI_RESET_INFO: u32 = 0xC600_0020;
