@@ -396,7 +396,9 @@ fn timer_tick(now: u64) {
     LATENCY_MIN.fetch_min(lat, Ordering::SeqCst);
     let n = TICKS.fetch_add(1, Ordering::SeqCst) + 1;
     if n == 1 {
-        FIRST_TICK.store(now, Ordering::SeqCst);
+        // The first deadline, not its arrival: a late first tick (a loaded
+        // host) must not shorten the span the rate is checked over.
+        FIRST_TICK.store(cval, Ordering::SeqCst);
     }
     LAST_TICK.store(now, Ordering::SeqCst);
     if n < TICK_TARGET.load(Ordering::SeqCst) {
@@ -453,9 +455,11 @@ fn timer(t: &mut Test, env: &Env, _gic: &Gic) {
     );
     let elapsed = LAST_TICK.load(Ordering::SeqCst) - FIRST_TICK.load(Ordering::SeqCst);
     let want = u64::from(ticks.saturating_sub(1)) * period;
-    let err = elapsed.abs_diff(want);
+    // From the first deadline to the last arrival: never shorter than
+    // programmed (no tick early), and not much longer (a loaded host delays
+    // the last one a little).
     t.check(
-        err <= want / 10,
+        elapsed >= want && elapsed - want <= want / 2,
         format_args!("{ticks} ticks took {elapsed} counter ticks, programmed {want}"),
     );
     let others: u32 = COUNT
