@@ -275,7 +275,7 @@ pub fn gic_mmio(
     vcpu: usize,
     redist: bool,
     offset: u64,
-    access: &MmioAccess,
+    access: MmioAccess,
     frame: &mut TrapFrame,
 ) {
     emulate(vm, vcpu, vm.vgic.lock(), redist, offset, access, frame);
@@ -287,7 +287,7 @@ fn emulate(
     mut s: spin::MutexGuard<'_, VGic>,
     redist: bool,
     offset: u64,
-    access: &MmioAccess,
+    access: MmioAccess,
     frame: &mut TrapFrame,
 ) {
     let a = Access {

@@ -1099,113 +1099,31 @@ fn system_off() -> ! {
 fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
     let ipa = fault_ipa(syn.hpfar, syn.far);
     // One lookup by the first byte; the access must then fit the region.
-    let found = vm.mmio.find(ipa, crate::mmio::Width::Byte);
+    let Some((region, offset)) = vm.mmio.find(ipa, crate::mmio::Width::Byte) else {
+        return refuse_access(vm, vcpu, frame, syn, ipa);
+    };
     // Device memory of the hardware domain: map the page and retry the
     // access, whatever its syndrome.
-    if let Some((region, _)) = found
-        && region.device == MmioDevice::HwdomPciWindow
-    {
+    if region.device == MmioDevice::HwdomPciWindow {
         hwdom_bar_fault(vm, vcpu, frame, syn, ipa);
         return;
     }
-    let access = match MmioAccess::decode(syn.esr, ipa) {
-        Ok(a) => a,
-        Err(why) => {
-            if vm.log_fault() {
-                log::warn!(
-                    "{} vCPU {vcpu}: data abort at IPA {ipa:#x} (pc {:#x}) cannot be emulated ({why:?}); external abort injected",
-                    vm.name,
-                    frame.elr
-                );
-            }
-            let write = syn.esr & esr::WNR != 0;
-            cpu::inject_sync(frame, Injected::DataAbort { write }, syn.far);
-            return;
-        }
+    let Ok(access) = MmioAccess::decode(syn.esr, ipa) else {
+        return refuse_access(vm, vcpu, frame, syn, ipa);
     };
-    let found = found.filter(|(r, offset)| access.width.bytes() <= r.size - offset);
-    let Some((region, offset)) = found else {
-        if vm.log_fault() {
-            log::warn!(
-                "{} vCPU {vcpu}: {} of {} bytes at IPA {ipa:#x} (pc {:#x}) hits nothing it owns; external abort injected",
-                vm.name,
-                if access.write { "write" } else { "read" },
-                access.width.bytes(),
-                frame.elr
-            );
-        }
-        cpu::inject_sync(
-            frame,
-            Injected::DataAbort {
-                write: access.write,
-            },
-            syn.far,
-        );
-        return;
-    };
+    if access.width.bytes() > region.size - offset {
+        return refuse_access(vm, vcpu, frame, syn, ipa);
+    }
     match region.device {
-        MmioDevice::Gicd => crate::irq::gic_mmio(vm, vcpu, false, offset, &access, frame),
-        MmioDevice::Gicr => crate::irq::gic_mmio(vm, vcpu, true, offset, &access, frame),
-        // Handled above, before decoding.
-        MmioDevice::HwdomPciWindow => return,
         MmioDevice::VirtualEcam => {
             let width = access.width.bytes();
             if access.write {
                 let value = access.store_value(frame.reg(access.reg));
                 virtual_ecam_write(vm, offset, width, value);
             } else {
-                // Reads have no effects: nothing to build or apply.
-                let result = match PCI.get() {
-                    Some(pci) => {
-                        crate::pci_calls::guest_ecam_read(&mut pci.lock(), vm.index, offset, width)
-                    }
-                    None => u64::MAX,
-                };
+                let result = virtual_ecam_read(vm.index, offset, width);
                 frame.set_reg(access.reg, access.load_result(result));
             }
-        }
-        MmioDevice::GuestPciWindow => {
-            let mut effects = pci::vpci::Effects::default();
-            let handled = PCI.get().is_some_and(|pci| {
-                let mut pci = pci.lock();
-                let Some(bus) = pci.guest_bus(vm.index) else {
-                    return false;
-                };
-                let width = access.width.bytes() as u16;
-                if access.write {
-                    let value = access.store_value(frame.reg(access.reg));
-                    bus.msix_write(&mut pci_host::BarMemory, ipa, width, value, &mut effects)
-                } else {
-                    match bus.msix_read(&mut pci_host::BarMemory, ipa, width) {
-                        Some(v) => {
-                            frame.set_reg(access.reg, access.load_result(v));
-                            true
-                        }
-                        None => false,
-                    }
-                }
-            });
-            apply_pci_effects(vm, &effects);
-            if handled {
-                frame.elr += 4;
-                return;
-            }
-            // Not an MSI-X page of one of its BARs: nothing is there.
-            if vm.log_fault() {
-                log::warn!(
-                    "{} vCPU {vcpu}: access to PCI memory {ipa:#x} (pc {:#x}) outside its mapped BARs; external abort injected",
-                    vm.name,
-                    frame.elr
-                );
-            }
-            cpu::inject_sync(
-                frame,
-                Injected::DataAbort {
-                    write: access.write,
-                },
-                syn.far,
-            );
-            return;
         }
         MmioDevice::HostEcam(index) => {
             let write = access
@@ -1225,22 +1143,139 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
                 frame.set_reg(access.reg, access.load_result(result));
             }
         }
-        MmioDevice::Uart => {
-            let mut uart = vm.uart.lock();
-            if access.write {
-                let value = access.store_value(frame.reg(access.reg)) as u32;
-                uart.write(offset, value, &mut |line| vm.emit_line(line));
-            } else {
-                let value = access.load_result(u64::from(uart.read(offset)));
-                frame.set_reg(access.reg, value);
+        MmioDevice::Gicd => crate::irq::gic_mmio(vm, vcpu, false, offset, access, frame),
+        MmioDevice::Gicr => crate::irq::gic_mmio(vm, vcpu, true, offset, access, frame),
+        MmioDevice::GuestPciWindow => {
+            if !guest_pci_window(vm, access, frame) {
+                return refuse_access(vm, vcpu, frame, syn, ipa);
             }
         }
+        MmioDevice::Uart => uart_access(vm, offset, access, frame),
+        // Handled above, before decoding.
+        MmioDevice::HwdomPciWindow => return,
     }
     frame.elr += 4;
     // A stopped VM's other vCPUs stop at their next trap.
     if vm.stopped.load(Ordering::Acquire) {
-        vm.vcpus[vcpu].set_power(VcpuPower::Off);
-        run_pcpu(cpu::cpu_index());
+        stop_this_vcpu(vm, vcpu);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn stop_this_vcpu(vm: &Vm, vcpu: usize) -> ! {
+    vm.vcpus[vcpu].set_power(VcpuPower::Off);
+    run_pcpu(cpu::cpu_index());
+}
+
+/// A data abort that cannot be emulated: its syndrome does not describe
+/// the access, or the access hits nothing the VM owns (a region of its map
+/// it does not fit, or, in its PCI memory window, no trapped MSI-X page).
+/// Logged (under the VM's limit), an external abort injected.
+#[cold]
+#[inline(never)]
+fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome, ipa: u64) {
+    let access = match MmioAccess::decode(syn.esr, ipa) {
+        Ok(a) => a,
+        Err(why) => {
+            if vm.log_fault() {
+                log::warn!(
+                    "{} vCPU {vcpu}: data abort at IPA {ipa:#x} (pc {:#x}) cannot be emulated ({why:?}); external abort injected",
+                    vm.name,
+                    frame.elr
+                );
+            }
+            let write = syn.esr & esr::WNR != 0;
+            cpu::inject_sync(frame, Injected::DataAbort { write }, syn.far);
+            return;
+        }
+    };
+    let window = vm
+        .mmio
+        .find(ipa, crate::mmio::Width::Byte)
+        .is_some_and(|(r, offset)| {
+            r.device == MmioDevice::GuestPciWindow && access.width.bytes() <= r.size - offset
+        });
+    if vm.log_fault() {
+        if window {
+            log::warn!(
+                "{} vCPU {vcpu}: access to PCI memory {ipa:#x} (pc {:#x}) outside its mapped BARs; external abort injected",
+                vm.name,
+                frame.elr
+            );
+        } else {
+            log::warn!(
+                "{} vCPU {vcpu}: {} of {} bytes at IPA {ipa:#x} (pc {:#x}) hits nothing it owns; external abort injected",
+                vm.name,
+                if access.write { "write" } else { "read" },
+                access.width.bytes(),
+                frame.elr
+            );
+        }
+    }
+    cpu::inject_sync(
+        frame,
+        Injected::DataAbort {
+            write: access.write,
+        },
+        syn.far,
+    );
+}
+
+/// A guest's access to its PCI memory window outside the BAR pages mapped
+/// in stage 2: one of its trapped MSI-X pages, emulated (true), or nothing.
+#[inline(never)]
+fn guest_pci_window(vm: &Vm, access: MmioAccess, frame: &mut TrapFrame) -> bool {
+    let mut effects = pci::vpci::Effects::default();
+    let handled = PCI.get().is_some_and(|pci| {
+        let mut pci = pci.lock();
+        let Some(bus) = pci.guest_bus(vm.index) else {
+            return false;
+        };
+        let width = access.width.bytes() as u16;
+        if access.write {
+            let value = access.store_value(frame.reg(access.reg));
+            bus.msix_write(
+                &mut pci_host::BarMemory,
+                access.ipa,
+                width,
+                value,
+                &mut effects,
+            )
+        } else {
+            match bus.msix_read(&mut pci_host::BarMemory, access.ipa, width) {
+                Some(v) => {
+                    frame.set_reg(access.reg, access.load_result(v));
+                    true
+                }
+                None => false,
+            }
+        }
+    });
+    apply_pci_effects(vm, &effects);
+    handled
+}
+
+/// The VM's virtual PL011.
+#[inline(never)]
+fn uart_access(vm: &Vm, offset: u64, access: MmioAccess, frame: &mut TrapFrame) {
+    let mut uart = vm.uart.lock();
+    if access.write {
+        let value = access.store_value(frame.reg(access.reg)) as u32;
+        uart.write(offset, value, &mut |line| vm.emit_line(line));
+    } else {
+        let value = access.load_result(u64::from(uart.read(offset)));
+        frame.set_reg(access.reg, value);
+    }
+}
+
+/// A guest's read of its virtual ECAM (reads have no effects: nothing to
+/// build or apply). Out of line: little is live across it.
+#[inline(never)]
+fn virtual_ecam_read(vm: u16, offset: u64, width: u64) -> u64 {
+    match PCI.get() {
+        Some(pci) => crate::pci_calls::guest_ecam_read(&mut pci.lock(), vm, offset, width),
+        None => u64::MAX,
     }
 }
 

@@ -35,16 +35,23 @@ pub struct GuestBus {
     bus_port: [u8; 256],
 }
 
+/// `width` (1, 2 or 4) bytes at `at` of `buf`, naturally aligned, in one
+/// load of the dword holding them. `None` if they are not inside `buf`.
+#[inline]
+pub(crate) fn dword_lanes(buf: &[u8], at: usize, width: u16) -> Option<u32> {
+    let base = at & !3;
+    let dword: [u8; 4] = buf.get(base..base + 4)?.try_into().ok()?;
+    let value = u32::from_le_bytes(dword) >> (8 * (at & 3));
+    Some(value & (((1u64 << (8 * u32::from(width.min(4)))) - 1) as u32))
+}
+
 /// A read of a virtual root port's config bytes, as
 /// [`VirtualRootPort::read`] does, in one load where the bytes are there.
 #[inline]
 fn root_port_read(p: &VirtualRootPort, reg: u16, width: u16) -> u32 {
-    let at = usize::from(reg);
-    match p.cfg.get(at..at + usize::from(width)) {
-        Some(&[a]) => u32::from(a),
-        Some(&[a, b]) => u32::from(u16::from_le_bytes([a, b])),
-        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
-        _ => p.read(reg, width),
+    match dword_lanes(&p.cfg, usize::from(reg), width) {
+        Some(v) => v,
+        None => p.read(reg, width),
     }
 }
 
@@ -220,8 +227,10 @@ impl GuestBus {
 
     /// Decodes a virtual ECAM offset: (bus, devfn, reg), or None if outside
     /// the window or not a naturally aligned 1/2/4-byte access.
+    #[inline]
     fn decode(&self, offset: u64, width: u16) -> Option<(u8, u8, u16)> {
-        if !matches!(width, 1 | 2 | 4) || offset & (width as u64 - 1) != 0 {
+        // Bit `w` of 0x16: w is 1, 2 or 4.
+        if width > 4 || (0x16 >> width) & 1 == 0 || offset & (u64::from(width) - 1) != 0 {
             return None;
         }
         if offset >= self.ecam_size() {
@@ -242,20 +251,19 @@ impl GuestBus {
         offset: u64,
         width: u16,
     ) -> u32 {
-        let ones = width_ones(width);
         let Some((bus, devfn, reg)) = self.decode(offset, width) else {
-            return ones;
+            return width_ones(width);
         };
         if bus == 0 {
             let d = devfn >> 3;
             return match (devfn & 7, self.ports.get((d as usize).wrapping_sub(1))) {
-                (0, Some(p)) if d != 0 => root_port_read(p, reg, width),
-                _ => ones,
+                (0, Some(p)) => root_port_read(p, reg, width),
+                _ => width_ones(width),
             };
         }
         match self.fn_at(bus, devfn).and_then(|i| self.fns.get(i)) {
             Some(f) => f.read(port, reg, width),
-            None => ones,
+            None => width_ones(width),
         }
     }
 

@@ -144,6 +144,11 @@ pub(crate) struct AssignedFn {
     /// For each dword `d` of the shadowed space, the index of the first
     /// rule ending after byte `4 * d`: [`AssignedFn::rule_at`] starts there.
     rule_index: [u16; SHADOW_SIZE / 4],
+    /// For each dword of the shadowed space, how all its bytes read (one
+    /// of the `READ_*` values): [`AssignedFn::read`] serves an access
+    /// inside a dword whose bytes all read the same way without looking up
+    /// its rules.
+    read_kind: [u8; SHADOW_SIZE / 4],
     pub shadow: [u8; SHADOW_SIZE],
     reset_shadow: [u8; SHADOW_SIZE],
     pub bars: [Bar; 6],
@@ -165,6 +170,46 @@ fn rule_index_of(rules: &[Rule]) -> [u16; SHADOW_SIZE / 4] {
     core::array::from_fn(|d| {
         let reg = (4 * d) as u16;
         rules.partition_point(|r| r.offset + r.len <= reg) as u16
+    })
+}
+
+/// A dword whose bytes read in different ways (or that holds a byte no
+/// rule covers): each rule is applied on its own.
+const READ_BY_RULE: u8 = 0;
+/// Every byte of the dword reads the physical register (pass-through,
+/// read-only, RW1C): an access inside it is one physical access.
+const READ_HARDWARE: u8 = 1;
+/// Every byte of the dword reads the shadow as it is (emulated without live
+/// physical bits, or special registers kept in the shadow).
+const READ_SHADOW: u8 = 2;
+
+/// [`AssignedFn::read_kind`] of sorted, non-overlapping `rules`.
+fn read_kind_of(rules: &[Rule]) -> [u8; SHADOW_SIZE / 4] {
+    core::array::from_fn(|d| {
+        let reg = (4 * d) as u16;
+        let kind_of = |b: u16| {
+            let r = rules
+                .iter()
+                .find(|r| r.offset <= b && b < r.offset + r.len)?;
+            match r.policy {
+                Policy::PassThrough | Policy::ReadOnly | Policy::W1c { .. } => Some(READ_HARDWARE),
+                Policy::Emulated { phys: 0, .. }
+                | Policy::Special(
+                    Special::Command
+                    | Special::Bar(_)
+                    | Special::Rom
+                    | Special::MsiControl
+                    | Special::MsixControl,
+                ) => Some(READ_SHADOW),
+                _ => None,
+            }
+        };
+        let first = kind_of(reg);
+        if first.is_some() && (reg + 1..reg + 4).all(|b| kind_of(b) == first) {
+            first.unwrap_or(READ_BY_RULE)
+        } else {
+            READ_BY_RULE
+        }
     })
 }
 
@@ -325,6 +370,7 @@ impl AssignedFn {
             unit,
             vfn,
             rule_index: rule_index_of(&clean),
+            read_kind: read_kind_of(&clean),
             rules: clean,
             shadow: [0; SHADOW_SIZE],
             reset_shadow: [0; SHADOW_SIZE],
@@ -435,6 +481,25 @@ impl AssignedFn {
 
     /// A naturally aligned read of `width` (1, 2, 4) bytes at `reg` < 0x1000.
     pub fn read<P: ConfigPort + ?Sized>(&self, port: &mut P, reg: u16, width: u16) -> u32 {
+        // Inside one dword whose bytes all read the same way (the rules
+        // would give the same bytes, one access per rule).
+        if (reg & 3) + width <= 4 {
+            match self.read_kind.get(usize::from(reg / 4)) {
+                Some(&READ_HARDWARE) => return read_width(port, self.physical, reg, width),
+                Some(&READ_SHADOW) => {
+                    if let Some(v) = super::bus::dword_lanes(&self.shadow, usize::from(reg), width)
+                    {
+                        return v;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.read_by_rule(port, reg, width)
+    }
+
+    /// [`AssignedFn::read`], rule by rule.
+    fn read_by_rule<P: ConfigPort + ?Sized>(&self, port: &mut P, reg: u16, width: u16) -> u32 {
         let end = reg + width;
         let mut value = 0u32;
         let mut at = reg;
