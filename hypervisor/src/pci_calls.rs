@@ -481,7 +481,7 @@ fn guest_ecam<P: ConfigPort>(
         resets,
         ..
     } = pci;
-    let Some(bus) = guests.iter_mut().find(|(v, _)| *v == vm).map(|(_, b)| b) else {
+    let Some(bus) = guests.get_mut(vm) else {
         return no_guest_bus(offset, width);
     };
     // The common case: one aligned register access, straight through.

@@ -214,7 +214,7 @@ pub struct PciState<P = EcamPort> {
     /// Guests waiting for their functions to be reported.
     pub pending: Vec<PendingGuest>,
     /// Virtual PCI buses of the guests that got functions, by VM index.
-    pub guests: Vec<(u16, GuestBus)>,
+    pub guests: GuestBuses,
     /// Passed-through functions on physical INTx lines.
     pub intx: Vec<crate::intx::IntxSource>,
     /// Resets in progress.
@@ -242,21 +242,57 @@ pub struct PendingGuest {
     pub deadline: u64,
 }
 
+/// The virtual PCI buses of the guests, by VM index: found without a
+/// search on every trapped access.
+#[derive(Debug, Default)]
+pub struct GuestBuses {
+    slots: Vec<Option<GuestBus>>,
+}
+
+impl GuestBuses {
+    #[inline]
+    pub fn get(&self, vm: u16) -> Option<&GuestBus> {
+        self.slots.get(usize::from(vm))?.as_ref()
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, vm: u16) -> Option<&mut GuestBus> {
+        self.slots.get_mut(usize::from(vm))?.as_mut()
+    }
+
+    /// Give VM `vm` its bus (replacing one it had).
+    pub fn insert(&mut self, vm: u16, bus: GuestBus) {
+        let i = usize::from(vm);
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if let Some(slot) = self.slots.get_mut(i) {
+            *slot = Some(bus);
+        }
+    }
+
+    pub fn remove(&mut self, vm: u16) -> Option<GuestBus> {
+        self.slots.get_mut(usize::from(vm))?.take()
+    }
+
+    /// Every guest's bus.
+    pub fn buses(&self) -> impl Iterator<Item = &GuestBus> {
+        self.slots.iter().flatten()
+    }
+}
+
 impl<P> PciState<P> {
     /// Whether `[pa, pa + size)` overlaps a BAR of a function a guest owns.
     pub fn guest_owns_memory(&self, pa: u64, size: u64) -> bool {
         let end = pa.saturating_add(size);
         self.guests
-            .iter()
-            .flat_map(|(_, bus)| bus.physical_bars())
+            .buses()
+            .flat_map(|bus| bus.physical_bars())
             .any(|(base, len)| pa < base.saturating_add(len) && base < end)
     }
 
     pub fn guest_bus(&mut self, vm: u16) -> Option<&mut GuestBus> {
-        self.guests
-            .iter_mut()
-            .find(|(v, _)| *v == vm)
-            .map(|(_, b)| b)
+        self.guests.get_mut(vm)
     }
 }
 
@@ -312,7 +348,7 @@ impl<P: ConfigPort> PciState<P> {
             enumerated: Vec::new(),
             ownership: Ownership::new(),
             pending: Vec::new(),
-            guests: Vec::new(),
+            guests: GuestBuses::default(),
             intx: Vec::new(),
             resets: Vec::new(),
             quarantine: pci::reset_engine::Quarantine::new(),

@@ -723,7 +723,7 @@ fn start_ready_guests(pci: &mut PciState) {
                     Err(e) => {
                         log::error!("{} cannot start: {e}", vm.name);
                         pci.ownership.release(&pci.topology, vm.index);
-                        pci.guests.retain(|(v, _)| *v != vm.index);
+                        pci.guests.remove(vm.index);
                         FAILED.store(true, Ordering::Release);
                     }
                 }
@@ -802,7 +802,7 @@ fn give_pci_bus(
     // No bridge the hardware domain keeps may open a window over these.
     pci.ownership
         .set_guest_memory(vm.index, bus.physical_bars());
-    pci.guests.push((vm.index, bus));
+    pci.guests.insert(vm.index, bus);
     // The lines go to the CPU of the guest's first vCPU.
     let pcpu = vm.vcpus.first().map_or(0, |v| v.pcpu);
     for pintid in crate::intx::lines(&pci.intx) {
@@ -819,11 +819,10 @@ fn give_pci_bus(
 
 /// Whether guest `vm` keeps INTx of its function `physical` disabled in
 /// its virtual Command register.
-fn guest_intx_disabled(guests: &[(u16, pci::vpci::GuestBus)], vm: u16, physical: pci::Bdf) -> bool {
+fn guest_intx_disabled(guests: &pci_host::GuestBuses, vm: u16, physical: pci::Bdf) -> bool {
     guests
-        .iter()
-        .find(|(v, _)| *v == vm)
-        .and_then(|(_, b)| b.virtual_command(physical))
+        .get(vm)
+        .and_then(|b| b.virtual_command(physical))
         .is_some_and(|c| c & pci::regs::COMMAND_INTX_DISABLE != 0)
 }
 
@@ -1047,7 +1046,7 @@ fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
     if let Some(pci) = PCI.get() {
         let mut pci = pci.lock();
         let PciState { port, guests, .. } = &mut *pci;
-        if let Some((_, bus)) = guests.iter_mut().find(|(v, _)| *v == vm.index) {
+        if let Some(bus) = guests.get_mut(vm.index) {
             bus.quiesce(port);
             let functions: Vec<pci::Bdf> = bus.describe().map(|(_, _, p)| p).collect();
             start_resets(
@@ -1121,7 +1120,7 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
                 let value = access.store_value(frame.reg(access.reg));
                 virtual_ecam_write(vm, offset, width, value);
             } else {
-                let result = virtual_ecam_read(vm.index, offset, width);
+                let result = virtual_ecam_read(vm.index, offset, access.width);
                 frame.set_reg(access.reg, access.load_result(result));
             }
         }
@@ -1272,9 +1271,9 @@ fn uart_access(vm: &Vm, offset: u64, access: MmioAccess, frame: &mut TrapFrame) 
 /// A guest's read of its virtual ECAM (reads have no effects: nothing to
 /// build or apply). Out of line: little is live across it.
 #[inline(never)]
-fn virtual_ecam_read(vm: u16, offset: u64, width: u64) -> u64 {
+fn virtual_ecam_read(vm: u16, offset: u64, width: crate::mmio::Width) -> u64 {
     match PCI.get() {
-        Some(pci) => crate::pci_calls::guest_ecam_read(&mut pci.lock(), vm, offset, width),
+        Some(pci) => crate::pci_calls::guest_ecam_read(&mut pci.lock(), vm, offset, width.bytes()),
         None => u64::MAX,
     }
 }
@@ -1494,7 +1493,7 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
     }
     ownership.release(topology, vm);
     reservations.release(vm);
-    guests.retain(|(v, _)| *v != vm);
+    guests.remove(vm);
     let lines = crate::intx::lines(intx);
     intx.retain(|s| s.vm != vm);
     for line in lines {

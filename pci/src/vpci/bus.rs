@@ -18,6 +18,10 @@ pub const MAX_UNITS: usize = 31;
 /// Most functions of one unit: the function numbers of device 0.
 pub const MAX_UNIT_FUNCTIONS: usize = 8;
 const NO_PORT: u8 = u8::MAX;
+/// In [`GuestBus::bus_port`]: the bus is the secondary bus of a root port
+/// holding its Secondary Bus Reset (nothing below answers).
+const HELD_IN_RESET: u8 = u8::MAX - 1;
+const _: () = assert!(MAX_UNITS < HELD_IN_RESET as usize);
 const NO_FN: u16 = u16::MAX;
 /// Index used for the expansion ROM in [`Effect::BarRefused`].
 pub const ROM_INDEX: u8 = 6;
@@ -31,7 +35,9 @@ pub struct GuestBus {
     /// Per root port: function index by virtual function number.
     port_fns: Vec<[u16; MAX_UNIT_FUNCTIONS]>,
     fns: Vec<AssignedFn>,
-    /// Virtual bus number -> root port whose secondary bus it is.
+    /// Virtual bus number -> root port whose secondary bus it is
+    /// ([`HELD_IN_RESET`] while that port holds its Secondary Bus Reset).
+    /// Rebuilt whenever a port's bus numbers or reset state change.
     bus_port: [u8; 256],
 }
 
@@ -200,17 +206,18 @@ impl GuestBus {
 
     /// Function index at a virtual (bus, devfn), if routed and not held in
     /// reset. O(1).
+    #[inline]
     fn fn_at(&self, bus: u8, devfn: u8) -> Option<usize> {
         if bus == 0 || devfn >> 3 != 0 {
             return None;
         }
-        let p = *self.bus_port.get(bus as usize)?;
-        let port = self.ports.get(p as usize)?;
-        if port.sbr() {
-            return None;
-        }
-        let i = *self.port_fns.get(p as usize)?.get((devfn & 7) as usize)?;
-        (i != NO_FN).then_some(i as usize)
+        // NO_PORT and HELD_IN_RESET index no port.
+        let p = self.bus_port[usize::from(bus)];
+        let i = *self
+            .port_fns
+            .get(usize::from(p))?
+            .get(usize::from(devfn & 7))?;
+        (i != NO_FN).then_some(usize::from(i))
     }
 
     fn rebuild_routes(&mut self) {
@@ -220,7 +227,7 @@ impl GuestBus {
                 && let Some(slot) = self.bus_port.get_mut(bus as usize)
                 && *slot == NO_PORT
             {
-                *slot = i as u8;
+                *slot = if p.sbr() { HELD_IN_RESET } else { i as u8 };
             }
         }
     }
@@ -245,6 +252,7 @@ impl GuestBus {
     /// A guest config read at `offset` into the virtual ECAM. Naturally
     /// aligned 1, 2 or 4 bytes (the shell splits others); anything else,
     /// and absent functions, read all-ones. No allocation.
+    #[inline(always)]
     pub fn config_read<P: ConfigPort + ?Sized>(
         &mut self,
         port: &mut P,
@@ -314,7 +322,7 @@ impl GuestBus {
         let was_sbr = rp.sbr();
         rp.write(&self.template, reg, width, value);
         let is_sbr = rp.sbr();
-        if reg < SUBORDINATE_BUS + 1 && reg + width > PRIMARY_BUS {
+        if (reg < SUBORDINATE_BUS + 1 && reg + width > PRIMARY_BUS) || is_sbr != was_sbr {
             self.rebuild_routes();
         }
         if is_sbr && !was_sbr {
