@@ -292,15 +292,15 @@ fn emulate(
 ) {
     let a = Access {
         offset,
-        width: access.width.bytes(),
+        width: access.width().bytes(),
         write: access
-            .write
-            .then(|| access.store_value(frame.reg(access.reg))),
+            .write()
+            .then(|| access.store_value(frame.reg(access.reg()))),
     };
     // Reads of pending/active state (ISPENDR..ICACTIVER, in GICD and in
     // the SGI frames) see what the guest did to the list registers since
     // the last look.
-    if !access.write && (0x200..0x400).contains(&(offset & 0xffff)) {
+    if !access.write() && (0x200..0x400).contains(&(offset & 0xffff)) {
         let (eois, synced) = s.sync(vcpu, &mut CpuLrs);
         let out = if redist {
             s.redist_access(a)
@@ -308,7 +308,7 @@ fn emulate(
             s.dist_access(vcpu, a)
         };
         drop(s);
-        frame.set_reg(access.reg, access.load_result(out.value));
+        frame.set_reg(access.reg(), access.load_result(out.value));
         report_eois(vm, &eois);
         let kick = out.kick | synced;
         if kick != 0 {
@@ -322,8 +322,8 @@ fn emulate(
         s.dist_access(vcpu, a)
     };
     drop(s);
-    if !access.write {
-        frame.set_reg(access.reg, access.load_result(out.value));
+    if !access.write() {
+        frame.set_reg(access.reg(), access.load_result(out.value));
     }
     if out.kick != 0 {
         after_change(vm, vcpu, out.kick);

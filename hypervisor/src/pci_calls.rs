@@ -485,7 +485,7 @@ fn guest_ecam<P: ConfigPort>(
         return no_guest_bus(offset, width);
     };
     // The common case: one aligned register access, straight through.
-    if matches!(width, 1 | 2 | 4) && offset & (width - 1) == 0 {
+    if pci::vpci::single_access(offset, width) {
         let write = write.map(|(v, e)| ((v & ((1u64 << (8 * width)) - 1)) as u32, e));
         return u64::from(guest_piece(bus, port, resets, offset, width, write));
     }

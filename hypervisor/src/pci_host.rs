@@ -25,6 +25,23 @@ pub struct EcamRegion {
 #[derive(Debug, Default)]
 pub struct EcamPort {
     regions: Vec<EcamRegion>,
+    /// The regions as searched on every access: (segment, bus) as one key.
+    lookup: Vec<EcamLookup>,
+}
+
+/// One ECAM window for [`EcamPort::address`]: keys `segment << 8 | bus`
+/// from `first` to `first + span` are at `base + ((key - first) << 20)`.
+#[derive(Clone, Copy, Debug)]
+struct EcamLookup {
+    first: u32,
+    span: u32,
+    base: u64,
+}
+
+/// The lookup key of `bdf`'s (segment, bus).
+#[inline(always)]
+fn ecam_key(bdf: Bdf) -> u32 {
+    (u32::from(bdf.segment) << 8) | u32::from(bdf.bus)
 }
 
 impl EcamPort {
@@ -41,8 +58,17 @@ impl EcamPort {
                 },
                 base: b.config.base,
             })
+            .collect::<Vec<EcamRegion>>();
+        let lookup = regions
+            .iter()
+            .filter(|r| r.window.bus_start <= r.window.bus_end)
+            .map(|r| EcamLookup {
+                first: ecam_key(Bdf::new(r.window.segment, r.window.bus_start, 0, 0)),
+                span: u32::from(r.window.bus_end - r.window.bus_start),
+                base: r.base,
+            })
             .collect();
-        Self { regions }
+        Self { regions, lookup }
     }
 
     pub fn regions(&self) -> &[EcamRegion] {
@@ -53,18 +79,22 @@ impl EcamPort {
         self.regions.iter().map(|r| r.window).collect()
     }
 
-    /// Physical address of register `reg` of `bdf`, aligned for `width`.
-    #[inline]
+    /// Physical address of register `reg` of `bdf`, aligned for `width`
+    /// (1, 2 or 4), in the ECAM window of `bdf`'s segment and bus.
+    #[inline(always)]
     fn address(&self, bdf: Bdf, reg: u16, width: u16) -> Option<usize> {
-        // `width` is 1, 2 or 4.
-        if reg & (width - 1) != 0 {
+        if reg & (width - 1) != 0 || reg > 0xfff {
             return None;
         }
-        self.regions.iter().find_map(|r| {
-            r.window
-                .offset_of(bdf, reg)
-                .map(|off| (r.base + off) as usize)
-        })
+        let key = ecam_key(bdf);
+        for l in &self.lookup {
+            let bus = key.wrapping_sub(l.first);
+            if bus <= l.span {
+                let off = (u64::from(bus) << 20) | (u64::from(bdf.devfn) << 12) | u64::from(reg);
+                return Some((l.base + off) as usize);
+            }
+        }
+        None
     }
 }
 
@@ -133,6 +163,7 @@ impl WindowPort for EcamPort {
 
 #[cfg(target_os = "none")]
 impl ConfigPort for EcamPort {
+    #[inline]
     fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
         match self.address(bdf, offset, 4) {
             // SAFETY: inside an ECAM window the EL2 map covers as Device
@@ -141,6 +172,7 @@ impl ConfigPort for EcamPort {
             None => u32::MAX,
         }
     }
+    #[inline]
     fn read16(&mut self, bdf: Bdf, offset: u16) -> u16 {
         match self.address(bdf, offset, 2) {
             // SAFETY: as in read32.
@@ -148,6 +180,7 @@ impl ConfigPort for EcamPort {
             None => u16::MAX,
         }
     }
+    #[inline]
     fn read8(&mut self, bdf: Bdf, offset: u16) -> u8 {
         match self.address(bdf, offset, 1) {
             // SAFETY: as in read32.
@@ -155,18 +188,21 @@ impl ConfigPort for EcamPort {
             None => u8::MAX,
         }
     }
+    #[inline]
     fn write32(&mut self, bdf: Bdf, offset: u16, value: u32) {
         if let Some(a) = self.address(bdf, offset, 4) {
             // SAFETY: as in read32.
             unsafe { (a as *mut u32).write_volatile(value) }
         }
     }
+    #[inline]
     fn write16(&mut self, bdf: Bdf, offset: u16, value: u16) {
         if let Some(a) = self.address(bdf, offset, 2) {
             // SAFETY: as in read32.
             unsafe { (a as *mut u16).write_volatile(value) }
         }
     }
+    #[inline]
     fn write8(&mut self, bdf: Bdf, offset: u16, value: u8) {
         if let Some(a) = self.address(bdf, offset, 1) {
             // SAFETY: as in read32.

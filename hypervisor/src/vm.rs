@@ -917,9 +917,9 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
             frame.elr += 4;
             hypercall(vm, vcpu, frame);
         }
-        esr::EC_DABT_LOW => data_abort(vm, vcpu, frame, syn),
+        esr::EC_DABT_LOW => data_abort(vm, vcpu, frame, syn.esr, syn.far, syn.hpfar),
         crate::irq::EC_SYSREG if crate::irq::sysreg_trap(vm, vcpu, syn.esr, frame) => {}
-        ec => other_trap(vm, vcpu, frame, syn, ec),
+        _ => other_trap(vm, vcpu, frame, syn.esr, syn.far, syn.hpfar),
     }
 }
 
@@ -927,9 +927,10 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
 /// path's frame.
 #[cold]
 #[inline(never)]
-fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome, ec: u64) {
+fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, hpfar: u64) {
+    let ec = esr::class(esr);
     if ec == esr::EC_IABT_LOW {
-        let ipa = fault_ipa(syn.hpfar, syn.far);
+        let ipa = fault_ipa(hpfar, far);
         if vm.log_fault() {
             log::warn!(
                 "{} vCPU {vcpu}: instruction fetch from IPA {ipa:#x} outside its memory at {:#x}; external abort injected",
@@ -937,14 +938,14 @@ fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome, e
                 frame.elr
             );
         }
-        cpu::inject_sync(frame, Injected::InstructionAbort, syn.far);
+        cpu::inject_sync(frame, Injected::InstructionAbort, far);
         return;
     }
     if vm.log_fault() {
         log::warn!(
             "{} vCPU {vcpu}: unexpected trap EC {ec:#x} (ESR {:#x}) at {:#x}; undefined instruction injected",
             vm.name,
-            syn.esr,
+            esr,
             frame.elr
         );
     }
@@ -1095,63 +1096,54 @@ fn system_off() -> ! {
     halt("system off failed")
 }
 
-fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
-    let ipa = fault_ipa(syn.hpfar, syn.far);
-    // One lookup by the first byte; the access must then fit the region.
-    let Some((region, offset)) = vm.mmio.find(ipa, crate::mmio::Width::Byte) else {
-        return refuse_access(vm, vcpu, frame, syn, ipa);
+fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, hpfar: u64) {
+    let ipa = fault_ipa(hpfar, far);
+    // The whole access must fit one region. Anything else (no syndrome,
+    // nothing there, a page of the hardware domain's PCI windows) is rare.
+    let Ok(access) = MmioAccess::decode(esr, ipa) else {
+        return data_abort_slow(vm, vcpu, frame, esr, far, ipa);
     };
-    // Device memory of the hardware domain: map the page and retry the
-    // access, whatever its syndrome.
-    if region.device == MmioDevice::HwdomPciWindow {
-        hwdom_bar_fault(vm, vcpu, frame, syn, ipa);
-        return;
-    }
-    let Ok(access) = MmioAccess::decode(syn.esr, ipa) else {
-        return refuse_access(vm, vcpu, frame, syn, ipa);
+    let Some((region, offset)) = vm.mmio.find(ipa, access.width()) else {
+        return data_abort_slow(vm, vcpu, frame, esr, far, ipa);
     };
-    if access.width.bytes() > region.size - offset {
-        return refuse_access(vm, vcpu, frame, syn, ipa);
-    }
     match region.device {
         MmioDevice::VirtualEcam => {
-            let width = access.width.bytes();
-            if access.write {
-                let value = access.store_value(frame.reg(access.reg));
+            let width = access.width().bytes();
+            if access.write() {
+                let value = access.store_value(frame.reg(access.reg()));
                 virtual_ecam_write(vm, offset, width, value);
             } else {
-                let result = virtual_ecam_read(vm.index, offset, access.width);
-                frame.set_reg(access.reg, access.load_result(result));
+                let result = virtual_ecam_read(vm.index, offset, access.width());
+                frame.set_reg(access.reg(), access.load_result(result));
             }
         }
         MmioDevice::HostEcam(index) => {
             let write = access
-                .write
-                .then(|| access.store_value(frame.reg(access.reg)));
+                .write()
+                .then(|| access.store_value(frame.reg(access.reg())));
             let result = match PCI.get() {
                 Some(pci) => crate::pci_calls::hwdom_ecam_access(
                     &mut pci.lock(),
                     usize::from(index),
                     offset,
-                    access.width.bytes(),
+                    access.width().bytes(),
                     write,
                 ),
                 None => u64::MAX,
             };
-            if !access.write {
-                frame.set_reg(access.reg, access.load_result(result));
+            if !access.write() {
+                frame.set_reg(access.reg(), access.load_result(result));
             }
         }
         MmioDevice::Gicd => crate::irq::gic_mmio(vm, vcpu, false, offset, access, frame),
         MmioDevice::Gicr => crate::irq::gic_mmio(vm, vcpu, true, offset, access, frame),
         MmioDevice::GuestPciWindow => {
             if !guest_pci_window(vm, access, frame) {
-                return refuse_access(vm, vcpu, frame, syn, ipa);
+                return refuse_access(vm, vcpu, frame, esr, far, ipa);
             }
         }
         MmioDevice::Uart => uart_access(vm, offset, access, frame),
-        // Handled above, before decoding.
-        MmioDevice::HwdomPciWindow => return,
+        MmioDevice::HwdomPciWindow => return hwdom_bar_fault(vm, vcpu, frame, esr, far, ipa),
     }
     frame.elr += 4;
     // A stopped VM's other vCPUs stop at their next trap.
@@ -1167,14 +1159,30 @@ fn stop_this_vcpu(vm: &Vm, vcpu: usize) -> ! {
     run_pcpu(cpu::cpu_index());
 }
 
+/// A data abort without a syndrome, or whose access does not fit a region
+/// of the VM's map: a first touch of a page of the hardware domain's PCI
+/// windows (whatever the syndrome), or a refused access.
+#[cold]
+#[inline(never)]
+fn data_abort_slow(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, ipa: u64) {
+    // Device memory of the hardware domain: map the page and retry the
+    // access, whatever its syndrome.
+    if let Some((region, _)) = vm.mmio.find(ipa, crate::mmio::Width::Byte)
+        && region.device == MmioDevice::HwdomPciWindow
+    {
+        return hwdom_bar_fault(vm, vcpu, frame, esr, far, ipa);
+    }
+    refuse_access(vm, vcpu, frame, esr, far, ipa);
+}
+
 /// A data abort that cannot be emulated: its syndrome does not describe
 /// the access, or the access hits nothing the VM owns (a region of its map
 /// it does not fit, or, in its PCI memory window, no trapped MSI-X page).
 /// Logged (under the VM's limit), an external abort injected.
 #[cold]
 #[inline(never)]
-fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome, ipa: u64) {
-    let access = match MmioAccess::decode(syn.esr, ipa) {
+fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, ipa: u64) {
+    let access = match MmioAccess::decode(esr, ipa) {
         Ok(a) => a,
         Err(why) => {
             if vm.log_fault() {
@@ -1184,8 +1192,8 @@ fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome
                     frame.elr
                 );
             }
-            let write = syn.esr & esr::WNR != 0;
-            cpu::inject_sync(frame, Injected::DataAbort { write }, syn.far);
+            let write = esr & esr::WNR != 0;
+            cpu::inject_sync(frame, Injected::DataAbort { write }, far);
             return;
         }
     };
@@ -1193,7 +1201,7 @@ fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome
         .mmio
         .find(ipa, crate::mmio::Width::Byte)
         .is_some_and(|(r, offset)| {
-            r.device == MmioDevice::GuestPciWindow && access.width.bytes() <= r.size - offset
+            r.device == MmioDevice::GuestPciWindow && access.width().bytes() <= r.size - offset
         });
     if vm.log_fault() {
         if window {
@@ -1206,8 +1214,8 @@ fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome
             log::warn!(
                 "{} vCPU {vcpu}: {} of {} bytes at IPA {ipa:#x} (pc {:#x}) hits nothing it owns; external abort injected",
                 vm.name,
-                if access.write { "write" } else { "read" },
-                access.width.bytes(),
+                if access.write() { "write" } else { "read" },
+                access.width().bytes(),
                 frame.elr
             );
         }
@@ -1215,9 +1223,9 @@ fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome
     cpu::inject_sync(
         frame,
         Injected::DataAbort {
-            write: access.write,
+            write: access.write(),
         },
-        syn.far,
+        far,
     );
 }
 
@@ -1231,9 +1239,9 @@ fn guest_pci_window(vm: &Vm, access: MmioAccess, frame: &mut TrapFrame) -> bool 
         let Some(bus) = pci.guest_bus(vm.index) else {
             return false;
         };
-        let width = access.width.bytes() as u16;
-        if access.write {
-            let value = access.store_value(frame.reg(access.reg));
+        let width = access.width().bytes() as u16;
+        if access.write() {
+            let value = access.store_value(frame.reg(access.reg()));
             bus.msix_write(
                 &mut pci_host::BarMemory,
                 access.ipa,
@@ -1244,7 +1252,7 @@ fn guest_pci_window(vm: &Vm, access: MmioAccess, frame: &mut TrapFrame) -> bool 
         } else {
             match bus.msix_read(&mut pci_host::BarMemory, access.ipa, width) {
                 Some(v) => {
-                    frame.set_reg(access.reg, access.load_result(v));
+                    frame.set_reg(access.reg(), access.load_result(v));
                     true
                 }
                 None => false,
@@ -1259,12 +1267,12 @@ fn guest_pci_window(vm: &Vm, access: MmioAccess, frame: &mut TrapFrame) -> bool 
 #[inline(never)]
 fn uart_access(vm: &Vm, offset: u64, access: MmioAccess, frame: &mut TrapFrame) {
     let mut uart = vm.uart.lock();
-    if access.write {
-        let value = access.store_value(frame.reg(access.reg)) as u32;
+    if access.write() {
+        let value = access.store_value(frame.reg(access.reg())) as u32;
         uart.write(offset, value, &mut |line| vm.emit_line(line));
     } else {
         let value = access.load_result(u64::from(uart.read(offset)));
-        frame.set_reg(access.reg, value);
+        frame.set_reg(access.reg(), value);
     }
 }
 
@@ -1557,7 +1565,9 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
 
 /// The hardware domain touched a page of a PCI window for the first time:
 /// map it (IPA == PA) unless it belongs to a function given to a guest.
-fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome, ipa: u64) {
+#[cold]
+#[inline(never)]
+fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, ipa: u64) {
     let page = ipa & !0xfff;
     let guest_owned = PCI
         .get()
@@ -1576,8 +1586,8 @@ fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndro
                 }
             );
         }
-        let write = syn.esr & esr::WNR != 0;
-        cpu::inject_sync(frame, Injected::DataAbort { write }, syn.far);
+        let write = esr & esr::WNR != 0;
+        cpu::inject_sync(frame, Injected::DataAbort { write }, far);
     }
 }
 

@@ -234,10 +234,9 @@ impl GuestBus {
 
     /// Decodes a virtual ECAM offset: (bus, devfn, reg), or None if outside
     /// the window or not a naturally aligned 1/2/4-byte access.
-    #[inline]
+    #[inline(always)]
     fn decode(&self, offset: u64, width: u16) -> Option<(u8, u8, u16)> {
-        // Bit `w` of 0x16: w is 1, 2 or 4.
-        if width > 4 || (0x16 >> width) & 1 == 0 || offset & (u64::from(width) - 1) != 0 {
+        if !super::single_access(offset, u64::from(width)) {
             return None;
         }
         if offset >= self.ecam_size() {

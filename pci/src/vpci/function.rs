@@ -480,7 +480,7 @@ impl AssignedFn {
     }
 
     /// A naturally aligned read of `width` (1, 2, 4) bytes at `reg` < 0x1000.
-    #[inline]
+    #[inline(always)]
     pub fn read<P: ConfigPort + ?Sized>(&self, port: &mut P, reg: u16, width: u16) -> u32 {
         // Inside one dword whose bytes all read the same way (the rules
         // would give the same bytes, one access per rule).
