@@ -163,7 +163,7 @@ impl WindowPort for EcamPort {
 
 #[cfg(target_os = "none")]
 impl ConfigPort for EcamPort {
-    #[inline]
+    #[inline(always)]
     fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
         match self.address(bdf, offset, 4) {
             // SAFETY: inside an ECAM window the EL2 map covers as Device
@@ -172,7 +172,7 @@ impl ConfigPort for EcamPort {
             None => u32::MAX,
         }
     }
-    #[inline]
+    #[inline(always)]
     fn read16(&mut self, bdf: Bdf, offset: u16) -> u16 {
         match self.address(bdf, offset, 2) {
             // SAFETY: as in read32.
@@ -180,7 +180,7 @@ impl ConfigPort for EcamPort {
             None => u16::MAX,
         }
     }
-    #[inline]
+    #[inline(always)]
     fn read8(&mut self, bdf: Bdf, offset: u16) -> u8 {
         match self.address(bdf, offset, 1) {
             // SAFETY: as in read32.

@@ -1106,44 +1106,48 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
     let Some((region, offset)) = vm.mmio.find(ipa, access.width()) else {
         return data_abort_slow(vm, vcpu, frame, esr, far, ipa);
     };
-    match region.device {
-        MmioDevice::VirtualEcam => {
-            let width = access.width().bytes();
-            if access.write() {
-                let value = access.store_value(frame.reg(access.reg()));
-                virtual_ecam_write(vm, offset, width, value);
-            } else {
-                let result = virtual_ecam_read(vm.index, offset, access.width());
-                frame.set_reg(access.reg(), access.load_result(result));
-            }
+    // The config spaces first: the most frequent (and measured) traps.
+    if region.device == MmioDevice::VirtualEcam {
+        if access.write() {
+            let value = access.store_value(frame.reg(access.reg()));
+            virtual_ecam_write(vm, offset, access.width().bytes(), value);
+        } else {
+            let result = virtual_ecam_read(vm.index, offset, access.width());
+            frame.set_reg(access.reg(), access.load_result(result));
         }
-        MmioDevice::HostEcam(index) => {
-            let write = access
-                .write()
-                .then(|| access.store_value(frame.reg(access.reg())));
-            let result = match PCI.get() {
-                Some(pci) => crate::pci_calls::hwdom_ecam_access(
-                    &mut pci.lock(),
-                    usize::from(index),
-                    offset,
-                    access.width().bytes(),
-                    write,
-                ),
-                None => u64::MAX,
-            };
-            if !access.write() {
-                frame.set_reg(access.reg(), access.load_result(result));
-            }
+    } else if let MmioDevice::HostEcam(index) = region.device {
+        let write = access
+            .write()
+            .then(|| access.store_value(frame.reg(access.reg())));
+        let result = match PCI.get() {
+            Some(pci) => crate::pci_calls::hwdom_ecam_access(
+                &mut pci.lock(),
+                usize::from(index),
+                offset,
+                access.width().bytes(),
+                write,
+            ),
+            None => u64::MAX,
+        };
+        if !access.write() {
+            frame.set_reg(access.reg(), access.load_result(result));
         }
-        MmioDevice::Gicd => crate::irq::gic_mmio(vm, vcpu, false, offset, access, frame),
-        MmioDevice::Gicr => crate::irq::gic_mmio(vm, vcpu, true, offset, access, frame),
-        MmioDevice::GuestPciWindow => {
-            if !guest_pci_window(vm, access, frame) {
-                return refuse_access(vm, vcpu, frame, esr, far, ipa);
+    } else {
+        match region.device {
+            MmioDevice::Gicd => crate::irq::gic_mmio(vm, vcpu, false, offset, access, frame),
+            MmioDevice::Gicr => crate::irq::gic_mmio(vm, vcpu, true, offset, access, frame),
+            MmioDevice::GuestPciWindow => {
+                if !guest_pci_window(vm, access, frame) {
+                    return refuse_access(vm, vcpu, frame, esr, far, ipa);
+                }
             }
+            MmioDevice::Uart => uart_access(vm, offset, access, frame),
+            MmioDevice::HwdomPciWindow => {
+                return hwdom_bar_fault(vm, vcpu, frame, esr, far, ipa);
+            }
+            // Handled above.
+            MmioDevice::VirtualEcam | MmioDevice::HostEcam(_) => {}
         }
-        MmioDevice::Uart => uart_access(vm, offset, access, frame),
-        MmioDevice::HwdomPciWindow => return hwdom_bar_fault(vm, vcpu, frame, esr, far, ipa),
     }
     frame.elr += 4;
     // A stopped VM's other vCPUs stop at their next trap.

@@ -22,7 +22,10 @@ const NO_PORT: u8 = u8::MAX;
 /// holding its Secondary Bus Reset (nothing below answers).
 const HELD_IN_RESET: u8 = u8::MAX - 1;
 const _: () = assert!(MAX_UNITS < HELD_IN_RESET as usize);
-const NO_FN: u16 = u16::MAX;
+/// No function (more than any function index: at most
+/// `MAX_UNITS * MAX_UNIT_FUNCTIONS` functions).
+const NO_FN: u8 = u8::MAX;
+const _: () = assert!(MAX_UNITS * MAX_UNIT_FUNCTIONS < NO_FN as usize);
 /// Index used for the expansion ROM in [`Effect::BarRefused`].
 pub const ROM_INDEX: u8 = 6;
 
@@ -32,8 +35,9 @@ pub struct GuestBus {
     layout: GuestLayout,
     template: RootPortTemplate,
     ports: Vec<VirtualRootPort>,
-    /// Per root port: function index by virtual function number.
-    port_fns: Vec<[u16; MAX_UNIT_FUNCTIONS]>,
+    /// Per root port: function index by virtual function number (NO_FN:
+    /// none), a fixed table (no length to check on a lookup).
+    port_fns: [[u8; MAX_UNIT_FUNCTIONS]; MAX_UNITS],
     fns: Vec<AssignedFn>,
     /// Virtual bus number -> root port whose secondary bus it is
     /// ([`HELD_IN_RESET`] while that port holds its Secondary Bus Reset).
@@ -85,7 +89,7 @@ impl GuestBus {
         }
         let template = RootPortTemplate::new();
         let mut ports = Vec::with_capacity(units.len());
-        let mut port_fns = Vec::with_capacity(units.len());
+        let mut port_fns = [[NO_FN; MAX_UNIT_FUNCTIONS]; MAX_UNITS];
         let mut fns = Vec::new();
         for (u, members) in units.iter().enumerate() {
             let mut members = members.clone();
@@ -129,12 +133,14 @@ impl GuestBus {
                 let vfn = if keep_numbers { m.function() } else { k as u8 };
                 let f = AssignedFn::probe(port, m, u as u8, vfn, multifunction)?;
                 if let Some(s) = slots.get_mut(vfn as usize) {
-                    *s = fns.len() as u16;
+                    *s = fns.len() as u8;
                 }
                 fns.push(f);
             }
             ports.push(VirtualRootPort::new(&template));
-            port_fns.push(slots);
+            if let Some(p) = port_fns.get_mut(u) {
+                *p = slots;
+            }
         }
         Ok(Self {
             layout,
@@ -211,13 +217,10 @@ impl GuestBus {
         if bus == 0 || devfn >> 3 != 0 {
             return None;
         }
-        // NO_PORT and HELD_IN_RESET index no port.
+        // NO_PORT and HELD_IN_RESET index no port, NO_FN no function.
         let p = self.bus_port[usize::from(bus)];
-        let i = *self
-            .port_fns
-            .get(usize::from(p))?
-            .get(usize::from(devfn & 7))?;
-        (i != NO_FN).then_some(usize::from(i))
+        let i = self.port_fns.get(usize::from(p))?[usize::from(devfn & 7)];
+        (usize::from(i) < self.fns.len()).then_some(usize::from(i))
     }
 
     fn rebuild_routes(&mut self) {
@@ -269,6 +272,7 @@ impl GuestBus {
             };
         }
         match self.fn_at(bus, devfn).and_then(|i| self.fns.get(i)) {
+            // `reg` and `width` as `decode` checked them.
             Some(f) => f.read(port, reg, width),
             None => width_ones(width),
         }

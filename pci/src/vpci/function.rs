@@ -479,22 +479,22 @@ impl AssignedFn {
         rd(&self.shadow, ROM_BAR, 4)
     }
 
-    /// A naturally aligned read of `width` (1, 2, 4) bytes at `reg` < 0x1000.
+    /// A naturally aligned read of `width` (1, 2, 4) bytes at `reg` < 0x1000
+    /// (as [`super::GuestBus`] decodes accesses: the fast path relies on it
+    /// to stay inside one dword).
     #[inline(always)]
     pub fn read<P: ConfigPort + ?Sized>(&self, port: &mut P, reg: u16, width: u16) -> u32 {
+        debug_assert!(matches!(width, 1 | 2 | 4) && reg & (width - 1) == 0);
         // Inside one dword whose bytes all read the same way (the rules
         // would give the same bytes, one access per rule).
-        if (reg & 3) + width <= 4 {
-            match self.read_kind.get(usize::from(reg / 4)) {
-                Some(&READ_HARDWARE) => return read_width(port, self.physical, reg, width),
-                Some(&READ_SHADOW) => {
-                    if let Some(v) = super::bus::dword_lanes(&self.shadow, usize::from(reg), width)
-                    {
-                        return v;
-                    }
+        match self.read_kind.get(usize::from(reg / 4)) {
+            Some(&READ_HARDWARE) => return read_width(port, self.physical, reg, width),
+            Some(&READ_SHADOW) => {
+                if let Some(v) = super::bus::dword_lanes(&self.shadow, usize::from(reg), width) {
+                    return v;
                 }
-                _ => {}
             }
+            _ => {}
         }
         self.read_by_rule(port, reg, width)
     }
