@@ -27,7 +27,8 @@ impl Width {
 pub struct MmioAccess {
     /// Intermediate physical address of the access.
     pub ipa: u64,
-    /// ESR_EL2's syndrome (ISS) bits, ISV set.
+    /// ESR_EL2's low 32 bits (the syndrome, ISV set; the accessors read
+    /// only their fields).
     iss: u32,
 }
 
@@ -85,7 +86,7 @@ impl MmioAccess {
         }
         Ok(MmioAccess {
             ipa,
-            iss: (esr & 0x01ff_ffff) as u32,
+            iss: esr as u32,
         })
     }
 

@@ -282,18 +282,19 @@ pub struct PendingGuest {
 /// search on every trapped access.
 #[derive(Debug, Default)]
 pub struct GuestBuses {
-    slots: Vec<Option<GuestBus>>,
+    /// Boxed: a lookup is one pointer load.
+    slots: Vec<Option<alloc::boxed::Box<GuestBus>>>,
 }
 
 impl GuestBuses {
     #[inline]
     pub fn get(&self, vm: u16) -> Option<&GuestBus> {
-        self.slots.get(usize::from(vm))?.as_ref()
+        self.slots.get(usize::from(vm))?.as_deref()
     }
 
     #[inline]
     pub fn get_mut(&mut self, vm: u16) -> Option<&mut GuestBus> {
-        self.slots.get_mut(usize::from(vm))?.as_mut()
+        self.slots.get_mut(usize::from(vm))?.as_deref_mut()
     }
 
     /// Give VM `vm` its bus (replacing one it had).
@@ -303,17 +304,17 @@ impl GuestBuses {
             self.slots.resize_with(i + 1, || None);
         }
         if let Some(slot) = self.slots.get_mut(i) {
-            *slot = Some(bus);
+            *slot = Some(alloc::boxed::Box::new(bus));
         }
     }
 
     pub fn remove(&mut self, vm: u16) -> Option<GuestBus> {
-        self.slots.get_mut(usize::from(vm))?.take()
+        self.slots.get_mut(usize::from(vm))?.take().map(|b| *b)
     }
 
     /// Every guest's bus.
     pub fn buses(&self) -> impl Iterator<Item = &GuestBus> {
-        self.slots.iter().flatten()
+        self.slots.iter().flatten().map(|b| &**b)
     }
 }
 

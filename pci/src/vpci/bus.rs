@@ -261,21 +261,47 @@ impl GuestBus {
         offset: u64,
         width: u16,
     ) -> u32 {
-        let Some((bus, devfn, reg)) = self.decode(offset, width) else {
-            return width_ones(width);
-        };
+        match self.single_read(port, offset, u64::from(width)) {
+            Some(v) => v,
+            None => width_ones(width),
+        }
+    }
+
+    /// [`GuestBus::config_read`] of a single access (see
+    /// [`super::single_access`]); `None` for anything else, which the shell
+    /// splits into single accesses.
+    #[inline(always)]
+    pub fn single_read<P: ConfigPort + ?Sized>(
+        &mut self,
+        port: &mut P,
+        offset: u64,
+        width: u64,
+    ) -> Option<u32> {
+        if !super::single_access(offset, width) {
+            return None;
+        }
+        let width = width as u16;
+        if offset >= self.ecam_size() {
+            return Some(width_ones(width));
+        }
+        // As `decode` does, without packing the fields.
+        let bus = (offset >> 20) as u8;
+        let devfn = (offset >> 12) as u8;
+        let reg = (offset & 0xfff) as u16;
         if bus == 0 {
             let d = devfn >> 3;
-            return match (devfn & 7, self.ports.get((d as usize).wrapping_sub(1))) {
-                (0, Some(p)) => root_port_read(p, reg, width),
-                _ => width_ones(width),
-            };
+            return Some(
+                match (devfn & 7, self.ports.get((d as usize).wrapping_sub(1))) {
+                    (0, Some(p)) => root_port_read(p, reg, width),
+                    _ => width_ones(width),
+                },
+            );
         }
-        match self.fn_at(bus, devfn).and_then(|i| self.fns.get(i)) {
+        Some(match self.fn_at(bus, devfn).and_then(|i| self.fns.get(i)) {
             // `reg` and `width` as `decode` checked them.
             Some(f) => f.read(port, reg, width),
             None => width_ones(width),
-        }
+        })
     }
 
     /// A guest config write. Effects (mappings, resets) are appended to
