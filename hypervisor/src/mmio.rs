@@ -101,6 +101,13 @@ impl MmioAccess {
         }
     }
 
+    /// Width of the access in bytes (1, 2, 4 or 8), as a shift: the
+    /// compiler then knows it for a power of two.
+    #[inline]
+    pub const fn bytes(&self) -> u64 {
+        1 << ((self.iss >> esr::SAS_SHIFT) & 3)
+    }
+
     /// A store (else a load).
     #[inline]
     pub const fn write(&self) -> bool {

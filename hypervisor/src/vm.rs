@@ -1110,9 +1110,9 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
     if region.device == MmioDevice::VirtualEcam {
         if access.write() {
             let value = access.store_value(frame.reg(access.reg()));
-            virtual_ecam_write(vm, offset, access.width().bytes(), value);
+            virtual_ecam_write(vm, offset, access.bytes(), value);
         } else {
-            let result = virtual_ecam_read(vm.index, offset, access.width());
+            let result = virtual_ecam_read(vm.index, offset, access);
             frame.set_reg(access.reg(), access.load_result(result));
         }
     } else if let MmioDevice::HostEcam(index) = region.device {
@@ -1124,7 +1124,7 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
                 &mut pci.lock(),
                 usize::from(index),
                 offset,
-                access.width().bytes(),
+                access.bytes(),
                 write,
             ),
             None => u64::MAX,
@@ -1283,9 +1283,9 @@ fn uart_access(vm: &Vm, offset: u64, access: MmioAccess, frame: &mut TrapFrame) 
 /// A guest's read of its virtual ECAM (reads have no effects: nothing to
 /// build or apply). Out of line: little is live across it.
 #[inline(never)]
-fn virtual_ecam_read(vm: u16, offset: u64, width: crate::mmio::Width) -> u64 {
+fn virtual_ecam_read(vm: u16, offset: u64, access: MmioAccess) -> u64 {
     match PCI.get() {
-        Some(pci) => crate::pci_calls::guest_ecam_read(&mut pci.lock(), vm, offset, width.bytes()),
+        Some(pci) => crate::pci_calls::guest_ecam_read(&mut pci.lock(), vm, offset, access.bytes()),
         None => u64::MAX,
     }
 }
