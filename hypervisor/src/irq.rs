@@ -275,7 +275,7 @@ pub fn gic_mmio(
     vcpu: usize,
     redist: bool,
     offset: u64,
-    access: &MmioAccess,
+    access: MmioAccess,
     frame: &mut TrapFrame,
 ) {
     emulate(vm, vcpu, vm.vgic.lock(), redist, offset, access, frame);
@@ -287,20 +287,20 @@ fn emulate(
     mut s: spin::MutexGuard<'_, VGic>,
     redist: bool,
     offset: u64,
-    access: &MmioAccess,
+    access: MmioAccess,
     frame: &mut TrapFrame,
 ) {
     let a = Access {
         offset,
-        width: access.width.bytes(),
+        width: access.width().bytes(),
         write: access
-            .write
-            .then(|| access.store_value(frame.reg(access.reg))),
+            .write()
+            .then(|| access.store_value(frame.reg(access.reg()))),
     };
     // Reads of pending/active state (ISPENDR..ICACTIVER, in GICD and in
     // the SGI frames) see what the guest did to the list registers since
     // the last look.
-    if !access.write && (0x200..0x400).contains(&(offset & 0xffff)) {
+    if !access.write() && (0x200..0x400).contains(&(offset & 0xffff)) {
         let (eois, synced) = s.sync(vcpu, &mut CpuLrs);
         let out = if redist {
             s.redist_access(a)
@@ -308,7 +308,7 @@ fn emulate(
             s.dist_access(vcpu, a)
         };
         drop(s);
-        frame.set_reg(access.reg, access.load_result(out.value));
+        frame.set_reg(access.reg(), access.load_result(out.value));
         report_eois(vm, &eois);
         let kick = out.kick | synced;
         if kick != 0 {
@@ -322,8 +322,8 @@ fn emulate(
         s.dist_access(vcpu, a)
     };
     drop(s);
-    if !access.write {
-        frame.set_reg(access.reg, access.load_result(out.value));
+    if !access.write() {
+        frame.set_reg(access.reg(), access.load_result(out.value));
     }
     if out.kick != 0 {
         after_change(vm, vcpu, out.kick);

@@ -16,28 +16,20 @@ impl Width {
     }
     /// Mask of the low `8 * bytes` bits.
     pub const fn mask(self) -> u64 {
-        match self {
-            Width::Double => u64::MAX,
-            w => (1u64 << (8 * w.bytes())) - 1,
-        }
+        u64::MAX >> (64 - 8 * self.bytes())
     }
 }
 
-/// One trapped load or store, decoded from ESR_EL2/FAR_EL2/HPFAR_EL2.
+/// One trapped load or store, decoded from ESR_EL2/FAR_EL2/HPFAR_EL2: the
+/// address and the syndrome it was checked against, whose fields the
+/// accessors read (two registers to pass around, nothing to assemble).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmioAccess {
     /// Intermediate physical address of the access.
     pub ipa: u64,
-    pub width: Width,
-    pub write: bool,
-    /// Target (load) or source (store) register; 31 is xzr.
-    pub reg: u8,
-    /// Sign-extend a load to the register width.
-    pub sign_extend: bool,
-    /// The register is a 64-bit X register (else a W register).
-    pub sixty_four: bool,
-    /// Load-acquire / store-release.
-    pub acquire_release: bool,
+    /// ESR_EL2's low 32 bits (the syndrome, ISV set; the accessors read
+    /// only their fields).
+    iss: u32,
 }
 
 /// Why a data abort cannot be emulated.
@@ -92,35 +84,74 @@ impl MmioAccess {
         if esr & esr::S1PTW != 0 {
             return Err(DecodeError::StageOneWalk);
         }
-        let width = match (esr >> esr::SAS_SHIFT) & 3 {
+        Ok(MmioAccess {
+            ipa,
+            iss: esr as u32,
+        })
+    }
+
+    /// Width of the access.
+    #[inline]
+    pub const fn width(&self) -> Width {
+        match (self.iss >> esr::SAS_SHIFT) & 3 {
             0 => Width::Byte,
             1 => Width::Half,
             2 => Width::Word,
             _ => Width::Double,
-        };
-        Ok(MmioAccess {
-            ipa,
-            width,
-            write: esr & esr::WNR != 0,
-            reg: ((esr >> esr::SRT_SHIFT) & 0x1f) as u8,
-            sign_extend: esr & esr::SSE != 0,
-            sixty_four: esr & esr::SF != 0,
-            acquire_release: esr & esr::AR != 0,
-        })
+        }
+    }
+
+    /// Width of the access in bytes (1, 2, 4 or 8), as a shift: the
+    /// compiler then knows it for a power of two.
+    #[inline]
+    pub const fn bytes(&self) -> u64 {
+        1 << ((self.iss >> esr::SAS_SHIFT) & 3)
+    }
+
+    /// A store (else a load).
+    #[inline]
+    pub const fn write(&self) -> bool {
+        self.iss as u64 & esr::WNR != 0
+    }
+
+    /// Target (load) or source (store) register; 31 is xzr.
+    #[inline]
+    pub const fn reg(&self) -> u8 {
+        ((self.iss >> esr::SRT_SHIFT) & 0x1f) as u8
+    }
+
+    /// Sign-extend a load to the register width.
+    #[inline]
+    pub const fn sign_extend(&self) -> bool {
+        self.iss as u64 & esr::SSE != 0
+    }
+
+    /// The register is a 64-bit X register (else a W register).
+    #[inline]
+    pub const fn sixty_four(&self) -> bool {
+        self.iss as u64 & esr::SF != 0
+    }
+
+    /// Load-acquire / store-release (no emulated device orders accesses
+    /// differently: the trap itself is a barrier).
+    #[inline]
+    #[allow(dead_code)]
+    pub const fn acquire_release(&self) -> bool {
+        self.iss as u64 & esr::AR != 0
     }
 
     /// The value a load returns into its register, given the `width`-sized
     /// value read from the device: sign-extended if asked, truncated to 32
     /// bits for a W register.
     pub fn load_result(&self, raw: u64) -> u64 {
-        let raw = raw & self.width.mask();
-        let value = if self.sign_extend && self.width != Width::Double {
-            let shift = 64 - 8 * self.width.bytes();
+        let raw = raw & self.width().mask();
+        let value = if self.sign_extend() && self.width() != Width::Double {
+            let shift = 64 - 8 * self.width().bytes();
             (((raw << shift) as i64) >> shift) as u64
         } else {
             raw
         };
-        if self.sixty_four {
+        if self.sixty_four() {
             value
         } else {
             value & 0xffff_ffff
@@ -129,7 +160,7 @@ impl MmioAccess {
 
     /// The value a store writes, given the source register's content.
     pub fn store_value(&self, reg_value: u64) -> u64 {
-        reg_value & self.width.mask()
+        reg_value & self.width().mask()
     }
 }
 
@@ -261,18 +292,18 @@ mod tests {
     #[test]
     fn decodes_width_register_direction() {
         let a = MmioAccess::decode(iss(2, 3, true, false, false), 0x900_0000).unwrap();
-        assert_eq!(a.width, Width::Word);
-        assert_eq!(a.reg, 3);
-        assert!(a.write);
-        assert!(!a.sixty_four);
+        assert_eq!(a.width(), Width::Word);
+        assert_eq!(a.reg(), 3);
+        assert!(a.write());
+        assert!(!a.sixty_four());
         let b = MmioAccess::decode(iss(3, 31, false, false, true), 0x10).unwrap();
-        assert_eq!(b.width, Width::Double);
-        assert_eq!(b.reg, 31, "xzr is register 31");
-        assert!(!b.write);
-        assert!(b.sixty_four);
+        assert_eq!(b.width(), Width::Double);
+        assert_eq!(b.reg(), 31, "xzr is register 31");
+        assert!(!b.write());
+        assert!(b.sixty_four());
         let c = MmioAccess::decode(iss(0, 0, false, false, false) | esr::AR, 0).unwrap();
-        assert_eq!(c.width, Width::Byte);
-        assert!(c.acquire_release);
+        assert_eq!(c.width(), Width::Byte);
+        assert!(c.acquire_release());
     }
 
     #[test]

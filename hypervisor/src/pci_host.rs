@@ -25,6 +25,23 @@ pub struct EcamRegion {
 #[derive(Debug, Default)]
 pub struct EcamPort {
     regions: Vec<EcamRegion>,
+    /// The regions as searched on every access: (segment, bus) as one key.
+    lookup: Vec<EcamLookup>,
+}
+
+/// One ECAM window for [`EcamPort::address`]: keys `segment << 8 | bus`
+/// from `first` to `first + span` are at `base + ((key - first) << 20)`.
+#[derive(Clone, Copy, Debug)]
+struct EcamLookup {
+    first: u32,
+    span: u32,
+    base: u64,
+}
+
+/// The lookup key of `bdf`'s (segment, bus).
+#[inline(always)]
+fn ecam_key(bdf: Bdf) -> u32 {
+    (u32::from(bdf.segment) << 8) | u32::from(bdf.bus)
 }
 
 impl EcamPort {
@@ -41,8 +58,17 @@ impl EcamPort {
                 },
                 base: b.config.base,
             })
+            .collect::<Vec<EcamRegion>>();
+        let lookup = regions
+            .iter()
+            .filter(|r| r.window.bus_start <= r.window.bus_end)
+            .map(|r| EcamLookup {
+                first: ecam_key(Bdf::new(r.window.segment, r.window.bus_start, 0, 0)),
+                span: u32::from(r.window.bus_end - r.window.bus_start),
+                base: r.base,
+            })
             .collect();
-        Self { regions }
+        Self { regions, lookup }
     }
 
     pub fn regions(&self) -> &[EcamRegion] {
@@ -53,18 +79,22 @@ impl EcamPort {
         self.regions.iter().map(|r| r.window).collect()
     }
 
-    /// Physical address of register `reg` of `bdf`, aligned for `width`.
-    #[inline]
+    /// Physical address of register `reg` of `bdf`, aligned for `width`
+    /// (1, 2 or 4), in the ECAM window of `bdf`'s segment and bus.
+    #[inline(always)]
     fn address(&self, bdf: Bdf, reg: u16, width: u16) -> Option<usize> {
-        // `width` is 1, 2 or 4.
-        if reg & (width - 1) != 0 {
+        if reg & (width - 1) != 0 || reg > 0xfff {
             return None;
         }
-        self.regions.iter().find_map(|r| {
-            r.window
-                .offset_of(bdf, reg)
-                .map(|off| (r.base + off) as usize)
-        })
+        let key = ecam_key(bdf);
+        for l in &self.lookup {
+            let bus = key.wrapping_sub(l.first);
+            if bus <= l.span {
+                let off = (u64::from(bus) << 20) | (u64::from(bdf.devfn) << 12) | u64::from(reg);
+                return Some((l.base + off) as usize);
+            }
+        }
+        None
     }
 }
 
@@ -133,6 +163,7 @@ impl WindowPort for EcamPort {
 
 #[cfg(target_os = "none")]
 impl ConfigPort for EcamPort {
+    #[inline(always)]
     fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
         match self.address(bdf, offset, 4) {
             // SAFETY: inside an ECAM window the EL2 map covers as Device
@@ -141,6 +172,7 @@ impl ConfigPort for EcamPort {
             None => u32::MAX,
         }
     }
+    #[inline(always)]
     fn read16(&mut self, bdf: Bdf, offset: u16) -> u16 {
         match self.address(bdf, offset, 2) {
             // SAFETY: as in read32.
@@ -148,6 +180,7 @@ impl ConfigPort for EcamPort {
             None => u16::MAX,
         }
     }
+    #[inline(always)]
     fn read8(&mut self, bdf: Bdf, offset: u16) -> u8 {
         match self.address(bdf, offset, 1) {
             // SAFETY: as in read32.
@@ -155,18 +188,21 @@ impl ConfigPort for EcamPort {
             None => u8::MAX,
         }
     }
+    #[inline]
     fn write32(&mut self, bdf: Bdf, offset: u16, value: u32) {
         if let Some(a) = self.address(bdf, offset, 4) {
             // SAFETY: as in read32.
             unsafe { (a as *mut u32).write_volatile(value) }
         }
     }
+    #[inline]
     fn write16(&mut self, bdf: Bdf, offset: u16, value: u16) {
         if let Some(a) = self.address(bdf, offset, 2) {
             // SAFETY: as in read32.
             unsafe { (a as *mut u16).write_volatile(value) }
         }
     }
+    #[inline]
     fn write8(&mut self, bdf: Bdf, offset: u16, value: u8) {
         if let Some(a) = self.address(bdf, offset, 1) {
             // SAFETY: as in read32.
@@ -214,7 +250,7 @@ pub struct PciState<P = EcamPort> {
     /// Guests waiting for their functions to be reported.
     pub pending: Vec<PendingGuest>,
     /// Virtual PCI buses of the guests that got functions, by VM index.
-    pub guests: Vec<(u16, GuestBus)>,
+    pub guests: GuestBuses,
     /// Passed-through functions on physical INTx lines.
     pub intx: Vec<crate::intx::IntxSource>,
     /// Resets in progress.
@@ -244,21 +280,58 @@ pub struct PendingGuest {
     pub deadline: u64,
 }
 
+/// The virtual PCI buses of the guests, by VM index: found without a
+/// search on every trapped access.
+#[derive(Debug, Default)]
+pub struct GuestBuses {
+    /// Boxed: a lookup is one pointer load.
+    slots: Vec<Option<alloc::boxed::Box<GuestBus>>>,
+}
+
+impl GuestBuses {
+    #[inline]
+    pub fn get(&self, vm: u16) -> Option<&GuestBus> {
+        self.slots.get(usize::from(vm))?.as_deref()
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, vm: u16) -> Option<&mut GuestBus> {
+        self.slots.get_mut(usize::from(vm))?.as_deref_mut()
+    }
+
+    /// Give VM `vm` its bus (replacing one it had).
+    pub fn insert(&mut self, vm: u16, bus: GuestBus) {
+        let i = usize::from(vm);
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if let Some(slot) = self.slots.get_mut(i) {
+            *slot = Some(alloc::boxed::Box::new(bus));
+        }
+    }
+
+    pub fn remove(&mut self, vm: u16) -> Option<GuestBus> {
+        self.slots.get_mut(usize::from(vm))?.take().map(|b| *b)
+    }
+
+    /// Every guest's bus.
+    pub fn buses(&self) -> impl Iterator<Item = &GuestBus> {
+        self.slots.iter().flatten().map(|b| &**b)
+    }
+}
+
 impl<P> PciState<P> {
     /// Whether `[pa, pa + size)` overlaps a BAR of a function a guest owns.
     pub fn guest_owns_memory(&self, pa: u64, size: u64) -> bool {
         let end = pa.saturating_add(size);
         self.guests
-            .iter()
-            .flat_map(|(_, bus)| bus.physical_bars())
+            .buses()
+            .flat_map(|bus| bus.physical_bars())
             .any(|(base, len)| pa < base.saturating_add(len) && base < end)
     }
 
     pub fn guest_bus(&mut self, vm: u16) -> Option<&mut GuestBus> {
-        self.guests
-            .iter_mut()
-            .find(|(v, _)| *v == vm)
-            .map(|(_, b)| b)
+        self.guests.get_mut(vm)
     }
 }
 
@@ -314,7 +387,7 @@ impl<P: ConfigPort> PciState<P> {
             enumerated: Vec::new(),
             ownership: Ownership::new(),
             pending: Vec::new(),
-            guests: Vec::new(),
+            guests: GuestBuses::default(),
             intx: Vec::new(),
             resets: Vec::new(),
             quarantine: pci::reset_engine::Quarantine::new(),

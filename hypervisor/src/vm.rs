@@ -740,7 +740,7 @@ fn start_ready_guests(pci: &mut PciState) {
                     Err(e) => {
                         log::error!("{} cannot start: {e}", vm.name);
                         pci.ownership.release(&pci.topology, vm.index);
-                        pci.guests.retain(|(v, _)| *v != vm.index);
+                        pci.guests.remove(vm.index);
                         FAILED.store(true, Ordering::Release);
                     }
                 }
@@ -847,7 +847,7 @@ fn give_pci_bus(
     // No bridge the hardware domain keeps may open a window over these.
     pci.ownership
         .set_guest_memory(vm.index, bus.physical_bars());
-    pci.guests.push((vm.index, bus));
+    pci.guests.insert(vm.index, bus);
     // The lines go to the CPU of the guest's first vCPU.
     let pcpu = vm.vcpus.first().map_or(0, |v| v.pcpu);
     for pintid in crate::intx::lines(&pci.intx) {
@@ -864,11 +864,10 @@ fn give_pci_bus(
 
 /// Whether guest `vm` keeps INTx of its function `physical` disabled in
 /// its virtual Command register.
-fn guest_intx_disabled(guests: &[(u16, pci::vpci::GuestBus)], vm: u16, physical: pci::Bdf) -> bool {
+fn guest_intx_disabled(guests: &pci_host::GuestBuses, vm: u16, physical: pci::Bdf) -> bool {
     guests
-        .iter()
-        .find(|(v, _)| *v == vm)
-        .and_then(|(_, b)| b.virtual_command(physical))
+        .get(vm)
+        .and_then(|b| b.virtual_command(physical))
         .is_some_and(|c| c & pci::regs::COMMAND_INTX_DISABLE != 0)
 }
 
@@ -1045,9 +1044,9 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
             frame.elr += 4;
             hypercall(vm, vcpu, frame);
         }
-        esr::EC_DABT_LOW => data_abort(vm, vcpu, frame, syn),
+        esr::EC_DABT_LOW => data_abort(vm, vcpu, frame, syn.esr, syn.far, syn.hpfar),
         crate::irq::EC_SYSREG if crate::irq::sysreg_trap(vm, vcpu, syn.esr, frame) => {}
-        ec => other_trap(vm, vcpu, frame, syn, ec),
+        _ => other_trap(vm, vcpu, frame, syn.esr, syn.far, syn.hpfar),
     }
 }
 
@@ -1055,9 +1054,10 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
 /// path's frame.
 #[cold]
 #[inline(never)]
-fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome, ec: u64) {
+fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, hpfar: u64) {
+    let ec = esr::class(esr);
     if ec == esr::EC_IABT_LOW {
-        let ipa = fault_ipa(syn.hpfar, syn.far);
+        let ipa = fault_ipa(hpfar, far);
         if vm.log_fault() {
             log::warn!(
                 "{} vCPU {vcpu}: instruction fetch from IPA {ipa:#x} outside its memory at {:#x}; external abort injected",
@@ -1065,14 +1065,14 @@ fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome, e
                 frame.elr
             );
         }
-        cpu::inject_sync(frame, Injected::InstructionAbort, syn.far);
+        cpu::inject_sync(frame, Injected::InstructionAbort, far);
         return;
     }
     if vm.log_fault() {
         log::warn!(
             "{} vCPU {vcpu}: unexpected trap EC {ec:#x} (ESR {:#x}) at {:#x}; undefined instruction injected",
             vm.name,
-            syn.esr,
+            esr,
             frame.elr
         );
     }
@@ -1174,7 +1174,7 @@ fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
     if let Some(pci) = PCI.get() {
         let mut pci = pci.lock();
         let PciState { port, guests, .. } = &mut *pci;
-        if let Some((_, bus)) = guests.iter_mut().find(|(v, _)| *v == vm.index) {
+        if let Some(bus) = guests.get_mut(vm.index) {
             bus.quiesce(port);
             let functions: Vec<pci::Bdf> = bus.describe().map(|(_, _, p)| p).collect();
             start_resets(
@@ -1223,19 +1223,97 @@ fn system_off() -> ! {
     halt("system off failed")
 }
 
-fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
-    let ipa = fault_ipa(syn.hpfar, syn.far);
-    // One lookup by the first byte; the access must then fit the region.
-    let found = vm.mmio.find(ipa, crate::mmio::Width::Byte);
+fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, hpfar: u64) {
+    let ipa = fault_ipa(hpfar, far);
+    // The whole access must fit one region. Anything else (no syndrome,
+    // nothing there, a page of the hardware domain's PCI windows) is rare.
+    let Ok(access) = MmioAccess::decode(esr, ipa) else {
+        return data_abort_slow(vm, vcpu, frame, esr, far, ipa);
+    };
+    let Some((region, offset)) = vm.mmio.find(ipa, access.width()) else {
+        return data_abort_slow(vm, vcpu, frame, esr, far, ipa);
+    };
+    // The config spaces first: the most frequent (and measured) traps.
+    if region.device == MmioDevice::VirtualEcam {
+        if access.write() {
+            let value = access.store_value(frame.reg(access.reg()));
+            virtual_ecam_write(vm, offset, access.bytes(), value);
+        } else {
+            let result = virtual_ecam_read(vm.index, offset, access);
+            frame.set_reg(access.reg(), access.load_result(result));
+        }
+    } else if let MmioDevice::HostEcam(index) = region.device {
+        let write = access
+            .write()
+            .then(|| access.store_value(frame.reg(access.reg())));
+        let result = match PCI.get() {
+            Some(pci) => crate::pci_calls::hwdom_ecam_access(
+                &mut pci.lock(),
+                usize::from(index),
+                offset,
+                access.bytes(),
+                write,
+            ),
+            None => u64::MAX,
+        };
+        if !access.write() {
+            frame.set_reg(access.reg(), access.load_result(result));
+        }
+    } else {
+        match region.device {
+            MmioDevice::Gicd => crate::irq::gic_mmio(vm, vcpu, false, offset, access, frame),
+            MmioDevice::Gicr => crate::irq::gic_mmio(vm, vcpu, true, offset, access, frame),
+            MmioDevice::GuestPciWindow => {
+                if !guest_pci_window(vm, access, frame) {
+                    return refuse_access(vm, vcpu, frame, esr, far, ipa);
+                }
+            }
+            MmioDevice::Uart => uart_access(vm, offset, access, frame),
+            MmioDevice::HwdomPciWindow => {
+                return hwdom_bar_fault(vm, vcpu, frame, esr, far, ipa);
+            }
+            // Handled above.
+            MmioDevice::VirtualEcam | MmioDevice::HostEcam(_) => {}
+        }
+    }
+    frame.elr += 4;
+    // A stopped VM's other vCPUs stop at their next trap.
+    if vm.stopped.load(Ordering::Acquire) {
+        stop_this_vcpu(vm, vcpu);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn stop_this_vcpu(vm: &Vm, vcpu: usize) -> ! {
+    vm.vcpus[vcpu].set_power(VcpuPower::Off);
+    run_pcpu(cpu::cpu_index());
+}
+
+/// A data abort without a syndrome, or whose access does not fit a region
+/// of the VM's map: a first touch of a page of the hardware domain's PCI
+/// windows (whatever the syndrome), or a refused access.
+#[cold]
+#[inline(never)]
+fn data_abort_slow(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, ipa: u64) {
     // Device memory of the hardware domain: map the page and retry the
     // access, whatever its syndrome.
-    if let Some((region, _)) = found
+    if let Some((region, _)) = vm.mmio.find(ipa, crate::mmio::Width::Byte)
         && region.device == MmioDevice::HwdomPciWindow
     {
-        hwdom_bar_fault(vm, vcpu, frame, syn, ipa);
-        return;
+        return hwdom_bar_fault(vm, vcpu, frame, esr, far, ipa);
     }
-    let access = match MmioAccess::decode(syn.esr, ipa) {
+    refuse_access(vm, vcpu, frame, esr, far, ipa);
+}
+
+/// A data abort that cannot be emulated: its syndrome does not describe
+/// the access, or the access hits nothing the VM owns (a region of its map
+/// it does not fit, or, in its PCI memory window, no trapped MSI-X page).
+/// Logged (under the VM's limit), an external abort injected.
+#[cold]
+#[inline(never)]
+fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, ipa: u64) {
+    let access = match MmioAccess::decode(esr, ipa) {
         Ok(a) => a,
         Err(why) => {
             if vm.log_fault() {
@@ -1245,129 +1323,97 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome) {
                     frame.elr
                 );
             }
-            let write = syn.esr & esr::WNR != 0;
-            cpu::inject_sync(frame, Injected::DataAbort { write }, syn.far);
+            let write = esr & esr::WNR != 0;
+            cpu::inject_sync(frame, Injected::DataAbort { write }, far);
             return;
         }
     };
-    let found = found.filter(|(r, offset)| access.width.bytes() <= r.size - offset);
-    let Some((region, offset)) = found else {
-        if vm.log_fault() {
+    let window = vm
+        .mmio
+        .find(ipa, crate::mmio::Width::Byte)
+        .is_some_and(|(r, offset)| {
+            r.device == MmioDevice::GuestPciWindow && access.width().bytes() <= r.size - offset
+        });
+    if vm.log_fault() {
+        if window {
+            log::warn!(
+                "{} vCPU {vcpu}: access to PCI memory {ipa:#x} (pc {:#x}) outside its mapped BARs; external abort injected",
+                vm.name,
+                frame.elr
+            );
+        } else {
             log::warn!(
                 "{} vCPU {vcpu}: {} of {} bytes at IPA {ipa:#x} (pc {:#x}) hits nothing it owns; external abort injected",
                 vm.name,
-                if access.write { "write" } else { "read" },
-                access.width.bytes(),
+                if access.write() { "write" } else { "read" },
+                access.width().bytes(),
                 frame.elr
             );
         }
-        cpu::inject_sync(
-            frame,
-            Injected::DataAbort {
-                write: access.write,
-            },
-            syn.far,
-        );
-        return;
-    };
-    match region.device {
-        MmioDevice::Gicd => crate::irq::gic_mmio(vm, vcpu, false, offset, &access, frame),
-        MmioDevice::Gicr => crate::irq::gic_mmio(vm, vcpu, true, offset, &access, frame),
-        // Handled above, before decoding.
-        MmioDevice::HwdomPciWindow => return,
-        MmioDevice::VirtualEcam => {
-            let width = access.width.bytes();
-            if access.write {
-                let value = access.store_value(frame.reg(access.reg));
-                virtual_ecam_write(vm, offset, width, value);
-            } else {
-                // Reads have no effects: nothing to build or apply.
-                let result = match PCI.get() {
-                    Some(pci) => {
-                        crate::pci_calls::guest_ecam_read(&mut pci.lock(), vm.index, offset, width)
-                    }
-                    None => u64::MAX,
-                };
-                frame.set_reg(access.reg, access.load_result(result));
-            }
-        }
-        MmioDevice::GuestPciWindow => {
-            let mut effects = pci::vpci::Effects::default();
-            let handled = PCI.get().is_some_and(|pci| {
-                let mut pci = pci.lock();
-                let Some(bus) = pci.guest_bus(vm.index) else {
-                    return false;
-                };
-                let width = access.width.bytes() as u16;
-                if access.write {
-                    let value = access.store_value(frame.reg(access.reg));
-                    bus.msix_write(&mut pci_host::BarMemory, ipa, width, value, &mut effects)
-                } else {
-                    match bus.msix_read(&mut pci_host::BarMemory, ipa, width) {
-                        Some(v) => {
-                            frame.set_reg(access.reg, access.load_result(v));
-                            true
-                        }
-                        None => false,
-                    }
-                }
-            });
-            apply_pci_effects(vm, &effects);
-            if handled {
-                frame.elr += 4;
-                return;
-            }
-            // Not an MSI-X page of one of its BARs: nothing is there.
-            if vm.log_fault() {
-                log::warn!(
-                    "{} vCPU {vcpu}: access to PCI memory {ipa:#x} (pc {:#x}) outside its mapped BARs; external abort injected",
-                    vm.name,
-                    frame.elr
-                );
-            }
-            cpu::inject_sync(
-                frame,
-                Injected::DataAbort {
-                    write: access.write,
-                },
-                syn.far,
-            );
-            return;
-        }
-        MmioDevice::HostEcam(index) => {
-            let write = access
-                .write
-                .then(|| access.store_value(frame.reg(access.reg)));
-            let result = match PCI.get() {
-                Some(pci) => crate::pci_calls::hwdom_ecam_access(
-                    &mut pci.lock(),
-                    usize::from(index),
-                    offset,
-                    access.width.bytes(),
-                    write,
-                ),
-                None => u64::MAX,
-            };
-            if !access.write {
-                frame.set_reg(access.reg, access.load_result(result));
-            }
-        }
-        MmioDevice::Uart => {
-            let mut uart = vm.uart.lock();
-            if access.write {
-                let value = access.store_value(frame.reg(access.reg)) as u32;
-                uart.write(offset, value, &mut |line| vm.emit_line(line));
-            } else {
-                let value = access.load_result(u64::from(uart.read(offset)));
-                frame.set_reg(access.reg, value);
-            }
-        }
     }
-    frame.elr += 4;
-    // A stopped VM's other vCPUs stop at their next trap.
-    if vm.stopped.load(Ordering::Acquire) {
-        vm.vcpus[vcpu].set_power(VcpuPower::Off);
-        run_pcpu(cpu::cpu_index());
+    cpu::inject_sync(
+        frame,
+        Injected::DataAbort {
+            write: access.write(),
+        },
+        far,
+    );
+}
+
+/// A guest's access to its PCI memory window outside the BAR pages mapped
+/// in stage 2: one of its trapped MSI-X pages, emulated (true), or nothing.
+#[inline(never)]
+fn guest_pci_window(vm: &Vm, access: MmioAccess, frame: &mut TrapFrame) -> bool {
+    let mut effects = pci::vpci::Effects::default();
+    let handled = PCI.get().is_some_and(|pci| {
+        let mut pci = pci.lock();
+        let Some(bus) = pci.guest_bus(vm.index) else {
+            return false;
+        };
+        let width = access.width().bytes() as u16;
+        if access.write() {
+            let value = access.store_value(frame.reg(access.reg()));
+            bus.msix_write(
+                &mut pci_host::BarMemory,
+                access.ipa,
+                width,
+                value,
+                &mut effects,
+            )
+        } else {
+            match bus.msix_read(&mut pci_host::BarMemory, access.ipa, width) {
+                Some(v) => {
+                    frame.set_reg(access.reg(), access.load_result(v));
+                    true
+                }
+                None => false,
+            }
+        }
+    });
+    apply_pci_effects(vm, &effects);
+    handled
+}
+
+/// The VM's virtual PL011.
+#[inline(never)]
+fn uart_access(vm: &Vm, offset: u64, access: MmioAccess, frame: &mut TrapFrame) {
+    let mut uart = vm.uart.lock();
+    if access.write() {
+        let value = access.store_value(frame.reg(access.reg())) as u32;
+        uart.write(offset, value, &mut |line| vm.emit_line(line));
+    } else {
+        let value = access.load_result(u64::from(uart.read(offset)));
+        frame.set_reg(access.reg(), value);
+    }
+}
+
+/// A guest's read of its virtual ECAM (reads have no effects: nothing to
+/// build or apply). Out of line: little is live across it.
+#[inline(never)]
+fn virtual_ecam_read(vm: u16, offset: u64, access: MmioAccess) -> u64 {
+    match PCI.get() {
+        Some(pci) => crate::pci_calls::guest_ecam_read(&mut pci.lock(), vm, offset, access.bytes()),
+        None => u64::MAX,
     }
 }
 
@@ -1642,7 +1688,7 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
     }
     ownership.release(topology, vm);
     reservations.release(vm);
-    guests.retain(|(v, _)| *v != vm);
+    guests.remove(vm);
     let lines = crate::intx::lines(intx);
     intx.retain(|s| s.vm != vm);
     aer.guest_lines.retain(|l| l.vm != vm);
@@ -1736,7 +1782,9 @@ fn guest_msix_commit(vm: &Vm, physical: pci::Bdf) {
 
 /// The hardware domain touched a page of a PCI window for the first time:
 /// map it (IPA == PA) unless it belongs to a function given to a guest.
-fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndrome, ipa: u64) {
+#[cold]
+#[inline(never)]
+fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, ipa: u64) {
     let page = ipa & !0xfff;
     let guest_owned = PCI
         .get()
@@ -1755,8 +1803,8 @@ fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, syn: cpu::Syndro
                 }
             );
         }
-        let write = syn.esr & esr::WNR != 0;
-        cpu::inject_sync(frame, Injected::DataAbort { write }, syn.far);
+        let write = esr & esr::WNR != 0;
+        cpu::inject_sync(frame, Injected::DataAbort { write }, far);
     }
 }
 

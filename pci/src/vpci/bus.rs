@@ -18,7 +18,14 @@ pub const MAX_UNITS: usize = 31;
 /// Most functions of one unit: the function numbers of device 0.
 pub const MAX_UNIT_FUNCTIONS: usize = 8;
 const NO_PORT: u8 = u8::MAX;
-const NO_FN: u16 = u16::MAX;
+/// In [`GuestBus::bus_port`]: the bus is the secondary bus of a root port
+/// holding its Secondary Bus Reset (nothing below answers).
+const HELD_IN_RESET: u8 = u8::MAX - 1;
+const _: () = assert!(MAX_UNITS < HELD_IN_RESET as usize);
+/// No function (more than any function index: at most
+/// `MAX_UNITS * MAX_UNIT_FUNCTIONS` functions).
+const NO_FN: u8 = u8::MAX;
+const _: () = assert!(MAX_UNITS * MAX_UNIT_FUNCTIONS < NO_FN as usize);
 /// Index used for the expansion ROM in [`Effect::BarRefused`].
 pub const ROM_INDEX: u8 = 6;
 
@@ -28,23 +35,33 @@ pub struct GuestBus {
     layout: GuestLayout,
     template: RootPortTemplate,
     ports: Vec<VirtualRootPort>,
-    /// Per root port: function index by virtual function number.
-    port_fns: Vec<[u16; MAX_UNIT_FUNCTIONS]>,
+    /// Per root port: function index by virtual function number (NO_FN:
+    /// none), a fixed table (no length to check on a lookup).
+    port_fns: [[u8; MAX_UNIT_FUNCTIONS]; MAX_UNITS],
     fns: Vec<AssignedFn>,
-    /// Virtual bus number -> root port whose secondary bus it is.
+    /// Virtual bus number -> root port whose secondary bus it is
+    /// ([`HELD_IN_RESET`] while that port holds its Secondary Bus Reset).
+    /// Rebuilt whenever a port's bus numbers or reset state change.
     bus_port: [u8; 256],
+}
+
+/// `width` (1, 2 or 4) bytes at `at` of `buf`, naturally aligned, in one
+/// load of the dword holding them. `None` if they are not inside `buf`.
+#[inline]
+pub(crate) fn dword_lanes(buf: &[u8], at: usize, width: u16) -> Option<u32> {
+    let base = at & !3;
+    let dword: [u8; 4] = buf.get(base..base + 4)?.try_into().ok()?;
+    let value = u32::from_le_bytes(dword) >> (8 * (at & 3));
+    Some(value & (((1u64 << (8 * u32::from(width.min(4)))) - 1) as u32))
 }
 
 /// A read of a virtual root port's config bytes, as
 /// [`VirtualRootPort::read`] does, in one load where the bytes are there.
 #[inline]
 fn root_port_read(p: &VirtualRootPort, reg: u16, width: u16) -> u32 {
-    let at = usize::from(reg);
-    match p.cfg.get(at..at + usize::from(width)) {
-        Some(&[a]) => u32::from(a),
-        Some(&[a, b]) => u32::from(u16::from_le_bytes([a, b])),
-        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
-        _ => p.read(reg, width),
+    match dword_lanes(&p.cfg, usize::from(reg), width) {
+        Some(v) => v,
+        None => p.read(reg, width),
     }
 }
 
@@ -72,7 +89,7 @@ impl GuestBus {
         }
         let template = RootPortTemplate::new();
         let mut ports = Vec::with_capacity(units.len());
-        let mut port_fns = Vec::with_capacity(units.len());
+        let mut port_fns = [[NO_FN; MAX_UNIT_FUNCTIONS]; MAX_UNITS];
         let mut fns = Vec::new();
         for (u, members) in units.iter().enumerate() {
             let mut members = members.clone();
@@ -116,12 +133,14 @@ impl GuestBus {
                 let vfn = if keep_numbers { m.function() } else { k as u8 };
                 let f = AssignedFn::probe(port, m, u as u8, vfn, multifunction)?;
                 if let Some(s) = slots.get_mut(vfn as usize) {
-                    *s = fns.len() as u16;
+                    *s = fns.len() as u8;
                 }
                 fns.push(f);
             }
             ports.push(VirtualRootPort::new(&template));
-            port_fns.push(slots);
+            if let Some(p) = port_fns.get_mut(u) {
+                *p = slots;
+            }
         }
         Ok(Self {
             layout,
@@ -193,17 +212,15 @@ impl GuestBus {
 
     /// Function index at a virtual (bus, devfn), if routed and not held in
     /// reset. O(1).
+    #[inline]
     fn fn_at(&self, bus: u8, devfn: u8) -> Option<usize> {
         if bus == 0 || devfn >> 3 != 0 {
             return None;
         }
-        let p = *self.bus_port.get(bus as usize)?;
-        let port = self.ports.get(p as usize)?;
-        if port.sbr() {
-            return None;
-        }
-        let i = *self.port_fns.get(p as usize)?.get((devfn & 7) as usize)?;
-        (i != NO_FN).then_some(i as usize)
+        // NO_PORT and HELD_IN_RESET index no port, NO_FN no function.
+        let p = self.bus_port[usize::from(bus)];
+        let i = self.port_fns.get(usize::from(p))?[usize::from(devfn & 7)];
+        (usize::from(i) < self.fns.len()).then_some(usize::from(i))
     }
 
     fn rebuild_routes(&mut self) {
@@ -213,15 +230,16 @@ impl GuestBus {
                 && let Some(slot) = self.bus_port.get_mut(bus as usize)
                 && *slot == NO_PORT
             {
-                *slot = i as u8;
+                *slot = if p.sbr() { HELD_IN_RESET } else { i as u8 };
             }
         }
     }
 
     /// Decodes a virtual ECAM offset: (bus, devfn, reg), or None if outside
     /// the window or not a naturally aligned 1/2/4-byte access.
+    #[inline(always)]
     fn decode(&self, offset: u64, width: u16) -> Option<(u8, u8, u16)> {
-        if !matches!(width, 1 | 2 | 4) || offset & (width as u64 - 1) != 0 {
+        if !super::single_access(offset, u64::from(width)) {
             return None;
         }
         if offset >= self.ecam_size() {
@@ -236,27 +254,54 @@ impl GuestBus {
     /// A guest config read at `offset` into the virtual ECAM. Naturally
     /// aligned 1, 2 or 4 bytes (the shell splits others); anything else,
     /// and absent functions, read all-ones. No allocation.
+    #[inline(always)]
     pub fn config_read<P: ConfigPort + ?Sized>(
         &mut self,
         port: &mut P,
         offset: u64,
         width: u16,
     ) -> u32 {
-        let ones = width_ones(width);
-        let Some((bus, devfn, reg)) = self.decode(offset, width) else {
-            return ones;
-        };
+        match self.single_read(port, offset, u64::from(width)) {
+            Some(v) => v,
+            None => width_ones(width),
+        }
+    }
+
+    /// [`GuestBus::config_read`] of a single access (see
+    /// [`super::single_access`]); `None` for anything else, which the shell
+    /// splits into single accesses.
+    #[inline(always)]
+    pub fn single_read<P: ConfigPort + ?Sized>(
+        &mut self,
+        port: &mut P,
+        offset: u64,
+        width: u64,
+    ) -> Option<u32> {
+        if !super::single_access(offset, width) {
+            return None;
+        }
+        let width = width as u16;
+        if offset >= self.ecam_size() {
+            return Some(width_ones(width));
+        }
+        // As `decode` does, without packing the fields.
+        let bus = (offset >> 20) as u8;
+        let devfn = (offset >> 12) as u8;
+        let reg = (offset & 0xfff) as u16;
         if bus == 0 {
             let d = devfn >> 3;
-            return match (devfn & 7, self.ports.get((d as usize).wrapping_sub(1))) {
-                (0, Some(p)) if d != 0 => root_port_read(p, reg, width),
-                _ => ones,
-            };
+            return Some(
+                match (devfn & 7, self.ports.get((d as usize).wrapping_sub(1))) {
+                    (0, Some(p)) => root_port_read(p, reg, width),
+                    _ => width_ones(width),
+                },
+            );
         }
-        match self.fn_at(bus, devfn).and_then(|i| self.fns.get(i)) {
+        Some(match self.fn_at(bus, devfn).and_then(|i| self.fns.get(i)) {
+            // `reg` and `width` as `decode` checked them.
             Some(f) => f.read(port, reg, width),
-            None => ones,
-        }
+            None => width_ones(width),
+        })
     }
 
     /// A guest config write. Effects (mappings, resets) are appended to
@@ -306,7 +351,7 @@ impl GuestBus {
         let was_sbr = rp.sbr();
         rp.write(&self.template, reg, width, value);
         let is_sbr = rp.sbr();
-        if reg < SUBORDINATE_BUS + 1 && reg + width > PRIMARY_BUS {
+        if (reg < SUBORDINATE_BUS + 1 && reg + width > PRIMARY_BUS) || is_sbr != was_sbr {
             self.rebuild_routes();
         }
         if is_sbr && !was_sbr {

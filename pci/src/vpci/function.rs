@@ -174,6 +174,11 @@ pub(crate) struct AssignedFn {
     /// For each dword `d` of the shadowed space, the index of the first
     /// rule ending after byte `4 * d`: [`AssignedFn::rule_at`] starts there.
     rule_index: [u16; SHADOW_SIZE / 4],
+    /// For each dword of the shadowed space, how all its bytes read (one
+    /// of the `READ_*` values): [`AssignedFn::read`] serves an access
+    /// inside a dword whose bytes all read the same way without looking up
+    /// its rules.
+    read_kind: [u8; SHADOW_SIZE / 4],
     pub shadow: [u8; SHADOW_SIZE],
     reset_shadow: [u8; SHADOW_SIZE],
     pub bars: [Bar; 6],
@@ -195,6 +200,46 @@ fn rule_index_of(rules: &[Rule]) -> [u16; SHADOW_SIZE / 4] {
     core::array::from_fn(|d| {
         let reg = (4 * d) as u16;
         rules.partition_point(|r| r.offset + r.len <= reg) as u16
+    })
+}
+
+/// A dword whose bytes read in different ways (or that holds a byte no
+/// rule covers): each rule is applied on its own.
+const READ_BY_RULE: u8 = 0;
+/// Every byte of the dword reads the physical register (pass-through,
+/// read-only, RW1C): an access inside it is one physical access.
+const READ_HARDWARE: u8 = 1;
+/// Every byte of the dword reads the shadow as it is (emulated without live
+/// physical bits, or special registers kept in the shadow).
+const READ_SHADOW: u8 = 2;
+
+/// [`AssignedFn::read_kind`] of sorted, non-overlapping `rules`.
+fn read_kind_of(rules: &[Rule]) -> [u8; SHADOW_SIZE / 4] {
+    core::array::from_fn(|d| {
+        let reg = (4 * d) as u16;
+        let kind_of = |b: u16| {
+            let r = rules
+                .iter()
+                .find(|r| r.offset <= b && b < r.offset + r.len)?;
+            match r.policy {
+                Policy::PassThrough | Policy::ReadOnly | Policy::W1c { .. } => Some(READ_HARDWARE),
+                Policy::Emulated { phys: 0, .. }
+                | Policy::Special(
+                    Special::Command
+                    | Special::Bar(_)
+                    | Special::Rom
+                    | Special::MsiControl
+                    | Special::MsixControl,
+                ) => Some(READ_SHADOW),
+                _ => None,
+            }
+        };
+        let first = kind_of(reg);
+        if first.is_some() && (reg + 1..reg + 4).all(|b| kind_of(b) == first) {
+            first.unwrap_or(READ_BY_RULE)
+        } else {
+            READ_BY_RULE
+        }
     })
 }
 
@@ -359,6 +404,7 @@ impl AssignedFn {
             unit,
             vfn,
             rule_index: rule_index_of(&clean),
+            read_kind: read_kind_of(&clean),
             rules: clean,
             shadow: [0; SHADOW_SIZE],
             reset_shadow: [0; SHADOW_SIZE],
@@ -467,8 +513,29 @@ impl AssignedFn {
         rd(&self.shadow, ROM_BAR, 4)
     }
 
-    /// A naturally aligned read of `width` (1, 2, 4) bytes at `reg` < 0x1000.
+    /// A naturally aligned read of `width` (1, 2, 4) bytes at `reg` < 0x1000
+    /// (as [`super::GuestBus`] decodes accesses: the fast path relies on it
+    /// to stay inside one dword).
+    #[inline(always)]
     pub fn read<P: ConfigPort + ?Sized>(&self, port: &mut P, reg: u16, width: u16) -> u32 {
+        debug_assert!(matches!(width, 1 | 2 | 4) && reg & (width - 1) == 0);
+        // Inside one dword whose bytes all read the same way (the rules
+        // would give the same bytes, one access per rule).
+        match self.read_kind.get(usize::from(reg / 4)) {
+            Some(&READ_HARDWARE) => return read_width(port, self.physical, reg, width),
+            Some(&READ_SHADOW) => {
+                if let Some(v) = super::bus::dword_lanes(&self.shadow, usize::from(reg), width) {
+                    return v;
+                }
+            }
+            _ => {}
+        }
+        self.read_by_rule(port, reg, width)
+    }
+
+    /// [`AssignedFn::read`], rule by rule.
+    #[inline(never)]
+    fn read_by_rule<P: ConfigPort + ?Sized>(&self, port: &mut P, reg: u16, width: u16) -> u32 {
         let end = reg + width;
         let mut value = 0u32;
         let mut at = reg;
@@ -940,5 +1007,40 @@ fn size_rom<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf) -> Rom {
         pa: (orig & ROM_ADDRESS_MASK) as u64,
         wmask: mask | ROM_ENABLE,
         evaluated: None,
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::*;
+    use crate::sim::{Fabric, Spec, devfn};
+
+    /// The uniform-dword fast path of `read` gives what the rules give, at
+    /// every offset and width of the shadowed space.
+    #[test]
+    fn uniform_dword_reads_match_the_rules() {
+        for spec in [Spec::qemu_nvme(), Spec::qemu_e1000e()] {
+            let mut port = Fabric::new().with_root_complex(
+                0,
+                0,
+                &[(devfn(1, 0), Spec::qemu_root_port().child(0, 0, spec))],
+            );
+            let rp = Bdf::new(0, 0, 1, 0);
+            port.write8(rp, SECONDARY_BUS, 1);
+            port.write8(rp, SUBORDINATE_BUS, 1);
+            let bdf = Bdf::new(0, 1, 0, 0);
+            let f = AssignedFn::probe(&mut port, bdf, 0, 0, false).unwrap();
+            assert!(f.read_kind.contains(&READ_HARDWARE));
+            assert!(f.read_kind.contains(&READ_SHADOW));
+            for width in [1u16, 2, 4] {
+                for reg in (0..SHADOW_SIZE as u16).step_by(usize::from(width)) {
+                    assert_eq!(
+                        f.read(&mut port, reg, width),
+                        f.read_by_rule(&mut port, reg, width),
+                        "{bdf} +{reg:#x}, {width} bytes"
+                    );
+                }
+            }
+        }
     }
 }

@@ -166,6 +166,16 @@ pub use rootport::{ROOT_PORT_DEVICE, ROOT_PORT_VENDOR};
 use crate::addr::Bdf;
 use crate::caps::CapError;
 
+/// Whether `width` bytes at `offset` are one config access: 1, 2 or 4
+/// naturally aligned bytes. [`GuestBus::config_read`] and
+/// [`GuestBus::config_write`] take only these (the shell splits others);
+/// the same test on both sides lets the compiler make it once.
+#[inline(always)]
+pub const fn single_access(offset: u64, width: u64) -> bool {
+    // Bit `w` of 0x16: w is 1, 2 or 4.
+    width <= 4 && (0x16u64 >> width) & 1 != 0 && offset & width.wrapping_sub(1) == 0
+}
+
 /// Where a guest's virtual PCI lives in its IPA space.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestLayout {
