@@ -284,9 +284,8 @@ pub fn deliver<P: ConfigPort>(pci: &mut PciState<P>, event: &AerEvent, raises: &
     let raise = match owner {
         Owner::Guest(vm) => pci
             .guests
-            .iter_mut()
-            .find(|(v, _)| *v == vm)
-            .and_then(|(_, bus)| bus.aer_deliver(event))
+            .get_mut(vm)
+            .and_then(|bus| bus.aer_deliver(event))
             .filter(|d| d.interrupt)
             .and_then(|d| pci.aer.guest_line(vm, d.unit)),
         Owner::Hwdom => pci
@@ -347,12 +346,7 @@ pub fn resample<P>(pci: &mut PciState<P>, vm: u16, vintid: Option<u32>, raises: 
         }
         return;
     }
-    let Some(bus) = pci
-        .guests
-        .iter_mut()
-        .find(|(v, _)| *v == vm)
-        .map(|(_, b)| b)
-    else {
+    let Some(bus) = pci.guests.get_mut(vm) else {
         return;
     };
     for l in pci.aer.guest_lines.iter().filter(|l| l.vm == vm) {
@@ -399,7 +393,7 @@ pub fn reset_done<P: ConfigPort>(pci: &mut PciState<P>, scope: &[Bdf], gone: &[B
         );
         if o.state == pci::aer::RecoveryState::Quarantined
             && let Owner::Guest(vm) = o.owner
-            && let Some((_, bus)) = pci.guests.iter_mut().find(|(v, _)| *v == vm)
+            && let Some(bus) = pci.guests.get_mut(vm)
         {
             bus.aer_surprise_remove(o.source);
         }
@@ -429,7 +423,7 @@ pub fn deadlines_passed<P>(
             pci::aer::recovery_functions(&pci.topology, |b| pci.ownership.owner(b), need.source);
         match need.owner {
             Owner::Guest(vm) => {
-                if let Some((_, bus)) = pci.guests.iter_mut().find(|(v, _)| *v == vm)
+                if let Some(bus) = pci.guests.get_mut(vm)
                     && bus.aer_mark_hypervisor_reset(&need.event)
                     && let Some(unit) = bus.unit_of(need.source)
                     && bus.aer_interrupt(unit)

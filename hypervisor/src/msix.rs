@@ -194,7 +194,7 @@ mod tests {
         bus.config_write(&mut pci.port, f + 0x10, 4, GUEST_BAR0 as u32, &mut e);
         bus.config_write(&mut pci.port, f + 0x14, 4, 0, &mut e);
         bus.config_write(&mut pci.port, f + 4, 2, COMMAND_MEMORY as u32, &mut e);
-        pci.guests.push((1, bus));
+        pci.guests.insert(1, bus);
         (pci, hw, nvme)
     }
 

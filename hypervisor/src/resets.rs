@@ -112,8 +112,8 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
     // engine captured before the reset.
     let shadow = |bdf: Bdf, entry: u16| {
         guests
-            .iter()
-            .find_map(|(_, bus)| bus.msix_programmed(bdf, entry))
+            .buses()
+            .find_map(|bus| bus.msix_programmed(bdf, entry))
     };
     let mut i = 0;
     while i < resets.len() {
