@@ -160,6 +160,7 @@ fn vms_under_chosen_parse_to_exact_configs() {
             kernel(b, 0x4500_0000, "");
             b.strings_prop("phv,pci-devices", &["0000:01:00.0", "0000:02:00.0"]);
             b.strings_prop("phv,pci-reset-methods", &["0000:01:00.0=flr, pm"]);
+            b.cells("phv,aer-deadline-ms", &[250]);
         });
     });
     let p = parse(&blob);
@@ -178,6 +179,7 @@ fn vms_under_chosen_parse_to_exact_configs() {
                 pci_devices: vec![],
                 pci_whole_units: false,
                 pci_reset_methods: vec![],
+                aer_deadline_ms: None,
             },
             VmConfig {
                 name: "guest".into(),
@@ -196,6 +198,7 @@ fn vms_under_chosen_parse_to_exact_configs() {
                     PciFunctionAddress::parse("0000:01:00.0").unwrap(),
                     vec!["flr".into(), "pm".into()]
                 )],
+                aer_deadline_ms: Some(250),
             },
         ]
     );
@@ -247,6 +250,21 @@ fn vm_validation_errors_name_the_vm_and_the_problem() {
         })
     });
     assert_eq!(why, "memory size 0x0 must be a nonzero multiple of 2 MiB");
+
+    let (_, why) = vm_error(|b| {
+        vm(b, "vm@0", "a", true, |b| {
+            standard_vm(b);
+            b.cells("phv,aer-deadline-ms", &[0]);
+        })
+    });
+    assert_eq!(why, "phv,aer-deadline-ms must be at least 1");
+    let (_, why) = vm_error(|b| {
+        vm(b, "vm@0", "a", true, |b| {
+            standard_vm(b);
+            b.cells("phv,aer-deadline-ms", &[0, 1, 2]);
+        })
+    });
+    assert_eq!(why, "phv,aer-deadline-ms must be one 32-bit cell");
 
     let (_, why) = vm_error(|b| {
         vm(b, "vm@0", "a", true, |b| {
