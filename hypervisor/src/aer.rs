@@ -456,3 +456,214 @@ pub fn deadlines_passed<P>(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pci::EcamWindow;
+    use pci::aer::RecoveryState;
+    use pci::aer::virtual_regs::ROOT_STATUS_HV_RESET;
+    use pci::regs::*;
+    use pci::sim::{Fabric, SimAerError, Spec, devfn};
+    use pci::vpci::{Effects, GuestBus, GuestLayout};
+    use std::vec;
+
+    const MS: u64 = 1_000_000;
+    /// SPIs of the two root ports' INTA (as QEMU virt's swizzle gives them).
+    const LINE1: u32 = 36;
+    const LINE2: u32 = 37;
+
+    /// 00:01.0 → e1000e 01:00.0 (guest 1's); 00:02.0 → e1000e 02:00.0 (the
+    /// hwdom's). AER taken on both ports; the guest's virtual root port
+    /// routes bus 1 and enables Root Error Command; VM 0 is the hwdom.
+    fn state() -> (PciState<Fabric>, Bdf, Bdf) {
+        let mut fabric = Fabric::new().with_root_complex(
+            0,
+            0,
+            &[
+                (
+                    devfn(1, 0),
+                    Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e()),
+                ),
+                (
+                    devfn(2, 0),
+                    Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e()),
+                ),
+            ],
+        );
+        let found = fabric.enumerate();
+        let window = EcamWindow {
+            segment: 0,
+            bus_start: 0,
+            bus_end: 255,
+        };
+        let mut pci = PciState::new(vec![window], fabric);
+        for b in &found {
+            pci.topology.report_add(*b, &mut pci.port).unwrap();
+        }
+        let (guest_fn, hwdom_fn) = (Bdf::new(0, 1, 0, 0), Bdf::new(0, 2, 0, 0));
+        let units = pci
+            .ownership
+            .assign(&mut pci.topology, 1, &[guest_fn], false)
+            .unwrap();
+        pci.aer.hwdom_vm = Some(0);
+        pci.aer.deadlines = vec![5_000 * MS, 200 * MS];
+        let taken = take_root_ports(&mut pci, 0, |_, bdf, _| {
+            Some(if bdf.device() == 1 { LINE1 } else { LINE2 })
+        });
+        assert_eq!(taken.len(), 2);
+        let layout = GuestLayout {
+            ecam_base: 0x3f00_0000,
+            ecam_buses: 16,
+            mem32: (0x1000_0000, 0x2eff_0000),
+            mem64: (0x80_0000_0000, 0x80_0000_0000),
+            forbidden: Vec::new(),
+        };
+        let mut bus = GuestBus::new(&units, &pci.topology, &mut pci.port, layout).unwrap();
+        let mut e = Effects::new();
+        let rp = 1 << 15;
+        bus.config_write(&mut pci.port, rp + 0x18, 4, 0x0001_0100, &mut e);
+        bus.config_write(&mut pci.port, rp + 0x100 + 0x2c, 4, 7, &mut e);
+        pci.guests.insert(1, bus);
+        pci.aer.guest_lines.push(GuestLine {
+            vm: 1,
+            unit: 0,
+            vintid: LINE1,
+        });
+        (pci, guest_fn, hwdom_fn)
+    }
+
+    fn inject(pci: &mut PciState<Fabric>, bdf: Bdf, err: SimAerError) {
+        pci.port
+            .inject_aer(bdf, err)
+            .expect("the error reaches a root port");
+    }
+
+    fn fire(pci: &mut PciState<Fabric>, line: u32, now: u64) -> Vec<Raise> {
+        let mut raises = Raises::default();
+        service_line(pci, line, now, &mut raises);
+        raises.iter().collect()
+    }
+
+    fn guest_root_status(pci: &mut PciState<Fabric>) -> u32 {
+        let at = (1 << 15) + 0x100 + u64::from(AER_ROOT_STATUS);
+        let PciState { guests, port, .. } = pci;
+        guests.get_mut(1).unwrap().config_read(port, at, 4)
+    }
+
+    #[test]
+    fn taking_a_port_sets_the_error_path_and_hides_its_msix_from_the_hwdom() {
+        let (mut pci, guest_fn, _) = state();
+        let rp = Bdf::new(0, 0, 1, 0);
+        assert!(pci.aer.active());
+        assert_ne!(pci.port.read16(guest_fn, COMMAND) & COMMAND_SERR, 0);
+        assert_ne!(pci.port.read16(rp, BRIDGE_CONTROL) & BRIDGE_CONTROL_SERR, 0);
+        let aer = pci.topology.function(rp).unwrap().caps.aer;
+        assert_eq!(pci.port.read32(rp, aer + AER_ROOT_COMMAND), 7);
+        assert!(pci.aer.hwdom.owns_port(rp));
+        // The hwdom's accesses to the port's config space, any write and
+        // extended config space take the overlay path; plain reads of its
+        // other functions do not.
+        let off = |b: Bdf, reg: u64| (u64::from(b.bus) << 20) | (u64::from(b.devfn) << 12) | reg;
+        assert!(pci.aer.filters_hwdom(0, off(rp, 0x34), false));
+        assert!(pci.aer.filters_hwdom(0, off(guest_fn, 0x04), true));
+        assert!(pci.aer.filters_hwdom(0, off(guest_fn, 0x100), false));
+        assert!(!pci.aer.filters_hwdom(0, off(guest_fn, 0x10), false));
+        // Taking again changes nothing.
+        assert!(take_root_ports(&mut pci, 0, |_, _, _| Some(99)).is_empty());
+    }
+
+    #[test]
+    fn errors_go_to_their_owner_only() {
+        let (mut pci, guest_fn, hwdom_fn) = state();
+        // The guest's function: its virtual root port, its line.
+        inject(&mut pci, guest_fn, SimAerError::Correctable(0));
+        assert_eq!(fire(&mut pci, LINE1, 0), [(1, LINE1)]);
+        assert_eq!(guest_root_status(&mut pci) & 1, 1);
+        // A line with no error of an owned port claims nothing.
+        assert!(!service_line(&mut pci, LINE2, 0, &mut Raises::default()));
+        // The hwdom's function: the overlay of the physical port, the
+        // hwdom's line (after it enabled Root Error Command in its view).
+        let rp2 = Bdf::new(0, 0, 2, 0);
+        let aer = pci.topology.function(rp2).unwrap().caps.aer;
+        assert!(
+            pci.aer
+                .hwdom
+                .write(&pci.topology, rp2, aer + AER_ROOT_COMMAND, 4, 7)
+        );
+        inject(&mut pci, hwdom_fn, SimAerError::Correctable(6));
+        assert_eq!(fire(&mut pci, LINE2, 0), [(0, LINE2)]);
+        assert_eq!(
+            pci.aer
+                .hwdom
+                .read(&pci.topology, rp2, aer + AER_ROOT_STATUS, 4),
+            Some(AER_ROOT_STATUS_COR)
+        );
+        // Nothing more in the guest's view.
+        let mut raises = Raises::default();
+        resample(&mut pci, 1, None, &mut raises);
+        assert_eq!(raises.iter().count(), 1, "the guest's status is still set");
+        // The guest clears its status: its line no longer asserts.
+        let at = (1 << 15) + 0x100 + u64::from(AER_ROOT_STATUS);
+        let PciState { guests, port, .. } = &mut pci;
+        guests
+            .get_mut(1)
+            .unwrap()
+            .config_write(port, at, 4, 0x7f, &mut Effects::new());
+        let mut raises = Raises::default();
+        resample(&mut pci, 1, Some(LINE1), &mut raises);
+        assert_eq!(raises.iter().count(), 0);
+        // The events wait to be logged off the interrupt path.
+        assert_eq!(pci.aer.pending_log.len, 2);
+        flush_log(&mut pci);
+        assert_eq!(pci.aer.pending_log.len, 0);
+    }
+
+    #[test]
+    fn a_fatal_error_the_guest_resets_ends_its_recovery() {
+        let (mut pci, guest_fn, _) = state();
+        inject(&mut pci, guest_fn, SimAerError::Uncorrectable(4));
+        fire(&mut pci, LINE1, 10 * MS);
+        let r = pci.aer.recovery.recovery(guest_fn).copied().unwrap();
+        assert_eq!(r.state, RecoveryState::FrozenAwaitingReset);
+        assert_eq!(r.deadline_ns, Some(210 * MS), "the guest's own deadline");
+        owner_reset(&mut pci, &[guest_fn]);
+        assert_eq!(pci.aer.recovery.next_deadline(), None);
+        reset_done(&mut pci, &[guest_fn], &[]);
+        assert!(!pci.aer.recovery.is_frozen(guest_fn));
+        assert_eq!(
+            pci.aer.recovery.log().last().map(|r| r.state),
+            Some(RecoveryState::Recovered)
+        );
+    }
+
+    #[test]
+    fn past_the_deadline_the_hypervisor_takes_over_and_marks_the_guest_view() {
+        let (mut pci, guest_fn, _) = state();
+        inject(&mut pci, guest_fn, SimAerError::Uncorrectable(4));
+        fire(&mut pci, LINE1, 0);
+        let mut raises = Raises::default();
+        assert!(deadlines_passed(&mut pci, 199 * MS, &mut raises).is_empty());
+        let taken = deadlines_passed(&mut pci, 200 * MS, &mut raises);
+        assert_eq!(
+            taken,
+            [Takeover {
+                owner: Owner::Guest(1),
+                source: guest_fn,
+                functions: vec![guest_fn],
+            }]
+        );
+        assert_ne!(guest_root_status(&mut pci) & ROOT_STATUS_HV_RESET, 0);
+        assert_eq!(raises.iter().collect::<Vec<_>>(), [(1, LINE1)]);
+        // The reset does not bring it back: quarantined, surprise-removed.
+        reset_done(&mut pci, &taken[0].functions, &[guest_fn]);
+        let last = pci.aer.recovery.log().last().copied().unwrap();
+        assert_eq!(last.state, RecoveryState::Quarantined);
+        assert!(last.by_hypervisor);
+        let vendor = {
+            let PciState { guests, port, .. } = &mut pci;
+            guests.get_mut(1).unwrap().config_read(port, 1 << 20, 4)
+        };
+        assert_eq!(vendor, u32::MAX, "the guest sees it removed");
+    }
+}
