@@ -331,6 +331,36 @@ pub fn flush_log<P>(pci: &mut PciState<P>) {
     }
 }
 
+/// Firmware first: the firmware owns AER (ACPI HEST lists a GHES for PCIe
+/// errors) and hands errors over as CPER records in a Generic Error Status
+/// Block; they go to the same owners' views as the errors the hypervisor
+/// services itself. Returns how many events were delivered; an entry that
+/// cannot be decoded is logged and skipped.
+///
+/// Nothing calls it on the target yet: the hypervisor boots from a device
+/// tree, which has no HEST / GHES (QEMU virt's GHES, with `ras=on` and
+/// ACPI, carries memory errors only); an ACPI platform's GHES notification
+/// is where it would be called from.
+#[cfg_attr(target_os = "none", allow(dead_code))]
+pub fn deliver_firmware_first<P: ConfigPort>(
+    pci: &mut PciState<P>,
+    block: &[u8],
+    now_ns: u64,
+    raises: &mut Raises,
+) -> Result<usize, pci::aer::cper::CperError> {
+    let mut n = 0;
+    for event in pci::aer::cper::events(block, now_ns)? {
+        match event {
+            Ok(event) => {
+                deliver(pci, &event, raises);
+                n += 1;
+            }
+            Err(e) => log::warn!("AER: a firmware error record could not be decoded: {e:?}"),
+        }
+    }
+    Ok(n)
+}
+
 /// After an EOI of `vintid` by `vm`, or a write of its virtual root ports:
 /// the AER lines of `vm` on `vintid` (any, if `None`) that still assert.
 pub fn resample<P>(pci: &mut PciState<P>, vm: u16, vintid: Option<u32>, raises: &mut Raises) {
@@ -617,6 +647,59 @@ mod tests {
         assert_eq!(pci.aer.pending_log.len, 2);
         flush_log(&mut pci);
         assert_eq!(pci.aer.pending_log.len, 0);
+    }
+
+    #[test]
+    fn firmware_first_records_reach_the_same_owners() {
+        use pci::aer::cper::{
+            PCIE_SECTION_GUID, SEV_CORRECTED, SEV_FATAL, VALID_AER_INFO, VALID_DEVICE_ID,
+        };
+        use pci::sim::cper::{block, entry, pcie_section};
+        let (mut pci, guest_fn, hwdom_fn) = state();
+        let valid = VALID_DEVICE_ID | VALID_AER_INFO;
+        let records = block(
+            SEV_FATAL,
+            &[
+                entry(
+                    PCIE_SECTION_GUID,
+                    SEV_FATAL,
+                    0,
+                    0x300,
+                    &pcie_section(guest_fn, 1 << 4, 1 << 4, 0, valid),
+                ),
+                entry(
+                    PCIE_SECTION_GUID,
+                    SEV_CORRECTED,
+                    0,
+                    0x300,
+                    &pcie_section(hwdom_fn, 0, 0, 1, valid),
+                ),
+            ],
+        );
+        let rp2 = Bdf::new(0, 0, 2, 0);
+        let aer = pci.topology.function(rp2).unwrap().caps.aer;
+        pci.aer
+            .hwdom
+            .write(&pci.topology, rp2, aer + AER_ROOT_COMMAND, 4, 7);
+        let mut raises = Raises::default();
+        assert_eq!(
+            deliver_firmware_first(&mut pci, &records, 0, &mut raises),
+            Ok(2)
+        );
+        assert_eq!(raises.iter().collect::<Vec<_>>(), [(1, LINE1), (0, LINE2)]);
+        let st = guest_root_status(&mut pci);
+        assert_ne!(st & AER_ROOT_STATUS_FATAL, 0, "{st:#x}");
+        assert!(pci.aer.recovery.is_frozen(guest_fn));
+        assert_eq!(
+            pci.aer
+                .hwdom
+                .read(&pci.topology, rp2, aer + AER_ROOT_STATUS, 4),
+            Some(AER_ROOT_STATUS_COR)
+        );
+        // A truncated block is an error, nothing delivered.
+        let mut raises = Raises::default();
+        assert!(deliver_firmware_first(&mut pci, &records[..10], 0, &mut raises).is_err());
+        assert_eq!(raises.iter().count(), 0);
     }
 
     #[test]

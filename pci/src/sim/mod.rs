@@ -16,6 +16,7 @@
 //! errors that set the source's status and the root port's Root Error Status
 //! and Error Source ID.
 
+pub mod cper;
 mod layout;
 mod memory;
 pub mod qemu;
