@@ -124,7 +124,7 @@ impl AerState {
     /// Whether the hypervisor owns AER of any port (the hardware domain's
     /// config accesses then go through the overlay).
     pub fn active(&self) -> bool {
-        !self.ports.is_empty()
+        !self.port_windows.is_empty()
     }
 
     /// Whether a hardware-domain access at `offset` of ECAM window
@@ -132,7 +132,7 @@ impl AerState {
     /// space, and the owned root ports' own registers.
     #[inline]
     pub fn filters_hwdom(&self, window: usize, offset: u64, write: bool) -> bool {
-        if self.ports.is_empty() {
+        if self.port_windows.is_empty() {
             return false;
         }
         write || offset & 0xfff >= 0x100 || self.port_windows.contains(&(window, offset >> 12))
@@ -163,6 +163,40 @@ impl AerState {
     }
 }
 
+/// The hardware domain reported `bdf`: a root port with AER is the
+/// hypervisor's from now on, before any driver of the hardware domain binds
+/// to it: its MSI / MSI-X are disabled and hidden from the hardware domain
+/// (its AER interrupt must stay the INTx the hypervisor takes).
+pub fn reported<P: ConfigPort>(pci: &mut PciState<P>, bdf: Bdf) {
+    let Some(f) = pci.topology.function(bdf) else {
+        return;
+    };
+    if !matches!(f.kind, pci::FunctionKind::RootPort) || f.caps.aer == 0 {
+        return;
+    }
+    if pci.aer.hwdom.owns_port(bdf) {
+        return;
+    }
+    let (msi, msix) = (u16::from(f.caps.msi), u16::from(f.caps.msix));
+    for (cap, enable) in [(msi, 1u16), (msix, 1 << 15)] {
+        if cap != 0 {
+            let ctl = pci.port.read16(bdf, cap + 2);
+            if ctl != u16::MAX && ctl & enable != 0 {
+                pci.port.write16(bdf, cap + 2, ctl & !enable);
+            }
+        }
+    }
+    pci.aer.hwdom.own_port(&mut pci.port, bdf);
+    if let Some((i, off)) = pci
+        .windows
+        .iter()
+        .enumerate()
+        .find_map(|(i, w)| Some((i, w.offset_of(bdf, 0)?)))
+    {
+        pci.aer.port_windows.push((i, off >> 12));
+    }
+}
+
 /// Take AER on every root port of `segment` with the capability that is
 /// not owned yet; `route(topology, bdf, pin)` finds the SPI of a pin.
 /// Returns the ports taken.
@@ -184,26 +218,17 @@ pub fn take_root_ports<P: ConfigPort>(
         if pci.aer.ports.iter().any(|p| p.bdf == rp) {
             continue;
         }
+        reported(pci, rp);
         if let Err(e) = pci.aer.service.enable(&mut pci.port, &pci.topology, rp) {
             log::warn!("AER of {rp} not taken: {e:?}");
             continue;
         }
-        pci.aer.hwdom.own_port(&mut pci.port, rp);
         let pin = pci.port.read8(rp, pci::regs::INTERRUPT_PIN);
         let port = OwnedPort {
             bdf: rp,
             pintid: route(&pci.topology, rp, pin),
         };
         pci.aer.ports.push(port);
-        if let Some((i, w)) = pci
-            .windows
-            .iter()
-            .enumerate()
-            .find(|(_, w)| w.offset_of(rp, 0).is_some())
-            && let Some(off) = w.offset_of(rp, 0)
-        {
-            pci.aer.port_windows.push((i, off >> 12));
-        }
         taken.push(port);
     }
     taken

@@ -110,7 +110,11 @@ pub fn handle<P: ConfigPort>(
         }
         PciCall::Add { segment, rid } => {
             let bdf = Bdf::from_rid(segment, rid);
-            match pci.topology.report_add(bdf, &mut pci.port) {
+            let outcome = pci.topology.report_add(bdf, &mut pci.port);
+            if outcome.is_ok() {
+                crate::aer::reported(pci, bdf);
+            }
+            match outcome {
                 Ok(ReportOutcome::Attached { adopted }) => Ok([0, adopted as u64, 0]),
                 Ok(ReportOutcome::Orphaned) => Ok([1, 0, 0]),
                 Ok(ReportOutcome::AlreadyTracked) => Ok([2, 0, 0]),

@@ -907,6 +907,18 @@ static IRQ_AT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// owner's EOI, off the measured path; 0: none pending).
 static AER_IRQ_AT: AtomicU64 = AtomicU64::new(0);
 
+/// The hardware domain wrote extended config space (its view of AER
+/// among it): Root Error Command may now enable an interrupt for a status
+/// already set in its view of a root port.
+#[cold]
+#[inline(never)]
+fn hwdom_extended_config_written(vm: &Vm) {
+    let Some(pci) = PCI.get() else { return };
+    let mut raises = crate::aer::Raises::default();
+    crate::aer::resample(&mut pci.lock(), vm.index, None, &mut raises);
+    raise_lines(&raises);
+}
+
 /// Raise virtual lines (outside the PCI lock: the vGIC takes its own).
 fn raise_lines(raises: &crate::aer::Raises) {
     for (vm, vintid) in raises.iter() {
@@ -1258,6 +1270,8 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
         };
         if !access.write() {
             frame.set_reg(access.reg(), access.load_result(result));
+        } else if offset & 0xfff >= 0x100 {
+            hwdom_extended_config_written(vm);
         }
     } else {
         match region.device {

@@ -483,6 +483,18 @@ pub(crate) fn hwdom_own_error(t: &mut Test, env: &Env, c: &mut Ecam, tree: &Tree
         return;
     };
     let a = Addr(f.bus, f.devfn);
+    // The root port's MSI / MSI-X are the hypervisor's business: its AER
+    // interrupt must stay INTx, so the hardware domain does not see them.
+    let r = Addr(p.rp.bus, p.rp.devfn);
+    let msi = test_guests::pcienum::find_cap(c, p.rp.bus, p.rp.devfn, 0x05);
+    let msix = test_guests::pcienum::find_cap(c, p.rp.bus, p.rp.devfn, 0x11);
+    t.check(
+        msi.is_none() && msix.is_none(),
+        format_args!("{r}: MSI at {msi:?}, MSI-X at {msix:?} visible to the hardware domain"),
+    );
+    if msi.is_none() && msix.is_none() {
+        println!("aer: {r}: its MSI / MSI-X are hidden from the hardware domain");
+    }
     if let Some((st, src)) = inject(t, id, format_args!("-c {id} {COR_RECEIVER:#x}"), 3000) {
         let cor = c.read32(f.bus, f.devfn, p.f_aer + AER_COR_STATUS);
         t.check(
