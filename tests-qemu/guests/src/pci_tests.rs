@@ -1429,7 +1429,11 @@ pub fn pci_sbr(env: &Env) -> ! {
         let bar0 = ecam.read32(dev.bus, dev.devfn, BAR0) & !0xf;
         let cmd = ecam.read16(dev.bus, dev.devfn, COMMAND);
         println!("{d}: after SBR on {a}: BAR0 {bar0:#x}, Command {cmd:#x}");
-        reprogram_after_reset(&mut ecam, &dev);
+        // Everything below the port was reset: restore each function, as
+        // Linux does for the devices below a bridge it reset.
+        for kid in kids.clone() {
+            reprogram_after_reset(&mut ecam, kid);
+        }
         // Linux's restore: the MSI-X vectors programmed and enabled again
         // (the hwdom's `msix_check` reads the physical table meanwhile).
         if msix && program_msix(&mut ecam, &dev) {
