@@ -871,31 +871,34 @@ fn guest_intx_disabled(guests: &pci_host::GuestBuses, vm: u16, physical: pci::Bd
         .is_some_and(|c| c & pci::regs::COMMAND_INTX_DISABLE != 0)
 }
 
-/// A physical INTx line fired (at EL2): service the AER of the root ports
-/// on it (their errors go to their owners' views), mask the passed-through
-/// functions that assert it and raise their owners' virtual lines (not for
-/// a function its owner keeps INTx-disabled: it stays masked until the
-/// owner clears the bit). The physical interrupt is deactivated at once:
-/// the line dropped when its sources were cleared or masked.
+/// A physical INTx line fired (at EL2): mask the passed-through functions
+/// that assert it and raise their owners' virtual lines (not for a function
+/// its owner keeps INTx-disabled: it stays masked until the owner clears the
+/// bit); if none did, service the AER of the root ports on it (their errors
+/// go to their owners' views). The physical interrupt is deactivated at
+/// once: the line dropped when its sources were masked or cleared, and a
+/// level line still asserted by the other kind of source fires again.
 fn pci_line_interrupt(pintid: u32) -> bool {
     let mut raises = crate::aer::Raises::default();
     if let Some(pci) = PCI.get() {
         let mut pci = pci.lock();
-        if pci.aer.ports.iter().any(|p| p.pintid == Some(pintid)) {
-            if crate::aer::service_line(&mut pci, pintid, now_ns(), &mut raises)
-                && let Some(at) = IRQ_AT.get(cpu::cpu_index())
-            {
-                AER_IRQ_AT.store(at.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
-            arm_pci_timer(&pci);
-        }
         let PciState {
             port, intx, guests, ..
         } = &mut *pci;
         let disabled = |vm, physical| guest_intx_disabled(guests, vm, physical);
-        crate::intx::demux(intx, port, pintid, &disabled, &mut |vm| {
+        let claimed = crate::intx::demux(intx, port, pintid, &disabled, &mut |vm| {
             raises.push((vm, pintid));
         });
+        if claimed == 0
+            && pci.aer.ports.iter().any(|p| p.pintid == Some(pintid))
+            && crate::aer::service_line(&mut pci, pintid, now_ns(), &mut raises)
+        {
+            if let Some(at) = IRQ_AT.get(cpu::cpu_index()) {
+                AER_IRQ_AT.store(at.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            // A fatal error starts a recovery deadline.
+            arm_pci_timer(&pci);
+        }
     }
     raise_lines(&raises);
     true
@@ -1452,9 +1455,11 @@ fn virtual_ecam_write(vm: &Vm, offset: u64, width: u64, value: u64) {
     if reg < 0x06 && reg + width > 0x04 {
         intx_command_written(vm.index);
     }
-    // Its virtual root ports (bus 0): Root Error Command may now enable an
-    // interrupt for a status already set.
+    // The AER capability of its virtual root ports (bus 0, extended config
+    // space): Root Error Command may now enable an interrupt for a status
+    // already set.
     if offset >> 20 == 0
+        && offset & 0xfff >= 0x100
         && let Some(pci) = PCI.get()
     {
         let mut raises = crate::aer::Raises::default();
@@ -1564,8 +1569,14 @@ fn start_one(
 
 /// The counter in nanoseconds.
 fn now_ns() -> u64 {
-    let freq = u128::from(cpu::counter_frequency().max(1));
-    (u128::from(cpu::counter()) * 1_000_000_000 / freq) as u64
+    let freq = cpu::counter_frequency().max(1);
+    let ticks = cpu::counter();
+    // The common frequencies divide 1 GHz (QEMU virt: 1 GHz, boards 25,
+    // 50, 100 MHz...): a multiplication instead of a 128-bit division.
+    if 1_000_000_000 % freq == 0 {
+        return ticks.saturating_mul(1_000_000_000 / freq);
+    }
+    (u128::from(ticks) * 1_000_000_000 / u128::from(freq)) as u64
 }
 
 /// Arm this CPU's hypervisor timer for the next step of a reset or the
