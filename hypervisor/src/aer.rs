@@ -197,6 +197,27 @@ pub fn reported<P: ConfigPort>(pci: &mut PciState<P>, bdf: Bdf) {
     }
 }
 
+/// The hardware domain removed `gone` (a function and its subtree): forget
+/// their AER state (an owned root port among them is no longer serviced).
+pub fn removed<P>(pci: &mut PciState<P>, gone: &[Bdf]) {
+    let aer = &mut pci.aer;
+    for &b in gone {
+        aer.hwdom.forget(b);
+        aer.service.forget(b);
+        aer.recovery.forget(b);
+    }
+    aer.ports.retain(|p| !gone.contains(&p.bdf));
+    let windows = &pci.windows;
+    aer.port_windows.retain(|&(i, key)| {
+        !gone.iter().any(|&b| {
+            windows
+                .get(i)
+                .and_then(|w| w.offset_of(b, 0))
+                .is_some_and(|off| off >> 12 == key)
+        })
+    });
+}
+
 /// Take AER on every root port of `segment` with the capability that is
 /// not owned yet; `route(topology, bdf, pin)` finds the SPI of a pin.
 /// Returns the ports taken.
@@ -725,6 +746,17 @@ mod tests {
         let mut raises = Raises::default();
         assert!(deliver_firmware_first(&mut pci, &records[..10], 0, &mut raises).is_err());
         assert_eq!(raises.iter().count(), 0);
+    }
+
+    #[test]
+    fn a_removed_root_port_is_no_longer_serviced_or_overlaid() {
+        let (mut pci, _, hwdom_fn) = state();
+        let rp2 = Bdf::new(0, 0, 2, 0);
+        removed(&mut pci, &[rp2, hwdom_fn]);
+        assert_eq!(pci.aer.ports.len(), 1);
+        assert_eq!(pci.aer.port_windows.len(), 1);
+        assert!(!pci.aer.hwdom.owns_port(rp2));
+        assert!(!service_line(&mut pci, LINE2, 0, &mut Raises::default()));
     }
 
     #[test]

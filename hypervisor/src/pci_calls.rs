@@ -126,8 +126,14 @@ pub fn handle<P: ConfigPort>(
         }
         PciCall::Remove { segment, rid } => {
             let bdf = Bdf::from_rid(segment, rid);
+            let gone: Vec<Bdf> = core::iter::once(bdf)
+                .chain(pci.topology.subtree(bdf))
+                .collect();
             match pci.topology.report_remove(bdf) {
-                Ok(removed) => Ok([removed as u64, 0, 0]),
+                Ok(removed) => {
+                    crate::aer::removed(pci, &gone);
+                    Ok([removed as u64, 0, 0])
+                }
                 Err(e) => {
                     log::warn!("{caller}: removal of {bdf} refused: {e:?}");
                     Err(refused(e))
