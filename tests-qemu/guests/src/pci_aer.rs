@@ -74,17 +74,10 @@ static SEEN: AtomicU32 = AtomicU32::new(0);
 static ENTRY: AtomicU64 = AtomicU64::new(0);
 static OTHER: AtomicU32 = AtomicU32::new(0);
 
-fn counter_first() -> u64 {
-    let v: u64;
-    // SAFETY: reading the virtual counter has no side effects.
-    unsafe { core::arch::asm!("mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
-    v
-}
-
 /// The root port's interrupt: read Root Error Status and Error Source ID,
 /// clear the status (W1C, as Linux's `aer_irq`), EOI.
 fn handler() {
-    let entry = counter_first();
+    let entry = tests_gic::entry_counter();
     let iar = tests_gic::ack();
     let intid = iar & 0x3ff;
     if intid >= 1020 {
@@ -166,14 +159,7 @@ fn setup(t: &mut Test, env: &Env, c: &mut Ecam, tree: &Tree, f: Func) -> Option<
         "aer: {r} (AER at {rp_aer:#x}) INT{} -> INTID {intid}; source {a} (AER at {f_aer:#x})",
         (b'A' + rp.interrupt_pin.max(1) - 1) as char
     );
-    tests_gic::select(&gic);
-    tests_gic::mask_irqs();
-    tests_gic::dist_init();
-    tests_gic::cpu_init(0);
-    tests_gic::set_level(intid);
-    tests_gic::set_priority(intid, 0, 0x80);
-    tests_gic::route_to_cpu0(intid);
-    tests_gic::enable(intid, 0);
+    tests_gic::level_spi_to_cpu0(&gic, intid);
     INTID.store(intid, Ordering::SeqCst);
     ROOT_STATUS_ADDR.store(
         c.address(rp.bus, rp.devfn, rp_aer + AER_ROOT_STATUS),

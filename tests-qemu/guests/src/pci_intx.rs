@@ -54,15 +54,8 @@ static NO_CAUSE: AtomicU32 = AtomicU32::new(0);
 static OTHER: AtomicU32 = AtomicU32::new(0);
 static SPURIOUS: AtomicU32 = AtomicU32::new(0);
 
-fn counter_first() -> u64 {
-    let v: u64;
-    // SAFETY: reading the virtual counter has no side effects.
-    unsafe { core::arch::asm!("mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
-    v
-}
-
 fn handler() {
-    let entry = counter_first();
+    let entry = tests_gic::entry_counter();
     let iar = tests_gic::ack();
     let intid = iar & 0x3ff;
     if intid >= 1020 {
@@ -139,14 +132,7 @@ pub fn pci_intx(env: &Env) -> ! {
     );
 
     // The virtual GIC: level-sensitive SPI to vCPU 0.
-    tests_gic::select(&gic);
-    tests_gic::mask_irqs();
-    tests_gic::dist_init();
-    tests_gic::cpu_init(0);
-    tests_gic::set_level(intid);
-    tests_gic::set_priority(intid, 0, 0x80);
-    tests_gic::route_to_cpu0(intid);
-    tests_gic::enable(intid, 0);
+    tests_gic::level_spi_to_cpu0(&gic, intid);
     INTID.store(intid, Ordering::SeqCst);
     ICR_ADDR.store(bar.addr + ICR, Ordering::SeqCst);
     rt::set_irq_handler(handler);

@@ -305,6 +305,29 @@ pub(crate) fn set_level(intid: u32) {
     w32(reg, r32(reg) & !(2 << (2 * (intid % 16))));
 }
 
+/// Set the virtual GIC of `gic` up for one level-sensitive SPI `intid` to
+/// vCPU 0, as a driver of a device on a PCI INTx line does (IRQs stay
+/// masked: the caller unmasks once its handler is set).
+pub(crate) fn level_spi_to_cpu0(gic: &Gic, intid: u32) {
+    select(gic);
+    mask_irqs();
+    dist_init();
+    cpu_init(0);
+    set_level(intid);
+    set_priority(intid, 0, 0x80);
+    route_to_cpu0(intid);
+    enable(intid, 0);
+}
+
+/// The virtual counter without a barrier: the first instruction of a
+/// handler whose entry time is measured.
+pub(crate) fn entry_counter() -> u64 {
+    let v: u64;
+    // SAFETY: reading the virtual counter has no side effects.
+    unsafe { core::arch::asm!("mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
 /// Acknowledge the highest-priority pending interrupt: the IAR value.
 pub(crate) fn ack() -> u32 {
     if v3() {
