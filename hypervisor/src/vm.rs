@@ -847,6 +847,10 @@ fn give_pci_bus(
     // No bridge the hardware domain keeps may open a window over these.
     pci.ownership
         .set_guest_memory(vm.index, bus.physical_bars());
+    // Errors the hardware domain saw on them stay its own history.
+    for &f in units.iter().flatten() {
+        pci.aer.hwdom.forget(f);
+    }
     pci.guests.insert(vm.index, bus);
     // The lines go to the CPU of the guest's first vCPU.
     let pcpu = vm.vcpus.first().map_or(0, |v| v.pcpu);
