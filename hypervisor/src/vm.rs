@@ -849,7 +849,9 @@ fn give_pci_bus(
         .set_guest_memory(vm.index, bus.physical_bars());
     // Errors the hardware domain saw on them stay its own history.
     for &f in units.iter().flatten() {
-        pci.aer.hwdom.forget(f);
+        if !pci.aer.hwdom.owns_port(f) {
+            pci.aer.hwdom.forget(f);
+        }
     }
     pci.guests.insert(vm.index, bus);
     // The lines go to the CPU of the guest's first vCPU.
