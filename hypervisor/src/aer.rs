@@ -77,10 +77,21 @@ impl Raises {
 /// ([`flush_log`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PendingLog {
-    items: [Option<(AerEvent, Owner, pci::aer::RecoveryState)>; 8],
+    items: [Option<LogEntry>; 8],
     len: usize,
     /// Events that found the queue full.
     dropped: u32,
+}
+
+/// What the log line of one event says (not the whole event: queueing it
+/// copies little).
+#[derive(Clone, Copy, Debug)]
+struct LogEntry {
+    source: Bdf,
+    severity: pci::aer::Severity,
+    status: u32,
+    owner: Owner,
+    state: pci::aer::RecoveryState,
 }
 
 /// The hypervisor's AER state.
@@ -138,28 +149,128 @@ impl AerState {
         write || offset & 0xfff >= 0x100 || self.port_windows.contains(&(window, offset >> 12))
     }
 
-    /// The deadline of `owner`.
-    pub fn deadline_of(&self, owner: Owner) -> u64 {
-        let vm = match owner {
-            Owner::Guest(vm) => Some(vm),
-            Owner::Hwdom => self.hwdom_vm,
-        };
-        vm.and_then(|v| self.deadlines.get(usize::from(v)).copied())
-            .unwrap_or(AerConfig::DEFAULT.reset_deadline_ns)
-    }
-
     /// The line of the hardware domain's view of owned port `rp`.
     fn hwdom_line(&self, rp: Bdf) -> Option<Raise> {
-        let vm = self.hwdom_vm?;
-        let pintid = self.ports.iter().find(|p| p.bdf == rp)?.pintid?;
-        Some((vm, pintid))
+        hwdom_line(self.hwdom_vm, &self.ports, rp)
     }
 
     fn guest_line(&self, vm: u16, unit: usize) -> Option<Raise> {
-        self.guest_lines
-            .iter()
-            .find(|l| l.vm == vm && l.unit == unit)
-            .map(|l| (vm, l.vintid))
+        guest_line(&self.guest_lines, vm, unit)
+    }
+}
+
+/// The reset deadline of `owner` (its VM config's).
+fn deadline_of(hwdom_vm: Option<u16>, deadlines: &[u64], owner: Owner) -> u64 {
+    let vm = match owner {
+        Owner::Guest(vm) => Some(vm),
+        Owner::Hwdom => hwdom_vm,
+    };
+    vm.and_then(|v| deadlines.get(usize::from(v)).copied())
+        .unwrap_or(AerConfig::DEFAULT.reset_deadline_ns)
+}
+
+fn hwdom_line(hwdom_vm: Option<u16>, ports: &[OwnedPort], rp: Bdf) -> Option<Raise> {
+    let vm = hwdom_vm?;
+    let pintid = ports.iter().find(|p| p.bdf == rp)?.pintid?;
+    Some((vm, pintid))
+}
+
+fn guest_line(lines: &[GuestLine], vm: u16, unit: usize) -> Option<Raise> {
+    lines
+        .iter()
+        .find(|l| l.vm == vm && l.unit == unit)
+        .map(|l| (vm, l.vintid))
+}
+
+/// What routing an event uses: the PCI state but the config port and the
+/// service's reports, borrowed apart so that the reports are read in
+/// place (no copy per event).
+struct Router<'a> {
+    topology: &'a Topology,
+    ownership: &'a pci::vpci::Ownership,
+    guests: &'a mut crate::pci_host::GuestBuses,
+    hwdom: &'a mut HwdomAer,
+    recovery: &'a mut RecoveryTracker,
+    ports: &'a [OwnedPort],
+    guest_lines: &'a [GuestLine],
+    hwdom_vm: Option<u16>,
+    deadlines: &'a [u64],
+    pending_log: &'a mut PendingLog,
+}
+
+/// Splits `pci` into the reports of the last service and a [`Router`].
+fn router<P>(pci: &mut PciState<P>) -> (&pci::aer::Reports, Router<'_>) {
+    let PciState {
+        topology,
+        ownership,
+        guests,
+        aer,
+        ..
+    } = pci;
+    let AerState {
+        reports,
+        hwdom,
+        recovery,
+        ports,
+        guest_lines,
+        hwdom_vm,
+        deadlines,
+        pending_log,
+        ..
+    } = aer;
+    (
+        reports,
+        Router {
+            topology,
+            ownership,
+            guests,
+            hwdom,
+            recovery,
+            ports,
+            guest_lines,
+            hwdom_vm: *hwdom_vm,
+            deadlines,
+            pending_log,
+        },
+    )
+}
+
+impl Router<'_> {
+    /// Route one error to the owner of its source and track its recovery.
+    fn deliver(&mut self, event: &AerEvent, raises: &mut Raises) {
+        let owner = self.ownership.owner(event.source);
+        let raise = match owner {
+            Owner::Guest(vm) => self
+                .guests
+                .get_mut(vm)
+                .and_then(|bus| bus.aer_deliver(event))
+                .filter(|d| d.interrupt)
+                .and_then(|d| guest_line(self.guest_lines, vm, d.unit)),
+            Owner::Hwdom => self
+                .hwdom
+                .deliver(self.topology, event)
+                .filter(|&(_, raise)| raise)
+                .and_then(|(rp, _)| hwdom_line(self.hwdom_vm, self.ports, rp)),
+        };
+        if let Some(r) = raise {
+            raises.push(r);
+        }
+        let deadline = deadline_of(self.hwdom_vm, self.deadlines, owner);
+        let state = self.recovery.on_event_within(event, owner, deadline);
+        let q = &mut *self.pending_log;
+        match q.items.get_mut(q.len) {
+            Some(slot) => {
+                *slot = Some(LogEntry {
+                    source: event.source,
+                    severity: event.severity,
+                    status: event.status(),
+                    owner,
+                    state,
+                });
+                q.len += 1;
+            }
+            None => q.dropped = q.dropped.saturating_add(1),
+        }
     }
 }
 
@@ -291,12 +402,10 @@ pub fn service_line<P: ConfigPort>(
             continue;
         }
         claimed = true;
-        for k in 0..pci.aer.reports.len() {
-            let Some(report) = pci.aer.reports.get(k).copied() else {
-                break;
-            };
-            match report {
-                AerReport::Event(ref event) => deliver(pci, event, raises),
+        let (reports, mut router) = router(pci);
+        for report in reports.iter() {
+            match *report {
+                AerReport::Event(ref event) => router.deliver(event, raises),
                 AerReport::StormMasked {
                     source,
                     severity,
@@ -326,34 +435,7 @@ pub fn service_line<P: ConfigPort>(
 
 /// Route one error to the owner of its source and track its recovery.
 pub fn deliver<P: ConfigPort>(pci: &mut PciState<P>, event: &AerEvent, raises: &mut Raises) {
-    let owner = pci.ownership.owner(event.source);
-    let raise = match owner {
-        Owner::Guest(vm) => pci
-            .guests
-            .get_mut(vm)
-            .and_then(|bus| bus.aer_deliver(event))
-            .filter(|d| d.interrupt)
-            .and_then(|d| pci.aer.guest_line(vm, d.unit)),
-        Owner::Hwdom => pci
-            .aer
-            .hwdom
-            .deliver(&pci.topology, event)
-            .filter(|&(_, raise)| raise)
-            .and_then(|(rp, _)| pci.aer.hwdom_line(rp)),
-    };
-    if let Some(r) = raise {
-        raises.push(r);
-    }
-    let deadline = pci.aer.deadline_of(owner);
-    let state = pci.aer.recovery.on_event_within(event, owner, deadline);
-    let q = &mut pci.aer.pending_log;
-    match q.items.get_mut(q.len) {
-        Some(slot) => {
-            *slot = Some((*event, owner, state));
-            q.len += 1;
-        }
-        None => q.dropped = q.dropped.saturating_add(1),
-    }
+    router(pci).1.deliver(event, raises);
 }
 
 /// Write the log lines of the events delivered since the last call.
@@ -362,14 +444,14 @@ pub fn flush_log<P>(pci: &mut PciState<P>) {
         return;
     }
     let q = core::mem::take(&mut pci.aer.pending_log);
-    for (event, owner, state) in q.items.iter().take(q.len).flatten() {
+    for e in q.items.iter().take(q.len).flatten() {
         log::warn!(
             "AER: {:?} error of {} (status {:#x}) for {:?}: {:?}",
-            event.severity,
-            event.source,
-            event.status(),
-            owner,
-            state
+            e.severity,
+            e.source,
+            e.status,
+            e.owner,
+            e.state
         );
     }
     if q.dropped > 0 {

@@ -128,11 +128,12 @@ fn vm_index(vm: &Vm) -> usize {
 /// kick the other vCPUs in `kick`.
 fn refresh(vm: &Vm, vcpu: usize, kick: Kick) {
     let mut lrs = CpuLrs;
-    let (eois, k) = {
+    let mut eois = Eois::default();
+    let k = {
         let mut s = vm.vgic.lock();
-        let (eois, k1) = s.sync(vcpu, &mut lrs);
+        let k1 = s.sync_into(vcpu, &mut lrs, &mut eois);
         let k2 = s.flush(vcpu, &mut lrs);
-        (eois, kick | k1 | k2)
+        kick | k1 | k2
     };
     report_eois(vm, &eois);
     kick_others(vm, vcpu, k);

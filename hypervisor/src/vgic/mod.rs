@@ -404,6 +404,13 @@ impl VGic {
     /// still-pending ones stay.
     pub fn sync(&mut self, v: usize, hw: &mut dyn ListRegisters) -> (Eois, Kick) {
         let mut eois = Eois::default();
+        let kick = self.sync_into(v, hw, &mut eois);
+        (eois, kick)
+    }
+
+    /// [`Self::sync`] into the caller's `eois` (appended to): the trap
+    /// path then copies no [`Eois`] around.
+    pub fn sync_into(&mut self, v: usize, hw: &mut dyn ListRegisters, eois: &mut Eois) -> Kick {
         let mut kick = 0;
         let hw_by_eoi = self.hw_by_eoi;
         let n = hw.count().min(MAX_LRS);
@@ -460,7 +467,7 @@ impl VGic {
             }
             kick |= self.update(v, intid32);
         }
-        (eois, kick)
+        kick
     }
 
     /// Best (lowest priority value, then lowest INTID) ready interrupt of

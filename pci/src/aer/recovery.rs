@@ -82,7 +82,8 @@ impl RecoveryTracker {
         Self {
             deadline_ns,
             active: Vec::new(),
-            log: VecDeque::new(),
+            // Its full size at once: logging an event never allocates.
+            log: VecDeque::with_capacity(LOG_LEN),
         }
     }
 

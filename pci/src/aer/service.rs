@@ -80,6 +80,24 @@ impl Reports {
         }
     }
 
+    /// Starts an event in the next slot (built in place, not copied); it
+    /// counts once [`Self::commit`]ted. `None` when the list is full.
+    fn start_event(&mut self, ev: AerEvent) -> Option<&mut AerEvent> {
+        let slot = self.items.get_mut(self.len)?;
+        *slot = Some(AerReport::Event(ev));
+        match slot {
+            Some(AerReport::Event(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Counts the started event.
+    fn commit(&mut self) {
+        if self.len < self.items.len() {
+            self.len += 1;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -143,6 +161,19 @@ pub struct RootPortService {
     pub stats: ServiceStats,
 }
 
+/// What one class (correctable / uncorrectable) of one service call works
+/// on.
+struct ClassCtx {
+    root_port: Bdf,
+    /// The port's bus range (its subtree).
+    buses: Option<core::ops::RangeInclusive<u8>>,
+    source_id: u16,
+    multi: bool,
+    correctable: bool,
+    root_status: u32,
+    now_ns: u64,
+}
+
 /// Counters for logs and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceStats {
@@ -153,10 +184,12 @@ pub struct ServiceStats {
     pub not_found: u64,
 }
 
-/// A source found by the search, with the classes to process.
+/// A source found by the search: its address and AER capability offset (0:
+/// none).
 #[derive(Clone, Copy)]
 struct Source {
     bdf: Bdf,
+    aer: u16,
 }
 
 impl RootPortService {
@@ -173,6 +206,14 @@ impl RootPortService {
     }
 
     fn check_port(topo: &Topology, root_port: Bdf) -> Result<u16, AerError> {
+        Self::check_port_fn(topo, root_port).map(|f| f.caps.aer)
+    }
+
+    /// The root port's topology entry, if it can be serviced.
+    fn check_port_fn(
+        topo: &Topology,
+        root_port: Bdf,
+    ) -> Result<&crate::topology::Function, AerError> {
         let f = topo
             .function(root_port)
             .ok_or(AerError::NotTracked(root_port))?;
@@ -182,7 +223,7 @@ impl RootPortService {
         if f.caps.aer == 0 {
             return Err(AerError::NoAer(root_port));
         }
-        Ok(f.caps.aer)
+        Ok(f)
     }
 
     /// Takes AER ownership of a root port as Linux's probe does: clears its
@@ -288,7 +329,9 @@ impl RootPortService {
         now_ns: u64,
         out: &mut Reports,
     ) -> Result<(), AerError> {
-        let aer = Self::check_port(topo, root_port)?;
+        // One topology lookup of the port for the whole service.
+        let rp = Self::check_port_fn(topo, root_port)?;
+        let (aer, buses) = (rp.caps.aer, rp.bus_range());
         out.clear();
         let st = port.read32(root_port, aer + AER_ROOT_STATUS);
         out.root_status = st;
@@ -304,102 +347,117 @@ impl RootPortService {
 
         if st & AER_ROOT_STATUS_COR != 0 {
             let multi = st & AER_ROOT_STATUS_MULTI_COR != 0;
-            self.class(
-                topo, port, root_port, id as u16, multi, true, st, now_ns, out,
-            );
+            let ctx = ClassCtx {
+                root_port,
+                buses: buses.clone(),
+                source_id: id as u16,
+                multi,
+                correctable: true,
+                root_status: st,
+                now_ns,
+            };
+            self.class(topo, port, &ctx, out);
         }
         if st & AER_ROOT_STATUS_UNCOR != 0 {
             let multi = st & AER_ROOT_STATUS_MULTI_UNCOR != 0;
-            let sid = (id >> 16) as u16;
-            self.class(topo, port, root_port, sid, multi, false, st, now_ns, out);
+            let ctx = ClassCtx {
+                root_port,
+                buses,
+                source_id: (id >> 16) as u16,
+                multi,
+                correctable: false,
+                root_status: st,
+                now_ns,
+            };
+            self.class(topo, port, &ctx, out);
         }
         Ok(())
     }
 
-    /// Whether `bdf` is the port or below it.
-    fn in_scope(topo: &Topology, root_port: Bdf, bdf: Bdf) -> bool {
-        if bdf == root_port {
-            return true;
+    /// The Source ID's function when it is the port or a tracked function
+    /// below it (one topology lookup).
+    fn id_source(topo: &Topology, ctx: &ClassCtx) -> Option<Source> {
+        let bdf = Bdf::from_rid(ctx.root_port.segment, ctx.source_id);
+        if bdf != ctx.root_port
+            && (bdf.segment != ctx.root_port.segment
+                || !ctx.buses.as_ref().is_some_and(|r| r.contains(&bdf.bus)))
+        {
+            return None;
         }
-        bdf.segment == root_port.segment
-            && topo.contains(bdf)
-            && topo
-                .function(root_port)
-                .and_then(|f| f.bus_range())
-                .is_some_and(|r| r.contains(&bdf.bus))
+        let f = topo.function(bdf)?;
+        Some(Source {
+            bdf,
+            aer: f.caps.aer,
+        })
     }
 
     /// Linux's `find_source_device` + `aer_process_err_devices` for one class.
-    #[allow(clippy::too_many_arguments)]
     fn class<P: ConfigPort + ?Sized>(
         &mut self,
         topo: &Topology,
         port: &mut P,
-        root_port: Bdf,
-        source_id: u16,
-        multi: bool,
-        correctable: bool,
-        root_status: u32,
-        now_ns: u64,
+        ctx: &ClassCtx,
         out: &mut Reports,
     ) {
-        let mut found = [None::<Source>; MAX_SOURCES];
+        let mut found = [Source {
+            bdf: ctx.root_port,
+            aer: 0,
+        }; MAX_SOURCES];
         let mut n = 0usize;
-        let id_bdf = Bdf::from_rid(root_port.segment, source_id);
-        let id_usable = Self::in_scope(topo, root_port, id_bdf);
-        if id_usable {
-            found[0] = Some(Source { bdf: id_bdf });
+        let id_source = Self::id_source(topo, ctx);
+        if let Some(s) = id_source {
+            found[0] = s;
             n = 1;
         }
-        if !id_usable || multi {
-            for bdf in core::iter::once(root_port).chain(topo.subtree(root_port)) {
+        if id_source.is_none() || ctx.multi {
+            let id_bdf = id_source.map(|s| s.bdf);
+            for bdf in core::iter::once(ctx.root_port).chain(topo.subtree(ctx.root_port)) {
                 if n >= MAX_SOURCES {
                     break;
                 }
-                if id_usable && bdf == id_bdf {
+                if id_bdf == Some(bdf) {
                     continue;
                 }
-                if Self::has_pending(topo, port, bdf, correctable)
+                if let Some(aer) = Self::has_pending(topo, port, bdf, ctx.correctable)
                     && let Some(slot) = found.get_mut(n)
                 {
-                    *slot = Some(Source { bdf });
+                    *slot = Source { bdf, aer };
                     n += 1;
                 }
             }
         }
         let mut reported = false;
-        for s in found.iter().take(n).flatten() {
-            reported |= self.process(topo, port, s.bdf, correctable, root_status, now_ns, out);
+        for s in found.iter().take(n) {
+            reported |= self.process(topo, port, *s, ctx, out);
         }
         if !reported {
             self.stats.not_found += 1;
             out.push(AerReport::SourceNotFound {
-                root_port,
-                correctable,
-                source_id,
-                at_ns: now_ns,
+                root_port: ctx.root_port,
+                correctable: ctx.correctable,
+                source_id: ctx.source_id,
+                at_ns: ctx.now_ns,
             });
         }
     }
 
     /// Linux's `is_error_source` status test: reporting enabled in Device
     /// Control and unmasked status of the class.
+    /// Returns the function's AER offset if it has errors pending.
     fn has_pending<P: ConfigPort + ?Sized>(
         topo: &Topology,
         port: &mut P,
         bdf: Bdf,
         correctable: bool,
-    ) -> bool {
-        let Some(f) = topo.function(bdf) else {
-            return false;
-        };
+    ) -> Option<u16> {
+        let f = topo.function(bdf)?;
         let (pcie, aer) = (f.caps.pcie as u16, f.caps.aer);
         if pcie == 0 || aer == 0 {
-            return false;
+            return None;
         }
         let ctl = port.read16(bdf, pcie + PCIE_DEVCTL);
         if ctl == u16::MAX || ctl & DEVCTL_REPORTING == 0 {
-            return false;
+            return None;
         }
         let (sreg, mreg) = if correctable {
             (AER_COR_STATUS, AER_COR_MASK)
@@ -408,135 +466,150 @@ impl RootPortService {
         };
         let st = port.read32(bdf, aer + sreg);
         if st == u32::MAX {
-            return false;
+            return None;
         }
-        st & !port.read32(bdf, aer + mreg) != 0
+        (st & !port.read32(bdf, aer + mreg) != 0).then_some(aer)
     }
 
     /// Reads, clears and classifies one source's errors of one class.
-    /// Returns whether anything was reported for it.
-    #[allow(clippy::too_many_arguments)]
+    /// Returns whether anything was reported for it. The event is built in
+    /// its slot of `out` (no copy).
     fn process<P: ConfigPort + ?Sized>(
         &mut self,
         topo: &Topology,
         port: &mut P,
-        bdf: Bdf,
-        correctable: bool,
-        root_status: u32,
-        now_ns: u64,
+        source: Source,
+        ctx: &ClassCtx,
         out: &mut Reports,
     ) -> bool {
-        let aer = topo.function(bdf).map_or(0, |f| f.caps.aer);
+        let Source { bdf, aer } = source;
+        let correctable = ctx.correctable;
         let root_severity = if correctable {
             Severity::Correctable
-        } else if root_status & (AER_ROOT_STATUS_FATAL | AER_ROOT_STATUS_FIRST_FATAL) != 0 {
+        } else if ctx.root_status & (AER_ROOT_STATUS_FATAL | AER_ROOT_STATUS_FIRST_FATAL) != 0 {
             Severity::Fatal
         } else {
             Severity::NonFatal
         };
-        if aer == 0 {
-            // A source without AER (the Source ID named it): report what the
-            // root port knows.
-            self.emit(port, topo, AerEvent::new(bdf, root_severity, now_ns), out);
-            return true;
-        }
-        let mut ev = AerEvent::new(bdf, root_severity, now_ns);
-        if correctable {
-            let st = port.read32(bdf, aer + AER_COR_STATUS);
-            if st == u32::MAX {
-                ev.function_unreachable = true;
-            } else {
-                let pending = st & !port.read32(bdf, aer + AER_COR_MASK);
-                if pending == 0 {
-                    return false;
-                }
-                port.write32(bdf, aer + AER_COR_STATUS, pending);
-                ev.correctable_status = pending;
+        let new = AerEvent::new(bdf, root_severity, ctx.now_ns);
+        // A full list (cannot happen with MAX_REPORTS) still runs the
+        // limiter; the event is then not reported.
+        let mut spare;
+        let ev = match out.start_event(new) {
+            Some(e) => e,
+            None => {
+                spare = new;
+                &mut spare
             }
-        } else {
-            let st = port.read32(bdf, aer + AER_UNCOR_STATUS);
-            if st == u32::MAX {
-                ev.function_unreachable = true;
-            } else {
-                let pending = st & !port.read32(bdf, aer + AER_UNCOR_MASK);
-                if pending == 0 {
-                    return false;
-                }
-                let sev = port.read32(bdf, aer + AER_UNCOR_SEVER);
-                ev.severity = if pending & sev != 0 {
-                    Severity::Fatal
+        };
+        // A source without AER (the Source ID named it): report what the
+        // root port knows.
+        if aer != 0 {
+            if correctable {
+                let st = port.read32(bdf, aer + AER_COR_STATUS);
+                if st == u32::MAX {
+                    ev.function_unreachable = true;
                 } else {
-                    Severity::NonFatal
-                };
-                let cap = port.read32(bdf, aer + AER_CAP_CTRL);
-                ev.first_error_pointer = Some((cap & CAP_CTRL_FEP_MASK) as u8);
-                for (i, h) in ev.header_log.iter_mut().enumerate() {
-                    *h = port.read32(bdf, aer + AER_HEADER_LOG + 4 * i as u16);
+                    let pending = st & !port.read32(bdf, aer + AER_COR_MASK);
+                    if pending == 0 {
+                        return false;
+                    }
+                    port.write32(bdf, aer + AER_COR_STATUS, pending);
+                    ev.correctable_status = pending;
                 }
-                port.write32(bdf, aer + AER_UNCOR_STATUS, pending);
-                ev.uncorrectable_status = pending;
+            } else {
+                let st = port.read32(bdf, aer + AER_UNCOR_STATUS);
+                if st == u32::MAX {
+                    ev.function_unreachable = true;
+                } else {
+                    let pending = st & !port.read32(bdf, aer + AER_UNCOR_MASK);
+                    if pending == 0 {
+                        return false;
+                    }
+                    let sev = port.read32(bdf, aer + AER_UNCOR_SEVER);
+                    ev.severity = if pending & sev != 0 {
+                        Severity::Fatal
+                    } else {
+                        Severity::NonFatal
+                    };
+                    let cap = port.read32(bdf, aer + AER_CAP_CTRL);
+                    ev.first_error_pointer = Some((cap & CAP_CTRL_FEP_MASK) as u8);
+                    for (i, h) in ev.header_log.iter_mut().enumerate() {
+                        *h = port.read32(bdf, aer + AER_HEADER_LOG + 4 * i as u16);
+                    }
+                    port.write32(bdf, aer + AER_UNCOR_STATUS, pending);
+                    ev.uncorrectable_status = pending;
+                }
             }
         }
-        self.emit(port, topo, ev, out);
+        let (severity, bits) = (ev.severity, ev.status());
+        if self.emit(port, topo, bdf, severity, bits, ctx.now_ns, out) {
+            out.commit();
+        }
         true
     }
 
-    /// Applies the storm limiter and pushes the event (or the storm report).
+    /// Applies the storm limiter to an event of `source` (its severity and
+    /// status bits); returns whether to report it (else it is suppressed,
+    /// and a storm report may have been pushed).
+    #[allow(clippy::too_many_arguments)]
     fn emit<P: ConfigPort + ?Sized>(
         &mut self,
         port: &mut P,
         topo: &Topology,
-        ev: AerEvent,
+        source: Bdf,
+        severity: Severity,
+        bits: u32,
+        at_ns: u64,
         out: &mut Reports,
-    ) {
+    ) -> bool {
         let (threshold, window_ns) = (self.config.storm_threshold, self.config.storm_window_ns);
-        let lim = self.limiter.entry(ev.source).or_default();
-        let w = match ev.severity {
-            Severity::Correctable => &mut lim.cor,
-            Severity::NonFatal => &mut lim.nonfatal,
-            Severity::Fatal => {
-                self.stats.events += 1;
-                out.push(AerReport::Event(ev));
-                return;
-            }
+        if severity == Severity::Fatal {
+            self.stats.events += 1;
+            return true;
+        }
+        let lim = self.limiter.entry(source).or_default();
+        let w = if severity == Severity::Correctable {
+            &mut lim.cor
+        } else {
+            &mut lim.nonfatal
         };
-        if ev.at_ns.saturating_sub(w.start_ns) >= window_ns || w.count == 0 {
-            w.start_ns = ev.at_ns;
+        if at_ns.saturating_sub(w.start_ns) >= window_ns || w.count == 0 {
+            w.start_ns = at_ns;
             w.count = 0;
         }
         w.count = w.count.saturating_add(1);
         if w.count <= threshold {
             self.stats.events += 1;
-            out.push(AerReport::Event(ev));
-            return;
+            return true;
         }
         // A storm: mask what fired (once per window), suppress the event.
         self.stats.suppressed += 1;
         out.suppressed += 1;
-        let bits = ev.status();
-        let aer = topo.function(ev.source).map_or(0, |f| f.caps.aer);
+        let aer = topo.function(source).map_or(0, |f| f.caps.aer);
         if aer == 0 || bits == 0 || w.masked & bits == bits {
-            return;
+            return false;
         }
-        let mreg = if ev.severity == Severity::Correctable {
+        let mreg = if severity == Severity::Correctable {
             AER_COR_MASK
         } else {
             AER_UNCOR_MASK
         };
-        let cur = port.read32(ev.source, aer + mreg);
+        let cur = port.read32(source, aer + mreg);
         if cur == u32::MAX {
-            return;
+            return false;
         }
         let new = bits & !cur & !w.masked;
-        port.write32(ev.source, aer + mreg, cur | bits);
+        port.write32(source, aer + mreg, cur | bits);
         w.masked |= new;
         self.stats.storms += 1;
         out.push(AerReport::StormMasked {
-            source: ev.source,
-            severity: ev.severity,
+            source,
+            severity,
             masked: bits,
-            at_ns: ev.at_ns,
+            at_ns,
         });
+        false
     }
 
     /// Bits the storm limiter masked on `bdf` (correctable, uncorrectable).
