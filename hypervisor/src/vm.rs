@@ -1022,7 +1022,15 @@ fn intx_command_written(vm: u16) {
 /// runs).
 pub fn register_pci_guests(pci: &mut PciState, platform: &Platform, vms: &[Vm], frequency: u64) {
     let timeout = PCI_REPORT_TIMEOUT_MS.saturating_mul(frequency) / 1000;
-    // AER: each VM's recovery deadline, and who sees the physical root ports.
+    // AER: the platform's storm setting, each VM's recovery deadline, and
+    // who sees the physical root ports.
+    if let Some(storm) = platform.aer_storm {
+        pci.aer.service = pci::aer::RootPortService::new(pci::aer::AerConfig {
+            storm_threshold: storm.threshold,
+            storm_window_ns: u64::from(storm.window_ms) * 1_000_000,
+            ..pci::aer::AerConfig::DEFAULT
+        });
+    }
     pci.aer.hwdom_vm = vms.iter().position(|v| v.hardware_domain).map(|i| i as u16);
     pci.aer.deadlines = platform
         .vms

@@ -25,6 +25,7 @@ pub fn platform(blob: &[u8]) -> Result<Platform, PlatformError> {
         pci_host_bridges: pcie::host_bridges(&dt, gic_node)?,
         vms: vm::vms(&dt, chosen, cpus.len(), &memory)?,
         exit_method: vm::exit_method(&dt, chosen)?,
+        aer_storm: vm::aer_storm(&dt, chosen)?,
         memory,
         cpus,
     })

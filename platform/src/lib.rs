@@ -116,6 +116,19 @@ pub struct Platform {
     pub vms: Vec<VmConfig>,
     /// `/chosen/phv,exit`.
     pub exit_method: ExitMethod,
+    /// `/chosen/phv,aer-storm = <threshold window_ms>`: more than
+    /// `threshold` correctable (or non-fatal) AER errors of one function
+    /// within `window_ms` are a storm, masked until its next reset (`None`:
+    /// the hypervisor's default, 32 within 1000 ms).
+    pub aer_storm: Option<AerStorm>,
+}
+
+/// The AER storm limiter's setting (`/chosen/phv,aer-storm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct AerStorm {
+    pub threshold: u32,
+    pub window_ms: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

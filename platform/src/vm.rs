@@ -29,6 +29,30 @@ pub fn exit_method(dt: &DeviceTree, chosen: Option<NodeId>) -> Result<ExitMethod
     }
 }
 
+/// `/chosen/phv,aer-storm = <threshold window_ms>`, both at least 1.
+pub fn aer_storm(
+    dt: &DeviceTree,
+    chosen: Option<NodeId>,
+) -> Result<Option<crate::AerStorm>, PlatformError> {
+    let Some(chosen) = chosen else {
+        return Ok(None);
+    };
+    match dt.prop_cells(chosen, "phv,aer-storm")?.as_deref() {
+        None => Ok(None),
+        Some(&[threshold, window_ms]) if threshold > 0 && window_ms > 0 => {
+            Ok(Some(crate::AerStorm {
+                threshold,
+                window_ms,
+            }))
+        }
+        Some(_) => Err(dt.bad(
+            chosen,
+            "phv,aer-storm",
+            "expected <threshold window_ms>, both at least 1",
+        )),
+    }
+}
+
 /// Every `compatible = "phv,vm"` child of `/chosen`, validated against each
 /// other and against the platform's CPUs and RAM.
 pub fn vms(

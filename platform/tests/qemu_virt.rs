@@ -106,6 +106,7 @@ fn qemu_common(gic: Gic, memory_size: u64, cpus: u64) -> Platform {
         pci_host_bridges: vec![qemu_host_bridge()],
         vms: vec![],
         exit_method: ExitMethod::Psci,
+        aer_storm: None,
     }
 }
 

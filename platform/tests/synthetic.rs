@@ -379,6 +379,36 @@ fn bad_exit_method_is_a_property_error() {
 }
 
 #[test]
+fn aer_storm_setting_is_two_positive_cells() {
+    let p = Platform::from_fdt(&tree(with_gic(|_| {}), |b| {
+        b.cells("phv,aer-storm", &[8, 10_000]);
+    }))
+    .unwrap();
+    assert_eq!(
+        p.aer_storm,
+        Some(platform::AerStorm {
+            threshold: 8,
+            window_ms: 10_000
+        })
+    );
+    for bad in [&[8u32][..], &[0, 10], &[8, 0], &[1, 2, 3]] {
+        let err = Platform::from_fdt(&tree(with_gic(|_| {}), |b| {
+            b.cells("phv,aer-storm", bad);
+        }))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            PlatformError::BadProperty(
+                "/chosen".into(),
+                "phv,aer-storm",
+                "expected <threshold window_ms>, both at least 1"
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
 fn gicv3_with_two_redistributor_regions_and_legacy_frames() {
     let blob = tree(
         |b| {

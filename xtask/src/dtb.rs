@@ -55,9 +55,15 @@ pub fn ram_base(dtb: &[u8]) -> Result<(u64, u64)> {
     Ok((r.starting_address as u64, r.size.unwrap_or(0) as u64))
 }
 
-/// `dtb` with `phv,exit` (if given) and the VM nodes added to `/chosen`
-/// (created if missing). Everything else, memreserve entries included, is kept.
-pub fn with_vms(dtb: &[u8], vms: &[VmNode], exit: Option<&str>) -> Result<Vec<u8>> {
+/// `dtb` with `phv,exit` and `phv,aer-storm` (if given) and the VM nodes
+/// added to `/chosen` (created if missing). Everything else, memreserve
+/// entries included, is kept.
+pub fn with_vms(
+    dtb: &[u8],
+    vms: &[VmNode],
+    exit: Option<&str>,
+    aer_storm: Option<[u32; 2]>,
+) -> Result<Vec<u8>> {
     let fdt = parse(dtb)?;
     let reserve: Vec<FdtReserveEntry> = fdt
         .memory_reservations()
@@ -68,7 +74,11 @@ pub fn with_vms(dtb: &[u8], vms: &[VmNode], exit: Option<&str>) -> Result<Vec<u8
     let root = fdt
         .find_node("/")
         .ok_or_else(|| Error::Dtb("no root node".into()))?;
-    let extra = Extra { vms, exit };
+    let extra = Extra {
+        vms,
+        exit,
+        aer_storm,
+    };
     emit(&mut w, root, 0, &extra)?;
     w.finish().map_err(werr)
 }
@@ -76,6 +86,7 @@ pub fn with_vms(dtb: &[u8], vms: &[VmNode], exit: Option<&str>) -> Result<Vec<u8
 struct Extra<'a> {
     vms: &'a [VmNode],
     exit: Option<&'a str>,
+    aer_storm: Option<[u32; 2]>,
 }
 
 fn emit(w: &mut FdtWriter, node: FdtNode<'_, '_>, depth: usize, extra: &Extra<'_>) -> Result<()> {
@@ -83,7 +94,7 @@ fn emit(w: &mut FdtWriter, node: FdtNode<'_, '_>, depth: usize, extra: &Extra<'_
     let is_chosen = depth == 1 && name == "chosen";
     let h = w.begin_node(name).map_err(werr)?;
     for p in node.properties() {
-        if is_chosen && p.name == "phv,exit" {
+        if is_chosen && (p.name == "phv,exit" || p.name == "phv,aer-storm") {
             continue;
         }
         w.property(p.name, p.value).map_err(werr)?;
@@ -107,6 +118,10 @@ fn emit(w: &mut FdtWriter, node: FdtNode<'_, '_>, depth: usize, extra: &Extra<'_
 fn add_chosen(w: &mut FdtWriter, extra: &Extra<'_>) -> Result<()> {
     if let Some(exit) = extra.exit {
         w.property_string("phv,exit", exit).map_err(werr)?;
+    }
+    if let Some(storm) = extra.aer_storm {
+        w.property_array_u32("phv,aer-storm", &storm)
+            .map_err(werr)?;
     }
     for (i, vm) in extra.vms.iter().enumerate() {
         let n = w.begin_node(&format!("vm@{i}")).map_err(werr)?;
@@ -210,7 +225,13 @@ mod tests {
     #[test]
     fn adds_vm_nodes_and_keeps_the_rest() {
         let src = sample();
-        let out = with_vms(&src, &[vm(0, true), vm(1, false)], Some("semihosting")).unwrap();
+        let out = with_vms(
+            &src,
+            &[vm(0, true), vm(1, false)],
+            Some("semihosting"),
+            Some([8, 10_000]),
+        )
+        .unwrap();
         let fdt = Fdt::new(&out).unwrap();
         let res: Vec<_> = fdt
             .memory_reservations()
@@ -225,6 +246,10 @@ mod tests {
         assert_eq!(
             chosen.property("phv,exit").unwrap().as_str(),
             Some("semihosting")
+        );
+        assert_eq!(
+            chosen.property("phv,aer-storm").unwrap().value,
+            [8u32.to_be_bytes(), 10_000u32.to_be_bytes()].concat()
         );
         let vm0 = fdt.find_node("/chosen/vm@0").unwrap();
         assert_eq!(vm0.property("label").unwrap().as_str(), Some("hwdom"));
@@ -270,7 +295,7 @@ mod tests {
             let Ok(src) = std::fs::read(dir.join(f)) else {
                 continue;
             };
-            let out = with_vms(&src, &[], None).unwrap();
+            let out = with_vms(&src, &[], None, None).unwrap();
             let (a, b) = (Fdt::new(&src).unwrap(), Fdt::new(&out).unwrap());
             assert_eq!(a.all_nodes().count(), b.all_nodes().count(), "{f}");
             for (x, y) in a.all_nodes().zip(b.all_nodes()) {

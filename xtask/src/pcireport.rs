@@ -32,6 +32,7 @@ pub fn scenario(gic: u8, devices: &[String]) -> Scenario {
         qemu_args,
         hypervisor: true,
         qmp: false,
+        aer_storm: None,
         vm: vec![Vm {
             label: "hwdom".into(),
             hardware_domain: true,

@@ -103,7 +103,7 @@ pub fn qemu_args(s: &Scenario, gic: u8, images: &Images) -> Result<Vec<String>> 
                 aer_deadline_ms: vm.aer_deadline_ms,
             })
             .collect();
-    let out = dtb::with_vms(&src, &nodes, Some("semihosting"))?;
+    let out = dtb::with_vms(&src, &nodes, Some("semihosting"), s.aer_storm)?;
     let dtb_path = dir.join(format!("{}-gic{gic}.dtb", s.name));
     std::fs::write(&dtb_path, out).ctx(|| format!("write {}", dtb_path.display()))?;
     args.extend([

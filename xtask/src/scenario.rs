@@ -53,6 +53,10 @@ pub struct Scenario {
     /// `pcie_aer_inject_error`), the replies logged as `xtask: hmp ...` lines.
     #[serde(default)]
     pub qmp: bool,
+    /// `/chosen/phv,aer-storm = <threshold window_ms>`: the AER storm
+    /// limiter's setting (the hypervisor's default when absent).
+    #[serde(default)]
+    pub aer_storm: Option<[u32; 2]>,
     pub expect: Expect,
     /// Set while the scenario cannot pass yet (e.g. the hypervisor side it
     /// tests has not landed): the reason. `cargo xtask test` reports it as

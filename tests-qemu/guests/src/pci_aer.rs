@@ -222,6 +222,12 @@ pub fn pci_aer(env: &Env) -> ! {
     let id = env.bootargs.get("aer_device").unwrap_or("nvme1");
     let ignore = env.bootargs.get("mode") == Some("ignore");
     let storm = env.bootargs.number("storm").ok().flatten().unwrap_or(0) as u32;
+    let storm_threshold = env
+        .bootargs
+        .number("storm_threshold")
+        .ok()
+        .flatten()
+        .unwrap_or(32) as u32;
     let storm_wait_ms = env
         .bootargs
         .number("storm_wait_ms")
@@ -333,8 +339,10 @@ pub fn pci_aer(env: &Env) -> ! {
         storm_irqs = COUNT.load(Ordering::SeqCst) - before;
         println!("aer: storm: {storm} correctable errors asked for, {storm_irqs} interrupts");
         t.check(
-            (1..=33).contains(&storm_irqs),
-            format_args!("{storm_irqs} interrupts for a storm of {storm} errors (threshold 32)"),
+            (1..=storm_threshold + 1).contains(&storm_irqs),
+            format_args!(
+                "{storm_irqs} interrupts for a storm of {storm} errors (threshold {storm_threshold})"
+            ),
         );
         let cor = ecam.read32(f.bus, f.devfn, p.f_aer + AER_COR_STATUS);
         ecam.write32(f.bus, f.devfn, p.f_aer + AER_COR_STATUS, cor);
