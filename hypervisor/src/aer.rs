@@ -12,8 +12,9 @@
 //! the PCI lock (the vGIC takes its own).
 //!
 //! Recovery: a fatal error freezes its source with the owner's deadline
-//! (`phv,aer-deadline-ms`); the owner's own reset (SBR of its virtual root
-//! port, FLR) ends it ([`owner_reset`], [`reset_done`]); past the deadline
+//! (`phv,aer-deadline-ms`); the owner's own link reset (SBR of its virtual
+//! root port; an FLR alone is not one) ends it ([`owner_reset`],
+//! [`reset_done`]); past the deadline
 //! [`deadlines_passed`] hands the reset to the hypervisor, which marks the
 //! owner's view. A function that does not come back is quarantined and
 //! surprise-removed from its guest's view.
@@ -525,13 +526,32 @@ pub fn owner_reset<P>(pci: &mut PciState<P>, functions: &[Bdf]) {
 
 /// A reset covering `scope` ended; `gone` did not come back. Ends the
 /// recoveries it covers: restores the storm limiter's masks of those that
-/// answered, surprise-removes the others from their guest's view.
-pub fn reset_done<P: ConfigPort>(pci: &mut PciState<P>, scope: &[Bdf], gone: &[Bdf]) {
+/// answered, surprise-removes the others from their guest's view. A fatal
+/// error waits for a link reset: a function-level reset (`link_reset`
+/// false) the owner asked for on its own (an FLR) leaves a source still
+/// awaiting its reset frozen; one started for the recovery (the narrowest
+/// reset of the owner's SBR, the hypervisor's takeover) ends it.
+pub fn reset_done<P: ConfigPort>(
+    pci: &mut PciState<P>,
+    scope: &[Bdf],
+    gone: &[Bdf],
+    link_reset: bool,
+) {
+    let awaiting = |b: &Bdf| {
+        !link_reset
+            && pci
+                .aer
+                .recovery
+                .recovery(*b)
+                .is_some_and(|r| r.state == pci::aer::RecoveryState::FrozenAwaitingReset)
+    };
     let ready: Vec<Bdf> = scope
         .iter()
         .copied()
-        .filter(|b| !gone.contains(b))
+        .filter(|b| !gone.contains(b) && !awaiting(b))
         .collect();
+    let gone: Vec<Bdf> = gone.iter().copied().filter(|b| !awaiting(b)).collect();
+    let gone = &gone[..];
     for &b in &ready {
         pci.aer
             .service
@@ -842,6 +862,20 @@ mod tests {
     }
 
     #[test]
+    fn an_flr_alone_does_not_end_a_fatal_errors_wait_for_a_link_reset() {
+        let (mut pci, guest_fn, _) = state();
+        inject(&mut pci, guest_fn, SimAerError::Uncorrectable(4));
+        fire(&mut pci, LINE1, 0);
+        reset_done(&mut pci, &[guest_fn], &[], false);
+        assert_eq!(
+            pci.aer.recovery.recovery(guest_fn).map(|r| r.state),
+            Some(RecoveryState::FrozenAwaitingReset)
+        );
+        reset_done(&mut pci, &[guest_fn], &[], true);
+        assert!(!pci.aer.recovery.is_frozen(guest_fn));
+    }
+
+    #[test]
     fn a_fatal_error_the_guest_resets_ends_its_recovery() {
         let (mut pci, guest_fn, _) = state();
         inject(&mut pci, guest_fn, SimAerError::Uncorrectable(4));
@@ -851,7 +885,7 @@ mod tests {
         assert_eq!(r.deadline_ns, Some(210 * MS), "the guest's own deadline");
         owner_reset(&mut pci, &[guest_fn]);
         assert_eq!(pci.aer.recovery.next_deadline(), None);
-        reset_done(&mut pci, &[guest_fn], &[]);
+        reset_done(&mut pci, &[guest_fn], &[], true);
         assert!(!pci.aer.recovery.is_frozen(guest_fn));
         assert_eq!(
             pci.aer.recovery.log().last().map(|r| r.state),
@@ -878,7 +912,7 @@ mod tests {
         assert_ne!(guest_root_status(&mut pci) & ROOT_STATUS_HV_RESET, 0);
         assert_eq!(raises.iter().collect::<Vec<_>>(), [(1, LINE1)]);
         // The reset does not bring it back: quarantined, surprise-removed.
-        reset_done(&mut pci, &taken[0].functions, &[guest_fn]);
+        reset_done(&mut pci, &taken[0].functions, &[guest_fn], true);
         let last = pci.aer.recovery.log().last().copied().unwrap();
         assert_eq!(last.state, RecoveryState::Quarantined);
         assert!(last.by_hypervisor);

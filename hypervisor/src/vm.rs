@@ -1514,10 +1514,8 @@ fn guest_reset(vm: &Vm, request: ResetRequest) {
             start_resets(&mut pci, vm, &functions, crate::resets::AfterReset::Nothing);
         }
         ResetRequest::Flr(bdf) => match crate::resets::flr_of(&pci, bdf) {
-            Some(action) => {
-                crate::aer::owner_reset(&mut pci, &[bdf]);
-                start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing)
-            }
+            // Not a link reset: a fatal error of `bdf` still waits for one.
+            Some(action) => start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing),
             None => log::warn!("{}: FLR of {bdf} asked for, but it has none", vm.name),
         },
     }
@@ -1635,7 +1633,7 @@ fn pci_timer(_ticks: u64) {
             );
             if pci.quarantine.first_of(&t.functions).is_some() {
                 // No reset could start: it never comes back.
-                crate::aer::reset_done(&mut pci, &t.functions, &t.functions);
+                crate::aer::reset_done(&mut pci, &t.functions, &t.functions, true);
             }
         }
         arm_pci_timer(&pci);
@@ -1652,7 +1650,8 @@ fn step_resets(pci: &mut PciState) {
             pci::reset_engine::ResetOutcome::TimedOut(gone) => gone,
             _ => &[],
         };
-        crate::aer::reset_done(pci, &scope, gone);
+        let link = !matches!(f.action, pci::ResetAction::Function { .. });
+        crate::aer::reset_done(pci, &scope, gone, link);
         match f.ready_after_ns {
             Some(ns) => log::info!(
                 "{:?} done: {:?}, ready {}.{:03} ms after the reset ended",
