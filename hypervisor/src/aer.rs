@@ -84,15 +84,39 @@ pub struct PendingLog {
     dropped: u32,
 }
 
-/// What the log line of one event says (not the whole event: queueing it
-/// copies little).
+/// What one queued log line says (not the whole event: queueing it copies
+/// little).
 #[derive(Clone, Copy, Debug)]
-struct LogEntry {
-    source: Bdf,
-    severity: pci::aer::Severity,
-    status: u32,
-    owner: Owner,
-    state: pci::aer::RecoveryState,
+enum LogEntry {
+    Event {
+        source: Bdf,
+        severity: pci::aer::Severity,
+        status: u32,
+        owner: Owner,
+        state: pci::aer::RecoveryState,
+    },
+    Storm {
+        source: Bdf,
+        severity: pci::aer::Severity,
+        masked: u32,
+    },
+    SourceNotFound {
+        root_port: Bdf,
+        correctable: bool,
+        source_id: u16,
+    },
+}
+
+impl PendingLog {
+    fn push(&mut self, entry: LogEntry) {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(entry);
+                self.len += 1;
+            }
+            None => self.dropped = self.dropped.saturating_add(1),
+        }
+    }
 }
 
 /// The hypervisor's AER state.
@@ -258,20 +282,13 @@ impl Router<'_> {
         }
         let deadline = deadline_of(self.hwdom_vm, self.deadlines, owner);
         let state = self.recovery.on_event_within(event, owner, deadline);
-        let q = &mut *self.pending_log;
-        match q.items.get_mut(q.len) {
-            Some(slot) => {
-                *slot = Some(LogEntry {
-                    source: event.source,
-                    severity: event.severity,
-                    status: event.status(),
-                    owner,
-                    state,
-                });
-                q.len += 1;
-            }
-            None => q.dropped = q.dropped.saturating_add(1),
-        }
+        self.pending_log.push(LogEntry::Event {
+            source: event.source,
+            severity: event.severity,
+            status: event.status(),
+            owner,
+            state,
+        });
     }
 }
 
@@ -412,22 +429,21 @@ pub fn service_line<P: ConfigPort>(
                     severity,
                     masked,
                     ..
-                } => log::warn!(
-                    "AER: {severity:?} error storm of {source}: status bits {masked:#x} masked until its next reset"
-                ),
+                } => router.pending_log.push(LogEntry::Storm {
+                    source,
+                    severity,
+                    masked,
+                }),
                 AerReport::SourceNotFound {
                     root_port,
                     correctable,
                     source_id,
                     ..
-                } => log::warn!(
-                    "AER: {root_port} reported {} errors (source id {source_id:#06x}) but no function shows one",
-                    if correctable {
-                        "correctable"
-                    } else {
-                        "uncorrectable"
-                    }
-                ),
+                } => router.pending_log.push(LogEntry::SourceNotFound {
+                    root_port,
+                    correctable,
+                    source_id,
+                }),
             }
         }
     }
@@ -446,14 +462,36 @@ pub fn flush_log<P>(pci: &mut PciState<P>) {
     }
     let q = core::mem::take(&mut pci.aer.pending_log);
     for e in q.items.iter().take(q.len).flatten() {
-        log::warn!(
-            "AER: {:?} error of {} (status {:#x}) for {:?}: {:?}",
-            e.severity,
-            e.source,
-            e.status,
-            e.owner,
-            e.state
-        );
+        match *e {
+            LogEntry::Event {
+                source,
+                severity,
+                status,
+                owner,
+                state,
+            } => log::warn!(
+                "AER: {severity:?} error of {source} (status {status:#x}) for {owner:?}: {state:?}"
+            ),
+            LogEntry::Storm {
+                source,
+                severity,
+                masked,
+            } => log::warn!(
+                "AER: {severity:?} error storm of {source}: status bits {masked:#x} masked until its next reset"
+            ),
+            LogEntry::SourceNotFound {
+                root_port,
+                correctable,
+                source_id,
+            } => log::warn!(
+                "AER: {root_port} reported {} errors (source id {source_id:#06x}) but no function shows one",
+                if correctable {
+                    "correctable"
+                } else {
+                    "uncorrectable"
+                }
+            ),
+        }
     }
     if q.dropped > 0 {
         log::warn!("AER: {} more events not logged", q.dropped);
