@@ -292,28 +292,18 @@ impl Router<'_> {
     }
 }
 
+/// Whether the hypervisor takes AER of `f`: a root port with the capability.
+fn takes_aer(f: &pci::Function) -> bool {
+    matches!(f.kind, pci::FunctionKind::RootPort) && f.caps.aer != 0
+}
+
 /// The hardware domain reported `bdf`: a root port with AER is the
 /// hypervisor's from now on, before any driver of the hardware domain binds
 /// to it: its MSI / MSI-X are disabled and hidden from the hardware domain
 /// (its AER interrupt must stay the INTx the hypervisor takes).
 pub fn reported<P: ConfigPort>(pci: &mut PciState<P>, bdf: Bdf) {
-    let Some(f) = pci.topology.function(bdf) else {
+    if !pci.topology.function(bdf).is_some_and(takes_aer) || pci.aer.hwdom.owns_port(bdf) {
         return;
-    };
-    if !matches!(f.kind, pci::FunctionKind::RootPort) || f.caps.aer == 0 {
-        return;
-    }
-    if pci.aer.hwdom.owns_port(bdf) {
-        return;
-    }
-    let (msi, msix) = (u16::from(f.caps.msi), u16::from(f.caps.msix));
-    for (cap, enable) in [(msi, 1u16), (msix, 1 << 15)] {
-        if cap != 0 {
-            let ctl = pci.port.read16(bdf, cap + 2);
-            if ctl != u16::MAX && ctl & enable != 0 {
-                pci.port.write16(bdf, cap + 2, ctl & !enable);
-            }
-        }
     }
     pci.aer.hwdom.own_port(&mut pci.port, bdf);
     if let Some((i, off)) = pci
@@ -358,9 +348,7 @@ pub fn take_root_ports<P: ConfigPort>(
     let candidates: Vec<Bdf> = pci
         .topology
         .functions()
-        .filter(|(b, f)| {
-            b.segment == segment && matches!(f.kind, pci::FunctionKind::RootPort) && f.caps.aer != 0
-        })
+        .filter(|(b, f)| b.segment == segment && takes_aer(f))
         .map(|(b, _)| b)
         .collect();
     let mut taken = Vec::new();

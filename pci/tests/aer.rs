@@ -912,7 +912,12 @@ fn an_owned_root_port_hides_msi_x_and_keeps_error_reporting_enabled() {
     let mut h = HwdomAer::new();
     let before = visible_cap_ids(&h, &mut f, rp);
     assert!(before.contains(&CAP_ID_MSIX), "{before:?}");
+    // A hwdom driver had turned the port's MSI-X on: taking it turns it off.
+    let msix_ctl = t.function(rp).unwrap().caps.msix as u16 + 2;
+    f.write16(rp, msix_ctl, 0x8000);
+    assert_ne!(f.read16(rp, msix_ctl) & 0x8000, 0);
     h.own_port(&mut f, rp);
+    assert_eq!(f.read16(rp, msix_ctl) & 0x8000, 0, "MSI-X off");
     assert!(h.owns_port(rp) && !h.owns_port(b("00:02.0")));
     let after = visible_cap_ids(&h, &mut f, rp);
     let expected: Vec<u8> = before

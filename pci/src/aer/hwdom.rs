@@ -47,8 +47,9 @@ struct HiddenCaps {
 }
 
 impl HiddenCaps {
-    /// Walks `bdf`'s list (bounded, defensive) and unlinks MSI and MSI-X.
-    fn scan<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf) -> Self {
+    /// Walks `bdf`'s list (bounded, defensive), turns MSI and MSI-X off
+    /// (the port must signal with INTx) and unlinks them.
+    fn take<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf) -> Self {
         let mut h = Self::default();
         let status = port.read16(bdf, STATUS);
         if status == u16::MAX || status & STATUS_CAP_LIST == 0 {
@@ -66,16 +67,25 @@ impl HiddenCaps {
             }
             let id = port.read8(bdf, u16::from(pointer));
             let next = port.read8(bdf, u16::from(pointer) + 1) & 0xfc;
-            let len = match id {
+            let control = u16::from(pointer) + 2;
+            let (len, enable) = match id {
                 CAP_ID_MSI => {
                     // 64-bit address (bit 7), per-vector masking (bit 8).
-                    let ctl = port.read16(bdf, u16::from(pointer) + 2);
-                    10 + if ctl & (1 << 7) != 0 { 4 } else { 0 }
-                        + if ctl & (1 << 8) != 0 { 10 } else { 0 }
+                    let ctl = port.read16(bdf, control);
+                    let len = 10
+                        + if ctl & (1 << 7) != 0 { 4 } else { 0 }
+                        + if ctl & (1 << 8) != 0 { 10 } else { 0 };
+                    (len, 1u16)
                 }
-                CAP_ID_MSIX => 12,
-                _ => 0,
+                CAP_ID_MSIX => (12, 1 << 15),
+                _ => (0, 0),
             };
+            if enable != 0 {
+                let ctl = port.read16(bdf, control);
+                if ctl != u16::MAX && ctl & enable != 0 {
+                    port.write16(bdf, control, ctl & !enable);
+                }
+            }
             if len != 0 {
                 if let Some(slot) = h.hidden.get_mut(h.n_hidden) {
                     *slot = (pointer, len);
@@ -245,13 +255,13 @@ impl HwdomAer {
         self.owned.remove(&bdf);
     }
 
-    /// The hypervisor took AER on `root_port` (after
-    /// [`super::RootPortService::enable`]): from now on the hardware domain
-    /// does not see its MSI / MSI-X capabilities, and cannot clear the error
+    /// The hypervisor takes AER on `root_port`: its MSI / MSI-X are turned
+    /// off (its AER interrupt is the INTx the shell takes) and from now on
+    /// the hardware domain does not see them, and cannot clear the error
     /// reporting enables of the port and the functions below
     /// ([`Self::filter_write`]).
     pub fn own_port<P: ConfigPort + ?Sized>(&mut self, port: &mut P, root_port: Bdf) {
-        let hidden = HiddenCaps::scan(port, root_port);
+        let hidden = HiddenCaps::take(port, root_port);
         self.owned.insert(root_port, hidden);
     }
 
