@@ -552,38 +552,25 @@ pub fn owner_reset<P>(pci: &mut PciState<P>, functions: &[Bdf]) {
 
 /// A reset covering `scope` ended; `gone` did not come back. Ends the
 /// recoveries it covers: restores the storm limiter's masks of those that
-/// answered, surprise-removes the others from their guest's view. A fatal
-/// error waits for a link reset: a function-level reset (`link_reset`
-/// false) the owner asked for on its own (an FLR) leaves a source still
-/// awaiting its reset frozen; one started for the recovery (the narrowest
-/// reset of the owner's SBR, the hypervisor's takeover) ends it.
+/// answered, surprise-removes the others from their guest's view (which
+/// resets end a fatal error's wait: `RecoveryTracker::on_reset_done`).
 pub fn reset_done<P: ConfigPort>(
     pci: &mut PciState<P>,
     scope: &[Bdf],
     gone: &[Bdf],
     link_reset: bool,
 ) {
-    let awaiting = |b: &Bdf| {
-        !link_reset
-            && pci
-                .aer
-                .recovery
-                .recovery(*b)
-                .is_some_and(|r| r.state == pci::aer::RecoveryState::FrozenAwaitingReset)
-    };
     let ready: Vec<Bdf> = scope
         .iter()
         .copied()
-        .filter(|b| !gone.contains(b) && !awaiting(b))
+        .filter(|b| !gone.contains(b))
         .collect();
-    let gone: Vec<Bdf> = gone.iter().copied().filter(|b| !awaiting(b)).collect();
-    let gone = &gone[..];
     for &b in &ready {
         pci.aer
             .service
             .unmask_storm(&mut pci.port, &pci.topology, b);
     }
-    for o in pci.aer.recovery.on_reset_done(&ready, gone) {
+    for o in pci.aer.recovery.on_reset_done(&ready, gone, link_reset) {
         let who = if o.by_hypervisor {
             "the hypervisor"
         } else {

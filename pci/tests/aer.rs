@@ -312,7 +312,7 @@ fn fatal_error_freezes_until_the_owner_resets_through_sbr() {
     );
     let out = run_reset(&t, &mut f, |x| own.owner(x), &fns);
     assert_eq!(out, ResetOutcome::Ready);
-    let done = tr.on_reset_done(&fns, &[]);
+    let done = tr.on_reset_done(&fns, &[], true);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].state, RecoveryState::Recovered);
     assert!(!done[0].by_hypervisor);
@@ -359,7 +359,7 @@ fn ignored_fatal_error_is_reset_by_the_hypervisor_after_the_deadline() {
         run_reset(&t, &mut f, |x| own.owner(x), &fns),
         ResetOutcome::Ready
     );
-    let done = tr.on_reset_done(&fns, &[]);
+    let done = tr.on_reset_done(&fns, &[], true);
     assert_eq!(done[0].state, RecoveryState::Recovered);
     assert!(done[0].by_hypervisor);
     assert!(tr.log().last().unwrap().by_hypervisor);
@@ -402,7 +402,7 @@ fn a_function_that_does_not_come_back_is_quarantined_and_surprise_removed() {
         panic!("{out:?}");
     };
     assert_eq!(lost, vec![nvme]);
-    let done = tr.on_reset_done(&[], &lost);
+    let done = tr.on_reset_done(&[], &lost, true);
     assert_eq!(done[0].state, RecoveryState::Quarantined);
     assert!(g.aer_surprise_remove(nvme));
     assert_eq!(g.config_read(&mut f, off(1, 0, 0, 0), 4), u32::MAX);
@@ -959,6 +959,20 @@ fn an_owned_root_port_hides_msi_x_and_keeps_error_reporting_enabled() {
     let e1000e = b("02:00.0");
     assert_eq!(h.filter_write(&t, e1000e, COMMAND, 2, 6), Some(6));
     assert_eq!(h.patch_read(b("00:02.0"), CAP_PTR, 1, 0x40), 0x40);
+}
+
+#[test]
+fn an_flr_alone_leaves_a_fatal_error_waiting_for_its_link_reset() {
+    let src = b("01:00.0");
+    let mut r = RecoveryTracker::new(5_000 * MS);
+    r.on_event(&AerEvent::new(src, Severity::Fatal, 0), Owner::Guest(1));
+    assert!(r.on_reset_done(&[src], &[], false).is_empty());
+    assert!(r.is_frozen(src));
+    // Once the owner asked for the recovery, any reset it needed ends it.
+    assert_eq!(r.on_owner_reset(&[src]), 1);
+    let done = r.on_reset_done(&[src], &[], false);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].state, RecoveryState::Recovered);
 }
 
 #[test]

@@ -196,17 +196,30 @@ impl RecoveryTracker {
     }
 
     /// A reset finished: `ready` functions answered and were restored,
-    /// `failed` did not come back (quarantine them). Every running recovery
-    /// whose source is in either list ends (a reset that covered a frozen
-    /// source ends its recovery, whoever asked). Returns the outcomes.
-    pub fn on_reset_done(&mut self, ready: &[Bdf], failed: &[Bdf]) -> Vec<RecoveryOutcome> {
+    /// `failed` did not come back (quarantine them). A running recovery
+    /// whose source is in either list ends — whoever asked — if the reset
+    /// was a link reset (`link_reset`: SBR, slot) or was started for the
+    /// recovery (the owner's SBR or the hypervisor's takeover, whatever
+    /// reset they needed); a function-level reset the owner asked for on
+    /// its own (an FLR) leaves a fatal error waiting for its link reset.
+    /// Returns the outcomes.
+    pub fn on_reset_done(
+        &mut self,
+        ready: &[Bdf],
+        failed: &[Bdf],
+        link_reset: bool,
+    ) -> Vec<RecoveryOutcome> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.active.len() {
             let Some(r) = self.active.get(i).copied() else {
                 break;
             };
-            let state = if failed.contains(&r.source) {
+            let still_waits = !link_reset && r.state == RecoveryState::FrozenAwaitingReset;
+            let state = if still_waits {
+                i += 1;
+                continue;
+            } else if failed.contains(&r.source) {
                 RecoveryState::Quarantined
             } else if ready.contains(&r.source) {
                 RecoveryState::Recovered
