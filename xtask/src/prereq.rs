@@ -23,29 +23,67 @@ pub fn ensure(qemu: bool) -> Result<()> {
 
 fn ensure_toolchain() -> Result<()> {
     let root = util::root();
-    let targets = util::output(
-        Command::new("rustup")
-            .args(["target", "list", "--installed"])
-            .current_dir(&root),
-    )?;
-    let components = util::output(
-        Command::new("rustup")
-            .args(["component", "list", "--installed"])
-            .current_dir(&root),
-    )?;
+    let file = root.join("rust-toolchain.toml");
+    let text = std::fs::read_to_string(&file).ctx(|| format!("read {}", file.display()))?;
+    let channel = pinned_channel(&text).ok_or_else(|| {
+        Error::Prerequisite(format!("no `channel = \"...\"` in {}", file.display()))
+    })?;
+    // xtask runs inside `cargo`, which sets RUSTUP_TOOLCHAIN: with it set, a
+    // bare `rustup toolchain install` installs that toolchain without the
+    // file's targets and components. Every call here names the pinned
+    // channel itself, with the variable removed.
+    let rustup = |args: &[&str]| {
+        let mut cmd = Command::new("rustup");
+        cmd.args(args)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .current_dir(&root);
+        cmd
+    };
+    let targets = util::output(&mut rustup(&[
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        &channel,
+    ]))?;
+    let components = util::output(&mut rustup(&[
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        &channel,
+    ]))?;
     let missing = missing_toolchain_parts(&targets, &components);
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!(
-        "xtask: installing the toolchain of rust-toolchain.toml (missing: {})",
+        "xtask: adding to toolchain {channel} of rust-toolchain.toml: {}",
         missing.join(", ")
     );
-    util::run(
-        Command::new("rustup")
-            .args(["toolchain", "install"])
-            .current_dir(&root),
-    )
+    let (components, targets): (Vec<&str>, Vec<&str>) = missing
+        .iter()
+        .map(String::as_str)
+        .partition(|m| *m == "llvm-tools");
+    if !targets.is_empty() {
+        let mut args = vec!["target", "add", "--toolchain", &channel];
+        args.extend(targets);
+        util::run(&mut rustup(&args))?;
+    }
+    if !components.is_empty() {
+        let mut args = vec!["component", "add", "--toolchain", &channel];
+        args.extend(components);
+        util::run(&mut rustup(&args))?;
+    }
+    Ok(())
+}
+
+/// The `channel` of a rust-toolchain.toml's `[toolchain]` table.
+pub fn pinned_channel(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (key, value) = l.split_once('=')?;
+        (key.trim() == "channel").then(|| value.trim().trim_matches('"').to_string())
+    })
 }
 
 /// Which of the targets and the llvm-tools component the rustup listings lack.
@@ -276,6 +314,18 @@ mod tests {
             Some((9, 1, 0))
         );
         assert_eq!(parse_qemu_version("garbage"), None);
+    }
+
+    #[test]
+    fn pinned_channel_from_file() {
+        let file = std::fs::read_to_string(util::root().join("rust-toolchain.toml")).unwrap();
+        let channel = pinned_channel(&file).unwrap();
+        assert!(channel.starts_with("1."), "{channel}");
+        assert_eq!(
+            pinned_channel("[toolchain]\nchannel = \"1.95.0\"\n").as_deref(),
+            Some("1.95.0")
+        );
+        assert_eq!(pinned_channel("[toolchain]\n"), None);
     }
 
     #[test]
