@@ -82,6 +82,13 @@ pub fn handle<P: ConfigPort>(
             methods,
         } => {
             let bdf = Bdf::from_rid(segment, rid);
+            // A guest's reset order is its configuration's, never the
+            // hardware domain's: with "bus only" on a guest's nvme its FLR
+            // would silently do nothing.
+            if let Some(holder) = held_by_guest(pci, core::iter::once(bdf)) {
+                log::warn!("{caller}: reset methods of {bdf} ({holder}) refused: denied");
+                return Err(DENIED);
+            }
             let mut list = Vec::new();
             for i in 0..16 {
                 match (methods >> (4 * i)) & 0xf {
@@ -129,6 +136,13 @@ pub fn handle<P: ConfigPort>(
             let gone: Vec<Bdf> = core::iter::once(bdf)
                 .chain(pci.topology.subtree(bdf))
                 .collect();
+            // Forgetting a port above a guest's device would lose the
+            // device: its resets and its return to the hardware domain go
+            // through the tree.
+            if let Some(holder) = held_by_guest(pci, gone.iter().copied()) {
+                log::warn!("{caller}: removal of {bdf} refused: {holder}");
+                return Err(DENIED);
+            }
             match pci.topology.report_remove(bdf) {
                 Ok(removed) => {
                     crate::aer::removed(pci, &gone);
@@ -163,6 +177,24 @@ pub fn handle<P: ConfigPort>(
             Ok([u64::from(id.rid()), members.len() as u64, 0])
         }
     }
+}
+
+/// The first of `functions` a guest owns or is configured for (a waiting
+/// guest's function is its own from the moment it starts), said as "a
+/// function of NAME".
+fn held_by_guest<P>(
+    pci: &PciState<P>,
+    mut functions: impl Iterator<Item = Bdf>,
+) -> Option<alloc::string::String> {
+    functions.find_map(|b| {
+        if let Owner::Guest(g) = pci.ownership.owner(b) {
+            return Some(alloc::format!("{b} belongs to VM {g}"));
+        }
+        pci.pending
+            .iter()
+            .find(|g| g.requested.contains(&b))
+            .map(|g| alloc::format!("{b} is configured for {}", g.name))
+    })
 }
 
 /// Apply a VM configuration's reset-method orders to functions it was
@@ -300,11 +332,24 @@ fn reset_call<P: ConfigPort>(
             Ok([code_of(action), scope.len() as u64, 0])
         }
         _ => {
-            let guest = if who.hwdom { u16::MAX } else { who.vm };
+            // The hardware domain holds the functions configured for a guest
+            // only until that guest starts: it may not keep them from it.
+            if who.hwdom
+                && let Some(g) = pci
+                    .pending
+                    .iter()
+                    .find(|g| g.requested.iter().any(|b| scope.contains(b)))
+            {
+                log::warn!(
+                    "{caller}: reservation of {action:?} refused: it covers functions configured for {}",
+                    g.name
+                );
+                return Err(DENIED);
+            }
             let owner_of = |b| pci.ownership.owner(b);
             match pci
                 .reservations
-                .reserve(&pci.topology, guest, action, owner_of)
+                .reserve(&pci.topology, owner, action, owner_of)
             {
                 Ok(()) => Ok([code_of(action), scope.len() as u64, 0]),
                 Err(c) => {
@@ -1010,17 +1055,8 @@ mod tests {
                 method: ResetMethod::Flr
             }]
         );
-        // Once the nvme is a guest's, the hwdom may not reset or query it.
-        pci.pending.push(pending(1, &[nvme], false));
-        assert!(matches!(
-            ready_guests(&mut pci)[..],
-            [GuestStart::Start { .. }]
-        ));
-        assert_eq!(
-            hv(&mut pci, true, "hwdom", call(0, nvme.rid())),
-            Err(DENIED)
-        );
-        // The hwdom may reorder reset methods, only to supported ones.
+        // The hwdom may reorder the reset methods of its own functions,
+        // only to supported ones.
         let set = |methods| PciCall::SetResetMethods {
             segment: 0,
             rid: nvme.rid(),
@@ -1042,7 +1078,55 @@ mod tests {
             Err(INVALID),
             "no method 9"
         );
+        assert_eq!(hv(&mut pci, true, "hwdom", set(0)), Ok([0, 0, 0]));
         assert_eq!(hv(&mut pci, false, "guest", set(0x2)), Err(DENIED));
+        // Once the nvme is configured for a guest, and once it is the
+        // guest's, the hwdom may neither reorder its methods nor remove it
+        // or the port above it; once it is the guest's, the hwdom may not
+        // reset or query it.
+        pci.pending.push(pending(1, &[nvme], false));
+        assert_eq!(hv(&mut pci, true, "hwdom", set(0x6)), Err(DENIED));
+        let remove = |bdf: Bdf| PciCall::Remove {
+            segment: 0,
+            rid: bdf.rid(),
+        };
+        assert_eq!(hv(&mut pci, true, "hwdom", remove(found[0])), Err(DENIED));
+        assert!(matches!(
+            ready_guests(&mut pci)[..],
+            [GuestStart::Start { .. }]
+        ));
+        assert_eq!(
+            hv(&mut pci, true, "hwdom", call(0, nvme.rid())),
+            Err(DENIED)
+        );
+        assert_eq!(hv(&mut pci, true, "hwdom", set(0x6)), Err(DENIED));
+        assert_eq!(hv(&mut pci, true, "hwdom", remove(found[0])), Err(DENIED));
+        assert_eq!(hv(&mut pci, true, "hwdom", remove(nvme)), Err(DENIED));
+        assert!(pci.topology.contains(found[0]) && pci.topology.contains(nvme));
+    }
+
+    #[test]
+    fn the_hwdom_reserves_only_its_own_resets() {
+        let (mut pci, found) = state();
+        report_all(&mut pci, &found);
+        let nvme = found[1];
+        let reserve = PciCall::ResetReserve {
+            segment: 0,
+            rid: nvme.rid(),
+        };
+        // Its own function: granted, held by the hwdom (not by "no one").
+        assert!(hv(&mut pci, true, "hwdom", reserve).is_ok());
+        assert_eq!(pci.reservations.of(Owner::Hwdom).count(), 1);
+        assert!(hv(&mut pci, true, "hwdom", reserve).is_ok(), "again: no-op");
+        pci.reservations.release(Owner::Hwdom);
+        // A function configured for a guest: the hwdom cannot keep it.
+        pci.pending.push(pending(1, &[nvme], false));
+        assert_eq!(hv(&mut pci, true, "hwdom", reserve), Err(DENIED));
+        assert!(matches!(
+            ready_guests(&mut pci)[..],
+            [GuestStart::Start { .. }]
+        ));
+        assert_eq!(hv(&mut pci, true, "hwdom", reserve), Err(DENIED));
     }
 
     #[test]

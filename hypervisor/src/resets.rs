@@ -218,6 +218,22 @@ pub fn for_guest<P>(pci: &PciState<P>, functions: &[Bdf]) -> Result<Vec<ResetAct
     narrowest_reset(&pci.topology, |b| pci.ownership.owner(b), functions)
 }
 
+/// The real reset behind a guest's FLR of `bdf`: its FLR (or AF FLR) when
+/// its method order has one, else the narrowest reset that covers it and
+/// touches only the guest's functions. The guest has already seen its
+/// virtual function reset, so the device must be reset too: an FLR is never
+/// dropped because the configured order leaves FLR out.
+pub fn for_guest_flr<P>(pci: &PciState<P>, bdf: Bdf) -> Result<ResetAction, EngineError> {
+    if let Some(action) = flr_of(pci, bdf) {
+        return Ok(action);
+    }
+    let actions = for_guest(pci, &[bdf])?;
+    match actions[..] {
+        [action] => Ok(action),
+        _ => Err(EngineError::Reset(pci::reset::ResetError::EmptySet)),
+    }
+}
+
 /// The reset for a guest's FLR of `bdf`: its FLR (or AF FLR), if it has one.
 pub fn flr_of<P>(pci: &PciState<P>, bdf: Bdf) -> Option<ResetAction> {
     let methods = pci.topology.reset_methods(bdf).ok()?;
@@ -392,5 +408,28 @@ mod tests {
         let sbr = ResetAction::SecondaryBus { bridge: found[0] };
         assert!(start(&mut pci, &mut NoMemory, sbr, 0, AfterReset::Nothing).is_err());
         assert_eq!(flr_of(&pci, found[0]), None, "a root port has no FLR");
+    }
+
+    #[test]
+    fn a_guests_flr_is_a_real_reset_whatever_the_method_order() {
+        let (mut pci, found) = state();
+        let nvme = *found.iter().find(|b| b.bus == 1).unwrap();
+        let flr = ResetAction::Function {
+            bdf: nvme,
+            method: ResetMethod::Flr,
+        };
+        assert_eq!(for_guest_flr(&pci, nvme), Ok(flr));
+        // Its configuration orders "bus" only: the FLR becomes the bus
+        // reset of its own root port, not nothing.
+        pci.topology
+            .set_reset_methods(nvme, &[ResetMethod::Bus])
+            .unwrap();
+        assert_eq!(flr_of(&pci, nvme), None);
+        let wider = for_guest_flr(&pci, nvme).unwrap();
+        assert!(pci.topology.action_scope(wider).contains(&nvme));
+        assert!(matches!(
+            wider,
+            ResetAction::SecondaryBus { .. } | ResetAction::Slot { .. }
+        ));
     }
 }

@@ -1513,10 +1513,19 @@ fn guest_reset(vm: &Vm, request: ResetRequest) {
             crate::aer::owner_reset(&mut pci, &functions);
             start_resets(&mut pci, vm, &functions, crate::resets::AfterReset::Nothing);
         }
-        ResetRequest::Flr(bdf) => match crate::resets::flr_of(&pci, bdf) {
-            // Not a link reset: a fatal error of `bdf` still waits for one.
-            Some(action) => start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing),
-            None => log::warn!("{}: FLR of {bdf} asked for, but it has none", vm.name),
+        // An FLR is not a link reset: a fatal error of `bdf` still waits for
+        // one (unless the FLR had to become one).
+        ResetRequest::Flr(bdf) => match crate::resets::for_guest_flr(&pci, bdf) {
+            Ok(action) => start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing),
+            Err(e) => {
+                // Its virtual state is reset already; the device cannot be.
+                log::error!(
+                    "{}: no reset performs the FLR of {bdf}: {e}; quarantined",
+                    vm.name
+                );
+                pci.quarantine
+                    .add(bdf, pci::reset_engine::QuarantineReason::NoResetMethod);
+            }
         },
     }
 }
@@ -1725,7 +1734,7 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
         return;
     }
     ownership.release(topology, vm);
-    reservations.release(vm);
+    reservations.release(pci::vpci::Owner::Guest(vm));
     guests.remove(vm);
     let lines = crate::intx::lines(intx);
     intx.retain(|s| s.vm != vm);

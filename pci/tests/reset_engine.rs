@@ -858,21 +858,24 @@ fn reservations_block_assignments_that_would_break_them() {
     let sbr = ResetAction::SecondaryBus {
         bridge: b("02:00.0"),
     };
-    r.reserve(&t, 1, sbr, owner).unwrap();
-    r.reserve(&t, 1, sbr, owner).unwrap();
-    assert_eq!(r.of(1).count(), 1);
+    r.reserve(&t, Owner::Guest(1), sbr, owner).unwrap();
+    r.reserve(&t, Owner::Guest(1), sbr, owner).unwrap();
+    assert_eq!(r.of(Owner::Guest(1)).count(), 1);
     // The root port's SBR would touch guest 2's e1000e: refused.
     let wide = ResetAction::SecondaryBus {
         bridge: b("00:01.0"),
     };
-    assert_eq!(r.reserve(&t, 1, wide, owner).unwrap_err().bdf, e1000e);
+    assert_eq!(
+        r.reserve(&t, Owner::Guest(1), wide, owner).unwrap_err().bdf,
+        e1000e
+    );
     // Assigning the nvme to guest 2 (after guest 1 released it) would break it.
     let c = r.breaks_reservation(&[nvme], Owner::Guest(2)).unwrap();
-    assert_eq!((c.bdf, c.holder, c.action), (nvme, 1, sbr));
+    assert_eq!((c.bdf, c.holder, c.action), (nvme, Owner::Guest(1), sbr));
     assert_eq!(r.breaks_reservation(&[nvme], Owner::Guest(1)), None);
     assert_eq!(r.breaks_reservation(&[e1000e], Owner::Guest(2)), None);
     assert!(r.breaks_reservation(&[nvme], Owner::Hwdom).is_some());
-    assert_eq!(r.release(1), 1);
+    assert_eq!(r.release(Owner::Guest(1)), 1);
     assert_eq!(r.breaks_reservation(&[nvme], Owner::Guest(2)), None);
 }
 

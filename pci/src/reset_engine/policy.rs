@@ -150,10 +150,11 @@ impl Quarantine {
     }
 }
 
-/// A guest's promise that a reset stays possible while it runs (seed 002).
+/// An owner's promise that a reset stays possible while it runs: a guest's,
+/// or the hardware domain's for its own functions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reservation {
-    pub guest: u16,
+    pub holder: Owner,
     pub action: ResetAction,
     /// Every function the reset touches, sorted.
     pub scope: Vec<Bdf>,
@@ -164,18 +165,18 @@ pub struct Reservation {
 pub struct ReservationConflict {
     /// The function in question.
     pub bdf: Bdf,
-    /// The guest whose reservation covers it.
-    pub holder: u16,
+    /// Who owns it, or whose reservation covers it.
+    pub holder: Owner,
     pub action: ResetAction,
 }
 
-/// Reservations of every guest.
+/// Reservations of every owner.
 ///
-/// A reservation of guest G for a reset R with scope S means: no function of
-/// S may go to an owner other than G (or stay with / return to the hardware
-/// domain, for bridges, which is where they live anyway) while G runs. The
-/// lead calls [`Reservations::breaks_reservation`] before every assignment
-/// and [`Reservations::release`] when G shuts down.
+/// A reservation of owner O for a reset R with scope S means: no function of
+/// S may go to another owner while O runs (bridges stay with the hardware
+/// domain, where they live anyway). The lead calls
+/// [`Reservations::breaks_reservation`] before every assignment and
+/// [`Reservations::release`] when a guest shuts down.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reservations {
     list: Vec<Reservation>,
@@ -186,38 +187,35 @@ impl Reservations {
         Self::default()
     }
 
-    /// Reserves `action` for `guest`. Refused when a non-bridge function of
-    /// the scope is not the guest's, or another guest's reservation
-    /// covers part of the scope. Reserving the same action twice is a no-op.
+    /// Reserves `action` for `holder`. Refused when a non-bridge function of
+    /// the scope is not the holder's, or another owner's reservation covers
+    /// part of the scope. Reserving the same action twice is a no-op.
     pub fn reserve(
         &mut self,
         topo: &Topology,
-        guest: u16,
+        holder: Owner,
         action: ResetAction,
         ownership_of: impl Fn(Bdf) -> Owner,
     ) -> Result<(), ReservationConflict> {
         let mut scope = topo.action_scope(action);
         scope.sort_unstable();
         for &b in &scope {
-            if !is_bridge(topo, b) && ownership_of(b) != Owner::Guest(guest) {
-                let holder = match ownership_of(b) {
-                    Owner::Guest(g) => g,
-                    Owner::Hwdom => u16::MAX,
-                };
+            let owner = ownership_of(b);
+            if !is_bridge(topo, b) && owner != holder {
                 return Err(ReservationConflict {
                     bdf: b,
-                    holder,
+                    holder: owner,
                     action,
                 });
             }
             if let Some(r) = self
                 .list
                 .iter()
-                .find(|r| r.guest != guest && r.scope.binary_search(&b).is_ok())
+                .find(|r| r.holder != holder && r.scope.binary_search(&b).is_ok())
             {
                 return Err(ReservationConflict {
                     bdf: b,
-                    holder: r.guest,
+                    holder: r.holder,
                     action: r.action,
                 });
             }
@@ -225,10 +223,10 @@ impl Reservations {
         if !self
             .list
             .iter()
-            .any(|r| r.guest == guest && r.action == action)
+            .any(|r| r.holder == holder && r.action == action)
         {
             self.list.push(Reservation {
-                guest,
+                holder,
                 action,
                 scope,
             });
@@ -237,7 +235,7 @@ impl Reservations {
     }
 
     /// Whether assigning `assignment` to `new_owner` would break a
-    /// reservation: a function of it lies in the scope of another guest's
+    /// reservation: a function of it lies in the scope of another owner's
     /// reservation.
     pub fn breaks_reservation(
         &self,
@@ -247,24 +245,24 @@ impl Reservations {
         assignment.iter().find_map(|&b| {
             self.list
                 .iter()
-                .find(|r| Owner::Guest(r.guest) != new_owner && r.scope.binary_search(&b).is_ok())
+                .find(|r| r.holder != new_owner && r.scope.binary_search(&b).is_ok())
                 .map(|r| ReservationConflict {
                     bdf: b,
-                    holder: r.guest,
+                    holder: r.holder,
                     action: r.action,
                 })
         })
     }
 
-    /// Drops every reservation of `guest` (it shut down or was destroyed);
-    /// returns how many.
-    pub fn release(&mut self, guest: u16) -> usize {
+    /// Drops every reservation of `holder` (a guest shut down or was
+    /// destroyed); returns how many.
+    pub fn release(&mut self, holder: Owner) -> usize {
         let before = self.list.len();
-        self.list.retain(|r| r.guest != guest);
+        self.list.retain(|r| r.holder != holder);
         before - self.list.len()
     }
 
-    pub fn of(&self, guest: u16) -> impl Iterator<Item = &Reservation> + '_ {
-        self.list.iter().filter(move |r| r.guest == guest)
+    pub fn of(&self, holder: Owner) -> impl Iterator<Item = &Reservation> + '_ {
+        self.list.iter().filter(move |r| r.holder == holder)
     }
 }
