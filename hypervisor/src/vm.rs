@@ -1077,6 +1077,10 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
         crate::irq::EC_SYSREG if crate::irq::sysreg_trap(vm, vcpu, syn.esr, frame) => {}
         _ => other_trap(vm, vcpu, frame, syn.esr, syn.far, syn.hpfar),
     }
+    // A stopped VM's vCPUs stop at their next exit, whatever it was.
+    if vm.stopped.load(Ordering::Acquire) {
+        stop_this_vcpu(vm, vcpu);
+    }
 }
 
 /// Instruction aborts and anything unexpected: rare, kept out of the hot
@@ -1158,33 +1162,10 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
 /// unmaps their BARs, and the physical functions are reset by the narrowest
 /// resets. Returns whether the VM must wait for them before it boots again.
 fn reset_pci_for_restart(vm: &Vm) -> bool {
-    const BRIDGE_CONTROL: u64 = 0x3e;
-    const SBR: u64 = 1 << 6;
     let Some(pci) = PCI.get() else { return false };
     let mut pci = pci.lock();
-    let mut effects = pci::vpci::Effects::default();
-    let units = pci.guest_bus(vm.index).map_or(0, |b| b.units());
-    for unit in 0..units {
-        let rp = pci::vpci::GuestBus::root_port(unit);
-        let at = (u64::from(rp.devfn) << 12) | BRIDGE_CONTROL;
-        let bc = crate::pci_calls::guest_ecam_access(&mut pci, vm.index, at, 2, None, &mut effects);
-        for value in [bc | SBR, bc & !SBR] {
-            crate::pci_calls::guest_ecam_access(
-                &mut pci,
-                vm.index,
-                at,
-                2,
-                Some(value),
-                &mut effects,
-            );
-        }
-    }
-    // Its BARs leave its stage 2; the resets are ours, and it boots again
-    // when they are done.
-    for effect in effects.iter() {
-        if let pci::vpci::Effect::Unmap { ipa, size } = *effect {
-            let _ = vm.stage2.lock().unmap(ipa, size);
-        }
+    if !reset_virtual_bus(&mut pci, vm) {
+        return true;
     }
     let functions: Vec<pci::Bdf> = pci
         .guest_bus(vm.index)
@@ -1195,32 +1176,114 @@ fn reset_pci_for_restart(vm: &Vm) -> bool {
     pci.resets.iter().any(|r| r.then == then)
 }
 
-/// Stop a VM: the calling vCPU now, the others when they next trap.
-fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
-    vm.stopped.store(true, Ordering::Release);
-    // Its devices stop DMA at once. They stay its own (hidden from the
-    // hardware domain) until they have been reset; then they go back.
-    if let Some(pci) = PCI.get() {
-        let mut pci = pci.lock();
-        let PciState { port, guests, .. } = &mut *pci;
-        if let Some(bus) = guests.get_mut(vm.index) {
-            bus.quiesce(port);
-            let functions: Vec<pci::Bdf> = bus.describe().map(|(_, _, p)| p).collect();
-            start_resets(
-                &mut pci,
-                vm,
-                &functions,
-                crate::resets::AfterReset::Release { vm: vm.index },
-            );
+/// A Secondary Bus Reset of every virtual root port of `vm`: its virtual
+/// functions forget what it programmed and their BARs leave its stage 2.
+/// Returns false (logged) if a BAR could not be unmapped: the caller must
+/// not hand the device to anyone else.
+fn reset_virtual_bus(pci: &mut PciState, vm: &Vm) -> bool {
+    const BRIDGE_CONTROL: u64 = 0x3e;
+    const SBR: u64 = 1 << 6;
+    let mut effects = pci::vpci::Effects::default();
+    let units = pci.guest_bus(vm.index).map_or(0, |b| b.units());
+    for unit in 0..units {
+        let rp = pci::vpci::GuestBus::root_port(unit);
+        let at = (u64::from(rp.devfn) << 12) | BRIDGE_CONTROL;
+        let bc = crate::pci_calls::guest_ecam_access(pci, vm.index, at, 2, None, &mut effects);
+        for value in [bc | SBR, bc & !SBR] {
+            crate::pci_calls::guest_ecam_access(pci, vm.index, at, 2, Some(value), &mut effects);
         }
     }
+    let mut unmapped = !effects.overflowed();
+    for effect in effects.iter() {
+        if let pci::vpci::Effect::Unmap { ipa, size } = *effect
+            && vm.stage2.lock().unmap(ipa, size).is_err()
+        {
+            unmapped = false;
+        }
+    }
+    if !unmapped {
+        log::error!(
+            "{}: its BARs could not all be unmapped: its devices stay with it",
+            vm.name
+        );
+        FAILED.store(true, Ordering::Release);
+    }
+    unmapped
+}
+
+/// Stop a VM: every vCPU, then its devices. The first vCPU to get here
+/// kicks the others and waits until they are off, so that none of them
+/// touches a device after it has been reset and handed back; only then are
+/// its BARs unmapped and its devices reset (they go back to the hardware
+/// domain when that is done).
+fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
+    if vm.stopped.swap(true, Ordering::AcqRel) {
+        // Another vCPU is stopping it already.
+        stop_this_vcpu(vm, vcpu);
+    }
     vm.vcpus[vcpu].set_power(VcpuPower::Off);
+    if !stop_other_vcpus(vm) {
+        log::error!(
+            "{}: a vCPU did not stop: its devices stay with it, hidden",
+            vm.name
+        );
+        FAILED.store(true, Ordering::Release);
+    } else if let Some(pci) = PCI.get() {
+        let mut pci = pci.lock();
+        if reset_virtual_bus(&mut pci, vm) {
+            let PciState { port, guests, .. } = &mut *pci;
+            if let Some(bus) = guests.get_mut(vm.index) {
+                // Its devices stop DMA at once. They stay its own (hidden
+                // from the hardware domain) until they have been reset;
+                // then they go back.
+                bus.quiesce(port);
+                let functions: Vec<pci::Bdf> = bus.describe().map(|(_, _, p)| p).collect();
+                start_resets(
+                    &mut pci,
+                    vm,
+                    &functions,
+                    crate::resets::AfterReset::Release { vm: vm.index },
+                );
+            }
+        }
+    }
     let mut uart = vm.uart.lock();
     if uart.pending() > 0 {
         uart.flush(&mut |line| vm.emit_line(line));
     }
     drop(uart);
     run_pcpu(cpu::cpu_index())
+}
+
+/// Kick every other vCPU of a stopped VM out of the guest and wait until
+/// each is off (it stops at its next exit: the kick is one). Holds no lock
+/// while it waits. False if one is still on after a second.
+fn stop_other_vcpus(vm: &Vm) -> bool {
+    const PATIENCE_NS: u64 = 1_000_000_000;
+    let freq = cpu::counter_frequency().max(1);
+    let deadline = cpu::counter().saturating_add(
+        u64::try_from(u128::from(PATIENCE_NS) * u128::from(freq) / 1_000_000_000)
+            .unwrap_or(u64::MAX),
+    );
+    let mut kicked = false;
+    loop {
+        let running = vm.vcpus.iter().filter(|v| v.power() == VcpuPower::On);
+        let mut any = false;
+        for v in running {
+            any = true;
+            if !kicked {
+                crate::irq::wake(v.pcpu);
+            }
+        }
+        if !any {
+            return true;
+        }
+        kicked = true;
+        if cpu::counter() >= deadline {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
 }
 
 fn psci_conduit() -> platform::PsciConduit {
@@ -1308,10 +1371,6 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
         }
     }
     frame.elr += 4;
-    // A stopped VM's other vCPUs stop at their next trap.
-    if vm.stopped.load(Ordering::Acquire) {
-        stop_this_vcpu(vm, vcpu);
-    }
 }
 
 #[cold]
@@ -1864,6 +1923,10 @@ extern "C" fn lower_el_irq(_frame: &mut TrapFrame) {
     }
     let (vm, vcpu) = current();
     crate::irq::lower_el_irq(vm, vcpu);
+    // The kick of `stop_other_vcpus` lands here.
+    if vm.stopped.load(Ordering::Acquire) {
+        stop_this_vcpu(vm, vcpu);
+    }
 }
 
 #[unsafe(no_mangle)]

@@ -4,6 +4,8 @@
 #![cfg_attr(target_os = "none", no_main)]
 
 #[cfg(target_os = "none")]
+mod hostile;
+#[cfg(target_os = "none")]
 mod pci_aer;
 #[cfg(target_os = "none")]
 mod pci_bench;

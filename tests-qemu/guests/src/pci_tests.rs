@@ -521,7 +521,7 @@ fn drive_devices(t: &mut Test, tree: &Tree, skip: &[(u8, u8)]) -> usize {
 /// idle, that a reset clears to 0, and its writable bits: nvme CC (only the
 /// queue entry sizes IOSQES/IOCQES, Enable and Shutdown left 0; QEMU keeps
 /// ASQ across a reset), e1000e RDBAL (16-byte aligned).
-fn scratch_register(f: &Func) -> Option<(u64, u32)> {
+pub(crate) fn scratch_register(f: &Func) -> Option<(u64, u32)> {
     let bar = f.mem_bar(0)?;
     match (f.vendor, f.device) {
         NVME => Some((bar.addr + 0x14, 0x00ff_0000)),
@@ -880,6 +880,19 @@ fn recheck(t: &mut Test, c: &mut Ecam, tree: &Tree, given: &[(u8, u8)]) {
                     ),
                 );
                 println!("{a}: back from its guest, BAR0 {lo:#x} as we programmed it");
+                // A stopped guest reaches it no more: nothing changes its
+                // registers behind our back.
+                if let Some((addr, _)) = scratch_register(f) {
+                    let first = mmio_read32(addr);
+                    rt::delay_ms(50);
+                    let then = mmio_read32(addr);
+                    t.check(
+                        first.is_ok() && first == then,
+                        format_args!(
+                            "{a}: scratch register {addr:#x} changed from {first:x?} to {then:x?}: its stopped guest still writes it"
+                        ),
+                    );
+                }
             }
             continue;
         }

@@ -18,6 +18,7 @@ fn test_guest_main(env: Env) -> ! {
         Some("enumerate") => crate::pci_tests::enumerate(&env),
         Some("pci-guest") => crate::pci_tests::pci_guest(&env),
         Some("pci-hostile") => crate::pci_tests::pci_hostile(&env),
+        Some("pci-stop") => crate::hostile::pci_stop(&env),
         Some("pci-sbr") => crate::pci_tests::pci_sbr(&env),
         Some("pci-reset") => crate::pci_tests::pci_reset(&env),
         Some("pci-reboot") => crate::pci_tests::pci_reboot(&env),
