@@ -92,7 +92,7 @@ pub fn inspect<P: ConfigPort, M: MemoryPort>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::resets::{self, AfterReset};
     use core::cell::RefCell;
@@ -106,14 +106,14 @@ mod tests {
 
     const MS: u64 = 1_000_000;
     /// Where the hardware domain put the nvme's BAR0 (its MSI-X table at 0).
-    const BAR0: u64 = 0x1000_0000;
+    pub(crate) const BAR0: u64 = 0x1000_0000;
     /// Where the guest puts it.
     const GUEST_BAR0: u64 = 0x2000_0000;
 
     /// The simulated fabric as both config space and BAR memory, as the
     /// hypervisor has ECAM and its BAR mappings.
     #[derive(Clone)]
-    struct Hw(Rc<RefCell<Fabric>>);
+    pub(crate) struct Hw(Rc<RefCell<Fabric>>);
     impl ConfigPort for Hw {
         fn read32(&mut self, bdf: Bdf, offset: u16) -> u32 {
             self.0.borrow_mut().read32(bdf, offset)
@@ -150,7 +150,7 @@ mod tests {
 
     /// A root port with an nvme given to guest 1, whose virtual root port
     /// routes bus 1, BAR0 programmed and Memory on.
-    fn state() -> (PciState<Hw>, Hw, Bdf) {
+    pub(crate) fn state() -> (PciState<Hw>, Hw, Bdf) {
         let mut fabric = Fabric::new().with_root_complex(
             0,
             0,

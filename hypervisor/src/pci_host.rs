@@ -330,9 +330,41 @@ impl<P> PciState<P> {
             .any(|(base, len)| pa < base.saturating_add(len) && base < end)
     }
 
+    /// The hardware domain touched `page` of a PCI window for the first
+    /// time: `map` it for the hwdom unless the page overlaps a guest's BAR.
+    /// The check and the map are one step: they run under the one borrow
+    /// of the PCI state (its lock), as does every handover of a function,
+    /// which unmaps the hwdom's pages of it.
+    pub fn hwdom_first_touch<E>(
+        &self,
+        page: u64,
+        map: impl FnOnce(u64) -> Result<(), E>,
+    ) -> FirstTouch {
+        if self.guest_owns_memory(page, PAGE) {
+            return FirstTouch::GuestOwned;
+        }
+        match map(page) {
+            Ok(()) => FirstTouch::Mapped,
+            Err(_) => FirstTouch::MapFailed,
+        }
+    }
+
     pub fn guest_bus(&mut self, vm: u16) -> Option<&mut GuestBus> {
         self.guests.get_mut(vm)
     }
+}
+
+const PAGE: u64 = 0x1000;
+
+/// What became of the hardware domain's first touch of a page of a PCI
+/// window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstTouch {
+    Mapped,
+    /// The page overlaps a BAR of a function a guest owns.
+    GuestOwned,
+    /// Its stage 2 could not map it.
+    MapFailed,
 }
 
 /// Physical BAR memory, identity mapped at EL2 (Device memory): the MSI-X
@@ -402,6 +434,31 @@ impl<P: ConfigPort> PciState<P> {
 mod tests {
     use super::*;
     use std::vec::Vec;
+
+    #[test]
+    fn the_hwdom_first_touch_never_maps_a_guests_bar() {
+        // The nvme's BAR0 (16 KiB at BAR0) is guest 1's.
+        let (pci, _hw, _nvme) = crate::msix::tests::state();
+        let bar0 = crate::msix::tests::BAR0;
+        let mut mapped = Vec::new();
+        let mut map = |p: u64| -> Result<(), ()> {
+            mapped.push(p);
+            Ok(())
+        };
+        assert_eq!(
+            pci.hwdom_first_touch(bar0 + 0x3000, &mut map),
+            FirstTouch::GuestOwned
+        );
+        assert_eq!(
+            pci.hwdom_first_touch(bar0 + 0x4000, &mut map),
+            FirstTouch::Mapped
+        );
+        assert_eq!(mapped, [bar0 + 0x4000]);
+        assert_eq!(
+            pci.hwdom_first_touch(bar0 + 0x8000, |_| Err(())),
+            FirstTouch::MapFailed
+        );
+    }
 
     #[test]
     fn accesses_split_into_aligned_pieces() {

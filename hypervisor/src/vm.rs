@@ -782,10 +782,15 @@ fn give_pci_bus(
     };
     let bus = pci::vpci::GuestBus::new(units, &pci.topology, &mut pci.port, layout)
         .map_err(VmError::Vpci)?;
+    // The hardware domain loses its first-touch pages of these BARs. Its
+    // faults map pages under the PCI lock, which is held here, so none can
+    // come back; an unmap that fails stops the handover.
     if let Some(hwdom) = sys.vms.iter().find(|v| v.hardware_domain) {
         let mut stage2 = hwdom.stage2.lock();
         for (pa, size) in bus.physical_bars() {
-            let _ = stage2.unmap(pa & !0xfff, (size + (pa & 0xfff) + 0xfff) & !0xfff);
+            let page = pa & !0xfff;
+            let len = size.saturating_add(pa & 0xfff).saturating_add(0xfff) & !0xfff;
+            stage2.unmap(page, len).map_err(VmError::Stage2)?;
         }
     }
     // INTx: the functions of a unit sit on device 0 below their root port,
@@ -1829,7 +1834,11 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
                 }
             }
             Effect::Unmap { ipa, size } => {
-                let _ = vm.stage2.lock().unmap(ipa, size);
+                // Its own BAR at its old address: it keeps reaching its own
+                // device there, nothing else.
+                if let Err(e) = vm.stage2.lock().unmap(ipa, size) {
+                    log::error!("{}: cannot unmap a BAR at {ipa:#x}: {:?}", vm.name, e.0);
+                }
             }
             Effect::TrapMsix { .. } => {}
             Effect::MsixEntry { physical, .. } | Effect::MsixControl { physical, .. } => {
@@ -1892,10 +1901,14 @@ fn guest_msix_commit(vm: &Vm, physical: pci::Bdf) {
 #[inline(never)]
 fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, ipa: u64) {
     let page = ipa & !0xfff;
-    let guest_owned = PCI
-        .get()
-        .is_some_and(|pci| pci.lock().guest_owns_memory(page, 0x1000));
-    let mapped = !guest_owned && vm.stage2.lock().map_device(page, page, 0x1000).is_ok();
+    let touch = match PCI.get() {
+        Some(pci) => pci
+            .lock()
+            .hwdom_first_touch(page, |p| vm.stage2.lock().map_device(p, p, 0x1000)),
+        None => pci_host::FirstTouch::MapFailed,
+    };
+    let guest_owned = touch == pci_host::FirstTouch::GuestOwned;
+    let mapped = touch == pci_host::FirstTouch::Mapped;
     if !mapped {
         if vm.log_fault() {
             log::warn!(
