@@ -105,6 +105,17 @@ enum LogEntry {
         correctable: bool,
         source_id: u16,
     },
+    /// Not AER: a hardware-domain function held INTx asserted on a line
+    /// taken for a guest (the same queue serves the PCI interrupt path).
+    IntxSilenced { function: Bdf, pintid: u32 },
+}
+
+/// Queue the line for a hardware-domain function masked on a guest's INTx
+/// line (from the interrupt path, which formats nothing).
+pub fn queue_intx_silenced<P>(pci: &mut PciState<P>, function: Bdf, pintid: u32) {
+    pci.aer
+        .pending_log
+        .push(LogEntry::IntxSilenced { function, pintid });
 }
 
 impl PendingLog {
@@ -478,6 +489,9 @@ pub fn flush_log<P>(pci: &mut PciState<P>) {
                 } else {
                     "uncorrectable"
                 }
+            ),
+            LogEntry::IntxSilenced { function, pintid } => log::warn!(
+                "{function} of the hardware domain holds INTx asserted on INTID {pintid}, a line taken for a guest: masked at the source (Command.INTx Disable)"
             ),
         }
     }

@@ -118,6 +118,75 @@ pub fn command_written<P: ConfigPort>(
     unmasked
 }
 
+/// A function the hardware domain keeps whose INTx pin routes to a physical
+/// line taken at EL2 for a guest's function: its interrupt reaches nobody,
+/// so while it asserts, the level line would fire again forever and starve
+/// the CPU it is routed to (the guest's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bystander {
+    pub pintid: u32,
+    pub physical: Bdf,
+    /// Masked at least once (its log line is written once).
+    pub silenced: bool,
+}
+
+/// The bystanders of `sources`' lines: each of `functions` (the hardware
+/// domain's endpoints) whose pin routes to one of those lines
+/// (`route(function)`). Keeps the `silenced` mark of those already known.
+pub fn bystanders(
+    sources: &[IntxSource],
+    known: &[Bystander],
+    functions: impl Iterator<Item = Bdf>,
+    mut route: impl FnMut(Bdf) -> Option<u32>,
+) -> Vec<Bystander> {
+    let taken = lines(sources);
+    functions
+        .filter_map(|physical| {
+            let pintid = route(physical).filter(|l| taken.contains(l))?;
+            let silenced = known
+                .iter()
+                .any(|b| b.physical == physical && b.pintid == pintid && b.silenced);
+            Some(Bystander {
+                pintid,
+                physical,
+                silenced,
+            })
+        })
+        .collect()
+}
+
+/// Line `pintid` fired and no passed-through function claimed it: mask at
+/// the source (Command.INTx Disable) every bystander on it that asserts.
+/// `first(function)` is told of those masked for the first time (to be
+/// logged once). Returns how many were masked. A hardware domain that
+/// clears INTx Disable again gets it masked again on the next interrupt:
+/// each round costs it a trapped config write, so it cannot storm the line.
+pub fn silence_bystanders<P: ConfigPort>(
+    bystanders: &mut [Bystander],
+    port: &mut P,
+    pintid: u32,
+    first: &mut dyn FnMut(Bdf),
+) -> usize {
+    let mut masked = 0;
+    for b in bystanders.iter_mut().filter(|b| b.pintid == pintid) {
+        let status = port.read16(b.physical, STATUS);
+        if status == u16::MAX || status & STATUS_INTERRUPT == 0 {
+            continue;
+        }
+        let command = port.read16(b.physical, COMMAND);
+        if command & COMMAND_INTX_DISABLE != 0 {
+            continue;
+        }
+        port.write16(b.physical, COMMAND, command | COMMAND_INTX_DISABLE);
+        masked += 1;
+        if !b.silenced {
+            b.silenced = true;
+            first(b.physical);
+        }
+    }
+    masked
+}
+
 fn unmask<P: ConfigPort>(s: &mut IntxSource, port: &mut P) {
     let command = port.read16(s.physical, COMMAND);
     port.write16(s.physical, COMMAND, command & !COMMAND_INTX_DISABLE);
@@ -215,6 +284,47 @@ mod tests {
         assert!(raised.is_empty());
         // A different line claims nothing.
         assert_eq!(fire(&mut s, &mut port, 37, false, &mut raised), 0);
+    }
+
+    #[test]
+    fn a_hwdom_function_stuck_on_a_guests_line_is_masked_at_the_source() {
+        // C is the hwdom's, on line 36 with the guests' A and B; D is on
+        // another line.
+        const C: Bdf = Bdf::new(0, 3, 0, 0);
+        const D: Bdf = Bdf::new(0, 4, 0, 0);
+        let mut port = Regs::default();
+        for f in [A, B, C, D] {
+            port.write16(f, COMMAND, 0x0006);
+        }
+        port.write16(C, STATUS, STATUS_INTERRUPT);
+        port.write16(D, STATUS, STATUS_INTERRUPT);
+        let mut s = sources();
+        let route = |f: Bdf| Some(if f == D { 37 } else { 36 });
+        let mut by = bystanders(&s, &[], [C, D].into_iter(), route);
+        assert_eq!(by.len(), 1, "D's line carries no guest's function");
+        // The line fires: no guest function claims it; C is masked, once
+        // reported.
+        assert_eq!(fire(&mut s, &mut port, 36, false, &mut vec![]), 0);
+        let mut first = vec![];
+        assert_eq!(
+            silence_bystanders(&mut by, &mut port, 36, &mut |f| first.push(f)),
+            1
+        );
+        assert_eq!(first, [C]);
+        assert_eq!(port.read16(C, COMMAND), 0x0406);
+        assert_eq!(port.read16(D, COMMAND), 0x0006, "its own line: untouched");
+        assert_eq!(port.read16(A, COMMAND), 0x0006);
+        // The hwdom clears INTx Disable: masked again, not reported again.
+        port.write16(C, COMMAND, 0x0006);
+        first.clear();
+        assert_eq!(
+            silence_bystanders(&mut by, &mut port, 36, &mut |f| first.push(f)),
+            1
+        );
+        assert!(first.is_empty());
+        // A refresh keeps what was reported.
+        let by = bystanders(&s, &by, [C, D].into_iter(), route);
+        assert!(by[0].silenced);
     }
 
     #[test]

@@ -320,6 +320,17 @@ mod boot {
             }
         };
         let mut pci = pci_host::PciState::new(ecam.windows(), ecam);
+        if let Some(b) = platform
+            .pci_host_bridges
+            .iter()
+            .find(|b| b.access == platform::ConfigAccess::Ecam)
+        {
+            let map = b.intx_map.iter();
+            pci.intx_routes = (
+                b.intx_mask,
+                map.map(|r| (r.child_addr_hi, r.pin, r.intid)).collect(),
+            );
+        }
         vm::register_pci_guests(&mut pci, &platform, &vms, cpu::counter_frequency());
         vm::PCI.call_once(|| spin::Mutex::new(pci));
         crate::irq::set_eoi_hook(vm::intx_eoi);

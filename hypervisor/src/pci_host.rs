@@ -265,6 +265,11 @@ pub struct PciState<P = EcamPort> {
     pub reservations: pci::reset_engine::Reservations,
     /// AER of the physical root ports (issue 7).
     pub aer: crate::aer::AerState,
+    /// The host bridge's INTx routing: `interrupt-map-mask` (hi, pin) and
+    /// its entries (child hi, pin, INTID).
+    pub intx_routes: ((u32, u32), Vec<(u32, u8, u32)>),
+    /// The hardware domain's functions on lines taken for guests.
+    pub bystanders: Vec<crate::intx::Bystander>,
 }
 
 /// A guest that starts once the hardware domain has reported every function
@@ -349,6 +354,37 @@ impl<P> PciState<P> {
         }
     }
 
+    /// Recompute [`PciState::bystanders`] (after the guests' lines or the
+    /// tree changed).
+    pub fn refresh_bystanders(&mut self)
+    where
+        P: ConfigPort,
+    {
+        if self.intx.is_empty() {
+            self.bystanders.clear();
+            return;
+        }
+        let Self {
+            topology,
+            ownership,
+            intx,
+            bystanders,
+            intx_routes: (mask, map),
+            port,
+            ..
+        } = self;
+        let functions = topology
+            .functions()
+            .filter(|(b, f)| !f.kind.is_bridge() && ownership.owner(*b) == pci::vpci::Owner::Hwdom)
+            .map(|(b, _)| b);
+        let route = |b: Bdf| {
+            let pin = port.read8(b, pci::regs::INTERRUPT_PIN);
+            crate::pci_calls::route_intx(topology, *mask, map, b, pin)
+        };
+        let next = crate::intx::bystanders(intx, bystanders, functions, route);
+        *bystanders = next;
+    }
+
     pub fn guest_bus(&mut self, vm: u16) -> Option<&mut GuestBus> {
         self.guests.get_mut(vm)
     }
@@ -426,6 +462,8 @@ impl<P: ConfigPort> PciState<P> {
             starting: Vec::new(),
             reservations: pci::reset_engine::Reservations::new(),
             aer: crate::aer::AerState::default(),
+            intx_routes: ((0, 0), Vec::new()),
+            bystanders: Vec::new(),
         }
     }
 }

@@ -679,6 +679,10 @@ impl HypercallHost for Caller<'_> {
             return crate::msix::inspect(&mut pci, mem, who.hwdom, &self.vm.name, call, windows);
         }
         let result = crate::pci_calls::handle(&mut pci, who, &self.vm.name, call, &mut to_start);
+        // A function reported (or removed) on a guest's INTx line.
+        if matches!(call, PciCall::Add { .. } | PciCall::Remove { .. }) && !pci.intx.is_empty() {
+            pci.refresh_bystanders();
+        }
         if let (PciCall::EnumerationDone { segment }, Ok(_)) = (call, result) {
             take_aer(&mut pci, segment);
         }
@@ -748,6 +752,7 @@ fn start_ready_guests(pci: &mut PciState) {
             GuestStart::Fail { .. } => FAILED.store(true, Ordering::Release),
         }
     }
+    pci.refresh_bystanders();
 }
 
 /// Build the virtual PCI bus of `vm` for its assigned `units`, take their
@@ -909,6 +914,26 @@ fn pci_line_interrupt(pintid: u32) -> bool {
             }
             // A fatal error starts a recovery deadline.
             arm_pci_timer(&pci);
+        } else if claimed == 0 && !pci.bystanders.is_empty() {
+            // Nobody we serve asserts: a hardware-domain function holding
+            // the level line would make it fire forever.
+            let PciState {
+                port, bystanders, ..
+            } = &mut *pci;
+            let mut first = [None; 4];
+            let mut n = 0;
+            crate::intx::silence_bystanders(bystanders, port, pintid, &mut |f| {
+                if let Some(slot) = first.get_mut(n) {
+                    *slot = Some(f);
+                }
+                n += 1;
+            });
+            for f in first.into_iter().flatten() {
+                crate::aer::queue_intx_silenced(&mut pci, f, pintid);
+            }
+            if n > 0 {
+                arm_pci_timer(&pci);
+            }
         }
     }
     raise_lines(&raises);
@@ -1810,6 +1835,7 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
             crate::irq::unregister_spi(line);
         }
     }
+    pci.refresh_bystanders();
     log::info!("functions {given:?} reset and back with the hardware domain");
 }
 

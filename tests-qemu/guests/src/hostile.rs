@@ -1,6 +1,7 @@
-//! Guests that try to outlive or outrun the hypervisor's isolation:
+//! Domains that try to outlive or outrun the hypervisor's isolation:
 //! `pci-stop` (vCPU 1 keeps using the device while vCPU 0 powers the VM
-//! off).
+//! off), and the hardware domain's `stuck_intx` (an INTx line held
+//! asserted, never serviced).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -8,7 +9,9 @@ use test_guests::println;
 use test_guests::rt::{self, Env, Test, call};
 use test_guests::smccc::*;
 
-use crate::pci_tests::{enumerate_bus, scratch_register};
+use test_guests::pcienum::{Addr, Tree};
+
+use crate::pci_tests::{E1000E, enumerate_bus, mmio_write32, scratch_register};
 
 /// The scratch register vCPU 1 writes, and how many times it has.
 static SCRATCH: AtomicU64 = AtomicU64::new(0);
@@ -60,5 +63,30 @@ fn writer(_cpu: usize) -> ! {
         if done > 0 && done.is_multiple_of(1 << 16) {
             println!("pci-stop: vCPU 1 still writing ({done} writes)");
         }
+    }
+}
+
+/// Make every e1000e of ours (not `given` away) assert INTx and leave it so:
+/// a cause set through ICS that IMS enables, ICR never read.
+pub fn assert_intx_forever(t: &mut Test, tree: &Tree, given: &[(u8, u8)]) {
+    const ICS: u64 = 0xC8;
+    const IMS: u64 = 0xD0;
+    const CAUSE: u32 = 1 << 0;
+    for f in tree
+        .funcs()
+        .iter()
+        .filter(|f| (f.vendor, f.device) == E1000E && !given.contains(&(f.bus, f.devfn)))
+    {
+        let Some(bar) = f.mem_bar(0) else { continue };
+        let ok = mmio_write32(bar.addr + IMS, CAUSE).is_ok()
+            && mmio_write32(bar.addr + ICS, CAUSE).is_ok();
+        t.check(
+            ok,
+            format_args!("{}: cannot set an interrupt cause", Addr(f.bus, f.devfn)),
+        );
+        println!(
+            "{}: INTx asserted, never to be serviced",
+            Addr(f.bus, f.devfn)
+        );
     }
 }

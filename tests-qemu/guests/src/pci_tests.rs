@@ -646,6 +646,12 @@ pub fn enumerate(env: &Env) -> ! {
     if let Some(id) = env.bootargs.get("aer_device") {
         crate::pci_aer::hwdom_own_error(&mut t, env, &mut ecam, tree, id);
     }
+    // `stuck_intx`: a hostile hardware domain holds INTx of its own e1000e
+    // asserted and never services it (on a line it may share with a
+    // guest's device).
+    if env.bootargs.flag("stuck_intx") {
+        crate::hostile::assert_intx_forever(&mut t, tree, given);
+    }
     if env.bootargs.flag("recheck") {
         let marked = leave_markers(tree, given);
         println!("left markers in {marked} devices");
