@@ -325,11 +325,14 @@ mod boot {
             .iter()
             .find(|b| b.access == platform::ConfigAccess::Ecam)
         {
-            let map = b.intx_map.iter();
-            pci.intx_routes = (
-                b.intx_mask,
-                map.map(|r| (r.child_addr_hi, r.pin, r.intid)).collect(),
-            );
+            pci.intx_routes = pci_host::IntxRoutes {
+                mask: b.intx_mask,
+                map: b
+                    .intx_map
+                    .iter()
+                    .map(|r| (r.child_addr_hi, r.pin, r.intid))
+                    .collect(),
+            };
         }
         vm::register_pci_guests(&mut pci, &platform, &vms, cpu::counter_frequency());
         vm::PCI.call_once(|| spin::Mutex::new(pci));

@@ -265,11 +265,18 @@ pub struct PciState<P = EcamPort> {
     pub reservations: pci::reset_engine::Reservations,
     /// AER of the physical root ports (issue 7).
     pub aer: crate::aer::AerState,
-    /// The host bridge's INTx routing: `interrupt-map-mask` (hi, pin) and
-    /// its entries (child hi, pin, INTID).
-    pub intx_routes: ((u32, u32), Vec<(u32, u8, u32)>),
+    /// The host bridge's INTx routing.
+    pub intx_routes: IntxRoutes,
     /// The hardware domain's functions on lines taken for guests.
     pub bystanders: Vec<crate::intx::Bystander>,
+}
+
+/// A host bridge's INTx routing: `interrupt-map-mask` (hi, pin) and its
+/// entries (child hi, pin, INTID).
+#[derive(Clone, Debug, Default)]
+pub struct IntxRoutes {
+    pub mask: (u32, u32),
+    pub map: Vec<(u32, u8, u32)>,
 }
 
 /// A guest that starts once the hardware domain has reported every function
@@ -369,7 +376,7 @@ impl<P> PciState<P> {
             ownership,
             intx,
             bystanders,
-            intx_routes: (mask, map),
+            intx_routes: IntxRoutes { mask, map },
             port,
             ..
         } = self;
@@ -462,7 +469,7 @@ impl<P: ConfigPort> PciState<P> {
             starting: Vec::new(),
             reservations: pci::reset_engine::Reservations::new(),
             aer: crate::aer::AerState::default(),
-            intx_routes: ((0, 0), Vec::new()),
+            intx_routes: IntxRoutes::default(),
             bystanders: Vec::new(),
         }
     }
