@@ -138,6 +138,8 @@ pub enum VmError {
     NoPciHostBridge,
     /// Its virtual PCI bus cannot be built.
     Vpci(pci::vpci::VpciError),
+    /// A BAR of a function it is given is misplaced.
+    Placement(pci::vpci::PlacementError),
 }
 
 impl core::fmt::Display for VmError {
@@ -165,6 +167,10 @@ impl core::fmt::Display for VmError {
             Self::Gic => write!(f, "cannot place its virtual GIC"),
             Self::TooManyRegions => write!(f, "too many emulated MMIO regions"),
             Self::Vpci(e) => write!(f, "cannot build its virtual PCI bus: {e:?}"),
+            Self::Placement(e) => write!(
+                f,
+                "the hardware domain placed a BAR where no guest may have it: {e:?}"
+            ),
             Self::NoPciHostBridge => {
                 write!(
                     f,
@@ -787,6 +793,25 @@ fn give_pci_bus(
     };
     let bus = pci::vpci::GuestBus::new(units, &pci.topology, &mut pci.port, layout)
         .map_err(VmError::Vpci)?;
+    // The hardware domain placed these BARs: each must lie in a memory
+    // window of the host bridge and over nothing another owner decodes.
+    let windows: Vec<(u64, u64)> = sys
+        .platform
+        .pci_host_bridges
+        .iter()
+        .flat_map(|b| b.windows.iter())
+        .filter(|w| w.kind != platform::PciWindowKind::Io && w.cpu_base == w.pci_base)
+        .map(|w| (w.cpu_base, w.size))
+        .collect();
+    pci::vpci::check_guest_placement(
+        &bus,
+        vm.index,
+        &pci.topology,
+        &pci.ownership,
+        &mut pci.port,
+        &windows,
+    )
+    .map_err(VmError::Placement)?;
     // The hardware domain loses its first-touch pages of these BARs. Its
     // faults map pages under the PCI lock, which is held here, so none can
     // come back; an unmap that fails stops the handover.

@@ -200,6 +200,8 @@ pub const SRIOV_CAP_SIZE: u16 = 0x40;
 pub const INTERRUPT_PIN: u16 = 0x3d;
 /// Type 0 header: Expansion ROM BAR.
 pub const ROM_BAR: u16 = 0x30;
+/// Expansion ROM BAR of a type 1 (bridge) header.
+pub const BRIDGE_ROM_BAR: u16 = 0x38;
 pub const ROM_ENABLE: u32 = 1 << 0;
 pub const ROM_ADDRESS_MASK: u32 = 0xffff_f800;
 pub const BAR_MEM_PREFETCH: u32 = 1 << 3;

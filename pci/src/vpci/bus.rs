@@ -198,6 +198,23 @@ impl GuestBus {
         })
     }
 
+    /// Every physical BAR the hypervisor may map for the guest or touch
+    /// itself, as (function, BAR index, address, size): the memory BARs the
+    /// hardware domain placed (one left at 0 is never mapped), and the BARs
+    /// holding an MSI-X table or PBA wherever they are. Expansion ROMs are
+    /// never mapped for a guest.
+    pub fn bar_placements(&self) -> impl Iterator<Item = (Bdf, u8, u64, u64)> + '_ {
+        self.fns.iter().flat_map(|f| {
+            let msix = f.msix.as_ref().map(|m| (m.table_bar, m.pba_bar));
+            f.bars.iter().enumerate().filter_map(move |(i, b)| {
+                let i = i as u8;
+                let touched = msix.is_some_and(|(t, p)| t == i || p == i);
+                (b.is_memory() && b.size != 0 && (b.pa != 0 || touched))
+                    .then_some((f.physical, i, b.pa, b.size))
+            })
+        })
+    }
+
     /// The physical function at a virtual address.
     pub fn physical_of(&self, vbdf: Bdf) -> Option<Bdf> {
         self.fn_at(vbdf.bus, vbdf.devfn)

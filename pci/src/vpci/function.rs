@@ -297,8 +297,8 @@ impl AssignedFn {
         }
         let cmd = port.read16(physical, COMMAND);
         port.write16(physical, COMMAND, cmd & !(COMMAND_IO | COMMAND_MEMORY));
-        let bars = size_bars(port, physical);
-        let rom = size_rom(port, physical);
+        let bars = size_bars(port, physical, 6);
+        let rom = size_rom(port, physical, ROM_BAR);
         port.write16(
             physical,
             COMMAND,
@@ -922,11 +922,13 @@ impl AssignedFn {
     }
 }
 
-/// Sizes the six BARs (decoding must be off) and restores them.
-fn size_bars<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf) -> [Bar; 6] {
+/// Sizes the first `count` BARs (six of a type 0 header, two of a bridge's;
+/// decoding must be off) and restores them.
+pub(crate) fn size_bars<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf, count: usize) -> [Bar; 6] {
     let mut bars = [Bar::default(); 6];
+    let count = count.min(6);
     let mut i = 0usize;
-    while i < 6 {
+    while i < count {
         let off = BAR0 + 4 * i as u16;
         let orig = port.read32(bdf, off);
         port.write32(bdf, off, u32::MAX);
@@ -955,7 +957,7 @@ fn size_bars<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf) -> [Bar; 6] {
             i += 1;
             continue;
         }
-        let is64 = orig & BAR_MEM_TYPE_MASK == BAR_MEM_64 && i < 5;
+        let is64 = orig & BAR_MEM_TYPE_MASK == BAR_MEM_64 && i + 1 < count;
         let (rb_hi, orig_hi) = if is64 {
             let orig_hi = port.read32(bdf, off + 4);
             port.write32(bdf, off + 4, u32::MAX);
@@ -993,11 +995,13 @@ fn size_bars<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf) -> [Bar; 6] {
     bars
 }
 
-fn size_rom<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf) -> Rom {
-    let orig = port.read32(bdf, ROM_BAR);
-    port.write32(bdf, ROM_BAR, ROM_ADDRESS_MASK);
-    let rb = port.read32(bdf, ROM_BAR);
-    port.write32(bdf, ROM_BAR, orig);
+/// Sizes the expansion ROM BAR at `reg` (0x30 in a type 0 header, 0x38 in
+/// a bridge's; decoding must be off) and restores it.
+pub(crate) fn size_rom<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf, reg: u16) -> Rom {
+    let orig = port.read32(bdf, reg);
+    port.write32(bdf, reg, ROM_ADDRESS_MASK);
+    let rb = port.read32(bdf, reg);
+    port.write32(bdf, reg, orig);
     let mask = rb & ROM_ADDRESS_MASK;
     if mask == 0 || rb == u32::MAX {
         return Rom::default();

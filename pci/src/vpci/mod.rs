@@ -150,6 +150,7 @@ mod bus;
 mod effects;
 mod function;
 mod ownership;
+pub mod placement;
 pub mod policy;
 mod rootport;
 
@@ -160,6 +161,7 @@ pub use bus::{GuestBus, MAX_UNIT_FUNCTIONS, MAX_UNITS, ROM_INDEX};
 pub use effects::{BarRefusal, EFFECTS_CAPACITY, Effect, Effects};
 pub use function::MsixCommit;
 pub use ownership::{AssignError, HwdomDecision, HwdomOutcome, Owner, Ownership, Refusal};
+pub use placement::{PendingWrite, PlacementError, check_guest_placement, decoded_memory};
 pub use policy::{Policy, Rule, Special};
 pub use rootport::{ROOT_PORT_DEVICE, ROOT_PORT_VENDOR};
 

@@ -10,6 +10,8 @@ use crate::regs::*;
 use crate::topology::Topology;
 use crate::units::UnitId;
 
+use super::placement::{PendingWrite, decoded_memory, dword_after};
+
 /// The owner of a function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Owner {
@@ -73,6 +75,10 @@ pub enum Refusal {
     BusNumbersOverlapGuest,
     /// A memory window of another bridge that would claim a guest's BAR.
     WindowOverlapsGuest,
+    /// A BAR or expansion ROM of a function the hardware domain keeps
+    /// would decode over a guest's BAR (the write that moves it there while
+    /// decoding, or the one that turns decoding on with it there).
+    BarOverlapsGuest,
 }
 
 /// What to do with one hardware-domain config access.
@@ -356,6 +362,15 @@ impl Ownership {
             .extend(ranges.into_iter().map(|(base, size)| (base, size, guest)));
     }
 
+    /// The guest whose recorded BAR memory overlaps `[pa, pa + size)`.
+    pub fn guest_memory_owner(&self, pa: u64, size: u64) -> Option<u16> {
+        let end = pa.saturating_add(size);
+        self.guest_memory
+            .iter()
+            .find(|&&(base, len, _)| pa < base.saturating_add(len) && base < end)
+            .map(|&(_, _, g)| g)
+    }
+
     /// Decides one hardware-domain config access (`write` is the value for
     /// a write). `reg` is naturally aligned for `width` (1, 2 or 4), as the
     /// shell splits accesses. O(log n), no allocation.
@@ -567,29 +582,24 @@ impl Ownership {
         width: u16,
         value: u32,
     ) -> Option<Refusal> {
+        if self.guests.is_empty() {
+            return None;
+        }
+        let pending = PendingWrite { reg, width, value };
+        if let Some(r) = self.bar_claims_guest_memory(port, bdf, pending) {
+            return Some(r);
+        }
         let end = reg + width;
         let buses = reg < SUBORDINATE_BUS + 1 && end > SECONDARY_BUS;
         let windows = reg < PREF_LIMIT_UPPER + 4 && end > MEMORY_BASE;
-        if self.guests.is_empty() || !(buses || windows) {
+        if !(buses || windows) {
             return None;
         }
         if port.read8(bdf, HEADER_TYPE) & HEADER_TYPE_MASK != HEADER_TYPE_BRIDGE {
             return None;
         }
         // The dword of the bridge header after the write.
-        let mut after = |at: u16| -> u32 {
-            let cur = port.read32(bdf, at);
-            let mut v = cur;
-            for i in 0..width {
-                let byte = reg + i;
-                if byte & !3 == at {
-                    let shift = 8 * (byte & 3) as u32;
-                    let b = (value >> (8 * i as u32)) & 0xff;
-                    v = (v & !(0xff << shift)) | (b << shift);
-                }
-            }
-            v
-        };
+        let mut after = |at: u16| dword_after(port, bdf, at, Some(pending));
         if buses {
             let v = after(PRIMARY_BUS);
             let (sec, sub) = ((v >> 8) as u8, (v >> 16) as u8);
@@ -629,6 +639,42 @@ impl Ownership {
             }
         }
         None
+    }
+}
+
+impl Ownership {
+    /// Whether a write to a function the hardware domain keeps would make a
+    /// BAR or ROM of it decode over a guest's BAR: a write to a BAR or ROM
+    /// register while Memory Space is on, or the Command write that turns
+    /// Memory Space on. Only those writes size the function (see
+    /// [`decoded_memory`]); every other write costs nothing here.
+    fn bar_claims_guest_memory<P: ConfigPort + ?Sized>(
+        &self,
+        port: &mut P,
+        bdf: Bdf,
+        pending: PendingWrite,
+    ) -> Option<Refusal> {
+        if self.guest_memory.is_empty() {
+            return None;
+        }
+        let rom = match port.read8(bdf, HEADER_TYPE) & HEADER_TYPE_MASK {
+            HEADER_TYPE_NORMAL => ROM_BAR,
+            HEADER_TYPE_BRIDGE => BRIDGE_ROM_BAR,
+            _ => return None,
+        };
+        let bars_end = if rom == ROM_BAR { 0x28 } else { 0x18 };
+        let memory_now = port.read16(bdf, COMMAND) & COMMAND_MEMORY != 0;
+        let memory_after =
+            dword_after(port, bdf, COMMAND, Some(pending)) as u16 & COMMAND_MEMORY != 0;
+        let moves = pending.touches(BAR0, bars_end - BAR0) || pending.touches(rom, 4);
+        let turns_on = pending.touches(COMMAND, 2) && !memory_now && memory_after;
+        if !(turns_on || moves && memory_after) {
+            return None;
+        }
+        decoded_memory(port, bdf, Some(pending))
+            .iter()
+            .any(|&(_, base, size)| self.guest_memory_owner(base, size).is_some())
+            .then_some(Refusal::BarOverlapsGuest)
     }
 }
 
