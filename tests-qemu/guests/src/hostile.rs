@@ -1,7 +1,8 @@
 //! Domains that try to outlive or outrun the hypervisor's isolation:
 //! `pci-stop` (vCPU 1 keeps using the device while vCPU 0 powers the VM
 //! off), and the hardware domain's `stuck_intx` (an INTx line held
-//! asserted, never serviced).
+//! asserted, never serviced), `aim_bar` (a guest's BAR aimed at RAM) and
+//! `overlay_bar` (its own BAR moved over a guest's).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -9,9 +10,11 @@ use test_guests::println;
 use test_guests::rt::{self, Env, Test, call};
 use test_guests::smccc::*;
 
-use test_guests::pcienum::{Addr, Tree};
+use test_guests::pcienum::{Addr, BAR0, ConfigSpace, Func, Tree};
 
-use crate::pci_tests::{E1000E, enumerate_bus, mmio_write32, scratch_register};
+use crate::pci_tests::{
+    E1000E, Ecam, enumerate_bus, mmio_write32, parse_bdf, scratch_register, set_bar,
+};
 
 /// The scratch register vCPU 1 writes, and how many times it has.
 static SCRATCH: AtomicU64 = AtomicU64::new(0);
@@ -88,5 +91,79 @@ pub fn assert_intx_forever(t: &mut Test, tree: &Tree, given: &[(u8, u8)]) {
             "{}: INTx asserted, never to be serviced",
             Addr(f.bus, f.devfn)
         );
+    }
+}
+
+fn find<'a>(t: &mut Test, tree: &'a Tree, bdf: &str) -> Option<&'a Func> {
+    let found = parse_bdf(bdf).and_then(|(bus, devfn)| {
+        tree.funcs()
+            .iter()
+            .find(|f| (f.bus, f.devfn) == (bus, devfn))
+    });
+    if found.is_none() {
+        t.fail(format_args!("no function {bdf} in the tree"));
+    }
+    found
+}
+
+fn bar0(c: &mut Ecam, f: &Func) -> u64 {
+    let lo = c.read32(f.bus, f.devfn, BAR0);
+    let hi = if lo & 6 == 4 {
+        c.read32(f.bus, f.devfn, BAR0 + 4)
+    } else {
+        0
+    };
+    (u64::from(hi) << 32) | u64::from(lo & !0xf)
+}
+
+/// `BB:DD.F@ADDR`: aim BAR0 of that function at ADDR before reporting it.
+pub fn aim_bar(t: &mut Test, c: &mut Ecam, tree: &Tree, spec: &str) {
+    let Some((bdf, addr)) = spec.split_once('@') else {
+        t.fail(format_args!("aim_bar={spec}: want BB:DD.F@ADDR"));
+        return;
+    };
+    let Some(addr) = test_guests::args::parse_u64(addr) else {
+        t.fail(format_args!("aim_bar={spec}: bad address"));
+        return;
+    };
+    let Some(f) = find(t, tree, bdf) else { return };
+    set_bar(c, f, 0, addr);
+    println!(
+        "{}: BAR0 aimed at {:#x} before it is reported",
+        Addr(f.bus, f.devfn),
+        bar0(c, f)
+    );
+}
+
+/// Move BAR0 of our function `spec` onto BAR0 of the first function we
+/// gave away: the write must be refused (BAR0 reads as before).
+pub fn overlay_bar(t: &mut Test, c: &mut Ecam, tree: &Tree, spec: &str, given: &[(u8, u8)]) {
+    let Some(mine) = find(t, tree, spec) else { return };
+    let Some(&(bus, devfn)) = given.first() else {
+        t.fail(format_args!("overlay_bar: nothing given away"));
+        return;
+    };
+    let Some(victim) = tree
+        .funcs()
+        .iter()
+        .find(|f| (f.bus, f.devfn) == (bus, devfn))
+    else {
+        t.fail(format_args!("overlay_bar: the given function is not in the tree"));
+        return;
+    };
+    let Some(target) = victim.mem_bar(0).map(|b| b.addr) else {
+        t.fail(format_args!("overlay_bar: the given function has no BAR0"));
+        return;
+    };
+    let before = bar0(c, mine);
+    set_bar(c, mine, 0, target);
+    let after = bar0(c, mine);
+    let a = Addr(mine.bus, mine.devfn);
+    t.check(
+        after == before,
+        format_args!("{a}: BAR0 moved from {before:#x} to {after:#x}, over the guest's {target:#x}"),
+    );
+    if after == before {
+        println!("{a}: BAR0 move over the guest's at {target:#x} refused");
     }
 }

@@ -580,7 +580,7 @@ fn pci_call(id: u32, segment: u64, rid: u64) -> call::Ret {
 }
 
 /// Parse `SSSS:BB:DD.F` or `BB:DD.F` (hex).
-fn parse_bdf(s: &str) -> Option<(u8, u8)> {
+pub(crate) fn parse_bdf(s: &str) -> Option<(u8, u8)> {
     let mut parts = s.rsplitn(3, ':');
     let df = parts.next()?;
     let bus = parts.next()?;
@@ -626,8 +626,18 @@ pub fn enumerate(env: &Env) -> ! {
     let (given, ngiven) = given(env);
     let given = &given[..ngiven];
 
+    // `aim_bar=BB:DD.F@ADDR`: a hostile hardware domain aims BAR0 of a
+    // function it will report for a guest at ADDR (RAM, the hypervisor).
+    if let Some(spec) = env.bootargs.get("aim_bar") {
+        crate::hostile::aim_bar(&mut t, &mut ecam, tree, spec);
+    }
     report(&mut t, env, tree);
     refused_reports(&mut t, &mut ecam, tree);
+    // `overlay_bar=BB:DD.F`: it moves BAR0 of its own function there onto
+    // BAR0 of the first function it gave away.
+    if let Some(spec) = env.bootargs.get("overlay_bar") {
+        crate::hostile::overlay_bar(&mut t, &mut ecam, tree, spec, given);
+    }
 
     let driven = drive_devices(&mut t, tree, given);
     let want_driven = tree
@@ -1234,7 +1244,7 @@ pub(crate) fn reprogram_after_reset(c: &mut Ecam, f: &Func) {
     );
 }
 
-fn set_bar(c: &mut Ecam, f: &Func, k: usize, addr: u64) {
+pub(crate) fn set_bar(c: &mut Ecam, f: &Func, k: usize, addr: u64) {
     let off = BAR0 + 4 * k as u16;
     let flags = c.read32(f.bus, f.devfn, off) & 0xf;
     c.write32(f.bus, f.devfn, off, (addr as u32 & !0xf) | flags);
