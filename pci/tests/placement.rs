@@ -70,8 +70,8 @@ fn bar0(fab: &mut Fabric, f: Bdf) -> u64 {
 fn set_bar0(fab: &mut Fabric, own: &Ownership, f: Bdf, addr: u64) -> Option<Refusal> {
     let flags = fab.read32(f, BAR0) & 0xf;
     let lo = own.hwdom_apply(fab, f, BAR0, 4, Some(addr as u32 | flags));
-    let hi = (flags & 6 == 4)
-        .then(|| own.hwdom_apply(fab, f, BAR0 + 4, 4, Some((addr >> 32) as u32)));
+    let hi =
+        (flags & 6 == 4).then(|| own.hwdom_apply(fab, f, BAR0 + 4, 4, Some((addr >> 32) as u32)));
     lo.refused.or(hi.and_then(|h| h.refused))
 }
 
@@ -86,10 +86,16 @@ fn a_guests_bar_aimed_at_ram_or_outside_the_windows_is_refused() {
     // The hypervisor's image, the hwdom's RAM, the UART.
     for addr in [0x4000_0000u64, 0x4800_0000, 0x0900_0000] {
         let (mut fab, mut topo, mut own, mine, _) = setup();
-        assert_eq!(set_bar0(&mut fab, &own, mine, addr), None, "not a guest's yet");
+        assert_eq!(
+            set_bar0(&mut fab, &own, mine, addr),
+            None,
+            "not a guest's yet"
+        );
         assert_eq!(bar0(&mut fab, mine), addr);
         match give(&mut fab, &mut topo, &mut own, mine) {
-            Err(PlacementError::OutsideWindows { function, bar, pa, .. }) => {
+            Err(PlacementError::OutsideWindows {
+                function, bar, pa, ..
+            }) => {
                 assert_eq!((function, bar, pa), (mine, 0, addr));
             }
             other => panic!("{addr:#x}: {other:?}"),
@@ -107,7 +113,9 @@ fn a_guests_bar_over_memory_a_hwdom_device_decodes_is_refused() {
     fab.write32(theirs, BAR0, target as u32 | 4);
     fab.write32(theirs, BAR0 + 4, (target >> 32) as u32);
     match give(&mut fab, &mut topo, &mut own, mine) {
-        Err(PlacementError::Overlaps { function, other, .. }) => {
+        Err(PlacementError::Overlaps {
+            function, other, ..
+        }) => {
             assert_eq!((function, other), (mine, theirs));
         }
         other => panic!("{other:?}"),
@@ -145,20 +153,38 @@ fn the_hwdom_cannot_move_its_bar_over_a_guests() {
     assert_eq!(bar0(&mut fab, theirs), free);
     // With decoding off the move is allowed, but turning decoding on over
     // the guest's BAR is not.
-    own.hwdom_apply(&mut fab, theirs, COMMAND, 2, Some(u32::from(cmd & !COMMAND_MEMORY)));
+    own.hwdom_apply(
+        &mut fab,
+        theirs,
+        COMMAND,
+        2,
+        Some(u32::from(cmd & !COMMAND_MEMORY)),
+    );
     assert_eq!(set_bar0(&mut fab, &own, theirs, target), None);
     let on = own.hwdom_apply(&mut fab, theirs, COMMAND, 2, Some(u32::from(cmd)));
     assert_eq!(on.refused, Some(Refusal::BarOverlapsGuest));
     assert_eq!(fab.read16(theirs, COMMAND) & COMMAND_MEMORY, 0);
     // Its expansion ROM neither.
-    let rom = own.hwdom_apply(&mut fab, theirs, ROM_BAR, 4, Some(target as u32 | ROM_ENABLE));
+    let rom = own.hwdom_apply(
+        &mut fab,
+        theirs,
+        ROM_BAR,
+        4,
+        Some(target as u32 | ROM_ENABLE),
+    );
     assert_eq!(rom.refused, None, "not decoding");
     // Moved away and on again: decoding.
     assert_eq!(set_bar0(&mut fab, &own, theirs, free), None);
     own.hwdom_apply(&mut fab, theirs, ROM_BAR, 4, Some(0));
     let on = own.hwdom_apply(&mut fab, theirs, COMMAND, 2, Some(u32::from(cmd)));
     assert_eq!(on.refused, None);
-    let rom = own.hwdom_apply(&mut fab, theirs, ROM_BAR, 4, Some(target as u32 | ROM_ENABLE));
+    let rom = own.hwdom_apply(
+        &mut fab,
+        theirs,
+        ROM_BAR,
+        4,
+        Some(target as u32 | ROM_ENABLE),
+    );
     assert_eq!(rom.refused, Some(Refusal::BarOverlapsGuest));
     // The guest's BAR is where it was.
     assert_eq!(bar0(&mut fab, mine), target);

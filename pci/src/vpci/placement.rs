@@ -182,7 +182,10 @@ pub fn check_guest_placement<P: ConfigPort + ?Sized>(
                 size,
             });
         }
-        if let Some(other) = ownership.guest_memory_owner(pa, size).filter(|&g| g != guest) {
+        if let Some(other) = ownership
+            .guest_memory_owner(pa, size)
+            .filter(|&g| g != guest)
+        {
             return Err(PlacementError::OverlapsGuest {
                 function,
                 bar,

@@ -138,7 +138,9 @@ pub fn aim_bar(t: &mut Test, c: &mut Ecam, tree: &Tree, spec: &str) {
 /// Move BAR0 of our function `spec` onto BAR0 of the first function we
 /// gave away: the write must be refused (BAR0 reads as before).
 pub fn overlay_bar(t: &mut Test, c: &mut Ecam, tree: &Tree, spec: &str, given: &[(u8, u8)]) {
-    let Some(mine) = find(t, tree, spec) else { return };
+    let Some(mine) = find(t, tree, spec) else {
+        return;
+    };
     let Some(&(bus, devfn)) = given.first() else {
         t.fail(format_args!("overlay_bar: nothing given away"));
         return;
@@ -148,7 +150,9 @@ pub fn overlay_bar(t: &mut Test, c: &mut Ecam, tree: &Tree, spec: &str, given: &
         .iter()
         .find(|f| (f.bus, f.devfn) == (bus, devfn))
     else {
-        t.fail(format_args!("overlay_bar: the given function is not in the tree"));
+        t.fail(format_args!(
+            "overlay_bar: the given function is not in the tree"
+        ));
         return;
     };
     let Some(target) = victim.mem_bar(0).map(|b| b.addr) else {
@@ -161,7 +165,9 @@ pub fn overlay_bar(t: &mut Test, c: &mut Ecam, tree: &Tree, spec: &str, given: &
     let a = Addr(mine.bus, mine.devfn);
     t.check(
         after == before,
-        format_args!("{a}: BAR0 moved from {before:#x} to {after:#x}, over the guest's {target:#x}"),
+        format_args!(
+            "{a}: BAR0 moved from {before:#x} to {after:#x}, over the guest's {target:#x}"
+        ),
     );
     if after == before {
         println!("{a}: BAR0 move over the guest's at {target:#x} refused");
