@@ -238,6 +238,13 @@ mod boot {
                 );
             }
         }
+        for r in &p.refused_host_bridges {
+            log::warn!(
+                "PCIe host bridge {} refused (not mapped, given to no VM): {}",
+                r.path,
+                r.reason
+            );
+        }
         for vm in &sys.vms {
             log::info!(
                 "VM {}{}: RAM {:#x}..{:#x} ({} MiB), vCPUs on CPUs {:?}",

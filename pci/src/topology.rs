@@ -780,7 +780,11 @@ fn probe<P: ConfigPort + ?Sized>(
     let caps =
         CapOffsets::scan(port, bdf).map_err(|error| TopologyError::Capability { bdf, error })?;
     let mut fl = 0;
-    if header & HEADER_TYPE_MULTIFUNCTION != 0 {
+    // The spec defines the Multi-Function bit in function 0 only; functions
+    // > 0 may leave theirs clear (QEMU does, unless told otherwise). A
+    // function > 0 that answers is part of a multi-function device, as Linux
+    // has it (pci_scan_slot). VFs are not: their routing ids are not slots.
+    if header & HEADER_TYPE_MULTIFUNCTION != 0 || (!vf && bdf.function() != 0) {
         fl |= flags::MULTIFUNCTION;
     }
     let kind = if caps.pcie != 0 {

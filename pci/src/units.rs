@@ -9,13 +9,19 @@
 //! Forwarding (SV|RR|CR|UF) enabled, or the host bridge itself. Concretely,
 //! units are the smallest partition of the tracked functions such that:
 //!
-//! 1. **Multi-function devices.** Functions of one slot (segment, bus,
-//!    device) that are not ACS-isolated share a unit. A function is
-//!    ACS-isolated if a quirk says so, or: root and downstream ports when
-//!    their ACS controls (among SV|RR|CR|UF, those they advertise) are all
-//!    enabled; endpoints, RCiEPs and upstream ports when single-function or
-//!    with those ACS controls enabled; VFs always; PCIe-to-PCI bridges,
-//!    RCECs and conventional functions never.
+//! 1. **Multi-function devices.** The functions of one slot (segment, bus,
+//!    device; VFs are not slot members) share a unit unless every one of
+//!    them is ACS-isolated from its siblings: a function without ACS reaches
+//!    its siblings inside the device whether or not they redirect their own
+//!    requests (Linux keeps a function with ACS apart from siblings without;
+//!    we do not). A slot where more than one function answers is
+//!    multi-function whatever the header bits say: the spec defines the
+//!    Multi-Function bit in function 0 only, QEMU sets it there only, and a
+//!    function 0 that leaves it clear while siblings answer is not believed.
+//!    A function is isolated from its siblings if a quirk says so, or when
+//!    its ACS controls (among SV|RR|CR|UF, those it advertises) are all
+//!    enabled (ports, endpoints, RCiEPs, upstream ports); VFs always;
+//!    PCIe-to-PCI bridges, RCECs and conventional functions never.
 //! 2. **DMA aliasing.** A PCIe-to-PCI bridge (or conventional bridge)
 //!    shares a unit with everything below it: requests from conventional
 //!    devices carry the bridge's requester id.
@@ -59,6 +65,8 @@
 //!                                                       └─ 08:02.0 conventional
 //!         units {00:04.0} {07:00.0, 08:01.0, 08:02.0}
 //! 00:1f.0 + 00:1f.1 RCiEP functions of one device without ACS: unit {00:1f.0, 00:1f.1}
+//! 01:00.0 + 01:00.1 e1000e functions (Multi-Function bit in function 0 only),
+//!         01:00.0 with ACS, 01:00.1 without:                unit {01:00.0, 01:00.1}
 //! ```
 //!
 //! The tests in `tests/units.rs` check these and more by hand.
@@ -138,8 +146,22 @@ pub fn default_acs_quirks() -> Vec<AcsQuirk> {
     ]
 }
 
-/// Whether a function counts as ACS-isolated on its own (rule 1 above).
+/// Whether a function counts as ACS-isolated on its own: a root or
+/// downstream port with its ACS controls enabled isolates its subtree
+/// (rules 3 and 4); a single-function endpoint has no sibling to reach.
 pub fn acs_isolated(f: &Function, quirks: &[AcsQuirk]) -> bool {
+    isolated(f, quirks, f.is_multifunction())
+}
+
+/// Whether a function of a slot with several functions keeps its requests
+/// from its siblings (rule 1 above). The function is judged as part of a
+/// multi-function device, whatever its own header bit says: it has a
+/// sibling.
+pub fn isolated_from_siblings(f: &Function, quirks: &[AcsQuirk]) -> bool {
+    isolated(f, quirks, true)
+}
+
+fn isolated(f: &Function, quirks: &[AcsQuirk], multifunction: bool) -> bool {
     if let Some(q) = quirks.iter().find(|q| q.matches(f)) {
         return q.effect == AcsQuirkEffect::Isolated;
     }
@@ -154,8 +176,14 @@ pub fn acs_isolated(f: &Function, quirks: &[AcsQuirk]) -> bool {
         FunctionKind::Endpoint
         | FunctionKind::LegacyEndpoint
         | FunctionKind::Rciep
-        | FunctionKind::UpstreamPort => !f.is_multifunction() || acs_flags_enabled(f),
+        | FunctionKind::UpstreamPort => !multifunction || acs_flags_enabled(f),
     }
+}
+
+/// Whether rule 1 counts a function as a member of its slot. VFs are not:
+/// their routing ids follow the PF's offset and stride, not slots.
+pub fn slot_member(f: &Function) -> bool {
+    f.kind != FunctionKind::VirtualFunction
 }
 
 /// ACS present and every isolation control it advertises enabled. Controls
@@ -292,11 +320,14 @@ impl Topology {
     pub fn compute_units(&self) -> UnitTable {
         let quirks = &self.config.acs_quirks;
         let mut keys: Vec<Bdf> = Vec::with_capacity(self.fns.len());
-        // Per function: kind, bus range, ACS-isolated.
+        // Per function: kind, bus range, ACS-isolated, and for rule 1:
+        // a slot member, isolated from its siblings.
         let mut info: Vec<(FunctionKind, u8, u8, bool)> = Vec::with_capacity(self.fns.len());
+        let mut slot_info: Vec<(bool, bool)> = Vec::with_capacity(self.fns.len());
         for (&b, f) in self.fns.iter() {
             keys.push(b);
             info.push((f.kind, f.secondary, f.subordinate, acs_isolated(f, quirks)));
+            slot_info.push((slot_member(f), isolated_from_siblings(f, quirks)));
         }
         let n = keys.len();
         let mut uf = UnionFind((0..n as u32).collect());
@@ -314,15 +345,20 @@ impl Topology {
         for i in 0..n {
             let b = keys[i];
             let (kind, sec, sub, iso) = info[i];
-            // Rule 1: non-isolated functions of one slot (VFs are isolated).
-            if i > 0
-                && (keys[i - 1].segment, keys[i - 1].bus, keys[i - 1].device())
-                    != (b.segment, b.bus, b.device())
-            {
+            // Rule 1, at the last function of each slot: its members are one
+            // unit unless each is isolated from its siblings.
+            let slot = |k: Bdf| (k.segment, k.bus, k.device());
+            if i > 0 && slot(keys[i - 1]) != slot(b) {
                 slot_start = i;
             }
-            if !iso && let Some(j) = (slot_start..i).find(|&j| !info[j].3) {
-                uf.union(j as u32, i as u32);
+            if i + 1 == n || slot(keys[i + 1]) != slot(b) {
+                let members = || (slot_start..=i).filter(|&j| slot_info[j].0);
+                let open = members().any(|j| !slot_info[j].1);
+                if open && let Some(first) = members().next() {
+                    for j in members() {
+                        uf.union(first as u32, j as u32);
+                    }
+                }
             }
             // Rules 2 and 3: a bridge that does not isolate its subtree.
             let merges_below = match kind {
@@ -542,15 +578,19 @@ impl Topology {
             inc.min.push(bdf);
         }
         let i = i as u32;
-        // Rule 1: non-isolated functions of one slot.
-        if !acs_isolated(f, quirks) {
+        // Rule 1: joins each sibling unless both are isolated from their
+        // siblings. Whatever the order of arrival, once one member of a
+        // slot is not isolated every member is joined to it.
+        if slot_member(f) {
+            let open = !isolated_from_siblings(f, quirks);
             let base = bdf.devfn & !7;
             let slot = Bdf::from_devfn(bdf.segment, bdf.bus, base)
                 ..=Bdf::from_devfn(bdf.segment, bdf.bus, base | 7);
             for j in self.fns.range_indices(slot) {
                 if j as u32 != i
                     && let Some((_, g)) = self.fns.at(j)
-                    && !acs_isolated(g, quirks)
+                    && slot_member(g)
+                    && (open || !isolated_from_siblings(g, quirks))
                 {
                     inc.union(i, j as u32);
                 }

@@ -6,7 +6,8 @@ use common::*;
 use pci::regs::*;
 use pci::sim::{ACS_ENABLED, ACS_NONE_ADVERTISED, ACS_QEMU, Fabric, SimKind, Spec, devfn};
 use pci::units::{AcsQuirk, AcsQuirkEffect};
-use pci::{ConfigPort, Topology};
+use pci::vpci::{AssignError, Ownership};
+use pci::{Bdf, ConfigPort, FunctionKind, Topology, UnitId};
 
 fn ep(vendor: u16, device: u16) -> Spec {
     Spec::endpoint(vendor, device)
@@ -234,6 +235,9 @@ fn t5_multifunction_endpoint() {
         ],
     );
     let mut t = track(&mut f);
+    // As QEMU builds such a device: the Multi-Function bit in function 0.
+    let mut mf = |x: &str| f.read8(b(x), HEADER_TYPE) & HEADER_TYPE_MULTIFUNCTION != 0;
+    assert!(mf("01:00.0") && !mf("01:00.1"));
     assert_eq!(
         units(&mut t),
         set(&[
@@ -282,7 +286,8 @@ fn t6_multifunction_root_ports() {
 }
 
 /// (7) RCiEPs on the root bus: a single-function one is alone; functions of
-/// a multi-function RCiEP without ACS share a unit; an RCEC never isolates.
+/// a multi-function RCiEP without ACS share a unit; an RCEC never isolates,
+/// so an RCiEP with ACS in its slot joins it; two RCiEPs with ACS stay apart.
 #[test]
 fn t7_rciep() {
     let mut f = Fabric::new().with_root_complex(
@@ -297,20 +302,30 @@ fn t7_rciep() {
                 Spec::rciep(0x1234, 0x0004).acs(Some(ACS_ENABLED)),
             ),
             (devfn(0x1d, 1), Spec::rcec(0x1234, 0x0005)),
+            (devfn(0x1c, 0), Spec::rcec(0x1234, 0x0006)),
+            (
+                devfn(0x1b, 0),
+                Spec::rciep(0x1234, 0x0007).acs(Some(ACS_ENABLED)),
+            ),
+            (
+                devfn(0x1b, 1),
+                Spec::rciep(0x1234, 0x0008).acs(Some(ACS_ENABLED)),
+            ),
         ],
     );
     let mut t = track(&mut f);
+    assert_eq!(t.function(b("00:1c.0")).unwrap().kind, FunctionKind::Rcec);
     assert_eq!(
         units(&mut t),
         set(&[
-            &["00:1d.0"],
-            &["00:1d.1"],
+            &["00:1b.0"],
+            &["00:1b.1"],
+            &["00:1c.0"],
+            &["00:1d.0", "00:1d.1"],
             &["00:1e.0", "00:1e.1"],
             &["00:1f.0"]
         ])
     );
-    // An RCEC alone in its slot is still a unit of its own.
-    let _ = SimKind::Rcec;
 }
 
 /// Quirk: a root port known to block peer-to-peer is isolated without ACS.
@@ -426,4 +441,151 @@ fn unit_ids_and_lookup() {
     assert_eq!(t.unit_of(b("05:00.0")), None);
     let table = t.units();
     assert!(table.get(pci::UnitId(b("01:00.0"))).is_none());
+}
+
+/// QEMU's multi-function e1000e below one root port: `multifunction=on` is
+/// given on function 0 only, so function 1's own header bit is clear, and
+/// e1000e has no ACS.
+const QEMU_MF_E1000E: [&str; 6] = [
+    "-device",
+    "pcie-root-port,id=rp1,chassis=1,slot=1,addr=1.0",
+    "-device",
+    "e1000e,bus=rp1,multifunction=on,addr=0.0",
+    "-device",
+    "e1000e,bus=rp1,addr=0.1",
+];
+
+/// Every order of `items` (Heap's algorithm).
+fn permutations(items: &[Bdf]) -> Vec<Vec<Bdf>> {
+    fn go(k: usize, a: &mut Vec<Bdf>, out: &mut Vec<Vec<Bdf>>) {
+        if k <= 1 {
+            out.push(a.clone());
+            return;
+        }
+        for i in 0..k {
+            go(k - 1, a, out);
+            let j = if k.is_multiple_of(2) { i } else { 0 };
+            a.swap(j, k - 1);
+        }
+    }
+    let mut out = Vec::new();
+    go(items.len(), &mut items.to_vec(), &mut out);
+    out
+}
+
+/// The functions of a multi-function device without ACS are one unit even
+/// where only function 0 carries the Multi-Function bit (as QEMU, PIIX-like
+/// hardware and the spec have it), whatever order the reports come in:
+/// function 1 before function 0, before its root port, ... The units kept up
+/// to date as each report is attached agree with a computation from scratch
+/// after every report.
+#[test]
+fn qemu_multifunction_e1000e_is_one_unit_in_any_report_order() {
+    let mut f = Fabric::from_qemu_args(&QEMU_MF_E1000E).unwrap();
+    let all = f.enumerate();
+    assert_eq!(all.len(), 4);
+    let mf = |f: &mut Fabric, x: &str| f.read8(b(x), HEADER_TYPE) & HEADER_TYPE_MULTIFUNCTION != 0;
+    assert!(mf(&mut f, "01:00.0"), "QEMU sets the bit on function 0");
+    assert!(!mf(&mut f, "01:00.1"), "and not on function 1");
+    let expected = set(&[&["00:00.0"], &["00:01.0"], &["01:00.0", "01:00.1"]]);
+    let orders = permutations(&all);
+    assert_eq!(orders.len(), 24);
+    for order in orders {
+        let mut t = Topology::new(config(&[(0, 0)]));
+        for &x in &order {
+            t.report_add(x, &mut f).unwrap();
+            // Querying after each report keeps the incremental sets alive
+            // (no replay in address order).
+            let reference = t.compute_units();
+            let tracked: Vec<Bdf> = t.functions().map(|(y, _)| y).collect();
+            for y in tracked {
+                let want = reference.unit_of(y).map(|u| u.id);
+                assert_eq!(t.unit_of(y), want, "{y} after {x}, order {order:?}");
+            }
+        }
+        let reference = t.compute_units();
+        assert_eq!(t.units(), &reference, "order {order:?}");
+        assert_eq!(units(&mut t), expected, "order {order:?}");
+        // The tracker sees function 1 as part of a multi-function device.
+        assert!(t.function(b("01:00.1")).unwrap().is_multifunction());
+    }
+}
+
+/// A configuration naming one function of that device is refused, naming the
+/// other; asking for whole units gives both.
+#[test]
+fn assigning_one_function_of_a_multifunction_device_is_refused() {
+    let mut f = Fabric::from_qemu_args(&QEMU_MF_E1000E).unwrap();
+    let mut t = track(&mut f);
+    let mut own = Ownership::new();
+    for (asked, other) in [("01:00.1", "01:00.0"), ("01:00.0", "01:00.1")] {
+        assert_eq!(
+            own.assign(&mut t, 1, &[b(asked)], false),
+            Err(AssignError::SplitsUnit {
+                unit: UnitId(b("01:00.0")),
+                missing: vec![b(other)],
+            })
+        );
+    }
+    assert_eq!(
+        own.assign(&mut t, 1, &[b("01:00.1")], true),
+        Ok(vec![vec![b("01:00.0"), b("01:00.1")]])
+    );
+}
+
+/// Functions of one device share a unit unless every one of them has ACS
+/// that isolates it: a function without ACS can reach its siblings inside
+/// the device whether or not they redirect their own requests, and a
+/// function 0 that leaves the Multi-Function bit clear while functions > 0
+/// answer is a multi-function device all the same.
+#[test]
+fn multifunction_devices_need_acs_on_every_function() {
+    let e = |acs: Option<pci::sim::SimAcs>| ep(0x15b3, 0x1017).acs(acs);
+    let slot = |f0: Spec, f1: Spec| Spec::qemu_root_port().child(0, 0, f0).child(0, 1, f1);
+    let mut f = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[
+            // Function 0 claims single-function; neither has ACS.
+            (devfn(1, 0), slot(e(None).multifunction(false), e(None))),
+            // Only function 1 isolates its own requests.
+            (devfn(2, 0), slot(e(None), e(Some(ACS_ENABLED)))),
+            // Only function 0 does.
+            (devfn(3, 0), slot(e(Some(ACS_ENABLED)), e(None))),
+            // Function 0 claims single-function and lacks ACS; function 1 has it.
+            (
+                devfn(4, 0),
+                slot(e(None).multifunction(false), e(Some(ACS_ENABLED))),
+            ),
+            // Every function sets the bit (as some hardware does), no ACS.
+            (devfn(5, 0), slot(e(None), e(None).multifunction(true))),
+            // Both isolate (the tracker enables what they advertise), even
+            // with function 0's bit clear.
+            (
+                devfn(6, 0),
+                slot(e(Some(ACS_QEMU)).multifunction(false), e(Some(ACS_QEMU))),
+            ),
+        ],
+    );
+    let mut t = track(&mut f);
+    assert_eq!(
+        units(&mut t),
+        set(&[
+            &["00:01.0"],
+            &["00:02.0"],
+            &["00:03.0"],
+            &["00:04.0"],
+            &["00:05.0"],
+            &["00:06.0"],
+            &["01:00.0", "01:00.1"],
+            &["02:00.0", "02:00.1"],
+            &["03:00.0", "03:00.1"],
+            &["04:00.0", "04:00.1"],
+            &["05:00.0", "05:00.1"],
+            &["06:00.0"],
+            &["06:00.1"],
+        ])
+    );
+    let reference = t.compute_units();
+    assert_eq!(t.units(), &reference);
 }

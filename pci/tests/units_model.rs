@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use pci::sim::{ACS_ENABLED, ACS_NONE_ADVERTISED, ACS_QEMU, Fabric, SimAcs, Spec, devfn};
-use pci::units::acs_isolated;
+use pci::units::{acs_isolated, isolated_from_siblings};
 use pci::{Bdf, FunctionKind, Topology};
 use proptest::prelude::*;
 
@@ -20,6 +20,15 @@ impl Rng {
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+    /// Usually the header bit QEMU gives (function 0 of a multi-function
+    /// slot only), sometimes forced on or off.
+    fn header_bit(&mut self, s: Spec) -> Spec {
+        match self.below(4) {
+            0 => s.multifunction(true),
+            1 => s.multifunction(false),
+            _ => s,
+        }
     }
     fn acs(&mut self) -> Option<SimAcs> {
         match self.below(4) {
@@ -39,7 +48,9 @@ fn below_port(r: &mut Rng, depth: u32, spec: Spec) -> Spec {
             let n = 1 + r.below(3) as u8;
             let mut s = spec;
             for f in 0..n {
-                s = s.child(0, f, Spec::endpoint(0x1000, f as u16).acs(r.acs()));
+                let acs = r.acs();
+                let e = r.header_bit(Spec::endpoint(0x1000, f as u16).acs(acs));
+                s = s.child(0, f, e);
             }
             s
         }
@@ -72,11 +83,14 @@ fn random_fabric(seed: u64) -> Fabric {
     for dev in 0..1 + r.below(5) as u8 {
         if r.below(4) == 0 {
             for f in 0..1 + r.below(2) as u8 {
-                roots.push((devfn(dev, f), Spec::rciep(0x1234, f as u16).acs(r.acs())));
+                let acs = r.acs();
+                let e = r.header_bit(Spec::rciep(0x1234, f as u16).acs(acs));
+                roots.push((devfn(dev, f), e));
             }
         } else {
             for f in 0..1 + r.below(2) as u8 {
-                let rp = Spec::qemu_root_port().acs(r.acs());
+                let acs = r.acs();
+                let rp = r.header_bit(Spec::qemu_root_port().acs(acs));
                 roots.push((devfn(dev, f), below_port(&mut r, 0, rp)));
             }
         }
@@ -89,12 +103,18 @@ fn model(t: &Topology) -> Vec<Vec<Bdf>> {
     let fns: Vec<Bdf> = t.functions().map(|(b, _)| b).collect();
     let quirks = &t.config().acs_quirks;
     let iso = |b: Bdf| acs_isolated(t.function(b).unwrap(), quirks);
+    let iso_sibling = |b: Bdf| isolated_from_siblings(t.function(b).unwrap(), quirks);
     let kind = |b: Bdf| t.function(b).unwrap().kind;
     let mut pairs: Vec<(Bdf, Bdf)> = Vec::new();
     for &a in &fns {
+        // Two functions of one slot (VFs are no slot's members) are apart
+        // only if both are isolated from their siblings.
         for &b in &fns {
             let same_slot = (a.segment, a.bus, a.device()) == (b.segment, b.bus, b.device());
-            if a != b && same_slot && !iso(a) && !iso(b) {
+            let members = ![a, b]
+                .iter()
+                .any(|&x| kind(x) == FunctionKind::VirtualFunction);
+            if a != b && same_slot && members && !(iso_sibling(a) && iso_sibling(b)) {
                 pairs.push((a, b));
             }
         }

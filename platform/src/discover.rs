@@ -15,6 +15,7 @@ pub fn platform(blob: &[u8]) -> Result<Platform, PlatformError> {
     let memory = memory(&dt)?;
     let cpus = cpus(&dt)?;
     let chosen = dt.find_path("/chosen");
+    let (pci_host_bridges, refused_host_bridges) = pcie::host_bridges(&dt, gic_node)?;
     Ok(Platform {
         model: model(&dt),
         reserved: reserved(&dt)?,
@@ -22,7 +23,8 @@ pub fn platform(blob: &[u8]) -> Result<Platform, PlatformError> {
         uart: uart(&dt, chosen, gic_node)?,
         timer: timer(&dt, gic_node)?,
         psci: psci(&dt)?,
-        pci_host_bridges: pcie::host_bridges(&dt, gic_node)?,
+        pci_host_bridges,
+        refused_host_bridges,
         vms: vm::vms(&dt, chosen, cpus.len(), &memory)?,
         exit_method: vm::exit_method(&dt, chosen)?,
         aer_storm: vm::aer_storm(&dt, chosen)?,

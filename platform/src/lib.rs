@@ -56,6 +56,14 @@ mod hex {
         }
     }
 
+    /// Not hex: a value shown as its message (errors).
+    pub fn serialize_display<S: Serializer, T: core::fmt::Display>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
     pub fn serialize_pair<S: Serializer, T: LowerHex>(
         value: &(T, T),
         serializer: S,
@@ -112,6 +120,12 @@ pub struct Platform {
     pub timer: Timer,
     pub psci: Option<Psci>,
     pub pci_host_bridges: Vec<PciHostBridge>,
+    /// Host bridge nodes that could not be described (e.g. an
+    /// `interrupt-map` whose entries do not parse, as in Debian's ipq8074
+    /// DTBs), each with its reason. The hypervisor maps none of them and
+    /// describes none to a VM, so their devices stay unused; the rest of the
+    /// machine boots.
+    pub refused_host_bridges: Vec<RefusedHostBridge>,
     /// VMs described under `/chosen` (empty if none).
     pub vms: Vec<VmConfig>,
     /// `/chosen/phv,exit`.
@@ -291,6 +305,17 @@ pub struct PciHostBridge {
     pub intx_map: Vec<PciIntxRoute>,
     /// `msi-map` / `msi-parent` present.
     pub has_msi: bool,
+}
+
+/// A host bridge node left out of the platform, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct RefusedHostBridge {
+    /// Node path.
+    pub path: String,
+    /// What is wrong with it (JSON: the error's message).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "hex::serialize_display"))]
+    pub reason: PlatformError,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -4,7 +4,10 @@ use alloc::vec::Vec;
 
 use crate::blob::NodeId;
 use crate::dt::{DeviceTree, cells_to_u128, decode_gic_spec};
-use crate::{ConfigAccess, PciHostBridge, PciIntxRoute, PciWindow, PciWindowKind, PlatformError};
+use crate::{
+    ConfigAccess, PciHostBridge, PciIntxRoute, PciWindow, PciWindowKind, PlatformError,
+    RefusedHostBridge,
+};
 
 /// Compatibles whose config space is plain ECAM, reachable with the generic accessor.
 const ECAM_GENERIC: &[&str] = &["pci-host-ecam-generic"];
@@ -25,8 +28,20 @@ fn is_pci(dt: &DeviceTree, id: NodeId) -> bool {
 
 /// Host bridges: enabled `device_type = "pci"` nodes with no PCI ancestor
 /// (root ports and PCI-PCI bridges described below them are not host bridges).
-pub fn host_bridges(dt: &DeviceTree, gic: NodeId) -> Result<Vec<PciHostBridge>, PlatformError> {
+///
+/// A bridge whose node cannot be described (malformed `reg`, `bus-range`,
+/// `ranges` or `interrupt-map`) is refused with its reason instead of failing
+/// the whole platform: nothing maps it or describes it to a VM, so its
+/// devices stay unused, and the rest of the machine boots. A refused bridge
+/// keeps its place in the default segment numbering, so the others' segments
+/// do not depend on it.
+pub fn host_bridges(
+    dt: &DeviceTree,
+    gic: NodeId,
+) -> Result<(Vec<PciHostBridge>, Vec<RefusedHostBridge>), PlatformError> {
     let mut bridges = Vec::new();
+    let mut refused = Vec::new();
+    let mut index = 0;
     for id in dt.all() {
         if !is_pci(dt, id) || !dt.is_enabled(id) {
             continue;
@@ -40,10 +55,16 @@ pub fn host_bridges(dt: &DeviceTree, gic: NodeId) -> Result<Vec<PciHostBridge>, 
         if nested {
             continue;
         }
-        let index = bridges.len();
-        bridges.push(describe(dt, id, gic, index)?);
+        match describe(dt, id, gic, index) {
+            Ok(bridge) => bridges.push(bridge),
+            Err(reason) => refused.push(RefusedHostBridge {
+                path: dt.path(id),
+                reason,
+            }),
+        }
+        index += 1;
     }
-    Ok(bridges)
+    Ok((bridges, refused))
 }
 
 fn describe(

@@ -69,6 +69,12 @@ fn tally(stats: &mut BTreeMap<String, usize>, platform: &Platform) {
             ConfigAccess::Controller(c) => format!("PCIe host bridge, controller {c}"),
         });
     }
+    for refused in &platform.refused_host_bridges {
+        count(format!(
+            "PCIe host bridge refused: {}",
+            error_class(&refused.reason)
+        ));
+    }
 }
 
 #[test]

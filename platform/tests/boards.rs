@@ -6,8 +6,8 @@ mod common;
 
 use common::{data, parse, with_memory};
 use platform::{
-    ConfigAccess, Gic, PciIntxRoute, PciWindow, PciWindowKind, Platform, PlatformError, Region,
-    Uart,
+    ConfigAccess, Gic, PciIntxRoute, PciWindow, PciWindowKind, Platform, PlatformError,
+    RefusedHostBridge, Region, Uart,
 };
 
 fn board(name: &str) -> Platform {
@@ -359,4 +359,51 @@ fn macchiatobin_nested_config_space_buses_and_armada_pcie() {
         ConfigAccess::Controller("marvell,armada8k-pcie".into())
     );
     assert_eq!(bridge.config, Region::new(0xf6f0_0000, 0x8_0000));
+}
+
+/// Both host bridges of the IPQ8074 (6.1's qcom/ipq8074.dtsi) write their
+/// `interrupt-map` entries without the GIC's parent unit address, though the
+/// GIC node has `#address-cells = <1>`: the entries do not parse (the second
+/// one's "phandle" is a cell of the first). Each bridge is refused with that
+/// reason; the rest of the board is described.
+#[test]
+fn ipq8074_hk01_bridges_with_malformed_interrupt_map_are_refused_not_fatal() {
+    let p = board("ipq8074-hk01.dtb");
+    assert_eq!(p.model, "Qualcomm Technologies, Inc. IPQ8074-HK01");
+    assert_eq!(p.memory, vec![Region::new(0x4000_0000, 0x2000_0000)]);
+    assert_eq!(mpidrs(&p), [0, 1, 2, 3]);
+    let Gic::V2 {
+        compatible,
+        gicd,
+        gicc,
+        ..
+    } = &p.gic
+    else {
+        panic!("{:?}", p.gic)
+    };
+    assert_eq!(compatible, "qcom,msm-qgic2");
+    assert_eq!(*gicd, Region::new(0x0b00_0000, 0x1000));
+    assert_eq!(*gicc, Region::new(0x0b00_2000, 0x1000));
+    // stdout-path = "serial0" -> /soc/serial@78b3000.
+    assert_eq!(
+        p.uart,
+        Some(Uart {
+            compatible: "qcom,msm-uartdm-v1.4".into(),
+            region: Region::new(0x078b_3000, 0x200),
+            irq: Some(32 + 0x134)
+        })
+    );
+    assert!(p.pci_host_bridges.is_empty(), "{:?}", p.pci_host_bridges);
+    let refused = |path: &str| RefusedHostBridge {
+        path: path.into(),
+        reason: PlatformError::BadProperty(
+            path.into(),
+            "interrupt-map",
+            "phandle does not name any node",
+        ),
+    };
+    assert_eq!(
+        p.refused_host_bridges,
+        [refused("/soc/pci@10000000"), refused("/soc/pci@20000000")]
+    );
 }

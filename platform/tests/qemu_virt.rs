@@ -104,6 +104,7 @@ fn qemu_common(gic: Gic, memory_size: u64, cpus: u64) -> Platform {
             conduit: PsciConduit::Smc,
         }),
         pci_host_bridges: vec![qemu_host_bridge()],
+        refused_host_bridges: vec![],
         vms: vec![],
         exit_method: ExitMethod::Psci,
         aer_storm: None,

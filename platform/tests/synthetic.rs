@@ -8,7 +8,7 @@ mod common;
 use common::{FdtBuilder, parse};
 use platform::{
     BlobError, ConfigAccess, ExitMethod, Gic, PciFunctionAddress, PciIntxRoute, Platform,
-    PlatformError, Psci, PsciConduit, Region, Timer, Uart, VmConfig,
+    PlatformError, Psci, PsciConduit, RefusedHostBridge, Region, Timer, Uart, VmConfig,
 };
 
 const GIC_PHANDLE: u32 = 1;
@@ -602,6 +602,95 @@ fn interrupt_map_honours_the_gic_address_cells() {
         assert_eq!(bridge.windows.len(), 2);
         assert!(bridge.windows[1].prefetchable);
     }
+}
+
+/// A host bridge node with what a bridge needs, then `broken` properties.
+fn broken_bridge(b: &mut FdtBuilder, node: &str, broken: impl FnOnce(&mut FdtBuilder)) {
+    b.begin(node)
+        .string("compatible", "pci-host-ecam-generic")
+        .string("device_type", "pci");
+    b.cells("#address-cells", &[3])
+        .cells("#size-cells", &[2])
+        .cells("#interrupt-cells", &[1]);
+    b.cells("reg", &[0x40, 0x2000_0000, 0, 0x100_0000]);
+    broken(b);
+    b.end();
+}
+
+/// Host bridges whose nodes cannot be described are refused, each with its
+/// reason, and the platform (with its good bridge) is still described; the
+/// good bridge keeps the segment its place gives it.
+#[test]
+fn malformed_host_bridges_are_refused_and_the_rest_boots() {
+    let blob = tree(
+        |b| {
+            gic_v3(b, Some(2));
+            // Entries written without the GIC's two parent unit address
+            // cells (as Debian's ipq8074 DTBs do with one): the first entry
+            // swallows part of the second, whose "phandle" names nothing.
+            broken_bridge(b, "pcie@20000000", |b| {
+                b.cells("interrupt-map-mask", &[0, 0, 0, 7]);
+                b.cells(
+                    "interrupt-map",
+                    &[
+                        0,
+                        0,
+                        0,
+                        1,
+                        GIC_PHANDLE,
+                        0,
+                        3,
+                        4,
+                        0,
+                        0,
+                        0,
+                        2,
+                        GIC_PHANDLE,
+                        0,
+                        4,
+                        4,
+                    ],
+                );
+            });
+            broken_bridge(b, "pcie@30000000", |b| {
+                b.cells("bus-range", &[5, 1]);
+            });
+            ecam_bridge(b, Some(2));
+        },
+        |_| {},
+    );
+    let p = parse(&blob);
+    let [bridge] = &p.pci_host_bridges[..] else {
+        panic!("{:?}", p.pci_host_bridges)
+    };
+    assert_eq!(bridge.path, "/pcie@10000000");
+    assert_eq!(bridge.segment, 2);
+    assert_eq!(bridge.intx_map.len(), 8);
+    let refused = |path: &str, prop, why| RefusedHostBridge {
+        path: path.into(),
+        reason: PlatformError::BadProperty(path.into(), prop, why),
+    };
+    assert_eq!(
+        p.refused_host_bridges,
+        [
+            refused(
+                "/pcie@20000000",
+                "interrupt-map",
+                "phandle does not name any node"
+            ),
+            refused("/pcie@30000000", "bus-range", "start is above end"),
+        ]
+    );
+    // A well-formed tree refuses nothing.
+    let good = parse(&tree(
+        |b| {
+            gic_v3(b, Some(2));
+            ecam_bridge(b, Some(2));
+        },
+        |_| {},
+    ));
+    assert!(good.refused_host_bridges.is_empty());
+    assert_eq!(good.pci_host_bridges.len(), 1);
 }
 
 #[test]

@@ -450,6 +450,23 @@ fn cmd_bench(which: &str) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    /// `cargo xtask platform` on Debian's ipq8074 DTB: both host bridges are
+    /// listed as refused, each with its error's message.
+    #[test]
+    fn platform_json_lists_refused_host_bridges_with_their_reason() {
+        let dtb = crate::util::root().join("platform/tests/data/boards/ipq8074-hk01.dtb");
+        let p = platform::Platform::from_fdt(&std::fs::read(dtb).unwrap()).unwrap();
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["pci_host_bridges"], serde_json::json!([]));
+        assert_eq!(
+            v["refused_host_bridges"][1],
+            serde_json::json!({
+                "path": "/soc/pci@20000000",
+                "reason": "/soc/pci@20000000: bad interrupt-map: phandle does not name any node",
+            })
+        );
+    }
+
     #[test]
     fn aer_latencies_pair_el2_and_guest_counters() {
         let log = "phv: AER: the root port interrupt ended by this EOI reached EL2 at counter 1000\n\

@@ -181,7 +181,13 @@ impl Fabric {
     fn add_children(&mut self, parent: u32, children: &[(u8, Spec)], out: &mut Vec<u32>) {
         for (devfn, spec) in children {
             let dev = devfn >> 3;
-            let multifunction = children.iter().filter(|(d, _)| d >> 3 == dev).count() > 1;
+            // Like QEMU: the bit where the function asks for it; by default
+            // only function 0 of a slot with more functions has it.
+            let slot_has_more = children.iter().any(|(d, _)| d >> 3 == dev && d & 7 != 0);
+            let multifunction = spec
+                .f
+                .multifunction
+                .unwrap_or(devfn & 7 == 0 && slot_has_more);
             let tpl = self.template(&spec.f, multifunction, false);
             let idx = self.new_fn(tpl, *devfn, parent);
             out.push(idx);

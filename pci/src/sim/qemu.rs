@@ -5,9 +5,10 @@
 //! `xio3130-downstream`, `pcie-pci-bridge`, `e1000e`, `nvme`, `igb` (SR-IOV
 //! PF, 8 VFs at offset 0x80 stride 2, as QEMU's) and `e1000` (conventional).
 //! Understood properties: `id`, `bus` (`pcie.0` or the id of a port or
-//! bridge), `addr` (`S` or `S.F`, hex), `disable-acs`, `hotplug`; others are
-//! ignored. Like QEMU's `virt` machine, the root bus holds the host bridge
-//! (1b36:0008) at 00.0 and devices without `addr` take the first free slot.
+//! bridge), `addr` (`S` or `S.F`, hex), `disable-acs`, `hotplug`,
+//! `multifunction`; others are ignored. Like QEMU's `virt` machine, the root
+//! bus holds the host bridge (1b36:0008) at 00.0 and devices without `addr`
+//! take the first free slot.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -31,6 +32,7 @@ struct Dev {
     addr: Option<u8>,
     disable_acs: bool,
     hotplug: bool,
+    multifunction: bool,
 }
 
 fn flag(v: &str) -> bool {
@@ -90,6 +92,7 @@ pub fn root_bus_from_args(args: &[&str]) -> Result<Vec<(u8, Spec)>, QemuArgsErro
             addr: None,
             disable_acs: false,
             hotplug: true,
+            multifunction: false,
         };
         for p in parts {
             let (k, v) = p.split_once('=').unwrap_or((p, "on"));
@@ -101,6 +104,7 @@ pub fn root_bus_from_args(args: &[&str]) -> Result<Vec<(u8, Spec)>, QemuArgsErro
                 }
                 "disable-acs" => d.disable_acs = flag(v),
                 "hotplug" => d.hotplug = flag(v),
+                "multifunction" => d.multifunction = flag(v),
                 _ => {}
             }
         }
@@ -143,7 +147,10 @@ fn children(
                 devfn: at,
             });
         }
-        let mut spec = spec_for(d)?;
+        // QEMU sets the header's Multi-Function bit exactly where
+        // `multifunction=on` is given (it refuses functions > 0 unless
+        // function 0 has it; functions > 0 may leave it off).
+        let mut spec = spec_for(d)?.multifunction(d.multifunction);
         if let Some(id) = &d.id {
             let mut kids = Vec::new();
             children(devs, id, 0, &mut kids)?;

@@ -140,6 +140,13 @@ pub struct FnSpec {
     pub readiness: SimReadiness,
     /// Expansion ROM size (type 0 functions), a power of two >= 2 KiB.
     pub rom: Option<u32>,
+    /// The Multi-Function bit of the header type. `None`: set on function 0
+    /// of a slot that holds more functions, clear elsewhere (what QEMU gives
+    /// `multifunction=on` on function 0 only, the usual command line; the
+    /// spec defines the bit in function 0). `Some(on)`: exactly that (QEMU's
+    /// `multifunction=` of this function, or hardware that sets the bit in
+    /// every function, or a function 0 that leaves it clear).
+    pub multifunction: Option<bool>,
 }
 
 /// A function and, for bridges, the functions on its secondary bus.
@@ -210,6 +217,7 @@ impl Spec {
                 sriov: None,
                 readiness: SimReadiness::default(),
                 rom: None,
+                multifunction: None,
             },
             children: Vec::new(),
         }
@@ -365,6 +373,12 @@ impl Spec {
     }
     pub fn readiness(mut self, readiness: SimReadiness) -> Self {
         self.f.readiness = readiness;
+        self
+    }
+    /// Sets or clears this function's Multi-Function header bit, whatever
+    /// its slot holds (see [`FnSpec::multifunction`]).
+    pub fn multifunction(mut self, on: bool) -> Self {
+        self.f.multifunction = Some(on);
         self
     }
     /// Adds a child at `device.function` of this bridge's secondary bus.
