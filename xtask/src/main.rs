@@ -467,6 +467,23 @@ mod tests {
         );
     }
 
+    /// The release profile (the hypervisor's) checks arithmetic overflow:
+    /// values a domain or a device controls never wrap silently.
+    #[test]
+    fn release_builds_check_overflow() {
+        let manifest = std::fs::read_to_string(crate::util::root().join("Cargo.toml")).unwrap();
+        let release = manifest
+            .split("[profile.release]")
+            .nth(1)
+            .map(|rest| rest.split("\n[").next().unwrap_or(rest))
+            .expect("a [profile.release] table");
+        let checks = release
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("overflow-checks"));
+        assert_eq!(checks, Some("overflow-checks = true"), "{release}");
+    }
+
     #[test]
     fn aer_latencies_pair_el2_and_guest_counters() {
         let log = "phv: AER: the root port interrupt ended by this EOI reached EL2 at counter 1000\n\
