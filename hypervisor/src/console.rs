@@ -4,9 +4,11 @@
 //! fixed-size ring ([`crate::console_ring`]) under a short lock that never
 //! waits for the UART: a producer may hold the PCI, vGIC or stage-2 locks.
 //! [`drain`] feeds the UART only as far as its FIFO has room, without
-//! waiting, and is called where no other lock is held: at the end of each
-//! trap, before entering a guest, in the idle loop. Boot and halt paths
-//! [`flush`] synchronously.
+//! waiting, and is called where no other lock is held: at the end of the
+//! traps that may have queued output (console writes, PCI calls, config
+//! writes, refused accesses: not the hot reads, which print nothing), of
+//! each interrupt, before entering a guest, in the idle loop. Boot and halt
+//! paths [`flush`] synchronously.
 //!
 //! Until the DTB names a UART nothing is printed; `init` installs the PL011
 //! the platform description found.
@@ -47,6 +49,14 @@ pub fn write_line(prefix: &[u8], line: &[u8]) {
     PENDING.store(true, Ordering::Release);
 }
 
+/// Queue a domain's line as [`write_line`] does and send what fits in the
+/// UART's FIFO at once (the caller holds no lock but the VM's own console
+/// line buffer).
+pub fn write_line_and_drain(prefix: &[u8], line: &[u8]) {
+    write_line(prefix, line);
+    drain_some();
+}
+
 /// Feed the UART from the queue without waiting (a no-op when nothing is
 /// queued). Call only with no other lock held.
 #[inline]
@@ -65,11 +75,16 @@ fn drain_some() {
     };
     let Some(uart) = uart.as_mut() else { return };
     let mut ring = RING.lock();
-    while let Some(b) = ring.peek() {
-        if !uart.try_write(b) {
+    loop {
+        let chunk = ring.readable();
+        if chunk.is_empty() {
             break;
         }
-        ring.pop();
+        let (n, all) = (uart.write_some(chunk), chunk.len());
+        ring.consume(n);
+        if n < all {
+            break;
+        }
     }
     PENDING.store(!ring.is_empty(), Ordering::Release);
 }

@@ -30,7 +30,11 @@ impl<const N: usize> Default for Ring<N> {
 }
 
 impl<const N: usize> Ring<N> {
+    /// A power of two: indices wrap with a mask.
+    const SIZE_OK: () = assert!(N.is_power_of_two());
+
     pub const fn new() -> Self {
+        let () = Self::SIZE_OK;
         Self {
             buf: [0; N],
             tail: 0,
@@ -100,14 +104,14 @@ impl<const N: usize> Ring<N> {
         let mut scratch = [0u8; 4];
         let mut need = 0usize;
         for &(p, esc) in parts {
+            need += p.len();
             for &b in p {
-                need += if esc {
-                    escape(b, &mut scratch)
-                } else if b == b'\n' {
-                    2
-                } else {
-                    1
-                };
+                // Extra bytes: `\xHH` for 1, `\r\n` for `\n`.
+                if esc && !is_plain(b) {
+                    need += 3;
+                } else if !esc && b == b'\n' {
+                    need += 1;
+                }
             }
         }
         self.notice();
@@ -121,6 +125,10 @@ impl<const N: usize> Ring<N> {
         for &(p, esc) in parts {
             for &b in p {
                 if esc {
+                    if is_plain(b) {
+                        self.put(b);
+                        continue;
+                    }
                     let n = escape(b, &mut scratch);
                     for &c in &scratch[..n] {
                         self.put(c);
@@ -160,12 +168,26 @@ impl<const N: usize> Ring<N> {
 
     /// Remove the byte [`peek`](Self::peek) returned.
     pub fn pop(&mut self) {
-        if self.len > 0 {
-            self.tail = (self.tail + 1) % N;
-            self.len -= 1;
-            if self.len == 0 {
-                self.tail = 0;
-            }
+        self.consume(1);
+    }
+
+    /// The next bytes to send, as many as lie contiguous in the buffer.
+    pub fn readable(&self) -> &[u8] {
+        let end = if self.tail + self.len > N {
+            N
+        } else {
+            self.tail + self.len
+        };
+        &self.buf[self.tail..end]
+    }
+
+    /// Remove the first `n` (at most [`len`](Self::len)) bytes.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.tail = (self.tail + n) % N;
+        self.len -= n;
+        if self.len == 0 {
+            self.tail = 0;
         }
         // Room again: report what was lost, in order.
         if self.dropped > 0 && self.free() >= NOTICE_MAX {
@@ -219,6 +241,12 @@ impl<const N: usize> core::fmt::Write for LineWriter<'_, N> {
     }
 }
 
+/// Printable ASCII or tab: shown as it is.
+#[inline]
+fn is_plain(b: u8) -> bool {
+    b == b'\t' || (0x20..0x7f).contains(&b)
+}
+
 /// One byte of a domain's console output as the terminal may see it:
 /// printable ASCII and tab as they are, anything else (escape sequences,
 /// carriage returns, backspaces, bytes >= 0x80 that some terminals take as
@@ -226,7 +254,7 @@ impl<const N: usize> core::fmt::Write for LineWriter<'_, N> {
 /// its `[label] ` prefix or forge a line of another. Returns the length
 /// written to `out`.
 pub fn escape(b: u8, out: &mut [u8; 4]) -> usize {
-    if b == b'\t' || (0x20..0x7f).contains(&b) {
+    if is_plain(b) {
         out[0] = b;
         return 1;
     }
@@ -268,6 +296,21 @@ mod tests {
         assert!(r.push(b"d\n"));
         assert_eq!(drain(&mut r), b"abc\r\nd\r\n");
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn readable_is_contiguous_and_consume_wraps() {
+        let mut r = Ring::<8>::new();
+        assert!(r.push(b"123456"));
+        r.consume(5);
+        assert!(r.push(b"abcde"));
+        assert_eq!(r.readable(), b"6ab");
+        r.consume(2);
+        assert_eq!(r.readable(), b"b");
+        r.consume(1);
+        assert_eq!(r.readable(), b"cde");
+        r.consume(100);
+        assert!(r.is_empty() && r.readable().is_empty());
     }
 
     #[test]

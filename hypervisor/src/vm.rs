@@ -442,9 +442,11 @@ impl Vm {
         }
     }
 
-    /// Queue one console line of the VM (escaped, after its prefix).
+    /// Queue one console line of the VM (escaped, after its prefix) and
+    /// send what the UART takes now: callers hold only the VM's own
+    /// console buffer lock, never the PCI, vGIC or stage-2 locks.
     fn emit_line(&self, line: &[u8]) {
-        console::write_line(&self.prefix, line);
+        console::write_line_and_drain(&self.prefix, line);
     }
 }
 
@@ -608,7 +610,8 @@ pub fn run_pcpu(cpu: usize) -> ! {
         });
         (*frame).x[0] = context;
     }
-    if vcpu_index == 0 {
+    // Once per boot of the VM, which a guest restarting in a loop repeats.
+    if vcpu_index == 0 && vm.may_log() {
         log::info!(
             "entering {} vCPU 0 on CPU {cpu} at {entry:#x}, counter {}",
             vm.name,
@@ -701,8 +704,18 @@ impl HypercallHost for Caller<'_> {
         if self.vm.may_log() {
             log::error!("{} reports a failure (code {code})", self.vm.name);
         }
+        console::drain();
     }
     fn pci(&mut self, call: PciCall) -> Result<[u64; 3], CallError> {
+        let result = self.pci_locked(call);
+        // The PCI lock is released: send what the call logged.
+        console::drain();
+        result
+    }
+}
+
+impl Caller<'_> {
+    fn pci_locked(&mut self, call: PciCall) -> Result<[u64; 3], CallError> {
         let Some(pci) = PCI.get() else {
             return Err(CallError {
                 status: smccc::NOT_SUPPORTED,
@@ -1126,8 +1139,6 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
         crate::irq::EC_SYSREG if crate::irq::sysreg_trap(vm, vcpu, syn.esr, frame) => {}
         _ => other_trap(vm, vcpu, frame, syn.esr, syn.far, syn.hpfar),
     }
-    // No lock is held any more: send what this trap queued.
-    console::drain();
 }
 
 /// Instruction aborts and anything unexpected: rare, kept out of the hot
@@ -1146,6 +1157,7 @@ fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
             );
         }
         cpu::inject_sync(frame, Injected::InstructionAbort, far);
+        console::drain();
         return;
     }
     if vm.may_log() {
@@ -1157,6 +1169,7 @@ fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
         );
     }
     cpu::inject_sync(frame, Injected::Undefined, 0);
+    console::drain();
 }
 
 fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
@@ -1327,6 +1340,7 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
         if access.write() {
             let value = access.store_value(frame.reg(access.reg()));
             virtual_ecam_write(vm, offset, access.bytes(), value);
+            console::drain();
         } else {
             let result = virtual_ecam_read(vm.index, offset, access);
             frame.set_reg(access.reg(), access.load_result(result));
@@ -1347,8 +1361,12 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
         };
         if !access.write() {
             frame.set_reg(access.reg(), access.load_result(result));
-        } else if offset & 0xfff >= 0x100 {
-            hwdom_extended_config_written(vm);
+        } else {
+            if offset & 0xfff >= 0x100 {
+                hwdom_extended_config_written(vm);
+            }
+            // A refused write is logged: send it (the PCI lock is released).
+            console::drain();
         }
     } else {
         match region.device {
@@ -1358,6 +1376,7 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
                 if !guest_pci_window(vm, access, frame) {
                     return refuse_access(vm, vcpu, frame, esr, far, ipa);
                 }
+                console::drain();
             }
             MmioDevice::Uart => uart_access(vm, offset, access, frame),
             MmioDevice::HwdomPciWindow => {
@@ -1416,6 +1435,7 @@ fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64
             }
             let write = esr & esr::WNR != 0;
             cpu::inject_sync(frame, Injected::DataAbort { write }, far);
+            console::drain();
             return;
         }
     };
@@ -1449,6 +1469,7 @@ fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64
         },
         far,
     );
+    console::drain();
 }
 
 /// A guest's access to its PCI memory window outside the BAR pages mapped
@@ -1822,7 +1843,9 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
     for effect in effects.iter() {
         match *effect {
             Effect::Map { ipa, pa, size } => {
-                if let Err(e) = vm.stage2.lock().map_device(ipa, pa, size) {
+                if let Err(e) = vm.stage2.lock().map_device(ipa, pa, size)
+                    && vm.may_log()
+                {
                     log::error!("{}: cannot map BAR {pa:#x} at {ipa:#x}: {:?}", vm.name, e.0);
                 }
             }
@@ -1909,6 +1932,7 @@ fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u
         }
         let write = esr & esr::WNR != 0;
         cpu::inject_sync(frame, Injected::DataAbort { write }, far);
+        console::drain();
     }
 }
 

@@ -61,6 +61,18 @@ impl Pl011 {
         true
     }
 
+    /// Put as many of `bytes` in the transmit FIFO as it has room for;
+    /// returns how many.
+    #[inline]
+    pub fn write_some(&mut self, bytes: &[u8]) -> usize {
+        for (i, &b) in bytes.iter().enumerate() {
+            if !self.try_write(b) {
+                return i;
+            }
+        }
+        bytes.len()
+    }
+
     /// Wait until everything written has left the UART.
     pub fn flush(&mut self) {
         while self.regs().fr.is_set(FR::BUSY) {
