@@ -1,44 +1,133 @@
 //! The hypervisor's console and `log` backend.
 //!
+//! Everything printed (log lines, domains' console lines) is queued in a
+//! fixed-size ring ([`crate::console_ring`]) under a short lock that never
+//! waits for the UART: a producer may hold the PCI, vGIC or stage-2 locks.
+//! [`drain`] feeds the UART only as far as its FIFO has room, without
+//! waiting, and is called where no other lock is held: at the end of the
+//! traps that may have queued output (console writes, PCI calls, config
+//! writes, refused accesses: not the hot reads, which print nothing), of
+//! each interrupt, before entering a guest, in the idle loop. Boot and halt
+//! paths [`flush`] synchronously.
+//!
 //! Until the DTB names a UART nothing is printed; `init` installs the PL011
 //! the platform description found.
 
+use crate::console_ring::Ring;
 use crate::drivers::pl011::Pl011;
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 
-static CONSOLE: Mutex<Option<Pl011>> = Mutex::new(None);
+/// Queue size: a burst of output (the PCI tree logged at the end of the
+/// hardware domain's enumeration) is produced inside one trap and must fit.
+const RING_SIZE: usize = 64 * 1024;
+
+static RING: Mutex<Ring<RING_SIZE>> = Mutex::new(Ring::new());
+/// The UART, taken by whoever drains.
+static UART: Mutex<Option<Pl011>> = Mutex::new(None);
+/// The ring may hold bytes (set under the ring lock): one load at the end
+/// of a trap tells there is nothing to do.
+static PENDING: AtomicBool = AtomicBool::new(false);
 
 /// # Safety
 /// `base` must be a mapped PL011 that nothing else drives.
 pub unsafe fn init(base: usize) {
     // SAFETY: forwarded from the caller.
     let uart = unsafe { Pl011::new(base) };
-    *CONSOLE.lock() = Some(uart);
+    *UART.lock() = Some(uart);
     log::set_logger(&LOGGER).ok();
     log::set_max_level(log::LevelFilter::Info);
 }
 
-/// Write raw bytes (a guest's console line, already prefixed).
-pub fn write_bytes(parts: &[&[u8]]) {
-    if let Some(uart) = CONSOLE.lock().as_mut() {
-        for part in parts {
-            uart.write_bytes(part);
+/// Queue a domain's console line: `prefix` (its `[label] `) as it is,
+/// `line` escaped (see [`crate::console_ring::escape`]), then a newline. Never
+/// waits for the UART.
+pub fn write_line(prefix: &[u8], line: &[u8]) {
+    let mut ring = RING.lock();
+    ring.push_line(&[(prefix, false), (line, true), (b"\n", false)]);
+    PENDING.store(true, Ordering::Release);
+}
+
+/// Queue a domain's line as [`write_line`] does and send what fits in the
+/// UART's FIFO at once (the caller holds no lock but the VM's own console
+/// line buffer).
+pub fn write_line_and_drain(prefix: &[u8], line: &[u8]) {
+    write_line(prefix, line);
+    drain_some();
+}
+
+/// Feed the UART from the queue without waiting (a no-op when nothing is
+/// queued). Call only with no other lock held.
+#[inline]
+pub fn drain() {
+    if PENDING.load(Ordering::Acquire) {
+        drain_some();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drain_some() {
+    // Another CPU draining is as good.
+    let Some(mut uart) = UART.try_lock() else {
+        return;
+    };
+    let Some(uart) = uart.as_mut() else { return };
+    let mut ring = RING.lock();
+    loop {
+        let chunk = ring.readable();
+        if chunk.is_empty() {
+            break;
+        }
+        let (n, all) = (uart.write_some(chunk), chunk.len());
+        ring.consume(n);
+        if n < all {
+            break;
         }
     }
+    PENDING.store(!ring.is_empty(), Ordering::Release);
 }
 
+/// Send everything queued and wait until it has left the UART (boot, halt
+/// and system-off paths).
 pub fn flush() {
-    if let Some(uart) = CONSOLE.lock().as_mut() {
-        uart.flush();
+    let mut uart = UART.lock();
+    let Some(uart) = uart.as_mut() else { return };
+    // What is queued now, and a drop notice: a domain producing on another
+    // CPU meanwhile must not keep this CPU here.
+    let mut budget = RING.lock().len() + 64;
+    while budget > 0 {
+        let mut ring = RING.lock();
+        let Some(b) = ring.peek() else { break };
+        if uart.try_write(b) {
+            ring.pop();
+            budget -= 1;
+        } else {
+            drop(ring);
+            core::hint::spin_loop();
+        }
     }
+    let ring = RING.lock();
+    PENDING.store(!ring.is_empty(), Ordering::Release);
+    drop(ring);
+    uart.flush();
 }
 
-/// Print formatted text (boot and error paths only, never the trap fast path).
+/// Print formatted text and flush (boot, halt and error paths only, never
+/// the trap fast path).
 pub fn print(args: core::fmt::Arguments) {
-    if let Some(uart) = CONSOLE.lock().as_mut() {
-        let _ = uart.write_fmt(args);
-    }
+    queue_fmt(args);
+    flush();
+}
+
+/// Queue formatted text (all of it, or nothing if it does not fit).
+fn queue_fmt(args: core::fmt::Arguments) {
+    let mut ring = RING.lock();
+    let mut w = ring.writer();
+    let _ = w.write_fmt(args);
+    w.finish();
+    PENDING.store(true, Ordering::Release);
 }
 
 #[macro_export]
@@ -63,7 +152,7 @@ impl log::Log for Logger {
             log::Level::Debug => "debug ",
             log::Level::Trace => "trace ",
         };
-        print(format_args!("phv: {level}{}\n", record.args()));
+        queue_fmt(format_args!("phv: {level}{}\n", record.args()));
     }
     fn flush(&self) {}
 }

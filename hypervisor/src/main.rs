@@ -19,6 +19,7 @@ mod aer;
 mod arch;
 #[cfg(target_os = "none")]
 mod console;
+mod console_ring;
 #[cfg(target_os = "none")]
 mod drivers;
 mod guest_fdt;
@@ -27,6 +28,7 @@ mod heap;
 mod intx;
 #[cfg(target_os = "none")]
 mod irq;
+mod log_limit;
 mod memory;
 mod mmio;
 mod msix;
@@ -54,6 +56,7 @@ mod boot {
     const FDT_MAGIC: u32 = 0xd00d_feed;
 
     fn park() -> ! {
+        console::flush();
         loop {
             cpu::wait_for_event();
         }

@@ -61,7 +61,9 @@ pub fn inspect<P: ConfigPort, M: MemoryPort>(
         return Err(error(smccc::NOT_SUPPORTED, 0));
     };
     if !hwdom {
-        log::warn!("{caller}: PCI call {call:?} is reserved to the hardware domain: denied");
+        if crate::log_limit::caller_may_log() {
+            log::warn!("{caller}: PCI call {call:?} is reserved to the hardware domain: denied");
+        }
         return Err(error(smccc::DENIED, 0));
     }
     let bdf = Bdf::from_rid(segment, rid);

@@ -62,7 +62,11 @@ pub fn handle<P: ConfigPort>(
             return reset_call(pci, who, caller, call, start);
         }
         _ if !who.hwdom => {
-            log::warn!("{caller}: PCI call {call:?} is reserved to the hardware domain: denied");
+            if crate::log_limit::domain_may_log(who.vm) {
+                log::warn!(
+                    "{caller}: PCI call {call:?} is reserved to the hardware domain: denied"
+                );
+            }
             return Err(DENIED);
         }
         _ => {}
@@ -86,7 +90,9 @@ pub fn handle<P: ConfigPort>(
             // hardware domain's: with "bus only" on a guest's nvme its FLR
             // would silently do nothing.
             if let Some(holder) = held_by_guest(pci, core::iter::once(bdf)) {
-                log::warn!("{caller}: reset methods of {bdf} ({holder}) refused: denied");
+                if crate::log_limit::domain_may_log(who.vm) {
+                    log::warn!("{caller}: reset methods of {bdf} ({holder}) refused: denied");
+                }
                 return Err(DENIED);
             }
             let mut list = Vec::new();
@@ -110,7 +116,9 @@ pub fn handle<P: ConfigPort>(
                     Ok([list.len() as u64, 0, 0])
                 }
                 Err(e) => {
-                    log::warn!("{caller}: reset methods {list:?} of {bdf} refused: {e}");
+                    if crate::log_limit::domain_may_log(who.vm) {
+                        log::warn!("{caller}: reset methods {list:?} of {bdf} refused: {e}");
+                    }
                     Err(INVALID)
                 }
             }
@@ -126,7 +134,9 @@ pub fn handle<P: ConfigPort>(
                 Ok(ReportOutcome::Orphaned) => Ok([1, 0, 0]),
                 Ok(ReportOutcome::AlreadyTracked) => Ok([2, 0, 0]),
                 Err(e) => {
-                    log::warn!("{caller}: report of {bdf} refused: {e:?}");
+                    if crate::log_limit::domain_may_log(who.vm) {
+                        log::warn!("{caller}: report of {bdf} refused: {e:?}");
+                    }
                     Err(refused(e))
                 }
             }
@@ -140,7 +150,9 @@ pub fn handle<P: ConfigPort>(
             // device: its resets and its return to the hardware domain go
             // through the tree.
             if let Some(holder) = held_by_guest(pci, gone.iter().copied()) {
-                log::warn!("{caller}: removal of {bdf} refused: {holder}");
+                if crate::log_limit::domain_may_log(who.vm) {
+                    log::warn!("{caller}: removal of {bdf} refused: {holder}");
+                }
                 return Err(DENIED);
             }
             match pci.topology.report_remove(bdf) {
@@ -149,7 +161,9 @@ pub fn handle<P: ConfigPort>(
                     Ok([removed as u64, 0, 0])
                 }
                 Err(e) => {
-                    log::warn!("{caller}: removal of {bdf} refused: {e:?}");
+                    if crate::log_limit::domain_may_log(who.vm) {
+                        log::warn!("{caller}: removal of {bdf} refused: {e:?}");
+                    }
                     Err(refused(e))
                 }
             }
@@ -161,10 +175,14 @@ pub fn handle<P: ConfigPort>(
                     reason: 1,
                 });
             }
-            if !pci.enumerated.contains(&segment) {
+            let first = !pci.enumerated.contains(&segment);
+            if first {
                 pci.enumerated.push(segment);
             }
-            let (functions, units, orphans) = log_tree(pci, segment);
+            // The tree is logged in full the first time; again (a call a
+            // domain can repeat in a loop) under the caller's log limit.
+            let log = first || crate::log_limit::domain_may_log(who.vm);
+            let (functions, units, orphans) = log_tree(pci, segment, log);
             Ok([functions, units, orphans])
         }
         PciCall::UnitOf { segment, rid } => {
@@ -293,7 +311,9 @@ fn reset_call<P: ConfigPort>(
             .ok_or(refused(TopologyError::NotTracked { bdf: named }))?
     };
     if !pci.topology.contains(bdf) || pci.ownership.owner(bdf) != owner {
-        log::warn!("{caller}: reset call on {named}, which it does not own: denied");
+        if crate::log_limit::domain_may_log(who.vm) {
+            log::warn!("{caller}: reset call on {named}, which it does not own: denied");
+        }
         return Err(DENIED);
     }
     let action = match call {
@@ -325,7 +345,11 @@ fn reset_call<P: ConfigPort>(
         PciCall::ResetInfo { .. } => Ok([code_of(action), scope.len() as u64, not_owned]),
         PciCall::Reset { .. } => {
             if not_owned > 0 {
-                log::warn!("{caller}: {action:?} would touch functions it does not own: refused");
+                if crate::log_limit::domain_may_log(who.vm) {
+                    log::warn!(
+                        "{caller}: {action:?} would touch functions it does not own: refused"
+                    );
+                }
                 return Err(DENIED);
             }
             start.push(action);
@@ -340,10 +364,12 @@ fn reset_call<P: ConfigPort>(
                     .iter()
                     .find(|g| g.requested.iter().any(|b| scope.contains(b)))
             {
-                log::warn!(
-                    "{caller}: reservation of {action:?} refused: it covers functions configured for {}",
-                    g.name
-                );
+                if crate::log_limit::domain_may_log(who.vm) {
+                    log::warn!(
+                        "{caller}: reservation of {action:?} refused: it covers functions configured for {}",
+                        g.name
+                    );
+                }
                 return Err(DENIED);
             }
             let owner_of = |b| pci.ownership.owner(b);
@@ -353,7 +379,9 @@ fn reset_call<P: ConfigPort>(
             {
                 Ok(()) => Ok([code_of(action), scope.len() as u64, 0]),
                 Err(c) => {
-                    log::warn!("{caller}: reservation of {action:?} refused: {c:?}");
+                    if crate::log_limit::domain_may_log(who.vm) {
+                        log::warn!("{caller}: reservation of {action:?} refused: {c:?}");
+                    }
                     Err(DENIED)
                 }
             }
@@ -361,9 +389,9 @@ fn reset_call<P: ConfigPort>(
     }
 }
 
-/// Log the tree of one segment and its assignment units; returns (functions,
-/// units, orphans) of the segment.
-fn log_tree<P: ConfigPort>(pci: &mut PciState<P>, segment: u16) -> (u64, u64, u64) {
+/// Log (if `log`) the tree of one segment and its assignment units; returns
+/// (functions, units, orphans) of the segment.
+fn log_tree<P: ConfigPort>(pci: &mut PciState<P>, segment: u16, log: bool) -> (u64, u64, u64) {
     let topo = &mut pci.topology;
     let functions: alloc::vec::Vec<Bdf> = topo
         .functions()
@@ -371,11 +399,13 @@ fn log_tree<P: ConfigPort>(pci: &mut PciState<P>, segment: u16) -> (u64, u64, u6
         .filter(|b| b.segment == segment)
         .collect();
     let orphans = topo.orphans().filter(|b| b.segment == segment).count() as u64;
-    log::info!(
-        "PCI segment {segment:04x} enumerated: {} functions, {orphans} waiting for their bridge",
-        functions.len()
-    );
-    for &bdf in &functions {
+    if log {
+        log::info!(
+            "PCI segment {segment:04x} enumerated: {} functions, {orphans} waiting for their bridge",
+            functions.len()
+        );
+    }
+    for &bdf in functions.iter().filter(|_| log) {
         if let Some(f) = topo.function(bdf) {
             let parent = topo.parent_bridge(bdf);
             log::info!(
@@ -395,7 +425,9 @@ fn log_tree<P: ConfigPort>(pci: &mut PciState<P>, segment: u16) -> (u64, u64, u6
     for unit in units.iter() {
         if unit.members.first().is_some_and(|b| b.segment == segment) {
             count += 1;
-            log::info!("  unit {:?}: {:?}", unit.id.0, unit.members);
+            if log {
+                log::info!("  unit {:?}: {:?}", unit.id.0, unit.members);
+            }
         }
     }
     // A function no method can reset is never handed out (logged once).
@@ -403,9 +435,12 @@ fn log_tree<P: ConfigPort>(pci: &mut PciState<P>, segment: u16) -> (u64, u64, u6
         log::warn!("{b}: no reset method can reset it: quarantined (never given to a guest)");
     }
     // Machine-readable copy for `cargo xtask pci-report`.
-    for line in crate::pci_report::lines(&mut pci.topology, &mut pci.port, &pci.quarantine, segment)
-    {
-        log::info!("pci-json {line}");
+    if log {
+        for line in
+            crate::pci_report::lines(&mut pci.topology, &mut pci.port, &pci.quarantine, segment)
+        {
+            log::info!("pci-json {line}");
+        }
     }
     (functions.len() as u64, count, orphans)
 }
@@ -528,7 +563,9 @@ fn hwdom_masked<P>(pci: &PciState<P>, bdf: Bdf, reg: u16, w: u64, write: bool) -
 #[cold]
 #[inline(never)]
 fn log_refused(bdf: Bdf, reg: u16, w: u64, why: pci::vpci::Refusal) {
-    log::warn!("hwdom: write of {w} bytes at {bdf} +{reg:#x} refused: {why:?}");
+    if crate::log_limit::hwdom_may_log() {
+        log::warn!("hwdom: write of {w} bytes at {bdf} +{reg:#x} refused: {why:?}");
+    }
 }
 
 /// A guest's trapped access to its virtual ECAM: `offset` into it, `width`

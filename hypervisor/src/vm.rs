@@ -8,6 +8,7 @@ use crate::arch::aarch64::mmu::{self, Stage2Map};
 use crate::arch::aarch64::trap::{TRAP_FRAME_SIZE, TrapFrame, enter_guest};
 use crate::console;
 use crate::guest_fdt::{self, GuestDescription, GuestPci};
+use crate::log_limit::{RateLimit, Verdict};
 use crate::memory::{FreeMemory, MemoryError};
 use crate::mmio::{MmioAccess, MmioDevice, MmioMap, MmioRegion, esr, fault_ipa};
 use crate::pci_calls::GuestStart;
@@ -16,9 +17,7 @@ use crate::smccc::{self, CallError, CpuOnError, HypercallHost, Outcome, PciCall,
 use crate::vuart::VirtualUart;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{
-    AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use pci::ConfigPort;
 use platform::{ExitMethod, Platform, Region, VmConfig};
 use spin::{Mutex, Once};
@@ -79,18 +78,16 @@ pub struct Vm {
     pub vgic: Mutex<crate::vgic::VGic>,
     pub vcpus: Vec<Vcpu>,
     stopped: AtomicBool,
-    /// Faults logged so far: a guest that faults in a loop must not flood
-    /// the console and slow everyone else down.
-    faults_logged: AtomicU32,
+    /// The limit on the log lines this VM can cause (see
+    /// `crate::log_limit`): a guest that faults or calls in a loop must not
+    /// flood the console and slow everyone else down.
+    log_limit: Mutex<RateLimit>,
 }
 
 /// Bus numbers of a guest's virtual ECAM (one root port per unit below).
 const GUEST_PCI_BUSES: u8 = 16;
 /// How long a guest waits for the hardware domain to report its functions.
 const PCI_REPORT_TIMEOUT_MS: u64 = 10_000;
-
-/// Fault log lines per VM before further ones are counted, not printed.
-const FAULT_LOG_LIMIT: u32 = 16;
 
 /// Everything the hypervisor runs with, fixed after boot.
 #[derive(Debug)]
@@ -366,7 +363,7 @@ impl Vm {
                 })
                 .collect(),
             stopped: AtomicBool::new(false),
-            faults_logged: AtomicU32::new(0),
+            log_limit: Mutex::new(RateLimit::default()),
         };
         // A guest given PCI functions starts when they have been reported.
         if vm.guest_pci.is_none() {
@@ -423,18 +420,39 @@ impl Vm {
         }
     }
 
-    /// Whether to log another fault of this VM (and say so once when the
-    /// limit is reached).
-    fn log_fault(&self) -> bool {
-        let n = self.faults_logged.fetch_add(1, Ordering::Relaxed);
-        if n == FAULT_LOG_LIMIT {
-            log::warn!("{}: further faults are not logged", self.name);
+    /// Whether to log one more line this VM caused (its faults, refused
+    /// calls and accesses, its resets): the VM's rate limit, with the count
+    /// of the lines it was refused logged before the next one let through.
+    pub fn may_log(&self) -> bool {
+        let verdict = self
+            .log_limit
+            .lock()
+            .check(cpu::counter(), cpu::counter_frequency());
+        match verdict {
+            Verdict::Suppress => false,
+            Verdict::Log { suppressed } => {
+                if suppressed > 0 {
+                    log::warn!("{}: {suppressed} lines suppressed", self.name);
+                }
+                true
+            }
         }
-        n < FAULT_LOG_LIMIT
     }
 
+    /// Say how many of its lines were suppressed, if any (when it stops,
+    /// and at system off).
+    fn log_suppressed(&self) {
+        let n = self.log_limit.lock().take_suppressed();
+        if n > 0 {
+            log::warn!("{}: {n} lines suppressed", self.name);
+        }
+    }
+
+    /// Queue one console line of the VM (escaped, after its prefix) and
+    /// send what the UART takes now: callers hold only the VM's own
+    /// console buffer lock, never the PCI, vGIC or stage-2 locks.
     fn emit_line(&self, line: &[u8]) {
-        console::write_bytes(&[&self.prefix, line, b"\n"]);
+        console::write_line_and_drain(&self.prefix, line);
     }
 }
 
@@ -516,12 +534,41 @@ fn frame_of(cpu: usize) -> *mut TrapFrame {
     (stacks + (cpu + 1) * STACK_SIZE - TRAP_FRAME_SIZE) as *mut TrapFrame
 }
 
+/// Whether VM `vm` may log one more line it caused (`Vm::may_log`).
+pub fn domain_may_log(vm: u16) -> bool {
+    SYSTEM
+        .get()
+        .and_then(|s| s.vms.get(usize::from(vm)))
+        .is_none_or(Vm::may_log)
+}
+
+/// Whether the VM running on this CPU (whose trap this is) may log one
+/// more line it caused.
+pub fn caller_may_log() -> bool {
+    let cpu = cpu::cpu_index();
+    let vm = RUNNING_VM
+        .get(cpu)
+        .map_or(core::ptr::null_mut(), |p| p.load(Ordering::Relaxed));
+    // SAFETY: `run_pcpu` stores pointers into `SYSTEM`'s VM table, which is
+    // never changed or freed after boot.
+    unsafe { vm.as_ref() }.is_none_or(Vm::may_log)
+}
+
+/// Whether the hardware domain may log one more line it caused.
+pub fn hwdom_may_log() -> bool {
+    SYSTEM
+        .get()
+        .and_then(|s| s.vms.iter().find(|v| v.hardware_domain))
+        .is_none_or(Vm::may_log)
+}
+
 /// Run whatever vCPU is pinned to this CPU, forever: wait until it is
 /// powered on, then enter it. Called again when the vCPU powers off.
 pub fn run_pcpu(cpu: usize) -> ! {
     let sys = system();
     let Some((vm_index, vcpu_index)) = sys.pins.get(cpu).copied().flatten() else {
         loop {
+            console::drain();
             crate::irq::idle_wait();
         }
     };
@@ -546,6 +593,7 @@ pub fn run_pcpu(cpu: usize) -> ! {
                 }
             }
         }
+        console::drain();
         crate::irq::idle_wait();
     }
     if let (Some(v), Some(n)) = (RUNNING_VM.get(cpu), RUNNING_VCPU.get(cpu)) {
@@ -568,13 +616,15 @@ pub fn run_pcpu(cpu: usize) -> ! {
         });
         (*frame).x[0] = context;
     }
-    if vcpu_index == 0 {
+    // Once per boot of the VM, which a guest restarting in a loop repeats.
+    if vcpu_index == 0 && vm.may_log() {
         log::info!(
             "entering {} vCPU 0 on CPU {cpu} at {entry:#x}, counter {}",
             vm.name,
             cpu::counter()
         );
     }
+    console::drain();
     // SAFETY: the frame holds a complete initial register state, the VM's
     // stage 2 and EL1 state are loaded.
     unsafe { enter_guest(frame) }
@@ -657,9 +707,21 @@ impl HypercallHost for Caller<'_> {
     }
     fn test_fail(&mut self, code: u64) {
         FAILED.store(true, Ordering::Release);
-        log::error!("{} reports a failure (code {code})", self.vm.name);
+        if self.vm.may_log() {
+            log::error!("{} reports a failure (code {code})", self.vm.name);
+        }
+        console::drain();
     }
     fn pci(&mut self, call: PciCall) -> Result<[u64; 3], CallError> {
+        let result = self.pci_locked(call);
+        // The PCI lock is released: send what the call logged.
+        console::drain();
+        result
+    }
+}
+
+impl Caller<'_> {
+    fn pci_locked(&mut self, call: PciCall) -> Result<[u64; 3], CallError> {
         let Some(pci) = PCI.get() else {
             return Err(CallError {
                 status: smccc::NOT_SUPPORTED,
@@ -1142,7 +1204,7 @@ fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
     let ec = esr::class(esr);
     if ec == esr::EC_IABT_LOW {
         let ipa = fault_ipa(hpfar, far);
-        if vm.log_fault() {
+        if vm.may_log() {
             log::warn!(
                 "{} vCPU {vcpu}: instruction fetch from IPA {ipa:#x} outside its memory at {:#x}; external abort injected",
                 vm.name,
@@ -1150,9 +1212,10 @@ fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
             );
         }
         cpu::inject_sync(frame, Injected::InstructionAbort, far);
+        console::drain();
         return;
     }
-    if vm.log_fault() {
+    if vm.may_log() {
         log::warn!(
             "{} vCPU {vcpu}: unexpected trap EC {ec:#x} (ESR {:#x}) at {:#x}; undefined instruction injected",
             vm.name,
@@ -1161,6 +1224,7 @@ fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
         );
     }
     cpu::inject_sync(frame, Injected::Undefined, 0);
+    console::drain();
 }
 
 fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
@@ -1174,7 +1238,9 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
         }
         Outcome::SystemOff if vm.hardware_domain => system_off(),
         Outcome::SystemOff => {
-            log::info!("{} powered off", vm.name);
+            if vm.may_log() {
+                log::info!("{} powered off", vm.name);
+            }
             stop_vm(vm, vcpu);
         }
         Outcome::SystemReset if vm.hardware_domain => {
@@ -1190,13 +1256,17 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
                 .enumerate()
                 .any(|(i, v)| i != vcpu && v.power() != VcpuPower::Off);
             if others_on {
-                log::warn!(
-                    "{} reset with other vCPUs running: powered off instead",
-                    vm.name
-                );
+                if vm.may_log() {
+                    log::warn!(
+                        "{} reset with other vCPUs running: powered off instead",
+                        vm.name
+                    );
+                }
                 stop_vm(vm, vcpu);
             }
-            log::info!("{} restarts", vm.name);
+            if vm.may_log() {
+                log::info!("{} restarts", vm.name);
+            }
             vm.vcpus[vcpu].set_power(VcpuPower::Off);
             // With PCI functions it boots again once they are reset.
             if !reset_pci_for_restart(vm) {
@@ -1303,6 +1373,7 @@ fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
         uart.flush(&mut |line| vm.emit_line(line));
     }
     drop(uart);
+    vm.log_suppressed();
     run_pcpu(cpu::cpu_index())
 }
 
@@ -1354,6 +1425,8 @@ fn system_off() -> ! {
         if uart.pending() > 0 {
             uart.flush(&mut |line| vm.emit_line(line));
         }
+        drop(uart);
+        vm.log_suppressed();
     }
     let status = u32::from(FAILED.load(Ordering::Acquire));
     console::print(format_args!("phv: system off, status {status}\n"));
@@ -1382,6 +1455,7 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
         if access.write() {
             let value = access.store_value(frame.reg(access.reg()));
             virtual_ecam_write(vm, offset, access.bytes(), value);
+            console::drain();
         } else {
             let result = virtual_ecam_read(vm.index, offset, access);
             frame.set_reg(access.reg(), access.load_result(result));
@@ -1402,8 +1476,12 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
         };
         if !access.write() {
             frame.set_reg(access.reg(), access.load_result(result));
-        } else if offset & 0xfff >= 0x100 {
-            hwdom_extended_config_written(vm);
+        } else {
+            if offset & 0xfff >= 0x100 {
+                hwdom_extended_config_written(vm);
+            }
+            // A refused write is logged: send it (the PCI lock is released).
+            console::drain();
         }
     } else {
         match region.device {
@@ -1413,6 +1491,7 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
                 if !guest_pci_window(vm, access, frame) {
                     return refuse_access(vm, vcpu, frame, esr, far, ipa);
                 }
+                console::drain();
             }
             MmioDevice::Uart => uart_access(vm, offset, access, frame),
             MmioDevice::HwdomPciWindow => {
@@ -1458,7 +1537,7 @@ fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64
     let access = match MmioAccess::decode(esr, ipa) {
         Ok(a) => a,
         Err(why) => {
-            if vm.log_fault() {
+            if vm.may_log() {
                 log::warn!(
                     "{} vCPU {vcpu}: data abort at IPA {ipa:#x} (pc {:#x}) cannot be emulated ({why:?}); external abort injected",
                     vm.name,
@@ -1467,6 +1546,7 @@ fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64
             }
             let write = esr & esr::WNR != 0;
             cpu::inject_sync(frame, Injected::DataAbort { write }, far);
+            console::drain();
             return;
         }
     };
@@ -1476,7 +1556,7 @@ fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64
         .is_some_and(|(r, offset)| {
             r.device == MmioDevice::GuestPciWindow && access.width().bytes() <= r.size - offset
         });
-    if vm.log_fault() {
+    if vm.may_log() {
         if window {
             log::warn!(
                 "{} vCPU {vcpu}: access to PCI memory {ipa:#x} (pc {:#x}) outside its mapped BARs; external abort injected",
@@ -1500,6 +1580,7 @@ fn refuse_access(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64
         },
         far,
     );
+    console::drain();
 }
 
 /// A guest's access to its PCI memory window outside the BAR pages mapped
@@ -1630,10 +1711,12 @@ fn guest_reset(vm: &Vm, request: ResetRequest) {
             Ok(action) => start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing),
             Err(e) => {
                 // Its virtual state is reset already; the device cannot be.
-                log::error!(
-                    "{}: no reset performs the FLR of {bdf}: {e}; quarantined",
-                    vm.name
-                );
+                if vm.may_log() {
+                    log::error!(
+                        "{}: no reset performs the FLR of {bdf}: {e}; quarantined",
+                        vm.name
+                    );
+                }
                 pci.quarantine
                     .add(bdf, pci::reset_engine::QuarantineReason::NoResetMethod);
             }
@@ -1686,13 +1769,15 @@ fn start_one(
     let now = now_ns();
     match crate::resets::start(pci, &mut pci_host::BarMemory, action, now, then) {
         Ok(()) => {
-            log::info!("{}: {action:?} started", vm.name);
+            if vm.may_log() {
+                log::info!("{}: {action:?} started", vm.name);
+            }
             arm_pci_timer(pci);
         }
         // A guest asking again and again while its reset runs must not
         // flood the console: counted like its faults.
         Err(e) => {
-            if vm.log_fault() {
+            if vm.may_log() {
                 log::warn!("{}: {action:?} not started: {e}", vm.name);
             }
         }
@@ -1868,7 +1953,7 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
     if effects.is_empty() {
         return;
     }
-    if effects.overflowed() {
+    if effects.overflowed() && vm.may_log() {
         log::error!(
             "{}: too many PCI effects of one access; some were lost",
             vm.name
@@ -1877,14 +1962,18 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
     for effect in effects.iter() {
         match *effect {
             Effect::Map { ipa, pa, size } => {
-                if let Err(e) = vm.stage2.lock().map_device(ipa, pa, size) {
+                if let Err(e) = vm.stage2.lock().map_device(ipa, pa, size)
+                    && vm.may_log()
+                {
                     log::error!("{}: cannot map BAR {pa:#x} at {ipa:#x}: {:?}", vm.name, e.0);
                 }
             }
             Effect::Unmap { ipa, size } => {
                 // Its own BAR at its old address: it keeps reaching its own
                 // device there, nothing else.
-                if let Err(e) = vm.stage2.lock().unmap(ipa, size) {
+                if let Err(e) = vm.stage2.lock().unmap(ipa, size)
+                    && vm.may_log()
+                {
                     log::error!("{}: cannot unmap a BAR at {ipa:#x}: {:?}", vm.name, e.0);
                 }
             }
@@ -1898,7 +1987,7 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
                 addr,
                 reason,
             } => {
-                if vm.log_fault() {
+                if vm.may_log() {
                     log::warn!(
                         "{}: BAR {bar} of {vbdf} at {addr:#x} not mapped: {reason:?}",
                         vm.name
@@ -1908,7 +1997,7 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
             Effect::SecondaryBusReset { unit } => guest_reset(vm, ResetRequest::Unit(unit)),
             Effect::FunctionLevelReset { physical } => guest_reset(vm, ResetRequest::Flr(physical)),
             Effect::MsiControl { physical, enabled } => {
-                if enabled && vm.log_fault() {
+                if enabled && vm.may_log() {
                     log::warn!(
                         "{}: MSI enabled on {physical}: no virtual ITS, use INTx",
                         vm.name
@@ -1933,7 +2022,7 @@ fn guest_msix_commit(vm: &Vm, physical: pci::Bdf) {
         physical,
     );
     if let Some(c) = done.filter(|c| c.repaired != 0)
-        && vm.log_fault()
+        && vm.may_log()
     {
         log::warn!(
             "{}: MSI-X table of {physical} lost behind the hypervisor's back (device reset?): {} entries rewritten",
@@ -1958,7 +2047,7 @@ fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u
     let guest_owned = touch == pci_host::FirstTouch::GuestOwned;
     let mapped = touch == pci_host::FirstTouch::Mapped;
     if !mapped {
-        if vm.log_fault() {
+        if vm.may_log() {
             log::warn!(
                 "{} vCPU {vcpu}: access to PCI memory {ipa:#x} (pc {:#x}) {}; external abort injected",
                 vm.name,
@@ -1972,6 +2061,7 @@ fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u
         }
         let write = esr & esr::WNR != 0;
         cpu::inject_sync(frame, Injected::DataAbort { write }, far);
+        console::drain();
     }
 }
 
@@ -1984,6 +2074,7 @@ extern "C" fn lower_el_irq(_frame: &mut TrapFrame) {
     }
     let (vm, vcpu) = current();
     crate::irq::lower_el_irq(vm, vcpu);
+    console::drain();
     // The kick of `stop_other_vcpus` lands here: a physical interrupt
     // always exits to EL2, so no other exit needs to look (the hot
     // synchronous traps stay as fast as they were).
@@ -1996,12 +2087,15 @@ extern "C" fn lower_el_irq(_frame: &mut TrapFrame) {
 extern "C" fn lower_el_serror(frame: &mut TrapFrame) {
     let (vm, vcpu) = current();
     let syn = cpu::syndrome();
-    log::error!(
-        "{} vCPU {vcpu}: SError (ESR {:#x}) at {:#x}",
-        vm.name,
-        syn.esr,
-        frame.elr
-    );
+    if vm.may_log() {
+        log::error!(
+            "{} vCPU {vcpu}: SError (ESR {:#x}) at {:#x}",
+            vm.name,
+            syn.esr,
+            frame.elr
+        );
+    }
+    console::drain();
 }
 
 /// A fault in the hypervisor itself: report and stop this CPU.

@@ -86,8 +86,15 @@ impl VirtualUart {
 
     fn put(&mut self, byte: u8, emit: &mut dyn FnMut(&[u8])) {
         match byte {
-            b'\n' => self.flush(emit),
-            b'\r' => {}
+            b'\n' => {
+                // CRLF ends a line; any other carriage return stays in it
+                // (the console shows it escaped: it must not go back over
+                // the VM's prefix).
+                if self.len > 0 && self.line[self.len - 1] == b'\r' {
+                    self.len -= 1;
+                }
+                self.flush(emit)
+            }
             _ => {
                 if self.len == LINE_MAX {
                     self.flush(emit);
@@ -133,6 +140,14 @@ mod tests {
         assert_eq!(uart.pending(), 3);
         write_str(&mut uart, "ld\n", &mut out);
         assert_eq!(out, ["hello", "world"]);
+    }
+
+    #[test]
+    fn a_lone_carriage_return_stays_in_the_line() {
+        let mut uart = VirtualUart::default();
+        let mut out = Vec::new();
+        write_str(&mut uart, "abc\rphv: x\r\n\r\r\n", &mut out);
+        assert_eq!(out, ["abc\rphv: x", "\r"]);
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub fn scenario(gic: u8, devices: &[String]) -> Scenario {
             lines: vec!["[hwdom] enumerate: ok".into(), PREFIX.trim_end().into()],
             ordered: false,
             absent: vec!["PANIC".into()],
+            max_matching: Default::default(),
         },
         pending: None,
     }
@@ -69,11 +70,13 @@ pub fn assemble(log: &str) -> Result<Value, String> {
     let (mut functions, mut units) = (Vec::new(), Vec::new());
     let mut seen = 0;
     for (n, line) in log.lines().enumerate() {
-        let Some(at) = line.find(PREFIX) else {
+        // Only the hypervisor's lines: at the start of a console line (a
+        // guest's output follows its `[label] ` prefix).
+        let Some(text) = line.strip_prefix(PREFIX) else {
             continue;
         };
         seen += 1;
-        let text = line[at + PREFIX.len()..].trim_end_matches('\r');
+        let text = text.trim_end_matches('\r');
         let mut obj: Map<String, Value> = match serde_json::from_str(text) {
             Ok(Value::Object(o)) => o,
             Ok(_) => return Err(format!("log line {}: not a JSON object: {text}", n + 1)),
@@ -206,6 +209,12 @@ phv: pci-json {"type":"end","segment":"0000","functions":3,"units":3,"orphans":0
         assert!(seg["functions"][2].get("type").is_none());
         assert_eq!(seg["functions"][2]["reset_methods"][1]["method"], "bus");
         assert_eq!(seg["units"][2]["members"][0], "0000:01:00.0");
+        // A guest's line imitating one is not part of the report.
+        let forged = LOG.replace(
+            "[hwdom] something else",
+            r#"[hwdom] phv: pci-json {"type":"unit","id":"0000:09:00.0","members":[]}"#,
+        );
+        assert_eq!(assemble(&forged).unwrap(), v);
     }
 
     #[test]

@@ -241,9 +241,11 @@ pub fn run_captured(
             }
         };
         if stopped_on.is_none()
-            && let Some(p) = stop_on
-                .iter()
-                .find(|p| lines.iter().any(|l| l.contains(p.as_str())))
+            && let Some(p) = stop_on.iter().find(|p| {
+                lines
+                    .iter()
+                    .any(|l| crate::scenario::matches(p, l.trim_end_matches(['\r', '\n'])))
+            })
         {
             stopped_on = Some(p.clone());
             stop_deadline = Some(Instant::now() + grace);

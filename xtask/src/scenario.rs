@@ -1,5 +1,6 @@
 //! QEMU scenarios: `tests-qemu/scenarios/*.toml` (format in tests-qemu/README.md).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -129,6 +130,33 @@ pub struct Expect {
     /// Substrings that must appear on no line. Seeing one ends the run early.
     #[serde(default)]
     pub absent: Vec<String>,
+    /// Pattern -> the most lines it may match (e.g. `{ "phv: WARN" = 80 }`:
+    /// a domain's flood of log lines stays bounded).
+    #[serde(default)]
+    pub max_matching: BTreeMap<String, usize>,
+}
+
+/// Whether console `line` matches scenario pattern `pattern` (in `lines`,
+/// `absent` and `max_matching` alike). A pattern that starts like a line
+/// only the hypervisor prints, `phv:` or a VM's `[label] ` prefix, matches
+/// only at the start of a line: a domain's output always follows its own
+/// prefix, so it cannot print a line that passes for the hypervisor's or
+/// another VM's. Any other pattern matches anywhere in a line.
+pub fn matches(pattern: &str, line: &str) -> bool {
+    if is_anchored(pattern) {
+        line.starts_with(pattern)
+    } else {
+        line.contains(pattern)
+    }
+}
+
+/// `phv:...` or `[label]...` (a bracketed word without whitespace).
+fn is_anchored(pattern: &str) -> bool {
+    pattern.starts_with("phv:")
+        || pattern.strip_prefix('[').is_some_and(|rest| {
+            rest.find(']')
+                .is_some_and(|end| end > 0 && !rest[..end].contains(char::is_whitespace))
+        })
 }
 
 impl Scenario {
@@ -268,20 +296,25 @@ pub fn check(expect: &Expect, log: &str, exit_code: Option<i32>) -> Vec<String> 
     let mut from = 0;
     for want in &expect.lines {
         let start = if expect.ordered { from } else { 0 };
-        match lines[start..]
-            .iter()
-            .position(|l| l.contains(want.as_str()))
-        {
+        match lines[start..].iter().position(|l| matches(want, l)) {
             Some(i) => from = start + i + 1,
-            None if expect.ordered && lines.iter().any(|l| l.contains(want.as_str())) => {
+            None if expect.ordered && lines.iter().any(|l| matches(want, l)) => {
                 problems.push(format!("line `{want}` out of order"))
             }
             None => problems.push(format!("missing line `{want}`")),
         }
     }
     for bad in &expect.absent {
-        if let Some(l) = lines.iter().find(|l| l.contains(bad.as_str())) {
-            problems.push(format!("unexpected `{bad}` in line `{l}`"));
+        if let Some(l) = lines.iter().find(|l| matches(bad, l)) {
+            problems.push(format!("unexpected `{bad}` in line `{}`", l.escape_debug()));
+        }
+    }
+    for (pattern, &max) in &expect.max_matching {
+        let n = lines.iter().filter(|l| matches(pattern, l)).count();
+        if n > max {
+            problems.push(format!(
+                "{n} lines match `{pattern}`, at most {max} expected"
+            ));
         }
     }
     problems
@@ -383,7 +416,70 @@ absent = ["PANIC"]
             lines: vec!["a: ok".into(), "b: ok".into()],
             ordered,
             absent: vec!["FAIL".into()],
+            max_matching: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn hypervisor_and_label_patterns_match_only_at_the_start_of_a_line() {
+        // What a guest can print after its prefix does not pass.
+        assert!(matches(
+            "phv: system off, status 0",
+            "phv: system off, status 0"
+        ));
+        assert!(!matches(
+            "phv: system off, status 0",
+            "[evil] phv: system off, status 0"
+        ));
+        assert!(!matches("phv: PANIC", " phv: PANIC: x"));
+        assert!(matches("[hwdom] hello: ok", "[hwdom] hello: ok"));
+        assert!(!matches("[hwdom] hello: ok", "[evil] [hwdom] hello: ok"));
+        // Anything else anywhere in a line.
+        assert!(matches("hello: ok", "[hwdom] hello: ok"));
+        assert!(matches("FAIL", "[g] FAIL: x"));
+        assert!(matches("[not a label] x", "y [not a label] x"));
+        assert!(matches("[] x", "y [] x"));
+        let e = Expect {
+            lines: vec!["phv: system off, status 0".into(), "[hwdom] done".into()],
+            absent: vec!["phv: PANIC".into()],
+            ..expect(false)
+        };
+        let log = "[evil] phv: system off, status 0\n[evil] [hwdom] done\n[evil] phv: PANIC\n";
+        assert_eq!(
+            check(&e, log, Some(0)),
+            vec![
+                "missing line `phv: system off, status 0`",
+                "missing line `[hwdom] done`"
+            ]
+        );
+        let log = "phv: PANIC: real\n[hwdom] done\nphv: system off, status 0\n";
+        assert_eq!(check(&e, log, Some(0)).len(), 1);
+    }
+
+    #[test]
+    fn max_matching_bounds_lines() {
+        let t = TWO.replace(
+            "absent = [\"PANIC\"]",
+            "absent = [\"PANIC\"]\nmax_matching = { \"phv: WARN\" = 2, \"phv: system off\" = 1 }",
+        );
+        let s = Scenario::parse("m", &t).unwrap();
+        assert_eq!(s.expect.max_matching.len(), 2);
+        let e = Expect {
+            max_matching: s.expect.max_matching.clone(),
+            ..expect(false)
+        };
+        let ok = "a: ok\nb: ok\nphv: WARN  x\n[g] phv: WARN  y\n[g] phv: WARN  z\n\
+                  phv: WARN  w\n[g] phv: system off\nphv: system off, status 0\n";
+        assert!(
+            check(&e, ok, Some(0)).is_empty(),
+            "{:?}",
+            check(&e, ok, Some(0))
+        );
+        let flood = format!("a: ok\nb: ok\n{}", "phv: WARN  x\n".repeat(3));
+        assert_eq!(
+            check(&e, &flood, Some(0)),
+            vec!["3 lines match `phv: WARN`, at most 2 expected"]
+        );
     }
 
     #[test]

@@ -23,14 +23,16 @@ register_structs! {
     }
 }
 
-/// A PL011 driven by polling. Firmware (or QEMU) has configured the baud rate.
+/// A PL011 driven by polling. Firmware (or QEMU) has configured the baud
+/// rate. Writes never wait: the console queues its output and feeds the
+/// FIFO as it has room.
 #[derive(Debug)]
 pub struct Pl011 {
     regs: *const Pl011Registers,
 }
 
 // SAFETY: the register block is MMIO owned by the hypervisor; concurrent use
-// is serialised by the console lock.
+// is serialised by the console's UART lock.
 unsafe impl Send for Pl011 {}
 
 impl Pl011 {
@@ -48,20 +50,27 @@ impl Pl011 {
         unsafe { &*self.regs }
     }
 
-    pub fn write_byte(&mut self, byte: u8) {
-        while self.regs().fr.is_set(FR::TXFF) {
-            core::hint::spin_loop();
+    /// Put `byte` in the transmit FIFO if it has room (false: full, not
+    /// written).
+    #[inline]
+    pub fn try_write(&mut self, byte: u8) -> bool {
+        if self.regs().fr.is_set(FR::TXFF) {
+            return false;
         }
         self.regs().dr.set(u32::from(byte));
+        true
     }
 
-    pub fn write_bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if b == b'\n' {
-                self.write_byte(b'\r');
+    /// Put as many of `bytes` in the transmit FIFO as it has room for;
+    /// returns how many.
+    #[inline]
+    pub fn write_some(&mut self, bytes: &[u8]) -> usize {
+        for (i, &b) in bytes.iter().enumerate() {
+            if !self.try_write(b) {
+                return i;
             }
-            self.write_byte(b);
         }
+        bytes.len()
     }
 
     /// Wait until everything written has left the UART.
@@ -69,12 +78,5 @@ impl Pl011 {
         while self.regs().fr.is_set(FR::BUSY) {
             core::hint::spin_loop();
         }
-    }
-}
-
-impl core::fmt::Write for Pl011 {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        self.write_bytes(s.as_bytes());
-        Ok(())
     }
 }

@@ -14,6 +14,7 @@ fn test_guest_main(env: Env) -> ! {
         Some("isolation") => isolation(&env),
         Some("psci") => psci(&env),
         Some("badcalls") => badcalls(&env),
+        Some("console-hostile") => console_hostile(&env),
         Some(name) if name.starts_with("gic-") => crate::tests_gic::run(&env, name),
         Some("enumerate") => crate::pci_tests::enumerate(&env),
         Some("pci-guest") => crate::pci_tests::pci_guest(&env),
@@ -459,5 +460,66 @@ fn badcalls(env: &Env) -> ! {
         "vendor service: {count} calls, UID {:08x}-{:08x}-{:08x}-{:08x}, revision {rev}",
         uid.0[0] as u32, uid.0[1] as u32, uid.0[2] as u32, uid.0[3] as u32
     );
+    t.finish(env)
+}
+
+/// `console-hostile`: `flood` junk PCI calls (unknown segments: each one
+/// refused, and the hypervisor has a reason to log for every one), with
+/// PCI_ENUMERATION_DONE (which logs the tree) every 100th; then escape
+/// sequences, a carriage return and a bell through CONSOLE_WRITE and
+/// through the PL011, and a line that imitates the hypervisor's last one.
+/// What the console shows is the scenario's to check.
+fn console_hostile(env: &Env) -> ! {
+    let mut t = Test::new("console-hostile");
+    common_checks(&mut t, env);
+    let flood = match env.bootargs.number("flood") {
+        Ok(n) => n.unwrap_or(20_000),
+        Err(v) => {
+            t.fail(format_args!("bad flood `{v}`"));
+            0
+        }
+    };
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..flood {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Segment 0 is the only one QEMU's virt machine has.
+        let segment = 1 + (x & 0xfffe);
+        let rid = (x >> 16) & 0xffff;
+        if i % 100 == 99 {
+            let r = call::hvc3(PHV_PCI_ENUMERATION_DONE, 0, 0, 0);
+            let expected = if env.hwdom { SUCCESS } else { DENIED };
+            t.check_eq("PCI_ENUMERATION_DONE(0)", r, expected);
+            continue;
+        }
+        let id = if i % 2 == 0 {
+            PHV_PCI_ADD
+        } else {
+            PHV_PCI_REMOVE
+        };
+        let r = call::hvc3(id, segment, rid, 0);
+        // The hardware domain's: an unknown segment (INVALID_PARAMETER) or
+        // an untracked function (NOT_FOUND); a guest's: not its call.
+        let refused = if env.hwdom {
+            r == INVALID_PARAMETER || r == NOT_FOUND
+        } else {
+            r == DENIED
+        };
+        if !refused {
+            t.fail(format_args!(
+                "junk PCI call {id:#x} segment {segment:#x} rid {rid:#x} returned {r}"
+            ));
+            break;
+        }
+    }
+    println!("flood of {flood} calls done");
+    println!("esc-hvc: \x1b[2K\x1b[1Gclobbered\rphv: fake\x07 end");
+    if !rt::console::pl011_line(format_args!(
+        "esc-pl011: \x1b[2K\x1b[1Gclobbered\rphv: fake\x07 end"
+    )) {
+        t.fail(format_args!("no PL011 in the device tree"));
+    }
+    println!("phv: system off, status 0");
     t.finish(env)
 }

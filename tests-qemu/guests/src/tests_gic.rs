@@ -764,6 +764,22 @@ fn bench(t: &mut Test, gic: &Gic) {
         core::hint::black_box(r32(gicd() + 0x4));
     });
     let gicd_write = per_call(n, || w8(gicd() + 0x400 + 40, 0x80));
+    // The trapped PL011: one character (160 fill the line without
+    // printing it), then a line of 40 characters with its newline, per
+    // character (the line's printing included).
+    let uart = rt::console::pl011_base();
+    let (uart_char, uart_line) = if uart == 0 {
+        t.fail(format_args!("no PL011 in the device tree"));
+        (0, 0)
+    } else {
+        let c = per_call(160, || w32(uart, u32::from(b'c')));
+        w32(uart, u32::from(b'\n'));
+        let start = counter_now();
+        for i in 0..41 {
+            w32(uart, u32::from(if i == 40 { b'\n' } else { b'l' }));
+        }
+        (c, (counter_now() - start) / 41)
+    };
     t.check(
         hvc > load,
         format_args!("a hypercall ({hvc}) is not dearer than a load ({load})"),
@@ -816,6 +832,8 @@ fn bench(t: &mut Test, gic: &Gic) {
     println!("gic-bench: trapped GICD read (ISENABLER1) {gicd_read}");
     println!("gic-bench: trapped GICD read (TYPER) {gicd_typer}");
     println!("gic-bench: trapped GICD write (IPRIORITYR byte) {gicd_write}");
+    println!("gic-bench: trapped PL011 character {uart_char}");
+    println!("gic-bench: trapped PL011 line of 40 characters, per character {uart_line}");
     println!(
         "gic-bench: vtimer deadline -> guest IRQ handler: min {} mean {}",
         min(&lat),

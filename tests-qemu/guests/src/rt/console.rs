@@ -40,6 +40,11 @@ pub fn set_pl011(addr: usize) {
     PL011.store(addr, Ordering::SeqCst);
 }
 
+/// Address of the PL011 the DT shows (0: none).
+pub fn pl011_base() -> usize {
+    PL011.load(Ordering::SeqCst)
+}
+
 fn pl011_write(bytes: &[u8]) {
     let base = PL011.load(Ordering::SeqCst);
     if base == 0 {
