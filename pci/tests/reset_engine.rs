@@ -1019,3 +1019,28 @@ fn pcie_aer_acs_and_msi_state_survive_an_sbr() {
     assert_eq!(regs(&mut f), before);
     assert_eq!(before[8] as u16 & MSI_FLAGS_ENABLE, MSI_FLAGS_ENABLE);
 }
+
+/// An MSI-X table address comes from a BAR and an offset the device and the
+/// hardware domain chose: entries that would end past the address space
+/// are neither compared nor written (no overflow, no wrap to low memory).
+#[test]
+fn msix_table_at_the_end_of_the_address_space_is_not_touched() {
+    struct Mem(Vec<u64>);
+    impl MemoryPort for Mem {
+        fn read(&mut self, pa: u64, _: u16) -> u64 {
+            self.0.push(pa);
+            0
+        }
+        fn write(&mut self, pa: u64, _: u16, _: u64) {
+            self.0.push(pa);
+        }
+    }
+    let mut mem = Mem(Vec::new());
+    let top = u64::MAX - 0x17; // entry 0 fits (ends at MAX - 8), entry 1 does not
+    let shadow = [[0xfee0_0000, 0, 0x41, 0]; 2];
+    assert_eq!(msix_entry_address(top, 0), Some(top));
+    assert_eq!(msix_entry_address(top, 1), None);
+    assert!(msix_table_lost(&mut mem, top, &shadow));
+    assert_eq!(repair_msix_table(&mut mem, top, &shadow), 1);
+    assert!(mem.0.iter().all(|&pa| pa >= top), "{:x?}", mem.0);
+}

@@ -98,7 +98,8 @@ pub use policy::{
 };
 pub use save::{
     Hw, MsixShadow, NoShadow, SavedAer, SavedFunction, SavedMsi, SavedMsix, SavedPcie, SavedSriov,
-    SavedState, msix_table_address, msix_table_lost, repair_msix_table, restore_function,
+    SavedState, msix_entry_address, msix_table_address, msix_table_lost, repair_msix_table,
+    restore_function,
 };
 
 use crate::addr::Bdf;
