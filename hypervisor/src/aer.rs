@@ -612,6 +612,9 @@ pub struct Takeover {
     pub source: Bdf,
     /// What the reset must cover (the source first).
     pub functions: Vec<Bdf>,
+    /// The resets to start (`pci::aer::recovery_reset`); an error (no
+    /// method) quarantines `functions`.
+    pub actions: Result<Vec<pci::ResetAction>, pci::reset_engine::EngineError>,
 }
 
 /// At `now_ns`: the recoveries whose deadline passed. Their owners' views
@@ -624,8 +627,19 @@ pub fn deadlines_passed<P>(
 ) -> Vec<Takeover> {
     let mut out = Vec::new();
     while let Some(need) = pci.aer.recovery.poll(now_ns) {
-        let functions =
-            pci::aer::recovery_functions(&pci.topology, |b| pci.ownership.owner(b), need.source);
+        let owner_of = |b| pci.ownership.owner(b);
+        let functions = pci::aer::recovery_functions(&pci.topology, owner_of, need.source);
+        let actions = pci::aer::recovery_reset(&pci.topology, owner_of, need.source);
+        // Its link reset would touch another owner's functions (a port
+        // above a guest's device): nothing may be reset for it.
+        if let Err(pci::reset_engine::EngineError::NotTheRequesters { bdf, owner }) = actions {
+            pci.aer.recovery.give_up(need.source);
+            log::warn!(
+                "AER: {} cannot be recovered: its link reset would touch {bdf} of {owner:?}; given up",
+                need.source
+            );
+            continue;
+        }
         match need.owner {
             Owner::Guest(vm) => {
                 if let Some(bus) = pci.guests.get_mut(vm)
@@ -657,6 +671,7 @@ pub fn deadlines_passed<P>(
             owner: need.owner,
             source: need.source,
             functions,
+            actions,
         });
     }
     out
@@ -920,6 +935,45 @@ mod tests {
         );
     }
 
+    /// A fatal error whose source is a root port: its recovery is the
+    /// port's own link reset (nothing else covers a bridge), or, when that
+    /// would reset a guest's device, it is given up; it never waits forever.
+    #[test]
+    fn a_fatal_error_of_a_root_port_is_recovered_by_its_link_reset() {
+        let (mut pci, _, _) = state();
+        let (guest_rp, hwdom_rp) = (Bdf::new(0, 0, 1, 0), Bdf::new(0, 0, 2, 0));
+        for (rp, line) in [(hwdom_rp, LINE2), (guest_rp, LINE1)] {
+            inject(&mut pci, rp, SimAerError::Uncorrectable(4));
+            fire(&mut pci, line, 0);
+            let r = pci.aer.recovery.recovery(rp).copied().unwrap();
+            assert_eq!(
+                (r.owner, r.state),
+                (Owner::Hwdom, RecoveryState::FrozenAwaitingReset)
+            );
+        }
+        let mut raises = Raises::default();
+        let taken = deadlines_passed(&mut pci, 5_000 * MS, &mut raises);
+        let link = pci::ResetAction::Slot { port: hwdom_rp };
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert_eq!(
+            (taken[0].source, &taken[0].actions),
+            (hwdom_rp, &Ok(vec![link]))
+        );
+        // The port above the guest's e1000e: given up, not left waiting.
+        assert!(!pci.aer.recovery.is_frozen(guest_rp));
+        assert!(
+            pci.aer
+                .recovery
+                .log()
+                .any(|r| r.source == guest_rp && r.state == RecoveryState::Unrecoverable)
+        );
+        // The slot reset of the hwdom's port ends its recovery.
+        let scope = pci::aer::recovered_by(&pci.topology, link);
+        reset_done(&mut pci, &scope, &[], true);
+        assert!(!pci.aer.recovery.is_frozen(hwdom_rp));
+        assert_eq!(pci.aer.recovery.active().count(), 0);
+    }
+
     #[test]
     fn past_the_deadline_the_hypervisor_takes_over_and_marks_the_guest_view() {
         let (mut pci, guest_fn, _) = state();
@@ -934,6 +988,9 @@ mod tests {
                 owner: Owner::Guest(1),
                 source: guest_fn,
                 functions: vec![guest_fn],
+                actions: Ok(vec![pci::ResetAction::Slot {
+                    port: Bdf::new(0, 0, 1, 0)
+                }]),
             }]
         );
         assert_ne!(guest_root_status(&mut pci) & ROOT_STATUS_HV_RESET, 0);

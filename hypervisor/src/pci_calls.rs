@@ -323,6 +323,15 @@ fn reset_call<P: ConfigPort>(
         }
         _ => match crate::resets::for_guest(pci, &[bdf]) {
             Ok(actions) if actions.len() == 1 => actions[0],
+            // Every reset of it would touch another owner's function (a
+            // root port above a guest's device, a PF with foreign VFs).
+            Err(pci::reset_engine::EngineError::NotTheRequesters {
+                bdf: other,
+                owner: o,
+            }) => {
+                log::warn!("{caller}: any reset of {named} would touch {other} of {o:?}: denied");
+                return Err(DENIED);
+            }
             _ => {
                 return Err(CallError {
                     status: smccc::NOT_SUPPORTED,
@@ -332,15 +341,11 @@ fn reset_call<P: ConfigPort>(
         },
     };
     let scope = pci.topology.action_scope(action);
-    let not_owned = scope
-        .iter()
-        .filter(|&&b| {
-            pci.topology
-                .function(b)
-                .is_some_and(|f| !f.kind.is_bridge())
-                && pci.ownership.owner(b) != owner
-        })
-        .count() as u64;
+    // `pci`'s rule (a PM reset of a root port holds what is below it).
+    let not_owned = pci::reset_engine::foreign_in_scope(&pci.topology, action, owner, |b| {
+        pci.ownership.owner(b)
+    })
+    .len() as u64;
     match call {
         PciCall::ResetInfo { .. } => Ok([code_of(action), scope.len() as u64, not_owned]),
         PciCall::Reset { .. } => {
@@ -729,7 +734,7 @@ pub enum GuestStart {
 
 /// After a report: assign the functions of every waiting guest whose
 /// functions are all in the tree and whose segments are enumerated.
-pub fn ready_guests<P>(pci: &mut PciState<P>) -> Vec<GuestStart> {
+pub fn ready_guests<P: ConfigPort>(pci: &mut PciState<P>) -> Vec<GuestStart> {
     let mut decisions = Vec::new();
     let pending = core::mem::take(&mut pci.pending);
     for guest in pending {
@@ -739,6 +744,23 @@ pub fn ready_guests<P>(pci: &mut PciState<P>) -> Vec<GuestStart> {
             .all(|b| pci.topology.contains(*b) && pci.enumerated.contains(&b.segment));
         if !complete {
             pci.pending.push(guest);
+            continue;
+        }
+        // A PF goes to a guest only with SR-IOV off (`pci::reset_engine::
+        // sriov_in_use`): its VFs would stay here while its resets reach them.
+        let members = guest
+            .requested
+            .iter()
+            .flat_map(|&b| pci.topology.unit_members(b))
+            .collect::<Vec<Bdf>>();
+        if let Some((pf, vf)) = members.iter().find_map(|&b| {
+            pci::reset_engine::sriov_in_use(&pci.topology, &mut pci.port, b).map(|v| (b, v))
+        }) {
+            log::error!(
+                "{} cannot be given {pf}: its SR-IOV is on ({vf}); a PF is given with its VFs disabled",
+                guest.name
+            );
+            decisions.push(GuestStart::Fail { vm: guest.vm });
             continue;
         }
         if let Some(c) = pci
@@ -1140,6 +1162,91 @@ mod tests {
         assert_eq!(hv(&mut pci, true, "hwdom", remove(found[0])), Err(DENIED));
         assert_eq!(hv(&mut pci, true, "hwdom", remove(nvme)), Err(DENIED));
         assert!(pci.topology.contains(found[0]) && pci.topology.contains(nvme));
+    }
+
+    #[test]
+    fn the_hwdom_cannot_reset_the_root_port_above_a_guests_device() {
+        let (mut pci, found) = state();
+        report_all(&mut pci, &found);
+        let (rp, nvme) = (found[0], found[1]);
+        pci.pending.push(pending(1, &[nvme], false));
+        assert!(matches!(
+            ready_guests(&mut pci)[..],
+            [GuestStart::Start { .. }]
+        ));
+        // The port's PM reset (D3hot cuts the nvme off, D0 clears the
+        // port's bus numbers) touches the guest's nvme whatever its name.
+        let pm = ResetMethod::ALL
+            .iter()
+            .position(|&m| m == ResetMethod::Pm)
+            .unwrap() as u64
+            + 1;
+        assert!(
+            pci.topology
+                .reset_methods(rp)
+                .unwrap()
+                .contains(ResetMethod::Pm)
+        );
+        let reset = |method| PciCall::Reset {
+            segment: 0,
+            rid: rp.rid(),
+            method,
+        };
+        let mut start = Vec::new();
+        let who = Caller { vm: 0, hwdom: true };
+        for method in [0, pm] {
+            assert_eq!(
+                handle(&mut pci, who, "hwdom", reset(method), &mut start),
+                Err(DENIED)
+            );
+        }
+        assert!(start.is_empty());
+        let reserve = PciCall::ResetReserve {
+            segment: 0,
+            rid: rp.rid(),
+        };
+        assert_eq!(hv(&mut pci, true, "hwdom", reserve), Err(DENIED));
+    }
+
+    #[test]
+    fn a_pf_goes_to_a_guest_only_with_its_sriov_off() {
+        let mut fabric = Fabric::new().with_root_complex(
+            0,
+            0,
+            &[(
+                devfn(1, 0),
+                Spec::qemu_root_port().child(0, 0, Spec::endpoint(0x8086, 0x1521).sriov(2, 0x1520)),
+            )],
+        );
+        let found = fabric.enumerate();
+        let window = EcamWindow {
+            segment: 0,
+            bus_start: 0,
+            bus_end: 255,
+        };
+        let mut pci = PciState::new(std::vec![window], fabric);
+        report_all(&mut pci, &found);
+        pci.enumerated.push(0);
+        let pf = Bdf::new(0, 1, 0, 0);
+        assert!(
+            pci.topology.contains(Bdf::new(0, 1, 0, 1)),
+            "a VF is tracked"
+        );
+        // Its VFs would stay the hwdom's while the PF's FLR resets them.
+        pci.pending.push(pending(1, &[pf], false));
+        assert_eq!(ready_guests(&mut pci), [GuestStart::Fail { vm: 1 }]);
+        assert_eq!(pci.ownership.owner(pf), Owner::Hwdom);
+        // VFs off and removed: the PF may go.
+        let sriov = pci.topology.function(pf).unwrap().caps.sriov;
+        pci.port.write16(pf, sriov + pci::regs::SRIOV_CTRL, 0);
+        for vf in [Bdf::new(0, 1, 0, 1), Bdf::new(0, 1, 0, 2)] {
+            pci.topology.report_remove(vf).unwrap();
+        }
+        pci.pending.push(pending(1, &[pf], false));
+        assert!(matches!(
+            ready_guests(&mut pci)[..],
+            [GuestStart::Start { .. }]
+        ));
     }
 
     #[test]

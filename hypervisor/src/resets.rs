@@ -234,15 +234,21 @@ pub fn for_guest_flr<P>(pci: &PciState<P>, bdf: Bdf) -> Result<ResetAction, Engi
     }
 }
 
-/// The reset for a guest's FLR of `bdf`: its FLR (or AF FLR), if it has one.
+/// The reset for a guest's FLR of `bdf`: its FLR (or AF FLR), if it has one
+/// that touches only the owner's functions (a PF's FLR also resets its VFs).
 pub fn flr_of<P>(pci: &PciState<P>, bdf: Bdf) -> Option<ResetAction> {
     let methods = pci.topology.reset_methods(bdf).ok()?;
+    let owner = pci.ownership.owner(bdf);
     methods
         .as_slice()
         .iter()
         .copied()
-        .find(|m| matches!(m, ResetMethod::Flr | ResetMethod::AfFlr))
+        .filter(|m| matches!(m, ResetMethod::Flr | ResetMethod::AfFlr))
         .map(|method| ResetAction::Function { bdf, method })
+        .find(|&a| {
+            pci::reset_engine::check_reset(&pci.topology, a, owner, |b| pci.ownership.owner(b))
+                .is_ok()
+        })
 }
 
 #[cfg(test)]

@@ -1830,12 +1830,24 @@ fn pci_timer(_ticks: u64) {
             let Some(vm) = vm.and_then(|v| system().vms.get(usize::from(v))) else {
                 continue;
             };
-            start_resets(
-                &mut pci,
-                vm,
-                &t.functions,
-                crate::resets::AfterReset::Nothing,
-            );
+            match t.actions {
+                Ok(actions) => {
+                    for action in actions {
+                        start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing);
+                    }
+                }
+                Err(e) => {
+                    log::error!(
+                        "{}: no reset covers {:?}: {e}; quarantined",
+                        vm.name,
+                        t.functions
+                    );
+                    for &b in &t.functions {
+                        pci.quarantine
+                            .add(b, pci::reset_engine::QuarantineReason::NoResetMethod);
+                    }
+                }
+            }
             if pci.quarantine.first_of(&t.functions).is_some() {
                 // No reset could start: it never comes back.
                 crate::aer::reset_done(&mut pci, &t.functions, &t.functions, true);
@@ -1850,7 +1862,9 @@ fn pci_timer(_ticks: u64) {
 fn step_resets(pci: &mut PciState) {
     let (finished, _) = crate::resets::step(pci, &mut pci_host::BarMemory, now_ns());
     for f in finished {
-        let scope = pci.topology.action_scope(f.action);
+        // A bus reset also ends the recovery of the bridge whose link it
+        // reset.
+        let scope = pci::aer::recovered_by(&pci.topology, f.action);
         let gone: &[pci::Bdf] = match &f.outcome {
             pci::reset_engine::ResetOutcome::TimedOut(gone) => gone,
             _ => &[],

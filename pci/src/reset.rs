@@ -9,7 +9,9 @@
 //! per function with a validated override list. A method's scope is exactly
 //! the set of functions it resets: the function itself (plus a PF's VFs,
 //! which an FLR or PM reset of the PF disables) for function-level methods;
-//! everything below the parent bridge for slot and bus resets.
+//! everything below the parent bridge for slot and bus resets. A
+//! function-level reset of a bridge also cuts off everything below it, so
+//! its scope holds its subtree ([`Topology::action_scope`]).
 
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
@@ -354,9 +356,22 @@ impl Topology {
         })
     }
 
-    /// Every tracked function an action resets, in address order.
+    /// Every tracked function an action resets or cuts off, in address
+    /// order. A function-level reset of a bridge (PM D3hot→D0, an FLR)
+    /// reaches everything below it: in D3hot it forwards nothing, and the
+    /// reset clears its bus numbers and windows, so nothing below answers
+    /// until it is restored. Its scope is the bridge and its subtree, like
+    /// a bus reset's, whatever the method's name says.
     pub fn action_scope(&self, action: ResetAction) -> Vec<Bdf> {
         match action {
+            ResetAction::Function { bdf, .. }
+                if self.function(bdf).is_some_and(|f| f.kind.is_bridge()) =>
+            {
+                let mut v: Vec<Bdf> = core::iter::once(bdf).chain(self.subtree(bdf)).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
             ResetAction::Function { bdf, .. } => {
                 let mut v = alloc::vec![bdf];
                 if let Some(f) = self.function(bdf)

@@ -815,24 +815,26 @@ fn hwdom_sbr_over_a_guest_function_is_refused() {
         }
     };
     assert_eq!(
-        check_hwdom_reset(
+        check_reset(
             &t,
             ResetAction::SecondaryBus {
                 bridge: b("00:01.0")
             },
+            Owner::Hwdom,
             owner
         ),
-        Err(EngineError::GuestFunctionInScope {
+        Err(EngineError::NotTheRequesters {
             bdf: b("04:00.0"),
-            guest: 3
+            owner: Owner::Guest(3)
         })
     );
     assert_eq!(
-        check_hwdom_reset(
+        check_reset(
             &t,
             ResetAction::SecondaryBus {
                 bridge: b("02:00.0")
             },
+            Owner::Hwdom,
             owner
         ),
         Ok(())
@@ -1018,4 +1020,126 @@ fn pcie_aer_acs_and_msi_state_survive_an_sbr() {
     assert_eq!(run.outcome, ResetOutcome::Ready);
     assert_eq!(regs(&mut f), before);
     assert_eq!(before[8] as u16 & MSI_FLAGS_ENABLE, MSI_FLAGS_ENABLE);
+}
+
+/// An MSI-X table address comes from a BAR and an offset the device and the
+/// hardware domain chose: entries that would end past the address space
+/// are neither compared nor written (no overflow, no wrap to low memory).
+#[test]
+fn msix_table_at_the_end_of_the_address_space_is_not_touched() {
+    struct Mem(Vec<u64>);
+    impl MemoryPort for Mem {
+        fn read(&mut self, pa: u64, _: u16) -> u64 {
+            self.0.push(pa);
+            0
+        }
+        fn write(&mut self, pa: u64, _: u16, _: u64) {
+            self.0.push(pa);
+        }
+    }
+    let mut mem = Mem(Vec::new());
+    let top = u64::MAX - 0x17; // entry 0 fits (ends at MAX - 8), entry 1 does not
+    let shadow = [[0xfee0_0000, 0, 0x41, 0]; 2];
+    assert_eq!(msix_entry_address(top, 0), Some(top));
+    assert_eq!(msix_entry_address(top, 1), None);
+    assert!(msix_table_lost(&mut mem, top, &shadow));
+    assert_eq!(repair_msix_table(&mut mem, top, &shadow), 1);
+    assert!(mem.0.iter().all(|&pa| pa >= top), "{:x?}", mem.0);
+}
+
+/// A function-level reset of a bridge cuts off everything below it (in
+/// D3hot it forwards nothing, D0 clears its bus numbers): its scope holds
+/// its subtree, and the hardware domain may not PM-reset the root port or
+/// the downstream port above a guest's device, whatever the method's name.
+#[test]
+fn a_pm_reset_of_a_bridge_above_a_guests_function_is_refused() {
+    let (mut f, t) = setup(SimReadiness::default());
+    let nvme = b("03:00.0");
+    let owner = |x: Bdf| {
+        if x == nvme {
+            Owner::Guest(1)
+        } else {
+            Owner::Hwdom
+        }
+    };
+    for port in [b("00:01.0"), b("02:00.0")] {
+        assert!(
+            t.reset_methods(port).unwrap().contains(ResetMethod::Pm),
+            "{port}"
+        );
+        let pm = ResetAction::Function {
+            bdf: port,
+            method: ResetMethod::Pm,
+        };
+        assert!(t.action_scope(pm).contains(&nvme), "{port}");
+        assert_eq!(foreign_in_scope(&t, pm, Owner::Hwdom, owner), vec![nvme]);
+        assert_eq!(
+            check_reset(&t, pm, Owner::Hwdom, owner),
+            Err(EngineError::NotTheRequesters {
+                bdf: nvme,
+                owner: Owner::Guest(1)
+            })
+        );
+        // The narrowest reset of the port alone does not pick it either.
+        assert!(narrowest_reset(&t, owner, &[port]).is_err(), "{port}");
+    }
+    // The other downstream port holds only the hwdom's e1000e: its PM
+    // reset is the hwdom's to make, and the engine brings the e1000e back
+    // behind it (saved, gated on the port, restored).
+    let port = b("02:01.0");
+    let pm = ResetAction::Function {
+        bdf: port,
+        method: ResetMethod::Pm,
+    };
+    assert_eq!(check_reset(&t, pm, Owner::Hwdom, owner), Ok(()));
+    let e1000e = b("04:00.0");
+    let bar0 = f.read32(e1000e, BAR0);
+    let (mut job, step) = start(&t, &mut f, pm);
+    assert_eq!(job.scope(), &[port, e1000e]);
+    let run = drive(&mut job, &t, &mut f, &NoShadow, step);
+    assert_eq!(run.outcome, ResetOutcome::Ready);
+    assert_eq!(f.read32(e1000e, BAR0), bar0);
+}
+
+/// A guest given an SR-IOV PF while the hardware domain holds its VFs: the
+/// PF's FLR (whose scope holds the VFs) is not the guest's to make, and
+/// such a PF is not given out (`sriov_in_use`).
+#[test]
+fn a_guests_pf_reset_never_touches_the_hwdoms_vfs() {
+    let (mut f, t) = quirky();
+    let pf = b("01:00.0");
+    let owner = |x: Bdf| {
+        if x == pf {
+            Owner::Guest(1)
+        } else {
+            Owner::Hwdom
+        }
+    };
+    let flr = ResetAction::Function {
+        bdf: pf,
+        method: ResetMethod::Flr,
+    };
+    assert_eq!(
+        check_reset(&t, flr, Owner::Guest(1), owner),
+        Err(EngineError::NotTheRequesters {
+            bdf: b("01:00.1"),
+            owner: Owner::Hwdom
+        })
+    );
+    match narrowest_reset(&t, owner, &[pf]) {
+        Err(EngineError::NotTheRequesters { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sriov_in_use(&t, &mut f, pf), Some(b("01:00.1")));
+    assert_eq!(sriov_in_use(&t, &mut f, b("02:00.0")), None);
+    // With VF Enable off and no VF tracked, the PF may go to a guest.
+    let sriov = t.function(pf).unwrap().caps.sriov;
+    f.write16(pf, sriov + SRIOV_CTRL, 0);
+    let mut t = t;
+    for vf in [b("01:00.1"), b("01:00.2")] {
+        t.report_remove(vf).unwrap();
+    }
+    assert_eq!(sriov_in_use(&t, &mut f, pf), None);
+    f.write16(pf, sriov + SRIOV_CTRL, SRIOV_CTRL_VFE);
+    assert_eq!(sriov_in_use(&t, &mut f, pf), Some(pf), "VF Enable alone");
 }

@@ -1142,3 +1142,39 @@ fn pf_of_a_guest_vf_is_protected() {
         Some(VpciError::VirtualFunction(vf))
     );
 }
+
+/// The MSI-X Table Offset and PBA Offset come from the device: a table or
+/// PBA placed at or past the end of its BAR traps nothing and maps the
+/// whole BAR, without an arithmetic overflow (a panic under overflow
+/// checks, a wrapped trap size without).
+#[test]
+fn msix_table_past_the_end_of_its_bar_traps_nothing_and_does_not_overflow() {
+    let mut w = world();
+    let nvme = b("01:00.0");
+    let cap = pci::caps::find_cap(&mut w.fab, nvme, CAP_ID_MSIX)
+        .unwrap()
+        .unwrap() as u16;
+    // BAR0 (BIR 0) is 16 KiB: the table at 16 KiB, the PBA far beyond.
+    assert!(w.fab.poke(nvme, cap + MSIX_TABLE, &0x4000u32.to_le_bytes()));
+    assert!(
+        w.fab
+            .poke(nvme, cap + MSIX_PBA, &0xffff_f000u32.to_le_bytes())
+    );
+    let units = w.own.assign(&mut w.topo, 1, &[nvme], false).unwrap();
+    let mut g = GuestBus::new(&units, &w.topo, &mut w.fab, layout()).unwrap();
+    let fab = &mut w.fab;
+    program_root_ports(&mut g, fab);
+    let o = off(1, 0, 0, 0);
+    let mut e = Effects::new();
+    g.config_write(fab, o + 0x10, 4, 0, &mut e);
+    g.config_write(fab, o + 0x14, 4, 0x80, &mut e);
+    g.config_write(fab, o + COMMAND as u64, 2, COMMAND_MEMORY as u32, &mut e);
+    assert_eq!(
+        effects_of(&e),
+        vec![Effect::Map {
+            ipa: 0x80_0000_0000,
+            pa: phys_bar(fab, nvme, 0),
+            size: 0x4000
+        }]
+    );
+}

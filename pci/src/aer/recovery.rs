@@ -7,7 +7,9 @@ use alloc::vec::Vec;
 
 use super::{AerEvent, Severity};
 use crate::addr::Bdf;
-use crate::topology::Topology;
+use crate::reset::{ResetAction, ResetError};
+use crate::reset_engine::{EngineError, check_reset, narrowest_reset};
+use crate::topology::{FunctionKind, Topology};
 use crate::vpci::Owner;
 
 /// Finished recoveries kept for the log.
@@ -28,6 +30,9 @@ pub enum RecoveryState {
     Recovered,
     /// It did not come back: quarantined, surprise-removed for its owner.
     Quarantined,
+    /// No reset may recover it: its link reset would touch another owner's
+    /// functions (a bridge above a guest's device). Given up, logged.
+    Unrecoverable,
 }
 
 /// One error's recovery.
@@ -240,10 +245,81 @@ impl RecoveryTracker {
         out
     }
 
+    /// Ends the running recovery of `source` as [`RecoveryState::Unrecoverable`]
+    /// (no reset may be made for it, see [`recovery_reset`]), so it does
+    /// not wait for a reset that never comes.
+    pub fn give_up(&mut self, source: Bdf) -> Option<RecoveryOutcome> {
+        let i = self.active.iter().position(|r| r.source == source)?;
+        let r = self.active.swap_remove(i);
+        let state = RecoveryState::Unrecoverable;
+        self.log_push(Recovery { state, ..r });
+        Some(RecoveryOutcome {
+            source,
+            owner: r.owner,
+            state,
+            by_hypervisor: r.by_hypervisor,
+        })
+    }
+
     /// Drops a function's running recovery (removed from the topology).
     pub fn forget(&mut self, bdf: Bdf) {
         self.active.retain(|r| r.source != bdf);
     }
+}
+
+/// The resets that recover a fatal error of `source` (the hypervisor's
+/// takeover past the deadline):
+/// - a function: [`crate::reset_engine::narrowest_reset`] of its
+///   [`recovery_functions`];
+/// - a bridge: the link reset Linux does for it — the Secondary Bus (or
+///   slot) Reset of the source itself when it is a root or downstream port
+///   (its link is the one below), else of its parent bridge. The
+///   narrowest-reset search does not cover bridges, so without this a
+///   bridge's fatal error would wait forever. Like every reset, it may touch
+///   only the owner's functions ([`crate::reset_engine::check_reset`]): a
+///   port above another owner's device gets `NotTheRequesters`, and the
+///   caller ends the recovery with [`RecoveryTracker::give_up`].
+///
+/// [`recovered_by`] says which recoveries a finished reset ends.
+pub fn recovery_reset(
+    topo: &Topology,
+    ownership_of: impl Fn(Bdf) -> Owner,
+    source: Bdf,
+) -> Result<Vec<ResetAction>, EngineError> {
+    let f = topo
+        .function(source)
+        .ok_or(ResetError::NotTracked { bdf: source })?;
+    if !f.kind.is_bridge() {
+        let functions = recovery_functions(topo, &ownership_of, source);
+        return narrowest_reset(topo, &ownership_of, &functions);
+    }
+    let link = match f.kind {
+        FunctionKind::RootPort | FunctionKind::DownstreamPort => source,
+        _ => topo.parent_bridge(source).unwrap_or(source),
+    };
+    if !topo.bus_reset_allowed(link) {
+        return Err(EngineError::BusResetQuirk { bridge: link });
+    }
+    let action = if topo.function(link).is_some_and(|p| p.is_hotplug_slot()) {
+        ResetAction::Slot { port: link }
+    } else {
+        ResetAction::SecondaryBus { bridge: link }
+    };
+    check_reset(topo, action, ownership_of(source), &ownership_of)?;
+    Ok(alloc::vec![action])
+}
+
+/// The functions whose fatal-error recovery a finished `action` ends (for
+/// [`RecoveryTracker::on_reset_done`]'s `ready` / `failed`): its scope, and
+/// for a bus or slot reset the bridge itself, whose link it reset.
+pub fn recovered_by(topo: &Topology, action: ResetAction) -> Vec<Bdf> {
+    let mut v = topo.action_scope(action);
+    if let ResetAction::SecondaryBus { bridge } | ResetAction::Slot { port: bridge } = action
+        && !v.contains(&bridge)
+    {
+        v.insert(0, bridge);
+    }
+    v
 }
 
 /// The functions a fatal error's link reset covers, for

@@ -31,7 +31,8 @@
 //!
 //! Around the engine (the shell's part): choose the action with
 //! [`Topology::reset_methods`] / [`narrowest_reset`] (guest SBR) /
-//! [`check_hwdom_reset`] (hwdom requests); log a warning when
+//! [`check_reset`] (every request: nothing of another owner in the
+//! scope); log a warning when
 //! [`Topology::is_default_reset_order`] is false (seed 003); put
 //! `TimedOut` functions and `NoMethod` errors in the [`Quarantine`]; check
 //! [`Reservations::breaks_reservation`] and the quarantine before every
@@ -93,12 +94,13 @@ use alloc::vec::Vec;
 use core::fmt;
 
 pub use policy::{
-    Quarantine, QuarantineReason, Reservation, ReservationConflict, Reservations,
-    check_hwdom_reset, narrowest_reset,
+    Quarantine, QuarantineReason, Reservation, ReservationConflict, Reservations, check_reset,
+    foreign_in_scope, narrowest_reset, sriov_in_use,
 };
 pub use save::{
     Hw, MsixShadow, NoShadow, SavedAer, SavedFunction, SavedMsi, SavedMsix, SavedPcie, SavedSriov,
-    SavedState, msix_table_address, msix_table_lost, repair_msix_table, restore_function,
+    SavedState, msix_entry_address, msix_table_address, msix_table_lost, repair_msix_table,
+    restore_function,
 };
 
 use crate::addr::Bdf;
@@ -153,9 +155,9 @@ pub enum EngineError {
     NotInD0 { bdf: Bdf },
     /// No reset method can reset the function (quarantine it).
     NoMethod { bdf: Bdf },
-    /// The hardware domain asked for a reset whose scope holds a guest's
-    /// function.
-    GuestFunctionInScope { bdf: Bdf, guest: u16 },
+    /// The reset's scope holds a function of another owner than the
+    /// requester ([`check_reset`]).
+    NotTheRequesters { bdf: Bdf, owner: crate::vpci::Owner },
     /// A bus reset of this bridge is forbidden by a reset quirk below it.
     BusResetQuirk { bridge: Bdf },
 }
@@ -174,8 +176,8 @@ impl fmt::Display for EngineError {
             Self::NotSaved { bdf } => write!(f, "{bdf}: state not saved before reset"),
             Self::NotInD0 { bdf } => write!(f, "{bdf}: PM reset needs D0 or D3hot"),
             Self::NoMethod { bdf } => write!(f, "{bdf}: no reset method"),
-            Self::GuestFunctionInScope { bdf, guest } => {
-                write!(f, "reset would touch {bdf} of guest {guest}")
+            Self::NotTheRequesters { bdf, owner } => {
+                write!(f, "reset would touch {bdf} of {owner:?}")
             }
             Self::BusResetQuirk { bridge } => {
                 write!(f, "{bridge}: bus reset forbidden by a quirk below")

@@ -6,6 +6,8 @@ use alloc::vec::Vec;
 
 use super::EngineError;
 use crate::addr::Bdf;
+use crate::port::ConfigPort;
+use crate::regs::{SRIOV_CTRL, SRIOV_CTRL_VFE};
 use crate::reset::ResetAction;
 use crate::topology::Topology;
 use crate::vpci::Owner;
@@ -23,11 +25,14 @@ fn is_bridge(topo: &Topology, b: Bdf) -> bool {
 ///   below it (switch ports, PCIe-to-PCI bridges of the unit) are never
 ///   assigned; the engine saves and restores them, so they do not count;
 /// - otherwise, per function, its first function-level method in its
-///   (possibly overridden) order: an FLR of a function the requester owns
-///   touches nothing else.
+///   (possibly overridden) order whose scope holds nothing of another
+///   owner ([`check_reset`]); a function the scope of an earlier choice
+///   covers (a VF with its PF) is not reset twice.
 ///
 /// `NoMethod` names the first function no method can reset: the caller
 /// quarantines it (and does not pretend the reset happened).
+/// `NotTheRequesters` names a function of another owner that every
+/// function-level method of a function of the set would touch.
 pub fn narrowest_reset(
     topo: &Topology,
     ownership_of: impl Fn(Bdf) -> Owner,
@@ -58,43 +63,125 @@ pub fn narrowest_reset(
             }]);
         }
     }
-    let mut out = Vec::new();
+    let mut out: Vec<ResetAction> = Vec::new();
+    let mut covered: Vec<Bdf> = Vec::new();
     for &b in functions {
-        if is_bridge(topo, b) {
-            continue;
-        }
-        // A VF is reset with its PF when the PF is in the set.
-        if let Some(pf) = topo.function(b).and_then(|f| f.physfn())
-            && functions.contains(&pf)
+        // Reset already by an action chosen for another function of the
+        // set (a VF with its PF, a function below a bridge of the set).
+        if covered.contains(&b)
+            || topo
+                .function(b)
+                .and_then(|f| f.physfn())
+                .is_some_and(|pf| functions.contains(&pf))
         {
             continue;
         }
         let methods = topo.reset_methods(b)?;
-        let m = methods
+        let mut level = methods
             .as_slice()
             .iter()
             .copied()
-            .find(|m| m.is_function_level())
-            .ok_or(EngineError::NoMethod { bdf: b })?;
-        out.push(ResetAction::Function { bdf: b, method: m });
+            .filter(|m| m.is_function_level())
+            .peekable();
+        if level.peek().is_none() {
+            return Err(EngineError::NoMethod { bdf: b });
+        }
+        // The first method that touches nothing of another owner: an FLR
+        // of a PF whose VFs are someone else's, or a PM reset of a bridge
+        // above someone else's function, is not one.
+        let mut refused = None;
+        let mut chosen = None;
+        for m in level {
+            let action = ResetAction::Function { bdf: b, method: m };
+            match check_reset(topo, action, owner, &ownership_of) {
+                Ok(()) => {
+                    chosen = Some(action);
+                    break;
+                }
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        let action = match (chosen, refused) {
+            (Some(a), _) => a,
+            (None, Some(e)) => return Err(e),
+            (None, None) => return Err(EngineError::NoMethod { bdf: b }),
+        };
+        covered.extend(topo.action_scope(action));
+        out.push(action);
     }
     Ok(out)
 }
 
-/// Refuses a reset the hardware domain asks for when its scope holds a
-/// function a guest owns (for example an SBR of a root port above a guest's
-/// device).
-pub fn check_hwdom_reset(
+/// The functions of `action`'s scope ([`Topology::action_scope`]) that
+/// `requester` does not own, in address order: the reset would touch them.
+/// Bridges do not count: they are never assigned (they stay the hardware
+/// domain's) and the engine saves and restores them; a bridge above another
+/// owner's function brings that function into the scope (a PM reset of a
+/// root port holds its subtree), so it is refused through it. The one rule
+/// every caller applies: the reset hypercalls, the hardware domain's
+/// requests, the reservations.
+pub fn foreign_in_scope(
     topo: &Topology,
     action: ResetAction,
+    requester: Owner,
+    ownership_of: impl Fn(Bdf) -> Owner,
+) -> Vec<Bdf> {
+    topo.action_scope(action)
+        .into_iter()
+        .filter(|&b| !is_bridge(topo, b) && ownership_of(b) != requester)
+        .collect()
+}
+
+/// Refuses a reset `requester` asks for when its scope holds a function
+/// another owner holds ([`foreign_in_scope`]): for example an SBR, or a PM
+/// reset, of a root port above a guest's device asked for by the hardware
+/// domain, or a guest's FLR of a PF whose VFs are the hardware domain's.
+pub fn check_reset(
+    topo: &Topology,
+    action: ResetAction,
+    requester: Owner,
     ownership_of: impl Fn(Bdf) -> Owner,
 ) -> Result<(), EngineError> {
-    for b in topo.action_scope(action) {
-        if let Owner::Guest(guest) = ownership_of(b) {
-            return Err(EngineError::GuestFunctionInScope { bdf: b, guest });
-        }
+    match foreign_in_scope(topo, action, requester, &ownership_of).first() {
+        Some(&bdf) => Err(EngineError::NotTheRequesters {
+            bdf,
+            owner: ownership_of(bdf),
+        }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// What owning an SR-IOV PF means for its VFs: a guest is given a PF only
+/// while its SR-IOV is off (VF Enable clear, no VF of it tracked). VFs are
+/// never given to a guest (`vpci::GuestBus::new` refuses them), so the VFs
+/// of a guest's PF would stay the hardware domain's while the PF's FLR or
+/// PM reset, and its VF Enable, reach them; a reset may touch only the
+/// requester's functions. Once the PF is the guest's, nobody can turn VFs
+/// on: the guest's view has no SR-IOV capability and the hardware domain
+/// no longer reaches the PF's config space. [`check_reset`] refuses the
+/// PF's function-level resets should VFs of another owner exist anyway.
+///
+/// Returns the PF's first tracked VF, or the PF itself when only VF Enable
+/// is set; `None` when the function may be assigned as far as SR-IOV goes.
+pub fn sriov_in_use<P: ConfigPort + ?Sized>(
+    topo: &Topology,
+    port: &mut P,
+    bdf: Bdf,
+) -> Option<Bdf> {
+    let f = topo.function(bdf)?;
+    if f.caps.sriov == 0 {
+        return None;
+    }
+    if let Some(vf) = topo
+        .functions()
+        .find_map(|(b, g)| (g.physfn() == Some(bdf)).then_some(b))
+    {
+        return Some(vf);
+    }
+    let ctrl = port.read16(bdf, f.caps.sriov.saturating_add(SRIOV_CTRL));
+    (ctrl != u16::MAX && ctrl & SRIOV_CTRL_VFE != 0).then_some(bdf)
 }
 
 /// Why a function may not be handed out.

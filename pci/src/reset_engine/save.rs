@@ -346,8 +346,13 @@ fn capture_function<H: ConfigPort + MemoryPort + ?Sized>(
             && decoding
             && let Some(pa) = saved.msix_table_address()
         {
-            for i in 0..m.entries() as u64 {
-                let e = pa.wrapping_add(i * MSIX_ENTRY_SIZE as u64);
+            for i in 0..m.entries() {
+                // A table whose end overflows the address space (BAR and
+                // offset come from the device and the hardware domain) is
+                // not captured: nothing there can be a table.
+                let Some(e) = msix_entry_address(pa, i) else {
+                    break;
+                };
                 m.captured.push([
                     port.read(e, 4) as u32,
                     port.read(e + 4, 4) as u32,
@@ -480,6 +485,16 @@ fn restore_msi<P: ConfigPort + ?Sized>(port: &mut P, bdf: Bdf, m: &SavedMsi) {
 
 /// Writes one MSI-X entry the way Linux rewrites a live one: masked while
 /// address and data change, then its own Vector Control.
+/// The address of entry `i` of an MSI-X table at `table_pa`, if the whole
+/// entry (16 bytes) lies below the end of the address space: the table's
+/// BAR and offset come from the device and the hardware domain, so the
+/// sum may not fit.
+pub fn msix_entry_address(table_pa: u64, i: u16) -> Option<u64> {
+    let e = table_pa.checked_add(u64::from(i) * u64::from(MSIX_ENTRY_SIZE))?;
+    e.checked_add(u64::from(MSIX_ENTRY_SIZE) - 1).map(|_| e)
+}
+
+/// Writes one entry at `pa` (from [`msix_entry_address`]: `pa + 12` fits).
 fn write_msix_entry<M: MemoryPort + ?Sized>(mem: &mut M, pa: u64, e: [u32; 4]) {
     mem.write(pa + 12, 4, (e[3] | MSIX_ENTRY_VECTOR_CTRL_MASKED) as u64);
     mem.write(pa, 4, e[0] as u64);
@@ -514,8 +529,8 @@ fn restore_msix<H: ConfigPort + MemoryPort + ?Sized>(
             let entry = shadow
                 .msix_entry(bdf, i)
                 .or_else(|| m.captured.get(i as usize).copied());
-            if let Some(e) = entry {
-                write_msix_entry(port, pa + i as u64 * MSIX_ENTRY_SIZE as u64, e);
+            if let (Some(e), Some(at)) = (entry, msix_entry_address(pa, i)) {
+                write_msix_entry(port, at, e);
             }
         }
         if need_mse {
@@ -578,7 +593,13 @@ pub fn msix_table_lost<M: MemoryPort + ?Sized>(
         if e[0] == 0 && e[1] == 0 {
             return false;
         }
-        let pa = table_pa.wrapping_add(i as u64 * MSIX_ENTRY_SIZE as u64);
+        // An entry past the end of the address space was never written.
+        let Some(pa) = u16::try_from(i)
+            .ok()
+            .and_then(|i| msix_entry_address(table_pa, i))
+        else {
+            return false;
+        };
         mem.read(pa, 4) as u32 != e[0]
             || mem.read(pa + 4, 4) as u32 != e[1]
             || mem.read(pa + 8, 4) as u32 != e[2]
@@ -593,14 +614,17 @@ pub fn repair_msix_table<M: MemoryPort + ?Sized>(
     table_pa: u64,
     shadow: &[[u32; 4]],
 ) -> usize {
+    let mut written = 0;
     for (i, e) in shadow.iter().enumerate() {
-        write_msix_entry(
-            mem,
-            table_pa.wrapping_add(i as u64 * MSIX_ENTRY_SIZE as u64),
-            *e,
-        );
+        if let Some(at) = u16::try_from(i)
+            .ok()
+            .and_then(|i| msix_entry_address(table_pa, i))
+        {
+            write_msix_entry(mem, at, *e);
+            written += 1;
+        }
     }
-    shadow.len()
+    written
 }
 
 /// The physical address of `bdf`'s MSI-X table as currently programmed in

@@ -14,7 +14,7 @@ use crate::addr::Bdf;
 use crate::caps::walk_caps;
 use crate::port::{ConfigPort, MemoryPort};
 use crate::regs::*;
-use crate::reset_engine::{msix_table_lost, repair_msix_table};
+use crate::reset_engine::{msix_entry_address, msix_table_lost, repair_msix_table};
 
 /// Bytes of virtual storage: the standard space, then the virtual AER.
 pub(crate) const SHADOW_SIZE: usize = 0x130;
@@ -133,11 +133,17 @@ impl Msix {
     /// that hold the table or the PBA, merged when they overlap, clipped to
     /// the BAR.
     pub fn trapped_pages(&self, bar: u8, size: u64) -> [Option<(u64, u64)>; 2] {
+        // The offsets come from the device's MSI-X capability: a table or
+        // PBA at or past the end of its BAR traps nothing (and must not
+        // underflow `end - start`).
         let page = |off: u32, len: u64| -> Option<(u64, u64)> {
-            let start = (off as u64) & !(PAGE - 1);
-            let end = (off as u64).saturating_add(len).div_ceil(PAGE) * PAGE;
-            let end = end.min(size);
-            (start < end).then_some((start, end - start))
+            let start = u64::from(off) & !(PAGE - 1);
+            let end = u64::from(off)
+                .saturating_add(len)
+                .div_ceil(PAGE)
+                .saturating_mul(PAGE)
+                .min(size);
+            Some((start, end.checked_sub(start).filter(|&l| l != 0)?))
         };
         let t = (self.table_bar == bar)
             .then(|| page(self.table_offset, self.table_len()))
@@ -147,10 +153,12 @@ impl Msix {
             .flatten();
         match (t, p) {
             (Some(a), Some(b)) => {
+                // Both ranges end within the BAR (`size`): no overflow.
                 let (first, second) = if a.0 <= b.0 { (a, b) } else { (b, a) };
-                if second.0 <= first.0 + first.1 {
-                    let end = (first.0 + first.1).max(second.0 + second.1);
-                    [Some((first.0, end - first.0)), None]
+                let first_end = first.0.saturating_add(first.1);
+                if second.0 <= first_end {
+                    let end = first_end.max(second.0.saturating_add(second.1));
+                    [Some((first.0, end.saturating_sub(first.0))), None]
                 } else {
                     [Some(first), Some(second)]
                 }
@@ -871,13 +879,18 @@ impl AssignedFn {
         }
         for i in 0..entries {
             let want = guest(m, i);
-            let at = pa.wrapping_add(i as u64 * MSIX_ENTRY_SIZE as u64);
+            // None: the entry would end past the address space (the BAR and
+            // the table offset come from the device and the hardware
+            // domain); nothing is written there.
+            let at = u16::try_from(i)
+                .ok()
+                .and_then(|i| msix_entry_address(pa, i));
             let Some(have) = m.hw.get_mut(i) else {
                 continue;
             };
             if live(&want) {
                 if *have != want {
-                    if hardware {
+                    if hardware && let Some(at) = at {
                         repair_msix_table(mem, at, &[want]);
                     }
                     *have = want;
@@ -886,7 +899,7 @@ impl AssignedFn {
                 }
             } else if live(have) {
                 have[3] |= MSIX_ENTRY_VECTOR_CTRL_MASKED;
-                if hardware {
+                if hardware && let Some(at) = at {
                     mem.write(at + 12, 4, have[3] as u64);
                 }
             }
