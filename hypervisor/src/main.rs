@@ -35,6 +35,7 @@ mod pci_host;
 mod pci_report;
 mod resets;
 mod smccc;
+mod sysreg;
 mod vgic;
 #[cfg(target_os = "none")]
 mod vm;

@@ -1085,6 +1085,10 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
 #[inline(never)]
 fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, hpfar: u64) {
     let ec = esr::class(esr);
+    // PMU, debug and ID registers (trapped by MDCR_EL2, CPTR_EL2, TID3).
+    if ec == crate::irq::EC_SYSREG && crate::arch::aarch64::sysregs::emulate(frame, esr) {
+        return;
+    }
     if ec == esr::EC_IABT_LOW {
         let ipa = fault_ipa(hpfar, far);
         if vm.log_fault() {

@@ -14,6 +14,7 @@ fn test_guest_main(env: Env) -> ! {
         Some("isolation") => isolation(&env),
         Some("psci") => psci(&env),
         Some("badcalls") => badcalls(&env),
+        Some("pmu-debug") => crate::tests_arch::pmu_debug(&env),
         Some(name) if name.starts_with("gic-") => crate::tests_gic::run(&env, name),
         Some("enumerate") => crate::pci_tests::enumerate(&env),
         Some("pci-guest") => crate::pci_tests::pci_guest(&env),
