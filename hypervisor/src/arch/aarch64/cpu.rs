@@ -321,6 +321,26 @@ pub fn inject_sync(frame: &mut TrapFrame, kind: Injected, far: u64) {
     frame.spsr = SPSR_EL1H_MASKED;
 }
 
+/// Clean the data cache lines holding `[start, start + len)` to the point
+/// of coherency (DC CVAC), then DSB: memory holds what this CPU wrote, for
+/// an observer that does not look in the caches (a CPU with its MMU off).
+pub fn clean_dcache_to_poc(start: usize, len: usize) {
+    // CTR_EL0.DminLine: log2 of the smallest data cache line in words.
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    let line = 4usize << ((ctr >> 16) & 0xf);
+    let mut at = start & !(line - 1);
+    while at < start + len {
+        // SAFETY: cleaning a line of mapped memory writes back its content
+        // and changes no value a program can read.
+        unsafe { core::arch::asm!("dc cvac, {}", in(reg) at, options(nostack)) };
+        at += line;
+    }
+    // SAFETY: a barrier only.
+    unsafe { core::arch::asm!("dsb sy", options(nostack)) };
+}
+
 /// Wait for an event (another CPU's `sev`).
 #[inline]
 pub fn wait_for_event() {
