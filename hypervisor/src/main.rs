@@ -363,7 +363,7 @@ mod boot {
             }
         }
         console::flush();
-        vm::run_pcpu(boot_cpu)
+        vm::start_pcpu(boot_cpu)
     }
 
     #[unsafe(no_mangle)]
@@ -375,7 +375,7 @@ mod boot {
             log::error!("GIC setup of CPU {cpu_index} failed: {e:?}");
             park();
         }
-        vm::run_pcpu(cpu_index)
+        vm::start_pcpu(cpu_index)
     }
 }
 

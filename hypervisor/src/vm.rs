@@ -510,9 +510,22 @@ fn frame_of(cpu: usize) -> *mut TrapFrame {
     (stacks + (cpu + 1) * STACK_SIZE - TRAP_FRAME_SIZE) as *mut TrapFrame
 }
 
+/// Boot path of physical CPU `cpu`: run its vCPU ([`run_pcpu`]) with the
+/// trap frame at the top of its stack.
+pub fn start_pcpu(cpu: usize) -> ! {
+    // SAFETY: the frame area at the top of this CPU's stack is reserved
+    // (the boot code starts the stack pointer below it), only this CPU uses
+    // it, and no guest has run here yet, so no other reference to it exists.
+    run_pcpu(cpu, unsafe { &mut *frame_of(cpu) })
+}
+
 /// Run whatever vCPU is pinned to this CPU, forever: wait until it is
-/// powered on, then enter it. Called again when the vCPU powers off.
-pub fn run_pcpu(cpu: usize) -> ! {
+/// powered on, then enter it. Called again (from a trap, with the trap's
+/// `frame`: the same top-of-stack area) when the vCPU powers off. The
+/// vCPU's initial registers are written through `frame` itself, so no
+/// other reference to the frame is live while they are.
+fn run_pcpu(cpu: usize, frame: &mut TrapFrame) -> ! {
+    debug_assert_eq!(core::ptr::from_mut(frame), frame_of(cpu));
     let sys = system();
     let Some((vm_index, vcpu_index)) = sys.pins.get(cpu).copied().flatten() else {
         loop {
@@ -551,17 +564,12 @@ pub fn run_pcpu(cpu: usize) -> ! {
     cpu::load_vm(vm.vttbr, vcpu_index);
     crate::irq::vcpu_start(vm, vcpu_index);
     El1Context::reset().restore();
-    let frame = frame_of(cpu);
-    // SAFETY: the frame area at the top of this CPU's stack is reserved (the
-    // stack pointer starts below it) and only this CPU uses it.
-    unsafe {
-        frame.write(TrapFrame {
-            elr: entry,
-            spsr: cpu::SPSR_EL1H_MASKED,
-            ..TrapFrame::default()
-        });
-        (*frame).x[0] = context;
-    }
+    *frame = TrapFrame {
+        elr: entry,
+        spsr: cpu::SPSR_EL1H_MASKED,
+        ..TrapFrame::default()
+    };
+    frame.x[0] = context;
     if vcpu_index == 0 {
         log::info!(
             "entering {} vCPU 0 on CPU {cpu} at {entry:#x}, counter {}",
@@ -570,7 +578,10 @@ pub fn run_pcpu(cpu: usize) -> ! {
         );
     }
     // SAFETY: the frame holds a complete initial register state, the VM's
-    // stage 2 and EL1 state are loaded.
+    // stage 2 and EL1 state are loaded. `frame` is the top of this CPU's
+    // stack: `enter_guest` makes it the stack pointer and never returns,
+    // so the Rust frames below (the trap that led here) are abandoned and
+    // none of their references is used again.
     unsafe { enter_guest(frame) }
 }
 
@@ -1119,12 +1130,12 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
         Outcome::Return(values) => frame.x[..4].copy_from_slice(&values),
         Outcome::CpuOff => {
             vm.vcpus[vcpu].set_power(VcpuPower::Off);
-            run_pcpu(cpu::cpu_index());
+            run_pcpu(cpu::cpu_index(), frame);
         }
         Outcome::SystemOff if vm.hardware_domain => system_off(),
         Outcome::SystemOff => {
             log::info!("{} powered off", vm.name);
-            stop_vm(vm, vcpu);
+            stop_vm(vm, vcpu, frame);
         }
         Outcome::SystemReset if vm.hardware_domain => {
             log::info!("{} asked for a system reset", vm.name);
@@ -1143,7 +1154,7 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
                     "{} reset with other vCPUs running: powered off instead",
                     vm.name
                 );
-                stop_vm(vm, vcpu);
+                stop_vm(vm, vcpu, frame);
             }
             log::info!("{} restarts", vm.name);
             vm.vcpus[vcpu].set_power(VcpuPower::Off);
@@ -1151,7 +1162,7 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
             if !reset_pci_for_restart(vm) {
                 vm.load_images();
             }
-            run_pcpu(cpu::cpu_index());
+            run_pcpu(cpu::cpu_index(), frame);
         }
     }
 }
@@ -1200,7 +1211,7 @@ fn reset_pci_for_restart(vm: &Vm) -> bool {
 }
 
 /// Stop a VM: the calling vCPU now, the others when they next trap.
-fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
+fn stop_vm(vm: &Vm, vcpu: usize, frame: &mut TrapFrame) -> ! {
     vm.stopped.store(true, Ordering::Release);
     // Its devices stop DMA at once. They stay its own (hidden from the
     // hardware domain) until they have been reset; then they go back.
@@ -1224,7 +1235,7 @@ fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
         uart.flush(&mut |line| vm.emit_line(line));
     }
     drop(uart);
-    run_pcpu(cpu::cpu_index())
+    run_pcpu(cpu::cpu_index(), frame)
 }
 
 fn psci_conduit() -> platform::PsciConduit {
@@ -1314,15 +1325,15 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
     frame.elr += 4;
     // A stopped VM's other vCPUs stop at their next trap.
     if vm.stopped.load(Ordering::Acquire) {
-        stop_this_vcpu(vm, vcpu);
+        stop_this_vcpu(vm, vcpu, frame);
     }
 }
 
 #[cold]
 #[inline(never)]
-fn stop_this_vcpu(vm: &Vm, vcpu: usize) -> ! {
+fn stop_this_vcpu(vm: &Vm, vcpu: usize, frame: &mut TrapFrame) -> ! {
     vm.vcpus[vcpu].set_power(VcpuPower::Off);
-    run_pcpu(cpu::cpu_index());
+    run_pcpu(cpu::cpu_index(), frame);
 }
 
 /// A data abort without a syndrome, or whose access does not fit a region
