@@ -37,6 +37,7 @@ mod pci_host;
 mod pci_report;
 mod resets;
 mod smccc;
+mod sysreg;
 mod vgic;
 #[cfg(target_os = "none")]
 mod vm;
@@ -386,7 +387,7 @@ mod boot {
             }
         }
         console::flush();
-        vm::run_pcpu(boot_cpu)
+        vm::start_pcpu(boot_cpu)
     }
 
     #[unsafe(no_mangle)]
@@ -398,7 +399,7 @@ mod boot {
             log::error!("GIC setup of CPU {cpu_index} failed: {e:?}");
             park();
         }
-        vm::run_pcpu(cpu_index)
+        vm::start_pcpu(cpu_index)
     }
 }
 

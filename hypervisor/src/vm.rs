@@ -562,9 +562,22 @@ pub fn hwdom_may_log() -> bool {
         .is_none_or(Vm::may_log)
 }
 
+/// Boot path of physical CPU `cpu`: run its vCPU ([`run_pcpu`]) with the
+/// trap frame at the top of its stack.
+pub fn start_pcpu(cpu: usize) -> ! {
+    // SAFETY: the frame area at the top of this CPU's stack is reserved
+    // (the boot code starts the stack pointer below it), only this CPU uses
+    // it, and no guest has run here yet, so no other reference to it exists.
+    run_pcpu(cpu, unsafe { &mut *frame_of(cpu) })
+}
+
 /// Run whatever vCPU is pinned to this CPU, forever: wait until it is
-/// powered on, then enter it. Called again when the vCPU powers off.
-pub fn run_pcpu(cpu: usize) -> ! {
+/// powered on, then enter it. Called again (from a trap, with the trap's
+/// `frame`: the same top-of-stack area) when the vCPU powers off. The
+/// vCPU's initial registers are written through `frame` itself, so no
+/// other reference to the frame is live while they are.
+fn run_pcpu(cpu: usize, frame: &mut TrapFrame) -> ! {
+    debug_assert_eq!(core::ptr::from_mut(frame), frame_of(cpu));
     let sys = system();
     let Some((vm_index, vcpu_index)) = sys.pins.get(cpu).copied().flatten() else {
         loop {
@@ -605,17 +618,12 @@ pub fn run_pcpu(cpu: usize) -> ! {
     cpu::load_vm(vm.vttbr, vcpu_index);
     crate::irq::vcpu_start(vm, vcpu_index);
     El1Context::reset().restore();
-    let frame = frame_of(cpu);
-    // SAFETY: the frame area at the top of this CPU's stack is reserved (the
-    // stack pointer starts below it) and only this CPU uses it.
-    unsafe {
-        frame.write(TrapFrame {
-            elr: entry,
-            spsr: cpu::SPSR_EL1H_MASKED,
-            ..TrapFrame::default()
-        });
-        (*frame).x[0] = context;
-    }
+    *frame = TrapFrame {
+        elr: entry,
+        spsr: cpu::SPSR_EL1H_MASKED,
+        ..TrapFrame::default()
+    };
+    frame.x[0] = context;
     // Once per boot of the VM, which a guest restarting in a loop repeats.
     if vcpu_index == 0 && vm.may_log() {
         log::info!(
@@ -626,7 +634,10 @@ pub fn run_pcpu(cpu: usize) -> ! {
     }
     console::drain();
     // SAFETY: the frame holds a complete initial register state, the VM's
-    // stage 2 and EL1 state are loaded.
+    // stage 2 and EL1 state are loaded. `frame` is the top of this CPU's
+    // stack: `enter_guest` makes it the stack pointer and never returns,
+    // so the Rust frames below (the trap that led here) are abandoned and
+    // none of their references is used again.
     unsafe { enter_guest(frame) }
 }
 
@@ -1202,6 +1213,10 @@ extern "C" fn lower_el_sync(frame: &mut TrapFrame) {
 #[inline(never)]
 fn other_trap(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, hpfar: u64) {
     let ec = esr::class(esr);
+    // PMU, debug and ID registers (trapped by MDCR_EL2, CPTR_EL2, TID3).
+    if ec == crate::irq::EC_SYSREG && crate::arch::aarch64::sysregs::emulate(frame, esr) {
+        return;
+    }
     if ec == esr::EC_IABT_LOW {
         let ipa = fault_ipa(hpfar, far);
         if vm.may_log() {
@@ -1234,14 +1249,14 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
         Outcome::Return(values) => frame.x[..4].copy_from_slice(&values),
         Outcome::CpuOff => {
             vm.vcpus[vcpu].set_power(VcpuPower::Off);
-            run_pcpu(cpu::cpu_index());
+            run_pcpu(cpu::cpu_index(), frame);
         }
         Outcome::SystemOff if vm.hardware_domain => system_off(),
         Outcome::SystemOff => {
             if vm.may_log() {
                 log::info!("{} powered off", vm.name);
             }
-            stop_vm(vm, vcpu);
+            stop_vm(vm, vcpu, frame);
         }
         Outcome::SystemReset if vm.hardware_domain => {
             log::info!("{} asked for a system reset", vm.name);
@@ -1262,7 +1277,7 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
                         vm.name
                     );
                 }
-                stop_vm(vm, vcpu);
+                stop_vm(vm, vcpu, frame);
             }
             if vm.may_log() {
                 log::info!("{} restarts", vm.name);
@@ -1272,7 +1287,7 @@ fn hypercall(vm: &'static Vm, vcpu: usize, frame: &mut TrapFrame) {
             if !reset_pci_for_restart(vm) {
                 vm.load_images();
             }
-            run_pcpu(cpu::cpu_index());
+            run_pcpu(cpu::cpu_index(), frame);
         }
     }
 }
@@ -1337,10 +1352,10 @@ fn reset_virtual_bus(pci: &mut PciState, vm: &Vm) -> bool {
 /// touches a device after it has been reset and handed back; only then are
 /// its BARs unmapped and its devices reset (they go back to the hardware
 /// domain when that is done).
-fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
+fn stop_vm(vm: &Vm, vcpu: usize, frame: &mut TrapFrame) -> ! {
     if vm.stopped.swap(true, Ordering::AcqRel) {
         // Another vCPU is stopping it already.
-        stop_this_vcpu(vm, vcpu);
+        stop_this_vcpu(vm, vcpu, frame);
     }
     vm.vcpus[vcpu].set_power(VcpuPower::Off);
     if !stop_other_vcpus(vm) {
@@ -1374,7 +1389,7 @@ fn stop_vm(vm: &Vm, vcpu: usize) -> ! {
     }
     drop(uart);
     vm.log_suppressed();
-    run_pcpu(cpu::cpu_index())
+    run_pcpu(cpu::cpu_index(), frame)
 }
 
 /// Kick every other vCPU of a stopped VM out of the guest and wait until
@@ -1506,9 +1521,9 @@ fn data_abort(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u64, h
 
 #[cold]
 #[inline(never)]
-fn stop_this_vcpu(vm: &Vm, vcpu: usize) -> ! {
+fn stop_this_vcpu(vm: &Vm, vcpu: usize, frame: &mut TrapFrame) -> ! {
     vm.vcpus[vcpu].set_power(VcpuPower::Off);
-    run_pcpu(cpu::cpu_index());
+    run_pcpu(cpu::cpu_index(), frame);
 }
 
 /// A data abort without a syndrome, or whose access does not fit a region
@@ -2081,7 +2096,7 @@ fn hwdom_bar_fault(vm: &Vm, vcpu: usize, frame: &mut TrapFrame, esr: u64, far: u
 
 /// IRQ or FIQ while a vCPU ran: physical interrupts are the hypervisor's.
 #[unsafe(no_mangle)]
-extern "C" fn lower_el_irq(_frame: &mut TrapFrame) {
+extern "C" fn lower_el_irq(frame: &mut TrapFrame) {
     // For the AER figure: when the interrupt reached EL2.
     if let Some(at) = IRQ_AT.get(cpu::cpu_index()) {
         at.store(cpu::counter(), Ordering::Relaxed);
@@ -2093,7 +2108,7 @@ extern "C" fn lower_el_irq(_frame: &mut TrapFrame) {
     // always exits to EL2, so no other exit needs to look (the hot
     // synchronous traps stay as fast as they were).
     if vm.stopped.load(Ordering::Acquire) {
-        stop_this_vcpu(vm, vcpu);
+        stop_this_vcpu(vm, vcpu, frame);
     }
 }
 

@@ -16,6 +16,8 @@ mod pci_tests;
 #[cfg(target_os = "none")]
 mod tests;
 #[cfg(target_os = "none")]
+mod tests_arch;
+#[cfg(target_os = "none")]
 mod tests_gic;
 
 #[cfg(not(target_os = "none"))]

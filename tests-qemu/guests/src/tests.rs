@@ -15,6 +15,7 @@ fn test_guest_main(env: Env) -> ! {
         Some("psci") => psci(&env),
         Some("badcalls") => badcalls(&env),
         Some("console-hostile") => console_hostile(&env),
+        Some("pmu-debug") => crate::tests_arch::pmu_debug(&env),
         Some(name) if name.starts_with("gic-") => crate::tests_gic::run(&env, name),
         Some("enumerate") => crate::pci_tests::enumerate(&env),
         Some("pci-guest") => crate::pci_tests::pci_guest(&env),

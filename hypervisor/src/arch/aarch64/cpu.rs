@@ -8,8 +8,11 @@ use aarch64_cpu::registers::*;
 /// HCR_EL2: EL1 is AArch64 (RW), stage 2 on (VM), set/way ops upgraded
 /// (SWIO), physical IRQ/FIQ/SError to EL2 (IMO/FMO/AMO), SMC trapped (TSC),
 /// broadcast TLB/cache maintenance inner shareable (FB, BSU=IS), pointer
-/// authentication not trapped (API/APK: its keys are EL1 context).
+/// authentication not trapped (API/APK: its keys are EL1 context), ID
+/// register reads trapped (TID3: the guest sees them sanitized, see
+/// `crate::sysreg`).
 pub const HCR_EL2_GUEST: u64 = (1 << 31)
+    | (1 << 18)
     | (1 << 0)
     | (1 << 1)
     | (1 << 3)
@@ -22,7 +25,8 @@ pub const HCR_EL2_GUEST: u64 = (1 << 31)
     | (1 << 40);
 
 /// CPTR_EL2 (non-VHE): RES1 bits, FP/SIMD not trapped, SVE (TZ) and SME
-/// (TSM) trapped.
+/// (TSM) trapped; `sysregs::init_el2` adds the trace and activity monitor
+/// traps.
 const CPTR_EL2_VALUE: u64 = 0x33ff;
 /// CNTHCTL_EL2: EL1 may read the physical counter and use the EL1 physical
 /// timer; an event stream (bit 19 of the counter, about every 0.5 ms at
@@ -37,7 +41,7 @@ pub const SPSR_EL1H_MASKED: u64 = 0x3c5;
 /// (VTTBR) are loaded per vCPU.
 pub fn init_el2(vtcr: u64) {
     HCR_EL2.set(HCR_EL2_GUEST);
-    CPTR_EL2.set(CPTR_EL2_VALUE);
+    CPTR_EL2.set(CPTR_EL2_VALUE | super::sysregs::init_el2());
     CNTHCTL_EL2.set(CNTHCTL_EL2_VALUE);
     CNTVOFF_EL2.set(0);
     VTCR_EL2.set(vtcr);
@@ -315,6 +319,26 @@ pub fn inject_sync(frame: &mut TrapFrame, kind: Injected, far: u64) {
     FAR_EL1.set(far);
     frame.elr = vbar + offset;
     frame.spsr = SPSR_EL1H_MASKED;
+}
+
+/// Clean the data cache lines holding `[start, start + len)` to the point
+/// of coherency (DC CVAC), then DSB: memory holds what this CPU wrote, for
+/// an observer that does not look in the caches (a CPU with its MMU off).
+pub fn clean_dcache_to_poc(start: usize, len: usize) {
+    // CTR_EL0.DminLine: log2 of the smallest data cache line in words.
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    let line = 4usize << ((ctr >> 16) & 0xf);
+    let mut at = start & !(line - 1);
+    while at < start + len {
+        // SAFETY: cleaning a line of mapped memory writes back its content
+        // and changes no value a program can read.
+        unsafe { core::arch::asm!("dc cvac, {}", in(reg) at, options(nostack)) };
+        at += line;
+    }
+    // SAFETY: a barrier only.
+    unsafe { core::arch::asm!("dsb sy", options(nostack)) };
 }
 
 /// Wait for an event (another CPU's `sev`).

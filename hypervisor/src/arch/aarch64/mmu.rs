@@ -81,6 +81,12 @@ impl El2Map {
                 sctlr: SCTLR_EL2_MMU_ON,
             };
         }
+        // A secondary CPU reads these with its MMU off, i.e. non-cacheable,
+        // straight from memory, while the write above may still sit in this
+        // CPU's data cache: clean it to the point of coherency (completed
+        // before this returns, so before any PSCI CPU_ON).
+        let boot = core::ptr::addr_of!(SECONDARY_BOOT) as usize;
+        super::cpu::clean_dcache_to_poc(boot, core::mem::size_of::<SecondaryBoot>());
         // SAFETY: the new tables identity-map the image, stack, heap and
         // devices with the same addresses as the bootstrap map. The MMU is off
         // only for the few instructions below, which touch no memory.

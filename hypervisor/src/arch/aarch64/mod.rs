@@ -4,4 +4,5 @@ pub mod firmware;
 pub mod gic;
 pub mod head;
 pub mod mmu;
+pub mod sysregs;
 pub mod trap;

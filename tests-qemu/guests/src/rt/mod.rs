@@ -255,6 +255,18 @@ impl Abort {
 }
 
 pub const EC_DATA_ABORT_SAME_EL: u64 = 0x25;
+/// Unknown reason: an undefined instruction (e.g. a trapped system register).
+pub const EC_UNKNOWN: u64 = 0x00;
+/// Breakpoint and watchpoint exceptions taken at the current EL.
+pub const EC_BREAKPOINT_SAME_EL: u64 = 0x31;
+pub const EC_WATCHPOINT_SAME_EL: u64 = 0x35;
+/// The synchronous exceptions [`expect_abort`] catches.
+const CAUGHT: [u64; 4] = [
+    EC_DATA_ABORT_SAME_EL,
+    EC_UNKNOWN,
+    EC_BREAKPOINT_SAME_EL,
+    EC_WATCHPOINT_SAME_EL,
+];
 pub const DFSC_SYNC_EXTERNAL: u64 = 0x10;
 
 const NOT_ARMED: u64 = 0;
@@ -269,8 +281,9 @@ static ABORT_STATE: [AtomicU64; MAX_CPUS] = [STATE_INIT; MAX_CPUS];
 static ABORT_ESR: [AtomicU64; MAX_CPUS] = [ZERO; MAX_CPUS];
 static ABORT_FAR: [AtomicU64; MAX_CPUS] = [ZERO; MAX_CPUS];
 
-/// Run `f`, which is expected to take a data abort: a data abort from `f`
-/// is recorded and the faulting instruction skipped (`ELR_EL1 += 4`), so `f`
+/// Run `f`, which is expected to take a data abort (or an undefined
+/// instruction, a breakpoint or a watchpoint): the first one from `f` is
+/// recorded and the faulting instruction skipped (`ELR_EL1 += 4`), so `f`
 /// goes on (the load's destination keeps a stale value). `Err` carries the
 /// abort, `Ok` the value `f` returned when nothing aborted.
 pub fn expect_abort<R>(f: impl FnOnce() -> R) -> Result<R, Abort> {
@@ -326,7 +339,7 @@ extern "C" fn rt_exception(kind: u64, frame: &mut Frame) {
     let cpu = cpu_index() % MAX_CPUS;
     // kind 4: synchronous, current EL with SP_ELx.
     if kind == 4
-        && (esr >> 26) & 0x3f == EC_DATA_ABORT_SAME_EL
+        && CAUGHT.contains(&((esr >> 26) & 0x3f))
         && ABORT_STATE[cpu].load(Ordering::SeqCst) == ARMED
     {
         ABORT_ESR[cpu].store(esr, Ordering::SeqCst);
