@@ -131,6 +131,16 @@ fn bus_numbers_may_not_claim_a_protected_bridge_bus() {
     }
     assert_eq!(fab.read32(rp, PRIMARY_BUS), before);
     assert_eq!(fab.read16(b("03:00.0"), VENDOR_ID), 0x1b36);
+    // The sibling downstream port, inside the switch's range, rewrites its
+    // own bus numbers (bus 4): that claims nothing protected.
+    let sibling = b("02:01.0");
+    let own_buses = fab.read32(sibling, PRIMARY_BUS);
+    let out = own.hwdom_apply(&mut fab, sibling, PRIMARY_BUS, 4, Some(own_buses));
+    assert_eq!(out.refused, None);
+    // But it may not take the guest's side of the switch (bus 3).
+    let v = (own_buses & 0xff) | 3 << 8 | 4 << 16;
+    let out = own.hwdom_apply(&mut fab, sibling, PRIMARY_BUS, 4, Some(v));
+    assert_eq!(out.refused, Some(Refusal::BusNumbersOverlapGuest));
 }
 
 /// 00:01.0 root port without ACS, secondary bus 1, nothing below;

@@ -217,10 +217,13 @@ pub struct Ownership {
     /// Bridges above guest-owned functions, with the capability offsets the
     /// filter needs, so the per-access path never walks the tree.
     protected: BTreeMap<Bdf, Protected>,
-    /// (segment, first, last bus) of every guest-owned function's bus, and
-    /// of every protected bridge's own bus and secondary..subordinate: no
-    /// other bridge may claim these buses.
-    guarded_buses: Vec<(u16, u8, u8)>,
+    /// (segment, bus) of every guest-owned function and every protected
+    /// bridge: no other bridge may claim these buses.
+    guarded_buses: Vec<(u16, u8)>,
+    /// (segment, secondary, subordinate) of every protected bridge: no
+    /// bridge outside that range may claim any of it (one inside it, a
+    /// sibling of the guest's path, routes its own part of it).
+    guarded_ranges: Vec<(u16, u8, u8)>,
     /// Physical memory of the guests' BARs (base, size, guest), given by
     /// the shell: no other bridge's window may claim it.
     guest_memory: Vec<(u64, u64, u16)>,
@@ -390,22 +393,20 @@ impl Ownership {
                 }
             }
         }
-        let mut guarded: Vec<(u16, u8, u8)> = self
-            .guests
-            .keys()
-            .map(|b| (b.segment, b.bus, b.bus))
-            .collect();
+        let mut buses: Vec<(u16, u8)> = self.guests.keys().map(|b| (b.segment, b.bus)).collect();
+        let mut ranges = Vec::new();
         for (&b, p) in &self.protected {
             if p.bridge
                 && let Some(r) = topo.function(b).and_then(|f| f.bus_range())
             {
-                guarded.push((b.segment, b.bus, b.bus));
-                guarded.push((b.segment, *r.start(), *r.end()));
+                buses.push((b.segment, b.bus));
+                ranges.push((b.segment, *r.start(), *r.end()));
             }
         }
-        guarded.sort_unstable();
-        guarded.dedup();
-        self.guarded_buses = guarded;
+        buses.sort_unstable();
+        buses.dedup();
+        self.guarded_buses = buses;
+        self.guarded_ranges = ranges;
     }
 
     /// Records the physical memory of a guest's BARs (e.g.
@@ -659,12 +660,16 @@ impl Ownership {
         if buses {
             let v = after(PRIMARY_BUS);
             let (sec, sub) = ((v >> 8) as u8, (v >> 16) as u8);
+            let seg = bdf.segment;
             let claims = sec != 0
                 && sec <= sub
-                && self
+                && (self
                     .guarded_buses
                     .iter()
-                    .any(|&(seg, lo, hi)| seg == bdf.segment && lo <= sub && sec <= hi);
+                    .any(|&(s, bus)| s == seg && (sec..=sub).contains(&bus))
+                    || self.guarded_ranges.iter().any(|&(s, lo, hi)| {
+                        s == seg && !(lo..=hi).contains(&bdf.bus) && lo <= sub && sec <= hi
+                    }));
             if claims {
                 return Some(Refusal::BusNumbersOverlapGuest);
             }
