@@ -25,6 +25,7 @@ pub fn reason(e: &TopologyError) -> u64 {
         TopologyError::BusRangeOverlap { .. } => 11,
         TopologyError::NotAVirtualFunction { .. } => 12,
         TopologyError::NotTracked { .. } => 13,
+        TopologyError::VfBusCollision { .. } => 14,
     }
 }
 

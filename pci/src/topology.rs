@@ -251,6 +251,10 @@ pub enum TopologyError {
     NotAVirtualFunction { bdf: Bdf },
     /// The function is not tracked.
     NotTracked { bdf: Bdf },
+    /// The routing ids of a PF's VFs fall on buses a bridge routes, or
+    /// outside the bus range of the PF's parent: requests for them would
+    /// go two ways. `other` is the bridge, PF or parent it collides with.
+    VfBusCollision { bdf: Bdf, other: Bdf },
 }
 
 impl core::fmt::Display for TopologyError {
@@ -297,6 +301,9 @@ impl core::fmt::Display for TopologyError {
             }
             Self::NotAVirtualFunction { bdf } => write!(f, "{bdf}: not a VF of any PF"),
             Self::NotTracked { bdf } => write!(f, "{bdf}: not tracked"),
+            Self::VfBusCollision { bdf, other } => {
+                write!(f, "{bdf}: VF routing ids collide with {other}'s buses")
+            }
         }
     }
 }
@@ -532,8 +539,35 @@ impl Topology {
                 None => return Ok(Placement::Orphan),
             }
         };
+        let parent = self.bus_owner.get(bus_key(bdf.segment, bdf.bus));
+        if let Some((first, last, _)) = f.vf_keys(bdf) {
+            // VFs on buses after the PF's own must be inside the parent's
+            // range and on no bridge's buses (a bridge there is on the PF's
+            // bus, or below one that is).
+            let (lo, hi) = ((first >> 8) as u8, (last >> 8) as u8);
+            if hi > parent_range.1 {
+                let other = parent.unwrap_or(bdf);
+                return Err(TopologyError::VfBusCollision { bdf, other });
+            }
+            if hi > bdf.bus {
+                let lo = lo.max(bdf.bus + 1);
+                for (&other, g) in self.fns.range(bus_span(bdf.segment, bdf.bus, bdf.bus)) {
+                    if let Some(gr) = g.bus_range()
+                        && *gr.start() <= hi
+                        && lo <= *gr.end()
+                    {
+                        return Err(TopologyError::VfBusCollision { bdf, other });
+                    }
+                }
+            }
+        }
         if let Some(r) = f.bus_range() {
             let (sec, sub) = (*r.start(), *r.end());
+            // No attached PF may have VFs on these buses: the bridge is new,
+            // so no such PF is below it.
+            if let Some(other) = self.vf_pf_on_buses(bdf.segment, sec, sub) {
+                return Err(TopologyError::VfBusCollision { bdf, other });
+            }
             if sec <= parent_range.0 || sub > parent_range.1 {
                 let parent = self
                     .bus_owner
@@ -556,6 +590,17 @@ impl Topology {
             }
         }
         Ok(Placement::Attached)
+    }
+
+    /// An attached PF with a VF routing id on buses `lo..=hi`.
+    fn vf_pf_on_buses(&self, segment: u16, lo: u8, hi: u8) -> Option<Bdf> {
+        let span = bus_span(segment, lo, hi);
+        let (start, end) = (span.start().key(), span.end().key());
+        // A PF's VFs span at most 0x10000 routing ids.
+        self.vf_ranges
+            .range(start.saturating_sub(0xffff)..=end)
+            .find(|(_, (_, last, _))| *last >= start)
+            .map(|(_, (pf, ..))| *pf)
     }
 
     fn apply_acs_policy<P: ConfigPort + ?Sized>(&self, bdf: Bdf, f: &mut Function, port: &mut P) {
@@ -665,11 +710,10 @@ impl Topology {
     }
 
     /// The bridge whose secondary bus the function is on (`None` on a root bus).
+    /// A VF's is its PF's, whichever bus its routing id is on.
     pub fn parent_bridge(&self, bdf: Bdf) -> Option<Bdf> {
-        if !self.fns.contains_key(&bdf) {
-            return None;
-        }
-        self.bus_parent(bdf)
+        let f = self.fns.get(&bdf)?;
+        self.bus_parent(f.pf.unwrap_or(bdf))
     }
 
     /// The bridge owning `bdf`'s bus, for an attached function.

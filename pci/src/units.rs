@@ -612,8 +612,9 @@ impl Topology {
         {
             inc.union(i, j as u32);
         }
-        // Rules 2-4 from the bridges above.
-        let mut cur = self.bus_parent(bdf);
+        // Rules 2-4 from the bridges above (a VF's are its PF's: its
+        // routing id may be on a later bus of the PF's parent's range).
+        let mut cur = self.bus_parent(f.physfn().unwrap_or(bdf));
         while let Some(a) = cur {
             let Some((ai, fa)) = self.fns.get_indexed(a) else {
                 return false;

@@ -605,6 +605,18 @@ impl Fabric {
         }
     }
 
+    /// The addresses of every function physically below the bridge at
+    /// `bdf` (its secondary side, whatever bus numbers they were given):
+    /// what its Secondary Bus Reset reaches.
+    pub fn below(&mut self, bdf: Bdf) -> Vec<Bdf> {
+        let Some(idx) = self.index_of(bdf) else {
+            return Vec::new();
+        };
+        let mut below = Vec::new();
+        self.subtree(idx, &mut below);
+        below.iter().filter_map(|&i| self.fns[i].at).collect()
+    }
+
     /// Whether the function at `bdf` is in its post-reset not-ready window.
     pub fn is_ready(&mut self, bdf: Bdf) -> Option<bool> {
         let idx = self.index_of(bdf)?;

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use crate::addr::Bdf;
 use crate::port::ConfigPort;
 use crate::regs::*;
-use crate::topology::Topology;
+use crate::topology::{FunctionKind, Topology};
 use crate::units::UnitId;
 
 use super::placement::{PendingWrite, decoded_memory, dword_after};
@@ -58,8 +58,10 @@ pub enum Refusal {
     /// Command Memory / I/O / Bus Master of a bridge above a guest's
     /// function: clearing them stops the guest's MMIO and DMA.
     CommandAboveGuest,
-    /// ACS Control of a bridge above a guest's function: the assignment
-    /// units were computed with it.
+    /// ACS Control of a bridge above a guest's function, or of another
+    /// function whose ACS decides a guest's unit (a downstream port of the
+    /// same switch, a function of the guest's multi-function device): the
+    /// assignment units were computed with it.
     AcsControlAboveGuest,
     /// Link Disable of a port above a guest's function.
     LinkControlAboveGuest,
@@ -71,7 +73,8 @@ pub enum Refusal {
     /// vanish), or a reset of that PF (FLR, AF FLR).
     PfOfGuestVf,
     /// Bus numbers of another bridge that would claim a bus of a guest's
-    /// function (config requests would be routed two ways).
+    /// function or of a protected bridge, or buses such a bridge routes
+    /// (config requests would be routed two ways).
     BusNumbersOverlapGuest,
     /// A memory window of another bridge that would claim a guest's BAR.
     WindowOverlapsGuest,
@@ -115,6 +118,10 @@ struct Protected {
     bridge: bool,
     /// PF of a guest's VF (SR-IOV control, function resets).
     pf: bool,
+    /// Its ACS Control decides a guest's unit without it being above the
+    /// guest: a downstream port of a switch above the guest (rule 4 of
+    /// [`crate::units`]), a function of the guest's slot (rule 1).
+    unit_acs: bool,
     /// Capability offsets, 0 if absent.
     acs: u16,
     pcie: u16,
@@ -210,9 +217,13 @@ pub struct Ownership {
     /// Bridges above guest-owned functions, with the capability offsets the
     /// filter needs, so the per-access path never walks the tree.
     protected: BTreeMap<Bdf, Protected>,
-    /// (segment, bus) of every guest-owned function: no other bridge may
-    /// claim these buses.
-    guest_buses: Vec<(u16, u8)>,
+    /// (segment, bus) of every guest-owned function and every protected
+    /// bridge: no other bridge may claim these buses.
+    guarded_buses: Vec<(u16, u8)>,
+    /// (segment, secondary, subordinate) of every protected bridge: no
+    /// bridge outside that range may claim any of it (one inside it, a
+    /// sibling of the guest's path, routes its own part of it).
+    guarded_ranges: Vec<(u16, u8, u8)>,
     /// Physical memory of the guests' BARs (base, size, guest), given by
     /// the shell: no other bridge's window may claim it.
     guest_memory: Vec<(u64, u64, u16)>,
@@ -327,8 +338,6 @@ impl Ownership {
     /// Recomputes the protected bridges (after ownership or the tree changed).
     pub fn refresh(&mut self, topo: &Topology) {
         self.protected.clear();
-        self.guest_buses = self.guests.keys().map(|b| (b.segment, b.bus)).collect();
-        self.guest_buses.dedup();
         let offsets = |b: Bdf| {
             topo.function(b)
                 .map_or(Protected::default(), |f| Protected {
@@ -345,11 +354,59 @@ impl Ownership {
                 let entry = self.protected.entry(pf).or_insert_with(|| offsets(pf));
                 entry.pf = true;
             }
+            let mut unit_acs: Vec<Bdf> = Vec::new();
+            // Rule 1: the other functions of its slot (VFs are in no slot).
+            if topo.function(bdf).is_some_and(crate::units::slot_member) {
+                let slot = |b: Bdf| (b.segment, b.bus, b.device());
+                let on_bus: Vec<Bdf> = match topo.parent_bridge(bdf) {
+                    Some(p) => topo.children(p).collect(),
+                    None => topo
+                        .functions()
+                        .map(|(b, _)| b)
+                        .filter(|b| (b.segment, b.bus) == (bdf.segment, bdf.bus))
+                        .collect(),
+                };
+                unit_acs.extend(on_bus.into_iter().filter(|&b| {
+                    b != bdf
+                        && slot(b) == slot(bdf)
+                        && topo.function(b).is_some_and(crate::units::slot_member)
+                }));
+            }
             for a in topo.ancestors(bdf) {
                 let entry = self.protected.entry(a).or_insert_with(|| offsets(a));
                 entry.bridge = true;
+                // Rule 4: every downstream port of a switch above the guest.
+                let kind = |b: Bdf| topo.function(b).map(|f| f.kind);
+                if kind(a) == Some(FunctionKind::DownstreamPort)
+                    && let Some(up) = topo.parent_bridge(a)
+                {
+                    unit_acs.extend(
+                        topo.children(up)
+                            .filter(|&s| kind(s) == Some(FunctionKind::DownstreamPort)),
+                    );
+                }
+            }
+            for b in unit_acs {
+                if !self.guests.contains_key(&b) {
+                    let entry = self.protected.entry(b).or_insert_with(|| offsets(b));
+                    entry.unit_acs = true;
+                }
             }
         }
+        let mut buses: Vec<(u16, u8)> = self.guests.keys().map(|b| (b.segment, b.bus)).collect();
+        let mut ranges = Vec::new();
+        for (&b, p) in &self.protected {
+            if p.bridge
+                && let Some(r) = topo.function(b).and_then(|f| f.bus_range())
+            {
+                buses.push((b.segment, b.bus));
+                ranges.push((b.segment, *r.start(), *r.end()));
+            }
+        }
+        buses.sort_unstable();
+        buses.dedup();
+        self.guarded_buses = buses;
+        self.guarded_ranges = ranges;
     }
 
     /// Records the physical memory of a guest's BARs (e.g.
@@ -411,7 +468,7 @@ impl Ownership {
         let (bridge, pf) = (p.bridge, p.pf);
         let cap_fields = [
             field(
-                p.acs != 0 && bridge,
+                p.acs != 0 && (bridge || p.unit_acs),
                 p.acs.saturating_add(ACS_CTRL),
                 2,
                 0xffff,
@@ -425,7 +482,7 @@ impl Ownership {
                 Refusal::LinkControlAboveGuest,
             ),
             field(
-                p.pm != 0,
+                p.pm != 0 && (bridge || pf),
                 p.pm.saturating_add(PM_CTRL),
                 2,
                 PM_CTRL_STATE_MASK as u32,
@@ -603,12 +660,16 @@ impl Ownership {
         if buses {
             let v = after(PRIMARY_BUS);
             let (sec, sub) = ((v >> 8) as u8, (v >> 16) as u8);
+            let seg = bdf.segment;
             let claims = sec != 0
                 && sec <= sub
-                && self
-                    .guest_buses
+                && (self
+                    .guarded_buses
                     .iter()
-                    .any(|&(seg, bus)| seg == bdf.segment && (sec..=sub).contains(&bus));
+                    .any(|&(s, bus)| s == seg && (sec..=sub).contains(&bus))
+                    || self.guarded_ranges.iter().any(|&(s, lo, hi)| {
+                        s == seg && !(lo..=hi).contains(&bdf.bus) && lo <= sub && sec <= hi
+                    }));
             if claims {
                 return Some(Refusal::BusNumbersOverlapGuest);
             }

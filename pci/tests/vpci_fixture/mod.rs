@@ -209,3 +209,107 @@ pub fn guest_caps(g: &mut GuestBus, fab: &mut Fabric, bus: u8, func: u8) -> Vec<
     }
     out
 }
+
+// ------------------------------------------------------------ stage 2
+
+/// What the guest's stage-2 holds, from the effects applied so far.
+#[derive(Default)]
+pub struct Stage2 {
+    /// (ipa, size, pa, trapped)
+    pub regions: Vec<(u64, u64, u64, bool)>,
+}
+
+pub fn overlaps(a: u64, al: u64, b: u64, bl: u64) -> bool {
+    a < b.saturating_add(bl) && b < a.saturating_add(al)
+}
+
+impl Stage2 {
+    /// Applies the Map / TrapMsix / Unmap effects, checking each: inside
+    /// the windows, off the ECAM and forbidden ranges, over no other
+    /// region, onto the guest's own BARs (`bars`, physical).
+    pub fn apply(
+        &mut self,
+        effects: &Effects,
+        layout: &GuestLayout,
+        bars: &[(u64, u64)],
+    ) -> Result<(), String> {
+        if effects.overflowed() {
+            return Err("effects overflowed".into());
+        }
+        for e in effects.iter() {
+            match *e {
+                Effect::Map { ipa, size, pa } => self.add(ipa, size, pa, false, layout, bars)?,
+                Effect::TrapMsix { ipa, size } => self.add(ipa, size, 0, true, layout, bars)?,
+                Effect::Unmap { ipa, size } => {
+                    let before = self.regions.len();
+                    self.regions
+                        .retain(|&(a, l, ..)| !(a >= ipa && a + l <= ipa + size));
+                    if self.regions.len() == before {
+                        return Err(format!("unmap of nothing at {ipa:#x}"));
+                    }
+                    if self
+                        .regions
+                        .iter()
+                        .any(|&(a, l, ..)| overlaps(a, l, ipa, size))
+                    {
+                        return Err(format!("unmap at {ipa:#x} splits a region"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn add(
+        &mut self,
+        ipa: u64,
+        size: u64,
+        pa: u64,
+        trap: bool,
+        layout: &GuestLayout,
+        bars: &[(u64, u64)],
+    ) -> Result<(), String> {
+        let fail = |what: &str| Err(format!("{ipa:#x}+{size:#x} (pa {pa:#x}): {what}"));
+        if size == 0 || !ipa.is_multiple_of(0x1000) || !size.is_multiple_of(0x1000) {
+            return fail("not whole pages");
+        }
+        let end = ipa.checked_add(size).ok_or(String::from("wraps"))?;
+        let inside = |(b, l): (u64, u64)| ipa >= b && end <= b.saturating_add(l);
+        if !(inside(layout.mem32) || inside(layout.mem64)) {
+            return fail("outside the windows");
+        }
+        if overlaps(
+            ipa,
+            size,
+            layout.ecam_base,
+            (layout.ecam_buses as u64) << 20,
+        ) {
+            return fail("over the ECAM");
+        }
+        if layout
+            .forbidden
+            .iter()
+            .any(|&(b, l)| overlaps(ipa, size, b, l))
+        {
+            return fail("over a forbidden range");
+        }
+        if self
+            .regions
+            .iter()
+            .any(|&(a, l, ..)| overlaps(ipa, size, a, l))
+        {
+            return fail("over another region");
+        }
+        // The physical range is inside one physical BAR of the guest.
+        if !trap
+            && !bars
+                .iter()
+                .any(|&(b, l)| pa >= b && pa.saturating_add(size) <= b.saturating_add(l))
+        {
+            return fail("no BAR of the guest");
+        }
+        self.regions.push((ipa, size, pa, trap));
+        Ok(())
+    }
+}

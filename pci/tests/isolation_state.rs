@@ -1,0 +1,246 @@
+//! Isolation that must survive what the hardware domain does after the
+//! units were computed: ACS turned off on a port that decides a guest's
+//! unit, bus numbers that claim a protected bridge's bus, and VF routing
+//! ids that land on a bridge's buses.
+
+mod common;
+
+use common::{b, config, track};
+use pci::regs::*;
+use pci::sim::{ACS_QEMU, Fabric, Spec, devfn};
+use pci::vpci::{Ownership, Refusal};
+use pci::{Bdf, ConfigPort, Topology, TopologyError};
+
+/// 00:01.0 root port ── 01:00.0 switch up ─┬─ 02:00.0 down ── 03:00.0 nvme
+///                                         └─ 02:01.0 down ── 04:00.0 e1000e
+/// 00:02.0 root port ── 05:00.0 e1000e
+/// Every port with QEMU's ACS (the tracker enables it): each endpoint its own unit.
+fn switch_fabric() -> Fabric {
+    let switch = Spec::qemu_x3130_upstream()
+        .child(
+            0,
+            0,
+            Spec::qemu_x3130_downstream()
+                .acs(Some(ACS_QEMU))
+                .child(0, 0, Spec::qemu_nvme()),
+        )
+        .child(
+            1,
+            0,
+            Spec::qemu_x3130_downstream()
+                .acs(Some(ACS_QEMU))
+                .child(0, 0, Spec::qemu_e1000e()),
+        );
+    Fabric::new().with_root_complex(
+        0,
+        0,
+        &[
+            (devfn(1, 0), Spec::qemu_root_port().child(0, 0, switch)),
+            (
+                devfn(2, 0),
+                Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e()),
+            ),
+        ],
+    )
+}
+
+fn guest_has_nvme(fab: &mut Fabric) -> (Topology, Ownership) {
+    let mut topo = track(fab);
+    let mut own = Ownership::new();
+    own.assign(&mut topo, 1, &[b("03:00.0")], false).unwrap();
+    (topo, own)
+}
+
+/// Turning ACS off on the sibling downstream port would make the switch one
+/// unit (rule 4), the guest's nvme with the hardware domain's e1000e: the
+/// ACS Control of the sibling is kept.
+#[test]
+fn acs_of_a_sibling_downstream_port_is_protected() {
+    let mut fab = switch_fabric();
+    let (topo, own) = guest_has_nvme(&mut fab);
+    let sibling = b("02:01.0");
+    let acs = topo.function(sibling).unwrap().caps.acs;
+    let before = fab.read16(sibling, acs + ACS_CTRL);
+    assert_ne!(before & ACS_ISOLATION, 0);
+    let out = own.hwdom_apply(&mut fab, sibling, acs + ACS_CTRL, 2, Some(0));
+    assert_eq!(out.refused, Some(Refusal::AcsControlAboveGuest));
+    assert_eq!(fab.read16(sibling, acs + ACS_CTRL), before);
+    // A dword write over the capability register and the control, too.
+    let out = own.hwdom_apply(&mut fab, sibling, acs + ACS_CAP, 4, Some(0));
+    assert_eq!(out.refused, Some(Refusal::AcsControlAboveGuest));
+    assert_eq!(fab.read16(sibling, acs + ACS_CTRL), before);
+    // The other root port's ACS decides nothing about the guest's unit.
+    let rp = b("00:02.0");
+    let acs = topo.function(rp).unwrap().caps.acs;
+    let out = own.hwdom_apply(&mut fab, rp, acs + ACS_CTRL, 2, Some(0));
+    assert_eq!(out.refused, None);
+    assert_eq!(fab.read16(rp, acs + ACS_CTRL), 0);
+}
+
+/// A function of the guest's multi-function device that the hardware
+/// domain keeps (both isolated by ACS) may not turn its ACS off either.
+#[test]
+fn acs_of_a_slot_sibling_is_protected() {
+    let ep = |d| Spec::endpoint(0x1234, d).acs(Some(pci::sim::ACS_ENABLED));
+    let mut fab = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port().child(0, 0, ep(1)).child(0, 1, ep(2)),
+        )],
+    );
+    let mut topo = track(&mut fab);
+    let mut own = Ownership::new();
+    own.assign(&mut topo, 1, &[b("01:00.0")], false).unwrap();
+    let sibling = b("01:00.1");
+    let acs = topo.function(sibling).unwrap().caps.acs;
+    let before = fab.read16(sibling, acs + ACS_CTRL);
+    let out = own.hwdom_apply(&mut fab, sibling, acs + ACS_CTRL, 2, Some(0));
+    assert_eq!(out.refused, Some(Refusal::AcsControlAboveGuest));
+    assert_eq!(fab.read16(sibling, acs + ACS_CTRL), before);
+}
+
+/// The hardware domain's root port may not take the bus of the switch
+/// (upstream port on bus 1, downstream port on bus 2) above the guest's
+/// nvme on bus 3: config requests for those buses would reach its own side.
+#[test]
+fn bus_numbers_may_not_claim_a_protected_bridge_bus() {
+    let mut fab = switch_fabric();
+    let (_topo, own) = guest_has_nvme(&mut fab);
+    let rp = b("00:02.0");
+    let before = fab.read32(rp, PRIMARY_BUS);
+    for (sec, sub) in [(2u32, 2u32), (1, 1), (2, 5), (5, 5)] {
+        let v = sec << 8 | sub << 16;
+        let out = own.hwdom_apply(&mut fab, rp, PRIMARY_BUS, 4, Some(v));
+        if sec == 5 {
+            // Bus 5 is its own: nothing protected there.
+            assert_eq!(out.refused, None);
+            fab.write32(rp, PRIMARY_BUS, before);
+            continue;
+        }
+        assert_eq!(
+            out.refused,
+            Some(Refusal::BusNumbersOverlapGuest),
+            "{sec}..{sub}"
+        );
+        assert_eq!(fab.read32(rp, PRIMARY_BUS), before);
+        // Byte writes of secondary, then subordinate: the first one claims.
+        let out = own.hwdom_apply(&mut fab, rp, SECONDARY_BUS, 1, Some(sec));
+        assert_eq!(out.refused, Some(Refusal::BusNumbersOverlapGuest));
+    }
+    assert_eq!(fab.read32(rp, PRIMARY_BUS), before);
+    assert_eq!(fab.read16(b("03:00.0"), VENDOR_ID), 0x1b36);
+    // The sibling downstream port, inside the switch's range, rewrites its
+    // own bus numbers (bus 4): that claims nothing protected.
+    let sibling = b("02:01.0");
+    let own_buses = fab.read32(sibling, PRIMARY_BUS);
+    let out = own.hwdom_apply(&mut fab, sibling, PRIMARY_BUS, 4, Some(own_buses));
+    assert_eq!(out.refused, None);
+    // But it may not take the guest's side of the switch (bus 3).
+    let v = (own_buses & 0xff) | 3 << 8 | 4 << 16;
+    let out = own.hwdom_apply(&mut fab, sibling, PRIMARY_BUS, 4, Some(v));
+    assert_eq!(out.refused, Some(Refusal::BusNumbersOverlapGuest));
+}
+
+/// 00:01.0 root port without ACS, secondary bus 1, nothing below;
+/// 00:02.0 a PF whose first VF offset puts its VFs on bus 1.
+fn vf_on_bridge_bus_fabric() -> Fabric {
+    let mut pf = Spec::endpoint(0x8086, 0x10c9).sriov(2, 0x10ca);
+    if let Some(s) = pf.f.sriov.as_mut() {
+        // rid 00:02.0 is 0x10; 0x10 + 0xf0 = 0x100, i.e. 01:00.0.
+        s.first_vf_offset = 0xf0;
+    }
+    Fabric::new().with_root_complex(
+        0,
+        0,
+        &[
+            (devfn(1, 0), Spec::qemu_root_port().acs(None)),
+            (devfn(2, 0), pf),
+        ],
+    )
+}
+
+fn units_agree(t: &mut Topology) {
+    let reference = t.compute_units();
+    let fns: Vec<Bdf> = t.functions().map(|(b, _)| b).collect();
+    for f in fns {
+        assert_eq!(t.unit_of(f), reference.unit_of(f).map(|u| u.id), "{f}");
+    }
+    assert_eq!(t.units(), &reference);
+}
+
+/// Whatever the order, the PF whose VFs land on the root port's secondary
+/// bus and the root port are never both tracked, and the incremental units
+/// equal the ones computed from scratch.
+#[test]
+fn vf_routing_ids_on_a_bridge_bus_are_refused() {
+    let (rp, pf, vf) = (b("00:01.0"), b("00:02.0"), b("01:00.0"));
+    // The PF and its VFs first, the root port last.
+    let mut fab = vf_on_bridge_bus_fabric();
+    let found = fab.enumerate();
+    assert!(found.contains(&vf) && found.contains(&b("01:00.1")));
+    let mut t = Topology::new(config(&[(0, 0)]));
+    t.report_add(pf, &mut fab).unwrap();
+    t.report_add(vf, &mut fab).unwrap();
+    t.report_add(b("01:00.1"), &mut fab).unwrap();
+    let r = t.report_add(rp, &mut fab);
+    assert_eq!(r, Err(TopologyError::VfBusCollision { bdf: rp, other: pf }));
+    units_agree(&mut t);
+    // The root port first: the PF is refused, and so its VFs never attach.
+    let mut fab = vf_on_bridge_bus_fabric();
+    fab.enumerate();
+    let mut t = Topology::new(config(&[(0, 0)]));
+    t.report_add(rp, &mut fab).unwrap();
+    assert_eq!(
+        t.report_add(pf, &mut fab),
+        Err(TopologyError::VfBusCollision { bdf: pf, other: rp })
+    );
+    assert!(
+        t.report_add(vf, &mut fab)
+            .is_ok_and(|o| o == pci::ReportOutcome::Orphaned)
+    );
+    units_agree(&mut t);
+    t.check_invariants().unwrap();
+}
+
+/// VFs on a bus of their own inside the PF's parent range (more VFs than
+/// one bus holds) belong below the PF's parent: the incremental units join
+/// them to a root port without ACS like the computation from scratch does.
+#[test]
+fn vfs_on_the_next_bus_belong_to_the_pfs_parent() {
+    let mut pf = Spec::endpoint(0x8086, 0x10c9).sriov(2, 0x10ca);
+    if let Some(s) = pf.f.sriov.as_mut() {
+        // rid 01:00.0 is 0x100; VFs at 0x200 = 02:00.0.
+        s.first_vf_offset = 0x100;
+    }
+    let mut fab = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port().acs(None).child(0, 0, pf),
+        )],
+    );
+    fab.enumerate();
+    // Firmware reserved bus 2 for the VFs.
+    fab.write8(b("00:01.0"), SUBORDINATE_BUS, 2);
+    let mut t = Topology::new(config(&[(0, 0)]));
+    for f in ["00:01.0", "01:00.0", "02:00.0", "02:00.1"] {
+        t.report_add(b(f), &mut fab).unwrap();
+    }
+    assert_eq!(t.parent_bridge(b("02:00.0")), Some(b("00:01.0")));
+    units_agree(&mut t);
+    assert_eq!(t.unit_members(b("02:00.1")).len(), 4);
+    // VFs past the parent's range are refused with their PF.
+    fab.write8(b("00:01.0"), SUBORDINATE_BUS, 1);
+    let mut t = Topology::new(config(&[(0, 0)]));
+    t.report_add(b("00:01.0"), &mut fab).unwrap();
+    assert_eq!(
+        t.report_add(b("01:00.0"), &mut fab),
+        Err(TopologyError::VfBusCollision {
+            bdf: b("01:00.0"),
+            other: b("00:01.0")
+        })
+    );
+}
