@@ -960,6 +960,10 @@ fn give_pci_bus(
         if !pci.aer.hwdom.owns_port(f) {
             pci.aer.hwdom.forget(f);
         }
+        // A recovery the hwdom owed it ends with the reset before the
+        // handover: the hypervisor's deadline reset must not come later,
+        // on the guest's device, for the hwdom's error.
+        pci.aer.recovery.forget(f);
     }
     pci.guests.insert(vm.index, bus);
     // The lines go to the CPU of the guest's first vCPU.
@@ -1957,6 +1961,10 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
         // Never handed out again: it stays hidden with the stopped guest.
         log::error!("{b} is quarantined ({why:?}): the functions of its guest stay hidden");
         return;
+    }
+    for &f in &given {
+        // Its recovery ended with the reset before the handback.
+        aer.recovery.forget(f);
     }
     ownership.release(topology, vm);
     reservations.release(pci::vpci::Owner::Guest(vm));
