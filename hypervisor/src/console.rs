@@ -16,7 +16,7 @@
 use crate::console_ring::Ring;
 use crate::drivers::pl011::Pl011;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use spin::Mutex;
 
 /// Queue size: a burst of output (the PCI tree logged at the end of the
@@ -26,6 +26,12 @@ const RING_SIZE: usize = 64 * 1024;
 static RING: Mutex<Ring<RING_SIZE>> = Mutex::new(Ring::new());
 /// The UART, taken by whoever drains.
 static UART: Mutex<Option<Pl011>> = Mutex::new(None);
+/// The UART's base address, for the bug path ([`print_on_bug`]), which
+/// cannot wait for [`UART`]'s lock (0: no UART).
+static UART_BASE: AtomicUsize = AtomicUsize::new(0);
+/// The last byte the UART was given ended a line (set under the UART
+/// lock): the bug path starts its lines on a fresh line.
+static AT_LINE_START: AtomicBool = AtomicBool::new(true);
 /// The ring may hold bytes (set under the ring lock): one load at the end
 /// of a trap tells there is nothing to do.
 static PENDING: AtomicBool = AtomicBool::new(false);
@@ -36,6 +42,7 @@ pub unsafe fn init(base: usize) {
     // SAFETY: forwarded from the caller.
     let uart = unsafe { Pl011::new(base) };
     *UART.lock() = Some(uart);
+    UART_BASE.store(base, Ordering::Release);
     log::set_logger(&LOGGER).ok();
     log::set_max_level(log::LevelFilter::Info);
 }
@@ -81,6 +88,9 @@ fn drain_some() {
             break;
         }
         let (n, all) = (uart.write_some(chunk), chunk.len());
+        if let Some(&last) = n.checked_sub(1).and_then(|i| chunk.get(i)) {
+            AT_LINE_START.store(last == b'\n', Ordering::Relaxed);
+        }
         ring.consume(n);
         if n < all {
             break;
@@ -103,6 +113,7 @@ pub fn flush() {
         if uart.try_write(b) {
             ring.pop();
             budget -= 1;
+            AT_LINE_START.store(b == b'\n', Ordering::Relaxed);
         } else {
             drop(ring);
             core::hint::spin_loop();
@@ -112,6 +123,78 @@ pub fn flush() {
     PENDING.store(!ring.is_empty(), Ordering::Release);
     drop(ring);
     uart.flush();
+}
+
+/// Print the reason of a hypervisor bug (a fault at EL2, a panic) and what
+/// is queued, waiting for nothing that may never come: this CPU may hold
+/// the queue's or the UART's lock (the bug may be inside a print), and
+/// another CPU may hold them for ever. Each lock is waited for a moment
+/// (another CPU's short critical section); the UART is then written
+/// through the console's own handle (no other CPU writes meanwhile) or,
+/// if its lock did not come free, through a handle of our own (another
+/// CPU's output may interleave: the system stops right after).
+#[cold]
+pub fn print_on_bug(args: core::fmt::Arguments) {
+    let base = UART_BASE.load(Ordering::Acquire);
+    if base == 0 {
+        return;
+    }
+    let mut held = patiently(|| UART.try_lock());
+    // SAFETY: `base` is the mapped PL011 that `init` was given. `Pl011::new`
+    // asks that nothing else drive it; only used when the UART lock could
+    // not be had, so a CPU holding it may still be writing: both only push
+    // bytes into the transmit FIFO, so the worst outcome is interleaved
+    // output on the way down.
+    let mut own = unsafe { Pl011::new(base) };
+    let uart = match held.as_deref_mut() {
+        Some(Some(console)) => console,
+        _ => &mut own,
+    };
+    if let Some(mut ring) = patiently(|| RING.try_lock()) {
+        while let Some(b) = ring.peek() {
+            put_waiting(uart, b);
+            ring.pop();
+        }
+        PENDING.store(false, Ordering::Release);
+    }
+    if !AT_LINE_START.load(Ordering::Relaxed) {
+        put_waiting(uart, b'\n');
+    }
+    struct Direct<'a>(&'a mut Pl011);
+    impl Write for Direct<'_> {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            s.bytes().for_each(|b| put_waiting(self.0, b));
+            Ok(())
+        }
+    }
+    let _ = Direct(uart).write_fmt(args);
+    AT_LINE_START.store(true, Ordering::Relaxed);
+    uart.flush();
+}
+
+/// `try_lock` again for about a millisecond under QEMU: long enough for
+/// another CPU's short critical section, short enough not to matter if
+/// this CPU holds the lock.
+fn patiently<G>(mut try_lock: impl FnMut() -> Option<G>) -> Option<G> {
+    for _ in 0..1_000_000u32 {
+        if let Some(g) = try_lock() {
+            return Some(g);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
+
+fn put_waiting(uart: &mut Pl011, b: u8) {
+    while !uart.try_write(b) {
+        core::hint::spin_loop();
+    }
+}
+
+/// Hold the console queue's lock for as long as the returned guard lives:
+/// for the test that a panic inside a print does not hang the system.
+pub fn hold_queue() -> impl Sized {
+    RING.lock()
 }
 
 /// Print formatted text and flush (boot, halt and error paths only, never

@@ -13,6 +13,8 @@ pub struct GuestDescription<'a> {
     pub memory: Region,
     pub vcpus: u32,
     pub bootargs: &'a str,
+    /// Where the VM's initial ramdisk lies in its RAM, if it has one.
+    pub initrd: Option<Region>,
     pub gic: &'a Gic,
     pub timer: &'a Timer,
     /// The console's IPA and SPI (INTID) if any.
@@ -76,6 +78,11 @@ pub fn build(desc: &GuestDescription) -> Result<Vec<u8>, FdtError> {
     let uart_name = format!("pl011@{:x}", desc.uart.base);
     let chosen = fdt.begin_node("chosen")?;
     fdt.property_string("bootargs", desc.bootargs)?;
+    if let Some(initrd) = desc.initrd {
+        // Linux reads either cell size; 64-bit says it for any RAM.
+        fdt.property_u64("linux,initrd-start", initrd.base)?;
+        fdt.property_u64("linux,initrd-end", initrd.end())?;
+    }
     fdt.property_string("stdout-path", &format!("/{uart_name}"))?;
     fdt.end_node(chosen)?;
 
@@ -263,6 +270,7 @@ mod tests {
             memory: Region::new(0x4800_0000, 0x400_0000),
             vcpus: 2,
             bootargs: "test=hello",
+            initrd: Some(Region::new(0x4b00_0000, 0x12_3456)),
             gic: &gic,
             timer: &timer(),
             uart: Region::new(0x900_0000, 0x1000),
@@ -272,6 +280,13 @@ mod tests {
         let blob = build(&desc).unwrap();
         let tree = parse(&blob);
         assert_eq!(tree.chosen().bootargs(), Some("test=hello"));
+        let chosen = tree.find_node("/chosen").unwrap();
+        let u64_prop = |name| {
+            let v = chosen.property(name).unwrap().value;
+            u64::from_be_bytes(v.try_into().unwrap())
+        };
+        assert_eq!(u64_prop("linux,initrd-start"), 0x4b00_0000);
+        assert_eq!(u64_prop("linux,initrd-end"), 0x4b12_3456);
         let mem: Vec<_> = tree.memory().regions().collect();
         assert_eq!(mem.len(), 1);
         assert_eq!(mem[0].starting_address as u64, 0x4800_0000);
@@ -310,6 +325,7 @@ mod tests {
             memory: Region::new(0x4800_0000, 0x200_0000),
             vcpus: 1,
             bootargs: "",
+            initrd: None,
             gic: &gic,
             timer: &timer(),
             uart: Region::new(0x900_0000, 0x1000),

@@ -316,6 +316,7 @@ mod boot {
         reserved.push(Region::new(image.0, image.1 - image.0));
         reserved.push(dtb_region);
         reserved.extend(platform.vms.iter().map(|v| v.kernel));
+        reserved.extend(platform.vms.iter().filter_map(|v| v.ramdisk));
         let mut free = FreeMemory::new(&platform.memory, &reserved);
 
         if platform.vms.is_empty() {
@@ -411,8 +412,6 @@ fn main() {
 #[cfg(target_os = "none")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    console::print(format_args!("phv: PANIC: {info}\n"));
-    loop {
-        core::hint::spin_loop();
-    }
+    console::print_on_bug(format_args!("phv: PANIC: {info}\n"));
+    vm::stop_on_bug()
 }

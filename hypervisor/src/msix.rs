@@ -274,7 +274,7 @@ pub(crate) mod tests {
         // stays, e.g. an AER recovery): the table comes back from the record.
         let flr = resets::flr_of(&pci, nvme).unwrap();
         assert!(matches!(flr, ResetAction::Function { .. }));
-        resets::start(&mut pci, &mut hw, flr, 0, AfterReset::Nothing).unwrap();
+        resets::start(&mut pci, &mut hw, flr, 0, AfterReset::Nothing, 1).unwrap();
         assert_eq!(inspect_entry(&mut pci, &mut hw, true, nvme, 0), unreadable);
         // The guest rewrites vector 0 meanwhile: recorded, not written.
         let c = guest_programs_vector0(&mut pci, &mut hw, nvme, 0x42);

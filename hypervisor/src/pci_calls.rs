@@ -676,11 +676,12 @@ fn guest_piece<P: ConfigPort>(
     w: u64,
     write: Option<(u32, &mut Effects)>,
 ) -> u32 {
-    // A function being reset answers like hardware does meanwhile.
+    // A function being reset answers like hardware does meanwhile, until
+    // every reset of the same request ended.
     if !resets.is_empty() {
         let vbdf = Bdf::from_devfn(0, (at >> 20) as u8, (at >> 12) as u8);
         if let Some(physical) = bus.physical_of(vbdf)
-            && resets.iter().any(|r| r.job.masks(physical))
+            && resets.iter().any(|r| r.hides(physical))
         {
             if write.is_some() {
                 return 0;

@@ -255,6 +255,8 @@ pub struct PciState<P = EcamPort> {
     pub intx: Vec<crate::intx::IntxSource>,
     /// Resets in progress.
     pub resets: Vec<crate::resets::RunningReset>,
+    /// The last reset request id given out (`resets::new_request`).
+    pub reset_requests: u32,
     /// Functions never handed out again: no method resets them, or they did
     /// not come back from a reset.
     pub quarantine: pci::reset_engine::Quarantine,
@@ -465,6 +467,7 @@ impl<P: ConfigPort> PciState<P> {
             guests: GuestBuses::default(),
             intx: Vec::new(),
             resets: Vec::new(),
+            reset_requests: 0,
             quarantine: pci::reset_engine::Quarantine::new(),
             starting: Vec::new(),
             reservations: pci::reset_engine::Reservations::new(),

@@ -37,6 +37,33 @@ pub struct RunningReset {
     /// When the job wants to be stepped again (ns).
     pub next_ns: u64,
     pub then: AfterReset,
+    /// The request it belongs to ([`new_request`]): the resets one request
+    /// needs (a guest's SBR below a switch: one per downstream port) end
+    /// together for the guest.
+    pub request: u32,
+    /// The job ended while others of its request still run: how it ended,
+    /// reported when the last one ends. Its functions are back (restored,
+    /// unmasked for the hardware and the MSI-X writes) but the guest still
+    /// sees them resetting.
+    pub held: Option<Finished>,
+}
+
+impl RunningReset {
+    /// Whether the guest that owns `bdf` sees it as still resetting: the
+    /// job covers it, running or held. One virtual reset (an SBR of a
+    /// virtual root port) ends for all its functions at once, as a real
+    /// one does: a driver that waits for the first function only (Linux
+    /// after a bus reset) must not reprogram the others while their own
+    /// physical reset runs and drops the writes.
+    pub fn hides(&self, bdf: Bdf) -> bool {
+        self.job.scope().binary_search(&bdf).is_ok()
+    }
+}
+
+/// A new request id for [`start`]: the resets started with it end together.
+pub fn new_request<P>(pci: &mut PciState<P>) -> u32 {
+    pci.reset_requests = pci.reset_requests.wrapping_add(1);
+    pci.reset_requests
 }
 
 /// A job that ended.
@@ -53,16 +80,22 @@ pub struct Finished {
 /// Start `action` at `now_ns`: capture the state of everything it touches,
 /// then begin. If a running reset already covers the same functions, that
 /// one stands for it (and takes over `then` if it had nothing to do after);
-/// otherwise an overlapping reset is refused.
+/// otherwise an overlapping reset is refused. `request` groups the resets
+/// that end together ([`new_request`]).
 pub fn start<P: ConfigPort, M: MemoryPort>(
     pci: &mut PciState<P>,
     mem: &mut M,
     action: ResetAction,
     now_ns: u64,
     then: AfterReset,
+    request: u32,
 ) -> Result<(), EngineError> {
     let scope = pci.topology.action_scope(action);
-    if let Some(running) = pci.resets.iter_mut().find(|r| r.job.overlaps(&scope)) {
+    if let Some(running) = pci
+        .resets
+        .iter_mut()
+        .find(|r| r.held.is_none() && r.job.overlaps(&scope))
+    {
         let covers = scope.iter().all(|b| running.job.masks(*b));
         if covers && (running.then == AfterReset::Nothing || running.then == then) {
             running.then = then;
@@ -82,12 +115,19 @@ pub fn start<P: ConfigPort, M: MemoryPort>(
         Step::Wait { until_ns } => until_ns,
         Step::Done { .. } => now_ns,
     };
-    pci.resets.push(RunningReset { job, next_ns, then });
+    pci.resets.push(RunningReset {
+        job,
+        next_ns,
+        then,
+        request,
+        held: None,
+    });
     Ok(())
 }
 
-/// Step every job that is due at `now_ns`. Returns the jobs that ended and
-/// the next deadline of those still running.
+/// Step every job that is due at `now_ns`. Returns the jobs that ended (all
+/// of a request's at once, when its last one ends) and the next deadline of
+/// those still running.
 pub fn step<P: ConfigPort, M: MemoryPort>(
     pci: &mut PciState<P>,
     mem: &mut M,
@@ -118,7 +158,7 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
     let mut i = 0;
     while i < resets.len() {
         let r = &mut resets[i];
-        if r.next_ns > now_ns {
+        if r.held.is_some() || r.next_ns > now_ns {
             i += 1;
             continue;
         }
@@ -138,7 +178,6 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
                 i += 1;
             }
             Step::Done { outcome } => {
-                let r = resets.swap_remove(i);
                 if let ResetOutcome::TimedOut(gone) = &outcome {
                     for &b in gone {
                         if quarantine.add(b, QuarantineReason::NotReady) {
@@ -151,16 +190,42 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
                     .first_ready_ns()
                     .zip(r.job.reset_exit_ns())
                     .map(|(ready, exit)| ready.saturating_sub(exit));
-                finished.push(Finished {
+                r.held = Some(Finished {
                     action: r.job.action(),
                     outcome,
                     then: r.then,
                     ready_after_ns,
                 });
+                i += 1;
             }
         }
     }
-    let next = resets.iter().map(|r| r.next_ns).min();
+    // Requests whose every job ended: report them, in the order started.
+    let mut k = 0;
+    while k < resets.len() {
+        let request = resets[k].request;
+        let ended = resets[k].held.is_some()
+            && resets
+                .iter()
+                .all(|r| r.request != request || r.held.is_some());
+        if !ended {
+            k += 1;
+            continue;
+        }
+        let mut j = k;
+        while j < resets.len() {
+            if resets[j].request == request {
+                finished.extend(resets.remove(j).held);
+            } else {
+                j += 1;
+            }
+        }
+    }
+    let next = resets
+        .iter()
+        .filter(|r| r.held.is_none())
+        .map(|r| r.next_ns)
+        .min();
     (finished, next)
 }
 
@@ -207,7 +272,8 @@ pub fn masked_read<P>(pci: &PciState<P>, bdf: Bdf, reg: u16, width: u16) -> Opti
         .map(|_| pci::reset_engine::masked_read(reg, width as u8, false))
 }
 
-/// Whether writes to `bdf` are dropped because a reset covers it.
+/// Whether writes to `bdf` are dropped because a running reset covers it
+/// (the hardware's view: [`RunningReset::hides`] is its owner's).
 pub fn masks<P>(pci: &PciState<P>, bdf: Bdf) -> bool {
     pci.resets.iter().any(|r| r.job.masks(bdf))
 }
@@ -322,6 +388,7 @@ mod tests {
             actions[0],
             0,
             AfterReset::Release { vm: 1 },
+            1,
         )
         .unwrap();
         assert!(masks(&pci, nvme));
@@ -403,17 +470,65 @@ mod tests {
                 method: ResetMethod::Flr
             }
         );
-        start(&mut pci, &mut NoMemory, flr, 0, AfterReset::Nothing).unwrap();
+        start(&mut pci, &mut NoMemory, flr, 0, AfterReset::Nothing, 1).unwrap();
         // The same reset again: the running one stands for it and takes
         // over what to do after.
         let release = AfterReset::Release { vm: 1 };
-        start(&mut pci, &mut NoMemory, flr, 0, release).unwrap();
+        start(&mut pci, &mut NoMemory, flr, 0, release, 2).unwrap();
         assert_eq!(pci.resets.len(), 1);
         assert_eq!(pci.resets[0].then, release);
         // A wider reset overlapping it is refused.
         let sbr = ResetAction::SecondaryBus { bridge: found[0] };
-        assert!(start(&mut pci, &mut NoMemory, sbr, 0, AfterReset::Nothing).is_err());
+        assert!(start(&mut pci, &mut NoMemory, sbr, 0, AfterReset::Nothing, 3).is_err());
         assert_eq!(flr_of(&pci, found[0]), None, "a root port has no FLR");
+    }
+
+    /// Both nvmes reset in one request, the second 30 ms later: the first
+    /// is back for the hardware when its own reset ends, but its guest sees
+    /// it resetting until the second ends too, and both are reported then.
+    #[test]
+    fn the_resets_of_one_request_end_together_for_the_guest() {
+        let (mut pci, found) = state();
+        let nvmes: Vec<Bdf> = found.iter().copied().filter(|b| b.bus != 0).collect();
+        assert_eq!(nvmes.len(), 2);
+        let request = new_request(&mut pci);
+        let then = AfterReset::Nothing;
+        for (k, &b) in nvmes.iter().enumerate() {
+            let action = flr_of(&pci, b).unwrap();
+            start(
+                &mut pci,
+                &mut NoMemory,
+                action,
+                30 * MS * k as u64,
+                then,
+                request,
+            )
+            .unwrap();
+        }
+        let hidden = |pci: &PciState<Fabric>, b: Bdf| pci.resets.iter().any(|r| r.hides(b));
+        let mut now = 0;
+        let mut done = Vec::new();
+        let mut seen_first_back_but_hidden = false;
+        for _ in 0..256 {
+            let (f, next) = step(&mut pci, &mut NoMemory, now);
+            done.extend(f);
+            if !masks(&pci, nvmes[0]) && masks(&pci, nvmes[1]) {
+                assert!(
+                    hidden(&pci, nvmes[0]),
+                    "the first shown before the second ended"
+                );
+                assert!(done.is_empty(), "reported before the request ended");
+                seen_first_back_but_hidden = true;
+            }
+            match next {
+                Some(n) => now = n.max(now),
+                None => break,
+            }
+        }
+        assert!(seen_first_back_but_hidden);
+        assert_eq!(done.len(), 2);
+        assert!(pci.resets.is_empty());
+        assert!(!hidden(&pci, nvmes[0]) && !hidden(&pci, nvmes[1]));
     }
 
     #[test]

@@ -31,6 +31,13 @@ pub mod psci_ret {
 
 pub const SMCCC_VERSION: u32 = 0x8000_0000;
 pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+pub const SMCCC_ARCH_WORKAROUND_1: u32 = 0x8000_8000;
+pub const SMCCC_ARCH_WORKAROUND_2: u32 = 0x8000_7FFF;
+pub const SMCCC_ARCH_WORKAROUND_3: u32 = 0x8000_3FFF;
+/// SMCCC_ARCH_FEATURES of a workaround: this CPU is not affected.
+pub const WORKAROUND_UNAFFECTED: u64 = 1;
+/// SMCCC_ARCH_FEATURES of WORKAROUND_2: not required on this CPU.
+pub const NOT_REQUIRED: u64 = -2i64 as u64;
 /// We implement SMCCC 1.2 (x1..x17 arguments, x0..x17 results).
 pub const SMCCC_VERSION_1_2: u64 = 0x1_0002;
 /// PSCI 1.1.
@@ -48,6 +55,9 @@ pub mod vendor {
     pub const REVISION: u32 = 0x8600_FF03;
     pub const CONSOLE_WRITE: u32 = 0xC600_0001;
     pub const TEST_FAIL: u32 = 0xC600_0002;
+    /// hwdom: the state of VM x1 (its index under /chosen): x1 = 0 stopped,
+    /// 1 running, 2 waiting for its PCI functions.
+    pub const VM_STATE: u32 = 0xC600_0003;
     /// hwdom: a function was found at (x1 = segment, x2 = bus << 8 | devfn).
     pub const PCI_ADD: u32 = 0xC600_0010;
     /// hwdom: the function at (x1, x2) is gone.
@@ -75,8 +85,12 @@ pub mod vendor {
     /// the device: x1 = address (high << 32 | low), x2 = data, x3 = vector
     /// control.
     pub const PCI_MSIX_ENTRY: u32 = 0xC600_0024;
+    /// hwdom, only with `/chosen/phv,test-hypervisor-bugs`: make the
+    /// hypervisor fault (x1 = 0), panic (1) or panic holding the console
+    /// and PCI locks (2), to test that a hypervisor bug stops the system.
+    pub const TEST_HYPERVISOR_BUG: u32 = 0xC600_00F0;
     /// Calls in the service, excluding the generic queries.
-    pub const COUNT: u64 = 11;
+    pub const COUNT: u64 = 13;
     /// Most bytes one CONSOLE_WRITE carries (x2..x7).
     pub const CONSOLE_WRITE_MAX: usize = 48;
     /// UUID 7b3c9a1e-5d42-4f0b-9e61-2c8d0a4f1b37 as four little-endian words.
@@ -145,6 +159,41 @@ pub enum PciCall {
     },
 }
 
+/// What VM_STATE says of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// Every vCPU is off and it will not run again (its devices may still
+    /// be resetting on their way back to the hardware domain).
+    Stopped = 0,
+    Running = 1,
+    /// Built, waiting for the hardware domain to report its PCI functions.
+    WaitingForPci = 2,
+}
+
+/// A hypervisor bug that TEST_HYPERVISOR_BUG provokes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HypervisorBug {
+    /// A load from an address EL2 does not map: a synchronous exception
+    /// taken at EL2.
+    Fault,
+    /// A Rust panic.
+    Panic,
+    /// A panic while this CPU holds the console queue's and the PCI
+    /// state's locks (the panic path must not wait for them).
+    PanicHoldingLocks,
+}
+
+impl HypervisorBug {
+    fn from_code(code: u64) -> Option<Self> {
+        match code {
+            0 => Some(Self::Fault),
+            1 => Some(Self::Panic),
+            2 => Some(Self::PanicHoldingLocks),
+            _ => None,
+        }
+    }
+}
+
 /// Why a PCI call failed: the SMCCC status and a reason code for x1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallError {
@@ -161,6 +210,14 @@ pub trait HypercallHost {
     fn cpu_on(&mut self, vcpu: usize, entry: u64, context_id: u64) -> Result<(), CpuOnError>;
     fn console_write(&mut self, bytes: &[u8]);
     fn test_fail(&mut self, code: u64);
+    /// The state of VM `index`, if the caller may know it: `Err` is the
+    /// SMCCC status (DENIED to a guest, NOT_FOUND for no such VM).
+    fn vm_state(&self, index: u64) -> Result<VmState, u64>;
+    /// The speculation properties of the CPU the caller runs on.
+    fn cpu_speculation(&self) -> CpuSpeculation;
+    /// Provoke `bug` if this VM may (never returns then); otherwise the
+    /// SMCCC status of the refusal.
+    fn test_hypervisor_bug(&mut self, bug: HypervisorBug) -> u64;
     /// A PCI call; the host checks who may make it. Returns x1..x3.
     fn pci(&mut self, call: PciCall) -> Result<[u64; 3], CallError>;
 }
@@ -182,8 +239,57 @@ fn ret(x0: u64) -> Outcome {
     Outcome::Return([x0, 0, 0, 0])
 }
 
-/// The PSCI functions we emulate, for PSCI_FEATURES.
-const PSCI_SUPPORTED: [u32; 10] = [
+/// What the CPU's ID registers say about speculative side channels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuSpeculation {
+    /// ID_AA64PFR0_EL1.CSV2 (59:56): 1 or more, branch targets trained in
+    /// one context do not steer another (Spectre v2); 3, nor the branch
+    /// history (Spectre-BHB).
+    pub csv2: u8,
+    /// ID_AA64PFR1_EL1.SSBS (7:4) is not 0: the speculative store bypass
+    /// safe bit exists, so the guest mitigates Spectre v4 itself.
+    pub ssbs: bool,
+}
+
+impl CpuSpeculation {
+    pub fn from_id_registers(pfr0: u64, pfr1: u64) -> Self {
+        Self {
+            csv2: ((pfr0 >> 56) & 0xf) as u8,
+            ssbs: (pfr1 >> 4) & 0xf != 0,
+        }
+    }
+}
+
+/// SMCCC_ARCH_FEATURES of a Spectre workaround call. The hypervisor offers
+/// no firmware mitigation of its own (it does not forward the calls to
+/// EL3): it answers "not affected" (WORKAROUND_1, 3) or "not required"
+/// (WORKAROUND_2) where the CPU says so, and NOT_SUPPORTED otherwise, so
+/// that the guest reports the vulnerability instead of believing a call
+/// that does nothing mitigates it.
+fn workaround_feature(id: u32, cpu: CpuSpeculation) -> u64 {
+    let unaffected = match id {
+        SMCCC_ARCH_WORKAROUND_1 => cpu.csv2 >= 1,
+        SMCCC_ARCH_WORKAROUND_3 => cpu.csv2 >= 3,
+        SMCCC_ARCH_WORKAROUND_2 => {
+            return if cpu.ssbs {
+                NOT_REQUIRED
+            } else {
+                NOT_SUPPORTED
+            };
+        }
+        _ => false,
+    };
+    if unaffected {
+        WORKAROUND_UNAFFECTED
+    } else {
+        NOT_SUPPORTED
+    }
+}
+
+/// The PSCI functions we emulate, for PSCI_FEATURES (with SMCCC_VERSION,
+/// which PSCI_FEATURES also answers: Linux asks it before using SMCCC 1.1).
+const PSCI_SUPPORTED: [u32; 11] = [
+    SMCCC_VERSION,
     psci::PSCI_VERSION,
     psci::PSCI_CPU_OFF,
     psci::PSCI_CPU_ON_32,
@@ -212,9 +318,11 @@ pub fn dispatch(host: &mut dyn HypercallHost, regs: &[u64; 8]) -> Outcome {
     match (function_id >> 24) & 0x3f {
         OWNER_ARCH => match function_id {
             SMCCC_VERSION => ret(SMCCC_VERSION_1_2),
-            // No architectural workarounds are needed or offered.
             SMCCC_ARCH_FEATURES => match arg(1) as u32 {
                 SMCCC_VERSION | SMCCC_ARCH_FEATURES => ret(SUCCESS),
+                id @ (SMCCC_ARCH_WORKAROUND_1
+                | SMCCC_ARCH_WORKAROUND_2
+                | SMCCC_ARCH_WORKAROUND_3) => ret(workaround_feature(id, host.cpu_speculation())),
                 _ => ret(NOT_SUPPORTED),
             },
             _ => ret(NOT_SUPPORTED),
@@ -289,6 +397,14 @@ fn vendor_call(host: &mut dyn HypercallHost, id: u32, regs: &[u64; 8]) -> Outcom
             host.test_fail(regs[1]);
             ret(SUCCESS)
         }
+        vendor::VM_STATE => match host.vm_state(regs[1]) {
+            Ok(state) => Outcome::Return([SUCCESS, state as u64, 0, 0]),
+            Err(status) => ret(status),
+        },
+        vendor::TEST_HYPERVISOR_BUG => match HypervisorBug::from_code(regs[1]) {
+            Some(bug) => ret(host.test_hypervisor_bug(bug)),
+            None => ret(INVALID_PARAMETER),
+        },
         vendor::PCI_ADD
         | vendor::PCI_REMOVE
         | vendor::PCI_UNIT_OF
@@ -345,6 +461,8 @@ mod tests {
         failed: Option<u64>,
         started: Vec<(usize, u64, u64)>,
         pci_calls: Vec<PciCall>,
+        bugs: Vec<HypervisorBug>,
+        speculation: CpuSpeculation,
     }
 
     impl HypercallHost for FakeVm {
@@ -371,6 +489,20 @@ mod tests {
         }
         fn test_fail(&mut self, code: u64) {
             self.failed = Some(code);
+        }
+        fn cpu_speculation(&self) -> CpuSpeculation {
+            self.speculation
+        }
+        fn vm_state(&self, index: u64) -> Result<VmState, u64> {
+            match index {
+                0 => Ok(VmState::Running),
+                1 => Ok(VmState::Stopped),
+                _ => Err(NOT_FOUND),
+            }
+        }
+        fn test_hypervisor_bug(&mut self, bug: HypervisorBug) -> u64 {
+            self.bugs.push(bug);
+            DENIED
         }
         fn pci(&mut self, call: PciCall) -> Result<[u64; 3], CallError> {
             self.pci_calls.push(call);
@@ -412,6 +544,47 @@ mod tests {
             ret(NOT_SUPPORTED)
         );
         assert_eq!(call(&mut vm, &[0x8400_0006]), ret(2));
+    }
+
+    #[test]
+    fn smccc_1_1_discovery_and_spectre_workarounds() {
+        let mut vm = two_vcpus();
+        // Linux asks PSCI_FEATURES(SMCCC_VERSION) before SMCCC_VERSION.
+        assert_eq!(call(&mut vm, &[0x8400_000A, 0x8000_0000]), ret(0));
+        assert_eq!(call(&mut vm, &[0x8000_0001, 0x8000_0001]), ret(0));
+        // A CPU that says nothing: no workaround offered.
+        for w in [0x8000_8000, 0x8000_7FFF, 0x8000_3FFF] {
+            assert_eq!(call(&mut vm, &[0x8000_0001, w]), ret(NOT_SUPPORTED));
+        }
+        // QEMU's `-cpu max`: ID_AA64PFR0_EL1 0x1301_0010_2111_0222 (CSV2
+        // 3), ID_AA64PFR1_EL1 with SSBS 2.
+        vm.speculation = CpuSpeculation::from_id_registers(0x1301_0010_2111_0222, 0x21);
+        assert_eq!(
+            call(&mut vm, &[0x8000_0001, 0x8000_8000]),
+            ret(WORKAROUND_UNAFFECTED)
+        );
+        assert_eq!(
+            call(&mut vm, &[0x8000_0001, 0x8000_3FFF]),
+            ret(WORKAROUND_UNAFFECTED)
+        );
+        assert_eq!(
+            call(&mut vm, &[0x8000_0001, 0x8000_7FFF]),
+            ret(NOT_REQUIRED)
+        );
+        // CSV2 1 only: Spectre v2 unaffected, BHB not known to be.
+        vm.speculation = CpuSpeculation::from_id_registers(1 << 56, 0);
+        assert_eq!(
+            call(&mut vm, &[0x8000_0001, 0x8000_8000]),
+            ret(WORKAROUND_UNAFFECTED)
+        );
+        assert_eq!(
+            call(&mut vm, &[0x8000_0001, 0x8000_3FFF]),
+            ret(NOT_SUPPORTED)
+        );
+        assert_eq!(
+            call(&mut vm, &[0x8000_0001, 0x8000_7FFF]),
+            ret(NOT_SUPPORTED)
+        );
     }
 
     #[test]
@@ -552,5 +725,31 @@ mod tests {
         assert_eq!(call(&mut vm, &[0x8600_FF00]), ret(vendor::COUNT));
         assert_eq!(call(&mut vm, &[0xC600_0002, 7]), ret(0));
         assert_eq!(vm.failed, Some(7));
+    }
+
+    #[test]
+    fn vm_state_returns_the_state_in_x1() {
+        let mut vm = two_vcpus();
+        assert_eq!(
+            call(&mut vm, &[0xC600_0003, 0]),
+            Outcome::Return([0, 1, 0, 0])
+        );
+        assert_eq!(
+            call(&mut vm, &[0xC600_0003, 1]),
+            Outcome::Return([0, 0, 0, 0])
+        );
+        assert_eq!(call(&mut vm, &[0xC600_0003, 9]), ret(NOT_FOUND));
+    }
+
+    #[test]
+    fn test_hypervisor_bug_decodes_its_kind_and_returns_the_refusal() {
+        let mut vm = two_vcpus();
+        assert_eq!(call(&mut vm, &[0xC600_00F0, 0]), ret(DENIED));
+        assert_eq!(call(&mut vm, &[0xC600_00F0, 2]), ret(DENIED));
+        assert_eq!(call(&mut vm, &[0xC600_00F0, 3]), ret(INVALID_PARAMETER));
+        assert_eq!(
+            vm.bugs,
+            [HypervisorBug::Fault, HypervisorBug::PanicHoldingLocks]
+        );
     }
 }

@@ -140,8 +140,17 @@ pub fn sanitize_id(crm: u8, op2: u8, raw: u64) -> u64 {
             .fold(raw, |v, l| set_field(v, l, 0)),
         // ID_DFR1_EL1: MTPMU (3:0), HPMN0 (7:4).
         (3, 5) => set_field(set_field(raw, 0, 0), 4, 0),
-        // ID_AA64PFR0_EL1: AMU (47:44).
-        (4, 0) => set_field(raw, 44, 0),
+        // ID_AA64PFR0_EL1: SVE (35:32), MPAM (43:40), AMU (47:44).
+        (4, 0) => [32, 40, 44]
+            .into_iter()
+            .fold(raw, |v, l| set_field(v, l, 0)),
+        // ID_AA64PFR1_EL1: MTE (11:8), MPAM_frac (19:16), SME (27:24), NMI
+        // (39:36), MTE_frac (43:40), GCS (47:44), THE (51:48), MTEX (55:52).
+        (4, 1) => [8, 16, 24, 36, 40, 44, 48, 52]
+            .into_iter()
+            .fold(raw, |v, l| set_field(v, l, 0)),
+        // ID_AA64ZFR0_EL1 (SVE's features), ID_AA64SMFR0_EL1 (SME's).
+        (4, 4) | (4, 5) => 0,
         // ID_AA64DFR0_EL1: TraceVer (7:4), PMUVer (11:8), PMSS (19:16),
         // SEBEP (27:24), PMSVer (35:32), TraceFilt (43:40), TraceBuffer
         // (47:44), MTPMU (51:48), BRBE (55:52), ExtTrcBuff (59:56), HPMN0
@@ -286,15 +295,27 @@ mod tests {
         assert_eq!((sanitize_id(1, 2, 0x600_000a) >> 24) & 0xf, 0, "PerfMon");
         assert_eq!(sanitize_id(1, 2, 0x600_000a) & 0xf, 0xa, "CopDbg");
         assert_eq!(sanitize_id(3, 5, 0x10), 0, "ID_DFR1");
-        // Everything else as the hardware says (SVE, MMU, ISA fields).
-        let pfr0 = 0x1301_0011_2111_0222;
-        assert_eq!(sanitize_id(4, 0, pfr0), pfr0);
-        assert_eq!(sanitize_id(4, 0, pfr0 | (1 << 44)), pfr0, "AMU hidden");
+        // QEMU 10 `-cpu max`: SVE (1), MPAM (1), the rest kept (EL0-3,
+        // FP, AdvSIMD, GIC, RAS, CSV2, CSV3...).
+        let pfr0 = 0x1101_0011_2111_0222 | (1 << 32) | (1 << 40);
+        assert_eq!(sanitize_id(4, 0, pfr0), 0x1101_0010_2111_0222);
+        assert_eq!(
+            sanitize_id(4, 0, pfr0 | (1 << 44)),
+            0x1101_0010_2111_0222,
+            "AMU hidden"
+        );
+        // ID_AA64PFR1_EL1 of `-cpu max`: BT (1), SSBS (2), MTE (3), SME
+        // (2), NMI (1): BT and SSBS kept.
+        let pfr1 = 0x10_0200_0321;
+        assert_eq!(sanitize_id(4, 1, pfr1), 0x21);
+        assert_eq!(sanitize_id(4, 4, 0x1234), 0, "ZFR0");
+        assert_eq!(sanitize_id(4, 5, 0x1234), 0, "SMFR0");
+        // Everything else as the hardware says (MMU, ISA fields).
         assert_eq!(
             sanitize_id(7, 0, 0x2100_0323_1020_1126),
             0x2100_0323_1020_1126
         );
-        assert_eq!(sanitize_id(4, 4, 0x1234), 0x1234);
+        assert_eq!(sanitize_id(6, 0, 0x1234), 0x1234);
     }
 
     #[test]

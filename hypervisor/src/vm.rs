@@ -13,7 +13,10 @@ use crate::memory::{FreeMemory, MemoryError};
 use crate::mmio::{MmioAccess, MmioDevice, MmioMap, MmioRegion, esr, fault_ipa};
 use crate::pci_calls::GuestStart;
 use crate::pci_host::{self, PciState};
-use crate::smccc::{self, CallError, CpuOnError, HypercallHost, Outcome, PciCall, VcpuPower};
+use crate::smccc::{
+    self, CallError, CpuOnError, CpuSpeculation, HypercallHost, HypervisorBug, Outcome, PciCall,
+    VcpuPower, VmState,
+};
 use crate::vuart::VirtualUart;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -63,6 +66,8 @@ pub struct Vm {
     /// Where the loader left the kernel image (kept for restarts).
     image: Region,
     entry: u64,
+    /// The loader's ramdisk module and where it goes in the VM's RAM.
+    ramdisk: Option<(Region, Region)>,
     /// The device tree the VM boots with (rebuilt when its PCI functions
     /// are assigned).
     dtb: Mutex<Vec<u8>>,
@@ -118,6 +123,11 @@ pub enum VmError {
         image: u64,
         room: u64,
     },
+    /// The ramdisk does not fit the VM's RAM above the kernel.
+    RamdiskTooLarge {
+        ramdisk: u64,
+        room: u64,
+    },
     Fdt(vm_fdt::Error),
     DtbTooLarge(usize),
     Stage2(mmu::MapError),
@@ -154,6 +164,10 @@ impl core::fmt::Display for VmError {
                     "kernel image needs {image:#x} bytes, RAM has {room:#x} after the load address"
                 )
             }
+            Self::RamdiskTooLarge { ramdisk, room } => write!(
+                f,
+                "ramdisk needs {ramdisk:#x} bytes, RAM has {room:#x} above the kernel"
+            ),
             Self::Fdt(e) => write!(f, "cannot build its device tree: {e:?}"),
             Self::DtbTooLarge(n) => write!(f, "its device tree is too large ({n} bytes)"),
             Self::Stage2(e) => write!(f, "cannot build stage-2 tables: {:?}", e.0),
@@ -192,6 +206,28 @@ fn image_header(bytes: &[u8]) -> Option<(u64, u64)> {
     Some((word(0x08)?, word(0x10)?))
 }
 
+/// Where a ramdisk of `source`'s size goes in `ram`: at the top, page
+/// aligned, above `kernel_end` (the end of the kernel image with its BSS).
+/// Returns the module and its place.
+fn place_ramdisk(
+    ram: Region,
+    kernel_end: u64,
+    source: Region,
+) -> Result<(Region, Region), VmError> {
+    const PAGE: u64 = 0x1000;
+    let room = ram.end().saturating_sub(kernel_end);
+    let base = ram
+        .end()
+        .checked_sub(source.size)
+        .map(|b| b & !(PAGE - 1))
+        .filter(|&b| b >= kernel_end)
+        .ok_or(VmError::RamdiskTooLarge {
+            ramdisk: source.size,
+            room,
+        })?;
+    Ok((source, Region::new(base, source.size)))
+}
+
 impl Vm {
     /// Build a VM: RAM, stage 2, kernel copied in, device tree written.
     fn new(
@@ -223,6 +259,10 @@ impl Vm {
         if need > room {
             return Err(VmError::ImageTooLarge { image: need, room });
         }
+        let ramdisk = config
+            .ramdisk
+            .map(|source| place_ramdisk(ram, load + need, source))
+            .transpose()?;
 
         let uart = platform.uart.as_ref().ok_or(VmError::NoUart)?;
         let uart_window = Region::new(uart.region.base, UART_WINDOW);
@@ -259,6 +299,7 @@ impl Vm {
             memory: ram,
             vcpus: config.cpus,
             bootargs: &config.bootargs,
+            initrd: ramdisk.map(|(_, at)| at),
             gic: &platform.gic,
             timer: &platform.timer,
             uart: uart_window,
@@ -346,6 +387,7 @@ impl Vm {
             ram,
             image: config.kernel,
             entry: load,
+            ramdisk,
             dtb: Mutex::new(dtb),
             bootargs: config.bootargs.clone(),
             guest_pci,
@@ -380,6 +422,7 @@ impl Vm {
             memory: self.ram,
             vcpus: self.vcpus.len() as u32,
             bootargs: &self.bootargs,
+            initrd: self.ramdisk.map(|(_, at)| at),
             gic: &platform.gic,
             timer: &platform.timer,
             uart: Region::new(uart.region.base, UART_WINDOW),
@@ -412,6 +455,19 @@ impl Vm {
         }
         mmu::clean_dcache_range(self.entry, self.image.size);
         mmu::clean_dcache_range(self.ram.base, dtb.len() as u64);
+        if let Some((source, at)) = self.ramdisk {
+            // SAFETY: `source` is the loader's module (reserved RAM, never
+            // written); `at` is inside this VM's RAM above the kernel
+            // (`place_ramdisk`), which nothing else uses.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    source.base as *const u8,
+                    at.base as *mut u8,
+                    source.size as usize,
+                );
+            }
+            mmu::clean_dcache_range(at.base, at.size);
+        }
         drop(dtb);
         if let Some(v0) = self.vcpus.first() {
             *v0.boot.lock() = (self.entry, self.ram.base);
@@ -644,8 +700,14 @@ fn run_pcpu(cpu: usize, frame: &mut TrapFrame) -> ! {
 pub fn system() -> &'static System {
     match SYSTEM.get() {
         Some(s) => s,
-        None => halt("trap before the system was set up"),
+        None => bug("trap before the system was set up"),
     }
+}
+
+/// A state the hypervisor never reaches unless it is broken.
+fn bug(why: &str) -> ! {
+    console::print_on_bug(format_args!("phv: BUG: {why}\n"));
+    stop_on_bug()
 }
 
 fn halt(why: &str) -> ! {
@@ -666,7 +728,7 @@ fn current() -> (&'static Vm, usize) {
         .get(cpu)
         .map_or(0, |v| v.load(Ordering::Relaxed));
     if vm.is_null() {
-        halt("trap on a CPU without a vCPU");
+        bug("trap on a CPU without a vCPU");
     }
     // SAFETY: `run_pcpu` stores pointers into `SYSTEM`'s VM table, which is
     // never changed or freed after boot.
@@ -714,6 +776,43 @@ impl HypercallHost for Caller<'_> {
         let mut uart = self.vm.uart.lock();
         for &b in bytes {
             uart.write(0, b.into(), &mut |line| self.vm.emit_line(line));
+        }
+    }
+    fn vm_state(&self, index: u64) -> Result<VmState, u64> {
+        if !self.vm.hardware_domain {
+            return Err(smccc::DENIED);
+        }
+        let vm = usize::try_from(index)
+            .ok()
+            .and_then(|i| system().vms.get(i))
+            .ok_or(smccc::NOT_FOUND)?;
+        let all_off = vm.vcpus.iter().all(|v| v.power() == VcpuPower::Off);
+        Ok(if vm.stopped.load(Ordering::Acquire) && all_off {
+            VmState::Stopped
+        } else if vm.guest_pci.is_some() && all_off {
+            VmState::WaitingForPci
+        } else {
+            VmState::Running
+        })
+    }
+    fn cpu_speculation(&self) -> CpuSpeculation {
+        crate::arch::aarch64::sysregs::cpu_speculation()
+    }
+    fn test_hypervisor_bug(&mut self, bug: HypervisorBug) -> u64 {
+        if !system().platform.test_hypervisor_bugs {
+            return smccc::NOT_SUPPORTED;
+        }
+        if !self.vm.hardware_domain {
+            return smccc::DENIED;
+        }
+        match bug {
+            HypervisorBug::Fault => cpu::load_unmapped(),
+            HypervisorBug::Panic => panic!("provoked by the hardware domain"),
+            HypervisorBug::PanicHoldingLocks => {
+                let _pci = PCI.get().map(Mutex::lock);
+                let _queue = console::hold_queue();
+                panic!("provoked by the hardware domain, console and PCI locks held")
+            }
         }
     }
     fn test_fail(&mut self, code: u64) {
@@ -765,13 +864,11 @@ impl Caller<'_> {
         if let (PciCall::EnumerationDone { segment }, Ok(_)) = (call, result) {
             take_aer(&mut pci, segment);
         }
+        // The hardware domain's reset call: one request.
+        let request = crate::resets::new_request(&mut pci);
         for action in to_start {
-            start_one(
-                &mut pci,
-                self.vm,
-                action,
-                crate::resets::AfterReset::Nothing,
-            );
+            let then = crate::resets::AfterReset::Nothing;
+            start_one(&mut pci, self.vm, action, then, request);
         }
         start_ready_guests(&mut pci);
         result
@@ -1436,6 +1533,29 @@ fn psci_conduit() -> platform::PsciConduit {
         .map_or(platform::PsciConduit::Smc, |p| p.conduit)
 }
 
+/// A bug in the hypervisor (a fault at EL2, a panic): stop the whole
+/// system with a failure status, the way the hardware domain's SYSTEM_OFF
+/// does (PSCI SYSTEM_OFF or semihosting exit stops every CPU), instead of
+/// parking this CPU with whatever locks it holds. The reason is on the
+/// console already. Touches no VM state: it may be what is broken.
+pub fn stop_on_bug() -> ! {
+    FAILED.store(true, Ordering::Release);
+    console::print_on_bug(format_args!("phv: stopping the system: hypervisor bug\n"));
+    let Some(sys) = SYSTEM.get() else {
+        // Before the platform is known there is no way to power off.
+        loop {
+            cpu::wait_for_event();
+        }
+    };
+    match sys.platform.exit_method {
+        ExitMethod::Semihosting => firmware::semihosting_exit(1),
+        ExitMethod::Psci => {
+            let _ = firmware::system_off(psci_conduit());
+        }
+    }
+    halt("system off failed")
+}
+
 /// The hardware domain powered off: end the run with a status.
 fn system_off() -> ! {
     let sys = system();
@@ -1727,7 +1847,16 @@ fn guest_reset(vm: &Vm, request: ResetRequest) {
         // An FLR is not a link reset: a fatal error of `bdf` still waits for
         // one (unless the FLR had to become one).
         ResetRequest::Flr(bdf) => match crate::resets::for_guest_flr(&pci, bdf) {
-            Ok(action) => start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing),
+            Ok(action) => {
+                let request = crate::resets::new_request(&mut pci);
+                start_one(
+                    &mut pci,
+                    vm,
+                    action,
+                    crate::resets::AfterReset::Nothing,
+                    request,
+                )
+            }
             Err(e) => {
                 // Its virtual state is reset already; the device cannot be.
                 if vm.may_log() {
@@ -1743,7 +1872,7 @@ fn guest_reset(vm: &Vm, request: ResetRequest) {
     }
 }
 
-/// Start the resets covering `functions` of guest `vm`.
+/// Start the resets covering `functions` of guest `vm`, as one request.
 fn start_resets(
     pci: &mut PciState,
     vm: &Vm,
@@ -1761,11 +1890,12 @@ fn start_resets(
             None => groups.push((parent, alloc::vec![b])),
         }
     }
+    let request = crate::resets::new_request(pci);
     for (_, group) in groups {
         match crate::resets::for_guest(pci, &group) {
             Ok(actions) => {
                 for action in actions {
-                    start_one(pci, vm, action, then);
+                    start_one(pci, vm, action, then, request);
                 }
             }
             Err(e) => {
@@ -1784,9 +1914,10 @@ fn start_one(
     vm: &Vm,
     action: pci::ResetAction,
     then: crate::resets::AfterReset,
+    request: u32,
 ) {
     let now = now_ns();
-    match crate::resets::start(pci, &mut pci_host::BarMemory, action, now, then) {
+    match crate::resets::start(pci, &mut pci_host::BarMemory, action, now, then, request) {
         Ok(()) => {
             if vm.may_log() {
                 log::info!("{}: {action:?} started", vm.name);
@@ -1821,6 +1952,7 @@ fn arm_pci_timer(pci: &PciState) {
     let next = pci
         .resets
         .iter()
+        .filter(|r| r.held.is_none())
         .map(|r| r.next_ns)
         .chain(pci.aer.recovery.next_deadline())
         .min();
@@ -1851,8 +1983,10 @@ fn pci_timer(_ticks: u64) {
             };
             match t.actions {
                 Ok(actions) => {
+                    let request = crate::resets::new_request(&mut pci);
                     for action in actions {
-                        start_one(&mut pci, vm, action, crate::resets::AfterReset::Nothing);
+                        let then = crate::resets::AfterReset::Nothing;
+                        start_one(&mut pci, vm, action, then, request);
                     }
                 }
                 Err(e) => {
@@ -2139,12 +2273,12 @@ extern "C" fn lower_el_serror(frame: &mut TrapFrame) {
 #[unsafe(no_mangle)]
 extern "C" fn hyp_fault(frame: &mut TrapFrame) {
     let syn = cpu::syndrome();
-    FAILED.store(true, Ordering::Release);
-    console::print(format_args!(
+    console::print_on_bug(format_args!(
         "phv: FAULT in the hypervisor on CPU {}: ESR {:#x} FAR {:#x} ELR {:#x}\n",
         cpu::cpu_index(),
         syn.esr,
         syn.far,
         frame.elr
     ));
+    stop_on_bug()
 }

@@ -20,8 +20,10 @@ const FR_TXFE: u32 = 1 << 7;
 /// PeriphID0..3 and PCellID0..3 at 0xFE0..0xFFC (PL011 r1p5).
 const ID_REGS: [u32; 8] = [0x11, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
 
-/// Longest line held before it is printed anyway.
-pub const LINE_MAX: usize = 160;
+/// Longest line held before it is printed anyway: Linux's longest printk
+/// record (its `PRINTK_MESSAGE_MAX`, 1024 bytes with the timestamp), so
+/// that a kernel's line is never split.
+pub const LINE_MAX: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct VirtualUart {

@@ -57,6 +57,8 @@ pub const CAP_ID_MSI: u8 = 0x05;
 pub const CAP_ID_PCIE: u8 = 0x10;
 pub const CAP_ID_MSIX: u8 = 0x11;
 pub const CAP_ID_AF: u8 = 0x13;
+/// Vendor-specific capability (virtio uses one per configuration structure).
+pub const CAP_ID_VENDOR: u8 = 0x09;
 pub const CAP_ID_SSVID: u8 = 0x0d;
 
 // Extended capability ids.

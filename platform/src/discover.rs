@@ -28,6 +28,7 @@ pub fn platform(blob: &[u8]) -> Result<Platform, PlatformError> {
         vms: vm::vms(&dt, chosen, cpus.len(), &memory)?,
         exit_method: vm::exit_method(&dt, chosen)?,
         aer_storm: vm::aer_storm(&dt, chosen)?,
+        test_hypervisor_bugs: chosen.is_some_and(|c| dt.has_prop(c, "phv,test-hypervisor-bugs")),
         memory,
         cpus,
     })

@@ -135,6 +135,12 @@ pub struct Platform {
     /// within `window_ms` are a storm, masked until its next reset (`None`:
     /// the hypervisor's default, 32 within 1000 ms).
     pub aer_storm: Option<AerStorm>,
+    /// `/chosen/phv,test-hypervisor-bugs`: the hardware domain may make the
+    /// hypervisor fault or panic on purpose (TEST_HYPERVISOR_BUG), so that
+    /// tests can check that a hypervisor bug stops the whole system. Only a
+    /// test's boot DTB has it: whoever writes the boot DTB is as trusted as
+    /// the hypervisor image.
+    pub test_hypervisor_bugs: bool,
 }
 
 /// The AER storm limiter's setting (`/chosen/phv,aer-storm`).
@@ -344,6 +350,9 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Where the kernel image was placed by the loader.
     pub kernel: Region,
+    /// Where the loader placed the kernel's initial ramdisk (a
+    /// `multiboot,ramdisk` module), if any.
+    pub ramdisk: Option<Region>,
     pub bootargs: String,
     /// `phv,pci-devices`: the functions to pass through ("SSSS:BB:DD.F" or
     /// "BB:DD.F").

@@ -10,6 +10,8 @@ use crate::{ExitMethod, PciFunctionAddress, PlatformError, Region, VmConfig};
 
 const VM_COMPATIBLE: &str = "phv,vm";
 const KERNEL_COMPATIBLE: &str = "multiboot,kernel";
+/// An initial ramdisk for the kernel (Xen dom0less's name for it).
+const RAMDISK_COMPATIBLE: &str = "multiboot,ramdisk";
 /// VM RAM is mapped with 2 MiB stage-2 blocks and the kernel goes at base + 2 MiB.
 const VM_RAM_ALIGN: u64 = 2 << 20;
 
@@ -50,6 +52,32 @@ pub fn aer_storm(
             "phv,aer-storm",
             "expected <threshold window_ms>, both at least 1",
         )),
+    }
+}
+
+/// Where a module (`what`: "kernel", "ramdisk") was loaded: the first
+/// entry of its `reg`, nonempty and inside the 64-bit space. Module
+/// addresses are physical: /chosen has no ranges to translate through.
+fn module_region(
+    dt: &DeviceTree,
+    name: &str,
+    module: NodeId,
+    what: &str,
+) -> Result<Region, PlatformError> {
+    let reg = dt
+        .raw_reg(module)
+        .map_err(|e| bad_vm(name, format!("{what} module: {e}")))?;
+    match reg.first() {
+        Some(&(base, size)) => match (u64::try_from(base), u64::try_from(size)) {
+            (Ok(base), Ok(size)) if size != 0 && base.checked_add(size).is_some() => {
+                Ok(Region::new(base, size))
+            }
+            _ => Err(bad_vm(
+                name,
+                format!("{what} module reg is empty or outside the 64-bit address space"),
+            )),
+        },
+        None => Err(bad_vm(name, format!("{what} module has an empty reg"))),
     }
 }
 
@@ -190,23 +218,15 @@ fn vm(dt: &DeviceTree, id: NodeId) -> Result<VmConfig, PlatformError> {
         }
         _ => return Err(bad_vm(&name, "more than one \"multiboot,kernel\" module")),
     };
-    // Module addresses are physical: /chosen has no ranges to translate through.
-    let reg = dt
-        .raw_reg(module)
-        .map_err(|e| bad_vm(&name, format!("kernel module: {e}")))?;
-    let kernel = match reg.first() {
-        Some(&(base, size)) => match (u64::try_from(base), u64::try_from(size)) {
-            (Ok(base), Ok(size)) if size != 0 && base.checked_add(size).is_some() => {
-                Region::new(base, size)
-            }
-            _ => {
-                return Err(bad_vm(
-                    &name,
-                    "kernel module reg is empty or outside the 64-bit address space",
-                ));
-            }
-        },
-        None => return Err(bad_vm(&name, "kernel module has an empty reg")),
+    let kernel = module_region(dt, &name, module, "kernel")?;
+    let ramdisks: Vec<NodeId> = dt
+        .children(id)
+        .filter(|&c| dt.is_compatible(c, &[RAMDISK_COMPATIBLE]))
+        .collect();
+    let ramdisk = match ramdisks[..] {
+        [] => None,
+        [ramdisk] => Some(module_region(dt, &name, ramdisk, "ramdisk")?),
+        _ => return Err(bad_vm(&name, "more than one \"multiboot,ramdisk\" module")),
     };
     let string = |node: NodeId, prop: &'static str| {
         dt.prop_str(node, prop)
@@ -276,6 +296,7 @@ fn vm(dt: &DeviceTree, id: NodeId) -> Result<VmConfig, PlatformError> {
         memory_base,
         cpus,
         kernel,
+        ramdisk,
         bootargs: String::from(bootargs),
         pci_devices,
         pci_whole_units: dt.has_prop(id, "phv,pci-whole-units"),

@@ -108,6 +108,7 @@ fn qemu_common(gic: Gic, memory_size: u64, cpus: u64) -> Platform {
         vms: vec![],
         exit_method: ExitMethod::Psci,
         aer_storm: None,
+        test_hypervisor_bugs: false,
     }
 }
 

@@ -158,6 +158,9 @@ fn vms_under_chosen_parse_to_exact_configs() {
         vm(b, "vm@1", "guest", false, |b| {
             b.cells("memory", &[0, 0x20_0000]).cells("cpus", &[1]);
             kernel(b, 0x4500_0000, "");
+            b.begin("module@46000000")
+                .strings_prop("compatible", &["multiboot,ramdisk", "multiboot,module"]);
+            b.cells("reg", &[0, 0x4600_0000, 0, 0x12_3400]).end();
             b.strings_prop("phv,pci-devices", &["0000:01:00.0", "0000:02:00.0"]);
             b.strings_prop("phv,pci-reset-methods", &["0000:01:00.0=flr, pm"]);
             b.cells("phv,aer-deadline-ms", &[250]);
@@ -175,6 +178,7 @@ fn vms_under_chosen_parse_to_exact_configs() {
                 memory_base: Some(0x4800_0000),
                 cpus: 1,
                 kernel: Region::new(0x4400_0000, 0x10_0000),
+                ramdisk: None,
                 bootargs: "test=boot".into(),
                 pci_devices: vec![],
                 pci_whole_units: false,
@@ -188,6 +192,7 @@ fn vms_under_chosen_parse_to_exact_configs() {
                 memory_base: None,
                 cpus: 1,
                 kernel: Region::new(0x4500_0000, 0x10_0000),
+                ramdisk: Some(Region::new(0x4600_0000, 0x12_3400)),
                 bootargs: String::new(),
                 pci_devices: vec![
                     PciFunctionAddress::parse("0000:01:00.0").unwrap(),
@@ -241,6 +246,21 @@ fn vm_validation_errors_name_the_vm_and_the_problem() {
     assert_eq!(
         (vm_name.as_str(), why.as_str()),
         ("same", "name used by more than one VM")
+    );
+
+    let (vm_name, why) = vm_error(|b| {
+        vm(b, "vm@0", "two-initrds", true, |b| {
+            standard_vm(b);
+            for base in [0x4600_0000u32, 0x4700_0000] {
+                b.begin(&format!("module@{base:x}"))
+                    .strings_prop("compatible", &["multiboot,ramdisk"]);
+                b.cells("reg", &[0, base, 0, 0x1000]).end();
+            }
+        });
+    });
+    assert_eq!(
+        (vm_name.as_str(), why.as_str()),
+        ("two-initrds", "more than one \"multiboot,ramdisk\" module")
     );
 
     let (_, why) = vm_error(|b| {

@@ -17,6 +17,8 @@ pub struct VmNode {
     pub cpus: u32,
     pub module_addr: u64,
     pub module_size: u64,
+    /// The `multiboot,ramdisk` module's address and size, if any.
+    pub ramdisk: Option<(u64, u64)>,
     pub bootargs: String,
     /// `phv,pci-devices` (omitted when empty) and `phv,pci-whole-units`.
     pub pci_devices: Vec<String>,
@@ -55,15 +57,21 @@ pub fn ram_base(dtb: &[u8]) -> Result<(u64, u64)> {
     Ok((r.starting_address as u64, r.size.unwrap_or(0) as u64))
 }
 
-/// `dtb` with `phv,exit` and `phv,aer-storm` (if given) and the VM nodes
+/// What a scenario adds to `/chosen` besides its VM nodes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Chosen<'a> {
+    /// `phv,exit`.
+    pub exit: Option<&'a str>,
+    /// `phv,aer-storm = <threshold window_ms>`.
+    pub aer_storm: Option<[u32; 2]>,
+    /// `phv,test-hypervisor-bugs` (empty property).
+    pub test_hypervisor_bugs: bool,
+}
+
+/// `dtb` with the [`Chosen`] properties that are set and the VM nodes
 /// added to `/chosen` (created if missing). Everything else, memreserve
 /// entries included, is kept.
-pub fn with_vms(
-    dtb: &[u8],
-    vms: &[VmNode],
-    exit: Option<&str>,
-    aer_storm: Option<[u32; 2]>,
-) -> Result<Vec<u8>> {
+pub fn with_vms(dtb: &[u8], vms: &[VmNode], chosen: Chosen<'_>) -> Result<Vec<u8>> {
     let fdt = parse(dtb)?;
     let reserve: Vec<FdtReserveEntry> = fdt
         .memory_reservations()
@@ -74,27 +82,25 @@ pub fn with_vms(
     let root = fdt
         .find_node("/")
         .ok_or_else(|| Error::Dtb("no root node".into()))?;
-    let extra = Extra {
-        vms,
-        exit,
-        aer_storm,
-    };
+    let extra = Extra { vms, chosen };
     emit(&mut w, root, 0, &extra)?;
     w.finish().map_err(werr)
 }
 
 struct Extra<'a> {
     vms: &'a [VmNode],
-    exit: Option<&'a str>,
-    aer_storm: Option<[u32; 2]>,
+    chosen: Chosen<'a>,
 }
+
+/// The `/chosen` properties we write: a source DTB's own are dropped.
+const CHOSEN_PROPERTIES: [&str; 3] = ["phv,exit", "phv,aer-storm", "phv,test-hypervisor-bugs"];
 
 fn emit(w: &mut FdtWriter, node: FdtNode<'_, '_>, depth: usize, extra: &Extra<'_>) -> Result<()> {
     let name = if depth == 0 { "" } else { node.name };
     let is_chosen = depth == 1 && name == "chosen";
     let h = w.begin_node(name).map_err(werr)?;
     for p in node.properties() {
-        if is_chosen && (p.name == "phv,exit" || p.name == "phv,aer-storm") {
+        if is_chosen && CHOSEN_PROPERTIES.contains(&p.name) {
             continue;
         }
         w.property(p.name, p.value).map_err(werr)?;
@@ -116,12 +122,15 @@ fn emit(w: &mut FdtWriter, node: FdtNode<'_, '_>, depth: usize, extra: &Extra<'_
 }
 
 fn add_chosen(w: &mut FdtWriter, extra: &Extra<'_>) -> Result<()> {
-    if let Some(exit) = extra.exit {
+    if let Some(exit) = extra.chosen.exit {
         w.property_string("phv,exit", exit).map_err(werr)?;
     }
-    if let Some(storm) = extra.aer_storm {
+    if let Some(storm) = extra.chosen.aer_storm {
         w.property_array_u32("phv,aer-storm", &storm)
             .map_err(werr)?;
+    }
+    if extra.chosen.test_hypervisor_bugs {
+        w.property_null("phv,test-hypervisor-bugs").map_err(werr)?;
     }
     for (i, vm) in extra.vms.iter().enumerate() {
         let n = w.begin_node(&format!("vm@{i}")).map_err(werr)?;
@@ -163,6 +172,16 @@ fn add_chosen(w: &mut FdtWriter, extra: &Extra<'_>) -> Result<()> {
             .map_err(werr)?;
         w.property_string("bootargs", &vm.bootargs).map_err(werr)?;
         w.end_node(m).map_err(werr)?;
+        if let Some((addr, size)) = vm.ramdisk {
+            let r = w.begin_node(&format!("module@{addr:x}")).map_err(werr)?;
+            w.property_string_list(
+                "compatible",
+                vec!["multiboot,ramdisk".into(), "multiboot,module".into()],
+            )
+            .map_err(werr)?;
+            w.property_array_u64("reg", &[addr, size]).map_err(werr)?;
+            w.end_node(r).map_err(werr)?;
+        }
         w.end_node(n).map_err(werr)?;
     }
     Ok(())
@@ -205,6 +224,7 @@ mod tests {
             cpus: 1,
             module_addr: 0x6000_0000 + i * 0x20_0000,
             module_size: 0x1234,
+            ramdisk: (!hw).then_some((0x6100_0000, 0x5678)),
             bootargs: "test=hello".into(),
             pci_devices: if hw {
                 Vec::new()
@@ -225,13 +245,12 @@ mod tests {
     #[test]
     fn adds_vm_nodes_and_keeps_the_rest() {
         let src = sample();
-        let out = with_vms(
-            &src,
-            &[vm(0, true), vm(1, false)],
-            Some("semihosting"),
-            Some([8, 10_000]),
-        )
-        .unwrap();
+        let chosen = Chosen {
+            exit: Some("semihosting"),
+            aer_storm: Some([8, 10_000]),
+            test_hypervisor_bugs: true,
+        };
+        let out = with_vms(&src, &[vm(0, true), vm(1, false)], chosen).unwrap();
         let fdt = Fdt::new(&out).unwrap();
         let res: Vec<_> = fdt
             .memory_reservations()
@@ -250,6 +269,13 @@ mod tests {
         assert_eq!(
             chosen.property("phv,aer-storm").unwrap().value,
             [8u32.to_be_bytes(), 10_000u32.to_be_bytes()].concat()
+        );
+        assert!(
+            chosen
+                .property("phv,test-hypervisor-bugs")
+                .unwrap()
+                .value
+                .is_empty()
         );
         let vm0 = fdt.find_node("/chosen/vm@0").unwrap();
         assert_eq!(vm0.property("label").unwrap().as_str(), Some("hwdom"));
@@ -273,6 +299,19 @@ mod tests {
         let compat: Vec<_> = m.compatible().unwrap().all().collect();
         assert_eq!(compat, vec!["multiboot,kernel", "multiboot,module"]);
         let vm1 = fdt.find_node("/chosen/vm@1").unwrap();
+        let rd = fdt.find_node("/chosen/vm@1/module@61000000").unwrap();
+        let compat: Vec<_> = rd.compatible().unwrap().all().collect();
+        assert_eq!(compat, vec!["multiboot,ramdisk", "multiboot,module"]);
+        assert_eq!(
+            rd.property("reg").unwrap().value,
+            [0x6100_0000u64.to_be_bytes(), 0x5678u64.to_be_bytes()].concat()
+        );
+        assert!(
+            fdt.find_node("/chosen/vm@0")
+                .unwrap()
+                .children()
+                .all(|c| !c.name.starts_with("module@61"))
+        );
         assert!(vm1.property("phv,hardware-domain").is_none());
         assert_eq!(
             vm1.property("phv,pci-devices").unwrap().value,
@@ -295,7 +334,7 @@ mod tests {
             let Ok(src) = std::fs::read(dir.join(f)) else {
                 continue;
             };
-            let out = with_vms(&src, &[], None, None).unwrap();
+            let out = with_vms(&src, &[], Chosen::default()).unwrap();
             let (a, b) = (Fdt::new(&src).unwrap(), Fdt::new(&out).unwrap());
             assert_eq!(a.all_nodes().count(), b.all_nodes().count(), "{f}");
             for (x, y) in a.all_nodes().zip(b.all_nodes()) {

@@ -1,8 +1,11 @@
 //! `cargo xtask`: build, run, test and benchmark phv. See README.md.
 
+mod cpio;
+mod disk;
 mod dtb;
 mod host;
 mod image;
+mod linux;
 mod pcireport;
 mod prereq;
 mod qemu;

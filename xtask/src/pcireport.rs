@@ -33,6 +33,8 @@ pub fn scenario(gic: u8, devices: &[String]) -> Scenario {
         hypervisor: true,
         qmp: false,
         aer_storm: None,
+        disk: Vec::new(),
+        test_hypervisor_bugs: false,
         vm: vec![Vm {
             label: "hwdom".into(),
             hardware_domain: true,
@@ -45,6 +47,7 @@ pub fn scenario(gic: u8, devices: &[String]) -> Scenario {
             pci_whole_units: false,
             pci_reset_methods: Vec::new(),
             aer_deadline_ms: None,
+            initramfs: None,
         }],
         expect: Expect {
             exit_code: 0,

@@ -126,7 +126,7 @@ fn qemu_version() -> Option<(u32, u32, u32)> {
     parse_qemu_version(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

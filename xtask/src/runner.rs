@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use crate::dtb::{self, VmNode};
 use crate::image::Images;
+use crate::linux;
 use crate::qemu::{self, Machine};
-use crate::scenario::{self, Scenario};
+use crate::scenario::{self, DEBIAN_LINUX, Scenario, Vm};
 use crate::util::{self, Error, IoContext, Result};
 
 const MIB: u64 = 1 << 20;
@@ -34,7 +35,10 @@ fn machine(s: &Scenario, gic: u8) -> Machine {
         smp: s.smp,
         memory_mib: s.memory_mib,
         virtualization: s.hypervisor,
-        extra: s.qemu_args.clone(),
+        extra: crate::disk::args(s)
+            .into_iter()
+            .chain(s.qemu_args.iter().cloned())
+            .collect(),
     }
 }
 
@@ -54,6 +58,27 @@ pub fn place_modules(ram_base: u64, ram_size: u64, sizes: &[u64]) -> Result<Vec<
     Ok(out)
 }
 
+/// A VM's kernel image and its initramfs, if it has one (built now, into
+/// `build/initramfs/`).
+fn vm_files(s: &Scenario, vm: &Vm, gic: u8, images: &Images) -> Result<(PathBuf, Option<PathBuf>)> {
+    let kernel = if vm.image == DEBIAN_LINUX {
+        linux::debian_linux()?.image
+    } else {
+        images.guest(&vm.image)?.to_path_buf()
+    };
+    let Some(spec) = &vm.initramfs else {
+        return Ok((kernel, None));
+    };
+    let linux = linux::debian_linux()?;
+    let order = linux::module_load_order(&linux.modules, &spec.modules)?;
+    let bytes = linux::initramfs(&linux, &order)?;
+    let dir = util::build_dir().join("initramfs");
+    std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+    let path = dir.join(format!("{}-gic{gic}-{}.cpio", s.name, vm.label));
+    std::fs::write(&path, bytes).ctx(|| format!("write {}", path.display()))?;
+    Ok((kernel, Some(path)))
+}
+
 /// The full QEMU argument list of a scenario on one GIC version (writes the DTB).
 pub fn qemu_args(s: &Scenario, gic: u8, images: &Images) -> Result<Vec<String>> {
     let m = machine(s, gic);
@@ -61,8 +86,13 @@ pub fn qemu_args(s: &Scenario, gic: u8, images: &Images) -> Result<Vec<String>> 
     args.push("-nographic".into());
     if !s.hypervisor {
         let vm = &s.vm[0];
+        let (kernel, initrd) = vm_files(s, vm, gic, images)?;
         args.push("-kernel".into());
-        args.push(images.guest(&vm.image)?.display().to_string());
+        args.push(kernel.display().to_string());
+        if let Some(initrd) = initrd {
+            args.push("-initrd".into());
+            args.push(initrd.display().to_string());
+        }
         args.push("-append".into());
         args.push(vm.full_bootargs());
         return Ok(args);
@@ -72,38 +102,58 @@ pub fn qemu_args(s: &Scenario, gic: u8, images: &Images) -> Result<Vec<String>> 
     m.dump_dtb(&qemu_dtb)?;
     let src = std::fs::read(&qemu_dtb).ctx(|| format!("read {}", qemu_dtb.display()))?;
     let (ram_base, ram_size) = dtb::ram_base(&src)?;
+    // Every module: each VM's kernel, then its ramdisk if it has one.
     let mut files = Vec::new();
+    let mut has_ramdisk = Vec::new();
     for vm in &s.vm {
-        let f = images.guest(&vm.image)?.to_path_buf();
-        let size = std::fs::metadata(&f)
-            .ctx(|| format!("stat {}", f.display()))?
-            .len();
-        files.push((f, size));
+        let (kernel, initrd) = vm_files(s, vm, gic, images)?;
+        has_ramdisk.push(initrd.is_some());
+        for f in std::iter::once(kernel).chain(initrd) {
+            let size = std::fs::metadata(&f)
+                .ctx(|| format!("stat {}", f.display()))?
+                .len();
+            files.push((f, size));
+        }
     }
     let addrs = place_modules(
         ram_base,
         ram_size,
         &files.iter().map(|f| f.1).collect::<Vec<_>>(),
     )?;
-    let nodes: Vec<VmNode> =
-        s.vm.iter()
-            .zip(files.iter().zip(&addrs))
-            .map(|(vm, ((_, size), addr))| VmNode {
-                label: vm.label.clone(),
-                hardware_domain: vm.hardware_domain,
-                memory: vm.memory_mib * MIB,
-                memory_base: vm.memory_base,
-                cpus: vm.cpus,
-                module_addr: *addr,
-                module_size: *size,
-                bootargs: vm.full_bootargs(),
-                pci_devices: vm.pci_devices.clone(),
-                pci_whole_units: vm.pci_whole_units,
-                pci_reset_methods: vm.pci_reset_methods.clone(),
-                aer_deadline_ms: vm.aer_deadline_ms,
-            })
-            .collect();
-    let out = dtb::with_vms(&src, &nodes, Some("semihosting"), s.aer_storm)?;
+    let mut placed = files.iter().map(|f| f.1).zip(addrs.iter().copied());
+    let mut nodes: Vec<VmNode> = Vec::new();
+    for (vm, ramdisk) in s.vm.iter().zip(has_ramdisk) {
+        let (size, addr) = placed.next().unwrap_or_default();
+        let ramdisk = if ramdisk {
+            placed.next().map(|(size, addr)| (addr, size))
+        } else {
+            None
+        };
+        nodes.push(VmNode {
+            label: vm.label.clone(),
+            hardware_domain: vm.hardware_domain,
+            memory: vm.memory_mib * MIB,
+            memory_base: vm.memory_base,
+            cpus: vm.cpus,
+            module_addr: addr,
+            module_size: size,
+            ramdisk,
+            bootargs: vm.full_bootargs(),
+            pci_devices: vm.pci_devices.clone(),
+            pci_whole_units: vm.pci_whole_units,
+            pci_reset_methods: vm.pci_reset_methods.clone(),
+            aer_deadline_ms: vm.aer_deadline_ms,
+        });
+    }
+    let out = dtb::with_vms(
+        &src,
+        &nodes,
+        dtb::Chosen {
+            exit: Some("semihosting"),
+            aer_storm: s.aer_storm,
+            test_hypervisor_bugs: s.test_hypervisor_bugs,
+        },
+    )?;
     let dtb_path = dir.join(format!("{}-gic{gic}.dtb", s.name));
     std::fs::write(&dtb_path, out).ctx(|| format!("write {}", dtb_path.display()))?;
     args.extend([
@@ -149,7 +199,14 @@ pub fn qmp_args(sock: &Path) -> [String; 2] {
 pub fn run(s: &Scenario, gic: u8, images: &Images) -> Result<RunResult> {
     let name = format!("{}-gic{gic}", s.name);
     let log_path = util::build_dir().join("logs").join(format!("{name}.log"));
+    let substitutions = crate::disk::write(s)?;
     let mut args = qemu_args(s, gic, images)?;
+    let mut expect = s.expect.clone();
+    for line in &mut expect.lines {
+        for (from, to) in &substitutions {
+            *line = line.replace(from.as_str(), to);
+        }
+    }
     let qmp = if s.qmp {
         let sock = qmp_socket(&name)?;
         args.extend(qmp_args(&sock));
@@ -164,7 +221,7 @@ pub fn run(s: &Scenario, gic: u8, images: &Images) -> Result<RunResult> {
         &s.expect.absent,
         qmp.as_deref(),
     )?;
-    let mut problems = scenario::check(&s.expect, &o.log, o.exit_code);
+    let mut problems = scenario::check(&expect, &o.log, o.exit_code);
     problems.extend(o.problems);
     if o.timed_out {
         problems.insert(0, format!("timed out after {} s", s.timeout_s));
@@ -196,6 +253,7 @@ pub fn tail(log: &str, max: usize) -> String {
 
 /// `cargo xtask run`: the demo scenario on the terminal.
 pub fn run_interactive(s: &Scenario, gic: u8, images: &Images) -> Result<i32> {
+    crate::disk::write(s)?;
     let args = qemu_args(s, gic, images)?;
     qemu::run_interactive(&args)
 }

@@ -58,6 +58,15 @@ pub struct Scenario {
     /// limiter's setting (the hypervisor's default when absent).
     #[serde(default)]
     pub aer_storm: Option<[u32; 2]>,
+    /// `/chosen/phv,test-hypervisor-bugs`: the hardware domain may make the
+    /// hypervisor fault or panic on purpose (TEST_HYPERVISOR_BUG).
+    #[serde(default)]
+    pub test_hypervisor_bugs: bool,
+    /// Disk images xtask writes (a known pattern) and gives QEMU as
+    /// `-drive if=none,id=<id>,...`: a device names one with `drive=<id>`.
+    /// `{md5:<id>}` in an expected line is the image's MD5.
+    #[serde(default)]
+    pub disk: Vec<Disk>,
     pub expect: Expect,
     /// Set while the scenario cannot pass yet (e.g. the hypervisor side it
     /// tests has not landed): the reason. `cargo xtask test` reports it as
@@ -96,6 +105,30 @@ pub struct Vm {
     /// before the hypervisor does (`phv,aer-deadline-ms`).
     #[serde(default)]
     pub aer_deadline_ms: Option<u32>,
+    /// An initramfs for the VM's kernel (a `multiboot,ramdisk` module):
+    /// busybox, our `/init` and these kernel modules (see
+    /// `xtask/src/linux.rs`). For `image = "debian-linux"`.
+    #[serde(default)]
+    pub initramfs: Option<Initramfs>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub id: String,
+    pub size_mib: u64,
+}
+
+/// The image name of Debian's arm64 kernel (fetched into the cache).
+pub const DEBIAN_LINUX: &str = "debian-linux";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Initramfs {
+    /// Kernel modules by name (`nvme`, `e1000e`, `virtio_blk`...): loaded by
+    /// `/init` in dependency order.
+    #[serde(default)]
+    pub modules: Vec<String>,
 }
 
 impl Vm {

@@ -143,6 +143,29 @@ pub fn record_function_error(s: &mut impl AerStorage, event: &AerEvent) -> Signa
     sig
 }
 
+/// Correctable Internal Error (AER correctable status bit 14).
+pub const COR_INTERNAL: u32 = 1 << 14;
+/// Uncorrectable Internal Error (AER uncorrectable status bit 22).
+pub const UNCOR_INTERNAL: u32 = 1 << 22;
+
+/// The event a guest sees of an error from a device without an AER
+/// capability (its virtual one is ours): the root port knows only the
+/// class, so the status says "internal error" of that class, the one bit
+/// that claims no particular cause.
+pub fn synthesize_status(event: &AerEvent) -> AerEvent {
+    let mut e = *event;
+    if e.correctable_status == 0 && e.uncorrectable_status == 0 {
+        match e.severity {
+            Severity::Correctable => e.correctable_status = COR_INTERNAL,
+            Severity::NonFatal | Severity::Fatal => {
+                e.uncorrectable_status = UNCOR_INTERNAL;
+                e.first_error_pointer = Some(22);
+            }
+        }
+    }
+    e
+}
+
 /// Signals a function's error to a root port's virtual AER: Root Error
 /// Status with first / multiple logic, the Error Source ID (the source's
 /// *virtual* requester id). Returns whether the root port's interrupt is to

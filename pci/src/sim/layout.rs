@@ -109,6 +109,13 @@ pub(crate) fn build(spec: &FnSpec, multifunction: bool, vf: bool) -> Template {
         std_caps.push(CAP_ID_AF, next);
         next += 8;
     }
+    let vendor_first = std_caps.len;
+    if !vf {
+        for body in &spec.vendor_caps {
+            std_caps.push(CAP_ID_VENDOR, next);
+            next += (2 + body.len() as u16).next_multiple_of(4);
+        }
+    }
     let _ = next;
     let mut ext = EXT_CAP_START;
     let mut ext_caps: heapless_list::List = heapless_list::List::default();
@@ -230,6 +237,15 @@ pub(crate) fn build(spec: &FnSpec, multifunction: bool, vf: bool) -> Template {
         let next = std_caps.items.get(i + 1).map_or(0, |n| n.1) as u8;
         b.v8(off, id);
         b.v8(off + 1, if i + 1 < std_caps.len { next } else { 0 });
+        if id == CAP_ID_VENDOR
+            && let Some(body) = i
+                .checked_sub(vendor_first)
+                .and_then(|v| spec.vendor_caps.get(v))
+        {
+            for (k, &byte) in body.iter().enumerate() {
+                b.v8(off + 2 + k as u16, byte);
+            }
+        }
         match id {
             CAP_ID_PM => {
                 b.v16(off + PM_PMC, 0x0003);
@@ -378,7 +394,7 @@ pub(crate) fn build(spec: &FnSpec, multifunction: bool, vf: bool) -> Template {
 mod heapless_list {
     #[derive(Default)]
     pub struct List {
-        pub items: [(u8, u16); 8],
+        pub items: [(u8, u16); 16],
         pub len: usize,
     }
     impl List {

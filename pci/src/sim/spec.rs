@@ -147,6 +147,10 @@ pub struct FnSpec {
     /// `multifunction=` of this function, or hardware that sets the bit in
     /// every function, or a function 0 that leaves it clear).
     pub multifunction: Option<bool>,
+    /// Vendor-specific capabilities (ID 9), after the others: each body
+    /// from its length byte (offset 2) on, as the device has it (virtio's
+    /// configuration structure pointers).
+    pub vendor_caps: Vec<Vec<u8>>,
 }
 
 /// A function and, for bridges, the functions on its secondary bus.
@@ -218,6 +222,7 @@ impl Spec {
                 readiness: SimReadiness::default(),
                 rom: None,
                 multifunction: None,
+                vendor_caps: Vec::new(),
             },
             children: Vec::new(),
         }
@@ -315,6 +320,61 @@ impl Spec {
         s.f.flr = true;
         s.f.pm = Some(false);
         s
+    }
+
+    /// A modern-only virtio-pci device as QEMU 10 builds it
+    /// (`disable-legacy=on`): BAR1 (4K) holds the MSI-X table, BAR4 (16K,
+    /// 64-bit) the virtio structures, which five vendor capabilities
+    /// point to (common, ISR, device, notify, PCI config access), in
+    /// QEMU's order.
+    fn qemu_virtio(device: u16, class: u32, vectors: u16) -> Self {
+        let mut s = Self::new(SimKind::Endpoint, 0x1af4, device);
+        s.f.class_rev = class << 8 | 1;
+        s.f.bars = [
+            SimBar::None,
+            SimBar::Mem32(0x1000),
+            SimBar::None,
+            SimBar::None,
+            SimBar::Mem64(0x4000),
+            SimBar::None,
+        ];
+        s.f.msix = Some(vectors);
+        s.f.msix_bar = 1;
+        s.f.pm = Some(false);
+        // struct virtio_pci_cap from its cap_len: cap_len, cfg_type, bar,
+        // id, padding[2], offset, length (+ notify_off_multiplier).
+        let cap = |cfg_type: u8, bar: u8, offset: u32, length: u32, extra: Option<u32>| {
+            let mut v = Vec::from([
+                if extra.is_some() { 20 } else { 16 },
+                cfg_type,
+                bar,
+                0,
+                0,
+                0,
+            ]);
+            v.extend_from_slice(&offset.to_le_bytes());
+            v.extend_from_slice(&length.to_le_bytes());
+            if let Some(x) = extra {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+            v
+        };
+        s.f.vendor_caps = Vec::from([
+            cap(1, 4, 0x0000, 0x1000, None),
+            cap(3, 4, 0x1000, 0x1000, None),
+            cap(4, 4, 0x2000, 0x1000, None),
+            cap(2, 4, 0x3000, 0x1000, Some(4)),
+            cap(5, 0, 0, 0, Some(0)),
+        ]);
+        s
+    }
+    /// `virtio-blk-pci,disable-legacy=on` (1af4:1042).
+    pub fn qemu_virtio_blk() -> Self {
+        Self::qemu_virtio(0x1042, 0x010000, 2)
+    }
+    /// `virtio-net-pci,disable-legacy=on` (1af4:1041).
+    pub fn qemu_virtio_net() -> Self {
+        Self::qemu_virtio(0x1041, 0x020000, 3)
     }
 
     // Builder helpers.

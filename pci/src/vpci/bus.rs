@@ -783,7 +783,21 @@ impl GuestBus {
         use crate::aer::virtual_regs::{Signalled, record_function_error, signal_root};
         let i = self.fns.iter().position(|f| f.physical == event.source)?;
         let f = self.fns.get_mut(i)?;
+        let physical_aer = f.has_physical_aer();
+        let synthesized;
+        let event = if physical_aer {
+            event
+        } else {
+            synthesized = crate::aer::virtual_regs::synthesize_status(event);
+            &synthesized
+        };
         let sig = match f.virtual_aer_mut() {
+            // The status bit of a device without AER is ours: signal what
+            // the root port was told, whatever the guest's severities.
+            Some(mut a) if !physical_aer => {
+                record_function_error(&mut a, event);
+                Signalled::from_severity(event.severity)
+            }
             Some(mut a) => record_function_error(&mut a, event),
             None => Signalled::from_severity(event.severity),
         };

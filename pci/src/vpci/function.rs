@@ -194,6 +194,9 @@ pub(crate) struct AssignedFn {
     pub msix: Option<Msix>,
     pcie: u16,
     flr: bool,
+    /// The device has an AER capability of its own (else the guest's is
+    /// only virtual and its errors carry no status bits).
+    physical_aer: bool,
     /// Writes dropped by policy (read-only, hidden), for the shell's stats.
     pub dropped_writes: u64,
 }
@@ -330,7 +333,9 @@ impl AssignedFn {
         let (mut pcie, mut msi, mut msix_cap) = (0u16, 0u16, 0u16);
         for &(id, off) in &caps {
             let msi_flags = port.read16(physical, off + MSI_FLAGS);
-            let shown = (!seen_ids.contains(&id))
+            // Vendor-specific capabilities repeat by design (virtio has one
+            // per configuration structure); any other ID is shown once.
+            let shown = (id == policy::CAP_ID_VENDOR || !seen_ids.contains(&id))
                 .then(|| policy::visible_cap_rules(id, msi_flags))
                 .flatten();
             match shown {
@@ -341,6 +346,26 @@ impl AssignedFn {
                         offset: off + r.offset,
                         ..*r
                     }));
+                    if id == policy::CAP_ID_VENDOR {
+                        // Its body, as long as its length byte says (inside
+                        // the capability area), read-only: a driver reads
+                        // where its structures are; writes would reach
+                        // device-defined registers (virtio's PCI config
+                        // access window) that no driver needs.
+                        let len = u16::from(port.read8(physical, off + 2));
+                        let body = len.min(CAP_END.saturating_sub(off)).saturating_sub(2);
+                        // Rules are at most a dword and never cross one.
+                        let (mut at, end) = (off + 2, off + 2 + body);
+                        while at < end {
+                            let len = (at | 3).saturating_add(1).min(end) - at;
+                            rules.push(Rule {
+                                offset: at,
+                                len,
+                                policy: Policy::ReadOnly,
+                            });
+                            at += len;
+                        }
+                    }
                     match id {
                         CAP_ID_PCIE => pcie = off,
                         CAP_ID_MSI => msi = off,
@@ -356,7 +381,14 @@ impl AssignedFn {
             }
         }
         let _ = msi;
-        let has_aer = pcie != 0
+        // Every PCIe function a guest gets shows a (virtual) AER
+        // capability, whether or not the device has one: Linux handles an
+        // error only for a source with AER (its `aer_get_device_error_info`
+        // reads nothing otherwise), so a device without one (QEMU's nvme)
+        // could never be recovered by the guest. For such a device the
+        // hypervisor fills in a generic status bit ([`synthesize_status`]).
+        let has_aer = pcie != 0;
+        let physical_aer = has_aer
             && crate::caps::find_ext_cap(port, physical, EXT_CAP_ID_AER)
                 .ok()
                 .flatten()
@@ -421,6 +453,7 @@ impl AssignedFn {
             msix,
             pcie,
             flr,
+            physical_aer,
             dropped_writes: 0,
         };
         f.init_shadow(port, header, multifunction, &visible, has_aer);
@@ -922,6 +955,11 @@ impl AssignedFn {
     pub fn virtual_aer(&self, offset: u16) -> Option<u32> {
         let at = policy::VAER.checked_add(offset)?;
         (self.pcie != 0 && self.rule_at(at).is_some()).then(|| rd(&self.shadow, at, 4))
+    }
+
+    /// Whether the device has an AER capability of its own.
+    pub fn has_physical_aer(&self) -> bool {
+        self.physical_aer
     }
 
     /// The virtual AER capability's storage, for the AER issue's event

@@ -213,7 +213,7 @@ pub const AF: [Rule; 4] = [
 /// A vendor-specific capability: readable, not writable.
 pub const VENDOR: [Rule; 1] = [CAP_HEADER];
 
-pub const CAP_ID_VENDOR: u8 = 0x09;
+pub use crate::regs::CAP_ID_VENDOR;
 
 /// Standard capabilities the guest sees, with their rules. Every other one
 /// (VPD, PCI-X, HyperTransport, Enhanced Allocation, ...) is skipped by the

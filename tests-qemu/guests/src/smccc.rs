@@ -16,6 +16,8 @@ pub const PHV_UID: u32 = 0x8600_FF01;
 pub const PHV_REVISION: u32 = 0x8600_FF03;
 pub const PHV_CONSOLE_WRITE: u32 = 0xC600_0001;
 pub const PHV_TEST_FAIL: u32 = 0xC600_0002;
+pub const PHV_VM_STATE: u32 = 0xC600_0003;
+pub const PHV_TEST_HYPERVISOR_BUG: u32 = 0xC600_00F0;
 /// PCI reports of the hardware domain: x1 = segment, x2 = bus << 8 | devfn.
 pub const PHV_PCI_ADD: u32 = 0xC600_0010;
 pub const PHV_PCI_REMOVE: u32 = 0xC600_0011;

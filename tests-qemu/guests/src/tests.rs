@@ -16,6 +16,7 @@ fn test_guest_main(env: Env) -> ! {
         Some("badcalls") => badcalls(&env),
         Some("console-hostile") => console_hostile(&env),
         Some("pmu-debug") => crate::tests_arch::pmu_debug(&env),
+        Some("hyp-bug") => hyp_bug(&env),
         Some(name) if name.starts_with("gic-") => crate::tests_gic::run(&env, name),
         Some("enumerate") => crate::pci_tests::enumerate(&env),
         Some("pci-guest") => crate::pci_tests::pci_guest(&env),
@@ -208,6 +209,48 @@ fn alive(env: &Env) -> ! {
     t.finish_after(env, 0)
 }
 
+/// `hyp-bug`: TEST_HYPERVISOR_BUG with `kind=` (0 fault, 1 panic, 2 panic
+/// holding locks). The hardware domain waits `after_ms=` and makes the
+/// call, which must not return: the hypervisor stops the system. Any other
+/// VM must be refused (DENIED) and keeps running until the system stops.
+fn hyp_bug(env: &Env) -> ! {
+    let mut t = Test::new("hyp-bug");
+    common_checks(&mut t, env);
+    let kind = env.bootargs.number("kind").ok().flatten().unwrap_or(0);
+    if !env.hwdom {
+        t.check_eq(
+            "TEST_HYPERVISOR_BUG from a guest",
+            call::hvc3(PHV_TEST_HYPERVISOR_BUG, kind, 0, 0),
+            DENIED,
+        );
+        if t.failures == 0 {
+            println!("hyp-bug: refused to a guest");
+        }
+        let mut ticks = 0u64;
+        loop {
+            rt::delay_ms(100);
+            ticks += 1;
+            println!("hyp-bug: guest still running ({ticks})");
+        }
+    }
+    t.check_eq(
+        "TEST_HYPERVISOR_BUG kind 3",
+        call::hvc3(PHV_TEST_HYPERVISOR_BUG, 3, 0, 0),
+        INVALID_PARAMETER,
+    );
+    rt::delay_ms(
+        env.bootargs
+            .number("after_ms")
+            .ok()
+            .flatten()
+            .unwrap_or(300),
+    );
+    println!("hyp-bug: provoking kind {kind}");
+    let got = call::hvc3(PHV_TEST_HYPERVISOR_BUG, kind, 0, 0);
+    t.fail(format_args!("TEST_HYPERVISOR_BUG returned {got}"));
+    t.finish(env)
+}
+
 /// `isolation`: reads of `probe=` (another VM's RAM) and `probe2=` (a device
 /// this VM does not own) must abort instead of returning data.
 fn isolation(env: &Env) -> ! {
@@ -384,6 +427,25 @@ fn psci(env: &Env) -> ! {
             hvc(SMCCC_ARCH_FEATURES, 0x8000_5555, 0, 0),
             NOT_SUPPORTED,
         );
+        // How Linux discovers SMCCC 1.1: PSCI_FEATURES(SMCCC_VERSION).
+        t.check_eq(
+            "PSCI_FEATURES(SMCCC_VERSION)",
+            hvc(PSCI_FEATURES, u64::from(SMCCC_VERSION), 0, 0),
+            0,
+        );
+        // QEMU's `-cpu max` says CSV2 3 and SSBS: not affected by Spectre
+        // v2 and BHB, v4 mitigated by the guest itself.
+        for (name, id, want) in [
+            ("WORKAROUND_1", 0x8000_8000u64, 1),
+            ("WORKAROUND_3", 0x8000_3FFF, 1),
+            ("WORKAROUND_2", 0x8000_7FFF, -2),
+        ] {
+            let got = hvc(SMCCC_ARCH_FEATURES, id, 0, 0);
+            t.check(
+                got == want,
+                format_args!("SMCCC_ARCH_FEATURES({name}) {got}, expected {want} on -cpu max"),
+            );
+        }
     }
     t.finish(env)
 }
@@ -398,6 +460,11 @@ fn badcalls(env: &Env) -> ! {
     t.check_eq(
         "unknown vendor call 0xc60000ff",
         hvc(0xC600_00FF, 0, 0, 0),
+        NOT_SUPPORTED,
+    );
+    t.check_eq(
+        "TEST_HYPERVISOR_BUG without phv,test-hypervisor-bugs",
+        hvc(PHV_TEST_HYPERVISOR_BUG, 1, 0, 0),
         NOT_SUPPORTED,
     );
     t.check_eq(

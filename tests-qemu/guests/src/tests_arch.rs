@@ -171,6 +171,30 @@ pub fn pmu_debug(env: &Env) -> ! {
         perfmon == 0,
         format_args!("ID_DFR0_EL1.PerfMon {perfmon}: the PMU is visible"),
     );
+    // State the hypervisor traps and does not switch is not advertised:
+    // SVE, MPAM (PFR0), MTE, SME, NMI, GCS (PFR1), SVE's and SME's feature
+    // registers (ZFR0, SMFR0).
+    let (pfr1, zfr0, smfr0) = (id(4, 1), id(4, 4), id(4, 5));
+    for (reg, value, lsb, name) in [
+        ("ID_AA64PFR0_EL1", pfr0, 32, "SVE"),
+        ("ID_AA64PFR0_EL1", pfr0, 40, "MPAM"),
+        ("ID_AA64PFR1_EL1", pfr1, 8, "MTE"),
+        ("ID_AA64PFR1_EL1", pfr1, 24, "SME"),
+        ("ID_AA64PFR1_EL1", pfr1, 36, "NMI"),
+        ("ID_AA64PFR1_EL1", pfr1, 44, "GCS"),
+    ] {
+        let f = field(value, lsb);
+        t.check(
+            f == 0,
+            format_args!("{reg}.{name} {f}: a trapped feature is advertised"),
+        );
+    }
+    t.check(
+        zfr0 == 0 && smfr0 == 0,
+        format_args!(
+            "ID_AA64ZFR0 {zfr0:#x} / ID_AA64SMFR0 {smfr0:#x}: SVE/SME features advertised"
+        ),
+    );
     let debugver = field(dfr0, 0);
     t.check(
         debugver >= 6,

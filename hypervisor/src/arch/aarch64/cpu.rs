@@ -341,6 +341,25 @@ pub fn clean_dcache_to_poc(start: usize, len: usize) {
     unsafe { core::arch::asm!("dsb sy", options(nostack)) };
 }
 
+/// Load from an address no translation regime of EL2 maps (the top page
+/// of the 64-bit space, outside TTBR0_EL2's range): the synchronous
+/// exception goes to `hyp_fault`, which stops the system. For the test
+/// that a hypervisor fault does so.
+pub fn load_unmapped() -> ! {
+    // SAFETY: the load faults and the exception handler never returns
+    // here, so nothing reads the register; the asm touches no Rust-visible
+    // memory and clobbers only the output register.
+    unsafe {
+        core::arch::asm!(
+            "ldr {tmp}, [{addr}]",
+            addr = in(reg) 0xffff_ffff_ffff_f000u64,
+            tmp = out(reg) _,
+            options(nostack, readonly),
+        );
+    }
+    unreachable!("a load from an unmapped address returned")
+}
+
 /// Wait for an event (another CPU's `sev`).
 #[inline]
 pub fn wait_for_event() {

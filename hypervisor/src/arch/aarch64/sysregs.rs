@@ -38,6 +38,12 @@ fn read_id(crm: u8, op2: u8) -> u64 {
     )
 }
 
+/// What this CPU's ID registers say about speculation (for the Spectre
+/// workaround queries of SMCCC_ARCH_FEATURES).
+pub fn cpu_speculation() -> crate::smccc::CpuSpeculation {
+    crate::smccc::CpuSpeculation::from_id_registers(read_id(4, 0), read_id(4, 1))
+}
+
 /// CPTR_EL2 bits: trace registers (TTA) and activity monitors (TAM) trapped.
 const CPTR_TTA: u64 = 1 << 20;
 const CPTR_TAM: u64 = 1 << 30;

@@ -390,6 +390,27 @@ pub fn power_off(hwdom: bool) -> ! {
     park()
 }
 
+/// Wait until every VM but the first (the hardware domain) is stopped
+/// (VM_STATE), at most `ms` milliseconds; false on timeout.
+pub fn wait_for_vms(ms: u64) -> bool {
+    const STOPPED: u64 = 0;
+    let end = deadline_ms(ms);
+    let mut next = 1u64;
+    loop {
+        let r = call::hvc(PHV_VM_STATE, [next, 0, 0, 0, 0, 0, 0]);
+        match (r.status(), r.0[1]) {
+            // Past the last VM: all stopped.
+            (NOT_FOUND, _) => return true,
+            (0, STOPPED) => {
+                println!("VM {next} stopped");
+                next += 1;
+            }
+            _ if counter() >= end => return false,
+            _ => delay_ms(10),
+        }
+    }
+}
+
 /// Pass/fail bookkeeping of one test.
 #[derive(Debug)]
 pub struct Test {
@@ -427,7 +448,17 @@ impl Test {
 
     /// Print `<test>: ok` if nothing failed, then end the VM (the hwdom
     /// waits `wait_ms` from its bootargs first).
-    pub fn finish(self, env: &Env) -> ! {
+    pub fn finish(mut self, env: &Env) -> ! {
+        // `wait_vms=<ms>` (hwdom): first wait until every other VM has
+        // stopped (VM_STATE), at most that long.
+        if let Ok(Some(patience)) = env.bootargs.number("wait_vms")
+            && env.hwdom
+            && !wait_for_vms(patience)
+        {
+            self.fail(format_args!(
+                "the other VMs did not stop within {patience} ms"
+            ));
+        }
         self.finish_after(
             env,
             env.bootargs.number("wait_ms").ok().flatten().unwrap_or(0),
