@@ -34,19 +34,22 @@ pub struct IntxSource {
 /// asserts and report its owner through `raise` (at most once per VM),
 /// unless the owner keeps that function's INTx disabled itself
 /// (`guest_disabled(vm, function)`): then it stays masked, unreported.
-/// Returns how many functions claimed the interrupt.
+/// A function a reset covers (`resetting`) is left to the reset engine,
+/// whose restore [`after_reset`] follows. Returns how many functions
+/// claimed the interrupt.
 pub fn demux<P: ConfigPort>(
     sources: &mut [IntxSource],
     port: &mut P,
     pintid: u32,
     guest_disabled: &dyn Fn(u16, Bdf) -> bool,
+    resetting: &dyn Fn(Bdf) -> bool,
     raise: &mut dyn FnMut(u16),
 ) -> usize {
     let mut claimed = 0;
     let mut raised: u64 = 0;
     for s in sources
         .iter_mut()
-        .filter(|s| s.pintid == pintid && !s.masked)
+        .filter(|s| s.pintid == pintid && !s.masked && !resetting(s.physical))
     {
         // All-ones: nothing answers (under reset, removed), not an assertion.
         let status = port.read16(s.physical, STATUS);
@@ -116,6 +119,43 @@ pub fn command_written<P: ConfigPort>(
         unmasked += 1;
     }
     unmasked
+}
+
+/// A reset of `scope` ended and the engine restored the registers it saved
+/// at its start, Command among them, with whatever INTx Disable the
+/// function had then (possibly ours, masking an interrupt that the reset
+/// has since cleared). The reset ended every assertion and every
+/// interrupt in flight: each passed-through function of `scope` gets the
+/// INTx Disable its owner keeps in its virtual Command (`guest_disabled`,
+/// held masked as [`demux`] holds it) and nothing stays raised, so the
+/// mask and the device agree again. Returns how many sources it set.
+pub fn after_reset<P: ConfigPort>(
+    sources: &mut [IntxSource],
+    port: &mut P,
+    scope: &[Bdf],
+    guest_disabled: &dyn Fn(u16, Bdf) -> bool,
+) -> usize {
+    let mut n = 0;
+    for s in sources.iter_mut().filter(|s| scope.contains(&s.physical)) {
+        let command = port.read16(s.physical, COMMAND);
+        if command == u16::MAX {
+            // Did not come back: nothing to write (it is quarantined).
+            continue;
+        }
+        let disabled = guest_disabled(s.vm, s.physical);
+        let want = if disabled {
+            command | COMMAND_INTX_DISABLE
+        } else {
+            command & !COMMAND_INTX_DISABLE
+        };
+        if want != command {
+            port.write16(s.physical, COMMAND, want);
+        }
+        s.masked = disabled;
+        s.raised = false;
+        n += 1;
+    }
+    n
 }
 
 /// A function the hardware domain keeps whose INTx pin routes to a physical
@@ -258,7 +298,9 @@ mod tests {
         disabled: bool,
         raised: &mut Vec<u16>,
     ) -> usize {
-        demux(s, port, pintid, &|_, _| disabled, &mut |vm| raised.push(vm))
+        demux(s, port, pintid, &|_, _| disabled, &|_| false, &mut |vm| {
+            raised.push(vm)
+        })
     }
 
     #[test]
@@ -345,7 +387,14 @@ mod tests {
         port.write16(B, COMMAND, 0x0006);
         port.write16(B, STATUS, STATUS_INTERRUPT);
         let mut s = sources();
-        demux(&mut s, &mut port, 36, &|_, _| false, &mut |_| {});
+        demux(
+            &mut s,
+            &mut port,
+            36,
+            &|_, _| false,
+            &|_| false,
+            &mut |_| {},
+        );
         assert_eq!(eoi(&mut s, &mut port, 1, 36, &|_| false), 0, "not vm 1's");
         assert_eq!(
             eoi(&mut s, &mut port, 2, 36, &|_| true),
@@ -393,5 +442,56 @@ mod tests {
         assert!(s[1].masked && !s[1].raised);
         assert_eq!(command_written(&mut s, &mut port, 2, &|_| false), 1);
         assert!(!s[1].masked);
+    }
+
+    #[test]
+    fn a_reset_leaves_the_mask_and_the_device_in_agreement() {
+        let mut port = Regs::default();
+        port.write16(A, COMMAND, 0x0006);
+        port.write16(B, COMMAND, 0x0006);
+        port.write16(A, STATUS, STATUS_INTERRUPT);
+        port.write16(B, STATUS, STATUS_INTERRUPT);
+        let mut s = sources();
+        let mut raised = vec![];
+        // Both assert; A's reset runs: A is the engine's, B is masked.
+        let resetting = |f: Bdf| f == A;
+        let n = demux(
+            &mut s,
+            &mut port,
+            36,
+            &|_, _| false,
+            &resetting,
+            &mut |vm| raised.push(vm),
+        );
+        assert_eq!((n, raised.as_slice()), (1, [2].as_slice()));
+        assert_eq!(port.read16(A, COMMAND), 0x0006, "not written under reset");
+        assert!(!s[0].masked);
+        // B's reset: the engine saved Command with our INTx Disable and
+        // restores it; the reset cleared B's assertion. Without the
+        // resync B would stay disabled while we count it unmasked after
+        // the guest's EOI, or masked while the device interrupts.
+        port.write16(B, STATUS, 0);
+        port.write16(B, COMMAND, 0x0406);
+        assert_eq!(after_reset(&mut s, &mut port, &[B], &|_, _| false), 1);
+        assert_eq!(port.read16(B, COMMAND), 0x0006, "INTx enabled again");
+        assert!(!s[1].masked && !s[1].raised);
+        // The guest's EOI of the interrupt it had in flight changes nothing.
+        assert_eq!(eoi(&mut s, &mut port, 2, 36, &|_| false), 0);
+        // B asserts again (A's reset has ended and cleared A): it fires
+        // and is raised.
+        port.write16(A, STATUS, 0);
+        port.write16(B, STATUS, STATUS_INTERRUPT);
+        raised.clear();
+        assert_eq!(fire(&mut s, &mut port, 36, false, &mut raised), 1);
+        assert_eq!(raised, [2]);
+        // A guest that keeps INTx disabled gets it held after the reset.
+        port.write16(B, STATUS, 0);
+        assert_eq!(after_reset(&mut s, &mut port, &[B], &|_, _| true), 1);
+        assert_eq!(port.read16(B, COMMAND), 0x0406);
+        assert!(s[1].masked && !s[1].raised);
+        // One that did not come back is left alone.
+        port.write16(A, COMMAND, 0xffff);
+        assert_eq!(after_reset(&mut s, &mut port, &[A], &|_, _| false), 0);
+        assert_eq!(port.read16(A, COMMAND), 0xffff);
     }
 }

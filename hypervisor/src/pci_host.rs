@@ -308,6 +308,14 @@ impl GuestBuses {
         self.slots.get(usize::from(vm))?.as_deref()
     }
 
+    /// Whether guest `vm` keeps INTx of its function `physical` disabled
+    /// in its virtual Command register.
+    pub fn intx_disabled(&self, vm: u16, physical: Bdf) -> bool {
+        self.get(vm)
+            .and_then(|b| b.virtual_command(physical))
+            .is_some_and(|c| c & pci::regs::COMMAND_INTX_DISABLE != 0)
+    }
+
     #[inline]
     pub fn get_mut(&mut self, vm: u16) -> Option<&mut GuestBus> {
         self.slots.get_mut(usize::from(vm))?.as_deref_mut()

@@ -140,6 +140,7 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
         resets,
         quarantine,
         guests,
+        intx,
         ..
     } = pci;
     let mut hw = Hw {
@@ -178,6 +179,11 @@ pub fn step<P: ConfigPort, M: MemoryPort>(
                 i += 1;
             }
             Step::Done { outcome } => {
+                // The engine restored Command as it saved it: the INTx
+                // masks follow the owners' virtual Command again.
+                crate::intx::after_reset(intx, hw.config, r.job.scope(), &|vm, physical| {
+                    guests.intx_disabled(vm, physical)
+                });
                 if let ResetOutcome::TimedOut(gone) = &outcome {
                     for &b in gone {
                         if quarantine.add(b, QuarantineReason::NotReady) {

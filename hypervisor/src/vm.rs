@@ -1063,6 +1063,16 @@ fn give_pci_bus(
         pci.aer.recovery.forget(f);
     }
     pci.guests.insert(vm.index, bus);
+    // The functions come from their handover reset with the Command the
+    // engine restored (the hardware domain's INTx Disable among it): their
+    // INTx starts as the guest's virtual Command says.
+    let PciState {
+        port, intx, guests, ..
+    } = &mut *pci;
+    let given: Vec<pci::Bdf> = units.iter().flatten().copied().collect();
+    crate::intx::after_reset(intx, port, &given, &|vm, physical| {
+        guests.intx_disabled(vm, physical)
+    });
     // The lines go to the CPU of the guest's first vCPU.
     let pcpu = vm.vcpus.first().map_or(0, |v| v.pcpu);
     for pintid in crate::intx::lines(&pci.intx) {
@@ -1077,15 +1087,6 @@ fn give_pci_bus(
     Ok(routed)
 }
 
-/// Whether guest `vm` keeps INTx of its function `physical` disabled in
-/// its virtual Command register.
-fn guest_intx_disabled(guests: &pci_host::GuestBuses, vm: u16, physical: pci::Bdf) -> bool {
-    guests
-        .get(vm)
-        .and_then(|b| b.virtual_command(physical))
-        .is_some_and(|c| c & pci::regs::COMMAND_INTX_DISABLE != 0)
-}
-
 /// A physical INTx line fired (at EL2): mask the passed-through functions
 /// that assert it and raise their owners' virtual lines (not for a function
 /// its owner keeps INTx-disabled: it stays masked until the owner clears the
@@ -1098,10 +1099,15 @@ fn pci_line_interrupt(pintid: u32) -> bool {
     if let Some(pci) = PCI.get() {
         let mut pci = pci.lock();
         let PciState {
-            port, intx, guests, ..
+            port,
+            intx,
+            guests,
+            resets,
+            ..
         } = &mut *pci;
-        let disabled = |vm, physical| guest_intx_disabled(guests, vm, physical);
-        let claimed = crate::intx::demux(intx, port, pintid, &disabled, &mut |vm| {
+        let disabled = |vm, physical| guests.intx_disabled(vm, physical);
+        let resetting = |physical| resets.iter().any(|r| r.job.masks(physical));
+        let claimed = crate::intx::demux(intx, port, pintid, &disabled, &resetting, &mut |vm| {
             raises.push((vm, pintid));
         });
         if claimed == 0
@@ -1223,10 +1229,19 @@ pub fn intx_eoi(vm: usize, vintid: u32) {
         // asserts its line again.
         crate::aer::resample(&mut pci, vm as u16, Some(vintid), &mut raises);
         let PciState {
-            port, intx, guests, ..
+            port,
+            intx,
+            guests,
+            resets,
+            ..
         } = &mut *pci;
-        let disabled = |physical| guest_intx_disabled(guests, vm as u16, physical);
-        crate::intx::eoi(intx, port, vm as u16, vintid, &disabled);
+        // A function under reset is held like one its owner disabled: the
+        // reset's end sets its mask ([`crate::intx::after_reset`]).
+        let held = |physical| {
+            guests.intx_disabled(vm as u16, physical)
+                || resets.iter().any(|r| r.job.masks(physical))
+        };
+        crate::intx::eoi(intx, port, vm as u16, vintid, &held);
     }
     raise_lines(&raises);
 }
@@ -1238,13 +1253,19 @@ fn intx_command_written(vm: u16) {
     let Some(pci) = PCI.get() else { return };
     let mut pci = pci.lock();
     let PciState {
-        port, intx, guests, ..
+        port,
+        intx,
+        guests,
+        resets,
+        ..
     } = &mut *pci;
     if !intx.iter().any(|s| s.vm == vm && s.masked) {
         return;
     }
-    let disabled = |physical| guest_intx_disabled(guests, vm, physical);
-    crate::intx::command_written(intx, port, vm, &disabled);
+    let held = |physical| {
+        guests.intx_disabled(vm, physical) || resets.iter().any(|r| r.job.masks(physical))
+    };
+    crate::intx::command_written(intx, port, vm, &held);
 }
 
 /// Register the guests that wait for PCI functions (at boot, before any VM
