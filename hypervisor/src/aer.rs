@@ -108,6 +108,16 @@ enum LogEntry {
     /// Not AER: a hardware-domain function held INTx asserted on a line
     /// taken for a guest (the same queue serves the PCI interrupt path).
     IntxSilenced { function: Bdf, pintid: u32 },
+    /// Not AER: a physical PCI line nobody claimed fired too often in a
+    /// row and is disabled for a while ([`crate::intx::LineGuard`]).
+    LineHeld { pintid: u32, hold_ms: u64 },
+}
+
+/// Queue the line for a physical line held by [`crate::intx::LineGuard`].
+pub fn queue_line_held<P>(pci: &mut PciState<P>, pintid: u32, hold_ms: u64) {
+    pci.aer
+        .pending_log
+        .push(LogEntry::LineHeld { pintid, hold_ms });
 }
 
 /// Queue the line for a hardware-domain function masked on a guest's INTx
@@ -489,6 +499,10 @@ pub fn flush_log<P>(pci: &mut PciState<P>) {
                 } else {
                     "uncorrectable"
                 }
+            ),
+            LogEntry::LineHeld { pintid, hold_ms } => log::warn!(
+                "INTID {pintid} fired {} times in a row and nobody we serve asserted it: disabled for {hold_ms} ms at a time while it stays so (its devices' interrupts wait meanwhile)",
+                crate::intx::UNCLAIMED_LIMIT
             ),
             LogEntry::IntxSilenced { function, pintid } => log::warn!(
                 "{function} of the hardware domain holds INTx asserted on INTID {pintid}, a line taken for a guest: masked at the source (Command.INTx Disable)"

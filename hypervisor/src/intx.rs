@@ -233,6 +233,87 @@ fn unmask<P: ConfigPort>(s: &mut IntxSource, port: &mut P) {
     s.masked = false;
 }
 
+/// Fires in a row that nobody claims before a line is held.
+pub const UNCLAIMED_LIMIT: u32 = 1000;
+/// How long a held line stays disabled before it is tried again (ns).
+pub const HOLD_NS: u64 = 20_000_000;
+
+/// What to do with a physical line after one of its interrupts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineVerdict {
+    /// Keep taking it.
+    Take,
+    /// Nobody claimed it [`UNCLAIMED_LIMIT`] times in a row: something we
+    /// do not serve holds the level line (a hardware-domain port whose own
+    /// interrupt is not ours to clear, a device gone wrong), and it would
+    /// fire forever on the CPU of a guest's vCPU. Disable it until
+    /// `until_ns`; `first` is this line's first hold (logged).
+    Hold { until_ns: u64, first: bool },
+}
+
+/// Per physical PCI line: how many interrupts in a row nobody claimed, and
+/// the lines held (disabled at the distributor) until a deadline. Holding
+/// costs the line's honest sources up to [`HOLD_NS`] of latency per round;
+/// a storm costs the CPU at most [`UNCLAIMED_LIMIT`] interrupts per round.
+#[derive(Clone, Debug, Default)]
+pub struct LineGuard {
+    /// (line, unclaimed in a row, held until (ns, 0: not held), held before)
+    lines: Vec<(u32, u32, u64, bool)>,
+}
+
+impl LineGuard {
+    /// Line `pintid` fired at `now_ns`; `claimed`: someone serviced it.
+    pub fn fired(&mut self, pintid: u32, claimed: bool, now_ns: u64) -> LineVerdict {
+        let i = match self.lines.iter().position(|l| l.0 == pintid) {
+            Some(i) => i,
+            None if claimed => return LineVerdict::Take,
+            None => {
+                self.lines.push((pintid, 0, 0, false));
+                self.lines.len() - 1
+            }
+        };
+        let l = &mut self.lines[i];
+        if claimed {
+            l.1 = 0;
+            return LineVerdict::Take;
+        }
+        l.1 = l.1.saturating_add(1);
+        if l.1 < UNCLAIMED_LIMIT {
+            return LineVerdict::Take;
+        }
+        l.1 = 0;
+        l.2 = now_ns.saturating_add(HOLD_NS).max(1);
+        let first = !l.3;
+        l.3 = true;
+        LineVerdict::Hold {
+            until_ns: l.2,
+            first,
+        }
+    }
+
+    /// The held lines whose hold ended by `now_ns`: no longer held, to be
+    /// enabled again by the caller.
+    pub fn release_due(&mut self, now_ns: u64) -> Vec<u32> {
+        let mut out = Vec::new();
+        for l in self.lines.iter_mut().filter(|l| l.2 != 0 && l.2 <= now_ns) {
+            l.2 = 0;
+            out.push(l.0);
+        }
+        out
+    }
+
+    /// When the next hold ends.
+    pub fn next_release(&self) -> Option<u64> {
+        self.lines.iter().map(|l| l.2).filter(|&t| t != 0).min()
+    }
+
+    /// Forget line `pintid` (given back): a hold on it ends without a
+    /// release.
+    pub fn forget(&mut self, pintid: u32) {
+        self.lines.retain(|l| l.0 != pintid);
+    }
+}
+
 /// The distinct physical lines of `sources`.
 pub fn lines(sources: &[IntxSource]) -> Vec<u32> {
     let mut l: Vec<u32> = sources.iter().map(|s| s.pintid).collect();
@@ -493,5 +574,43 @@ mod tests {
         port.write16(A, COMMAND, 0xffff);
         assert_eq!(after_reset(&mut s, &mut port, &[A], &|_, _| false), 0);
         assert_eq!(port.read16(A, COMMAND), 0xffff);
+    }
+
+    #[test]
+    fn a_line_nobody_claims_is_held_then_tried_again() {
+        let mut g = LineGuard::default();
+        assert_eq!(g.fired(36, true, 0), LineVerdict::Take);
+        // Unclaimed fires, interrupted by a claimed one: never held.
+        for _ in 0..UNCLAIMED_LIMIT - 1 {
+            assert_eq!(g.fired(36, false, 10), LineVerdict::Take);
+        }
+        assert_eq!(g.fired(36, true, 10), LineVerdict::Take);
+        for _ in 0..UNCLAIMED_LIMIT - 1 {
+            assert_eq!(g.fired(36, false, 20), LineVerdict::Take);
+        }
+        // Another line is counted apart.
+        assert_eq!(g.fired(37, false, 20), LineVerdict::Take);
+        let held = LineVerdict::Hold {
+            until_ns: 20 + HOLD_NS,
+            first: true,
+        };
+        assert_eq!(g.fired(36, false, 20), held);
+        assert_eq!(g.next_release(), Some(20 + HOLD_NS));
+        assert!(g.release_due(19 + HOLD_NS).is_empty());
+        assert_eq!(g.release_due(20 + HOLD_NS), [36]);
+        assert_eq!(g.next_release(), None);
+        // Still stuck after the release: held again, not logged again.
+        for _ in 0..UNCLAIMED_LIMIT - 1 {
+            g.fired(36, false, 30 + HOLD_NS);
+        }
+        assert_eq!(
+            g.fired(36, false, 30 + HOLD_NS),
+            LineVerdict::Hold {
+                until_ns: 30 + 2 * HOLD_NS,
+                first: false
+            }
+        );
+        g.forget(36);
+        assert_eq!(g.next_release(), None);
     }
 }

@@ -418,6 +418,24 @@ fn reroute_spis_of(cpu: usize) {
     }
 }
 
+/// Stop taking registered SPI `pintid` for now (its handler stays).
+pub fn hold_spi(pintid: u32) {
+    if (32..1020).contains(&pintid) {
+        gic::disable_spi(pintid);
+    }
+}
+
+/// Take registered SPI `pintid` again after [`hold_spi`], as registered.
+pub fn release_spi(pintid: u32) {
+    let Some(r) = SPI_ROUTE.get(pintid as usize) else {
+        return;
+    };
+    let r = r.load(Ordering::Acquire);
+    if r & 0x7f != 0 {
+        gic::route_spi(pintid, usize::from(r & 0x7f) - 1, r & 0x80 != 0);
+    }
+}
+
 #[allow(dead_code)]
 /// Give physical SPI `pintid` back: disabled, no handler.
 pub fn unregister_spi(pintid: u32) {

@@ -271,6 +271,8 @@ pub struct PciState<P = EcamPort> {
     pub intx_routes: IntxRoutes,
     /// The hardware domain's functions on lines taken for guests.
     pub bystanders: Vec<crate::intx::Bystander>,
+    /// The PCI lines that fire with nobody to service them.
+    pub line_guard: crate::intx::LineGuard,
 }
 
 /// A host bridge's INTx routing: `interrupt-map-mask` (hi, pin) and its
@@ -474,6 +476,7 @@ impl<P: ConfigPort> PciState<P> {
             pending: Vec::new(),
             guests: GuestBuses::default(),
             intx: Vec::new(),
+            line_guard: crate::intx::LineGuard::default(),
             resets: Vec::new(),
             reset_requests: 0,
             quarantine: pci::reset_engine::Quarantine::new(),

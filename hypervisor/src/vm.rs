@@ -1110,10 +1110,12 @@ fn pci_line_interrupt(pintid: u32) -> bool {
         let claimed = crate::intx::demux(intx, port, pintid, &disabled, &resetting, &mut |vm| {
             raises.push((vm, pintid));
         });
+        let mut serviced = claimed > 0;
         if claimed == 0
             && pci.aer.ports.iter().any(|p| p.pintid == Some(pintid))
             && crate::aer::service_line(&mut pci, pintid, now_ns(), &mut raises)
         {
+            serviced = true;
             if let Some(at) = IRQ_AT.get(cpu::cpu_index()) {
                 AER_IRQ_AT.store(at.load(Ordering::Relaxed), Ordering::Relaxed);
             }
@@ -1137,8 +1139,20 @@ fn pci_line_interrupt(pintid: u32) -> bool {
                 crate::aer::queue_intx_silenced(&mut pci, f, pintid);
             }
             if n > 0 {
+                serviced = true;
                 arm_pci_timer(&pci);
             }
+        }
+        // A level line that nobody we serve holds fires again at once:
+        // forever, on the CPU of a guest's vCPU, unless held.
+        if let crate::intx::LineVerdict::Hold { first, .. } =
+            pci.line_guard.fired(pintid, serviced, now_ns())
+        {
+            crate::irq::hold_spi(pintid);
+            if first {
+                crate::aer::queue_line_held(&mut pci, pintid, crate::intx::HOLD_NS / 1_000_000);
+            }
+            arm_pci_timer(&pci);
         }
     }
     raise_lines(&raises);
@@ -1976,6 +1990,7 @@ fn arm_pci_timer(pci: &PciState) {
         .filter(|r| r.held.is_none())
         .map(|r| r.next_ns)
         .chain(pci.aer.recovery.next_deadline())
+        .chain(pci.line_guard.next_release())
         .min();
     if let Some(deadline_ns) = next {
         let freq = u128::from(cpu::counter_frequency().max(1));
@@ -1994,6 +2009,9 @@ fn pci_timer(_ticks: u64) {
         crate::aer::flush_log(&mut pci);
         step_resets(&mut pci);
         let now = now_ns();
+        for line in pci.line_guard.release_due(now) {
+            crate::irq::release_spi(line);
+        }
         for t in crate::aer::deadlines_passed(&mut pci, now, &mut raises) {
             let vm = match t.owner {
                 pci::vpci::Owner::Guest(vm) => Some(vm),
@@ -2109,6 +2127,7 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
         quarantine,
         reservations,
         aer,
+        line_guard,
         ..
     } = pci;
     let given: Vec<pci::Bdf> = ownership.functions_of(vm).collect();
@@ -2132,6 +2151,7 @@ fn release_guest_functions(pci: &mut PciState, vm: u16) {
             && !aer.ports.iter().any(|p| p.pintid == Some(line))
         {
             crate::irq::unregister_spi(line);
+            line_guard.forget(line);
         }
     }
     pci.refresh_bystanders();

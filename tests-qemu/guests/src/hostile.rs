@@ -1,7 +1,8 @@
 //! Domains that try to outlive or outrun the hypervisor's isolation:
 //! `pci-stop` (vCPU 1 keeps using the device while vCPU 0 powers the VM
 //! off), and the hardware domain's `stuck_intx` (an INTx line held
-//! asserted, never serviced), `aim_bar` (a guest's BAR aimed at RAM) and
+//! asserted, never serviced; with `hide`, by a function the hypervisor
+//! was never told of), `aim_bar` (a guest's BAR aimed at RAM) and
 //! `overlay_bar` (its own BAR moved over a guest's).
 
 use core::sync::atomic::{AtomicU64, Ordering};
