@@ -827,6 +827,10 @@ fn assign_error(e: &pci::vpci::AssignError) -> alloc::string::String {
             alloc::format!("{b} is a bridge; bridges stay with the hardware domain")
         }
         AssignError::NoUnit(b) => alloc::format!("{b} has no assignment unit"),
+        AssignError::BridgeRenumbered(b) => alloc::format!(
+            "bridge {b} has bus numbers other than the ones it was reported with \
+             (report it again)"
+        ),
     }
 }
 

@@ -527,6 +527,22 @@ impl Topology {
         }
     }
 
+    /// The first attached bridge whose secondary or subordinate bus number
+    /// in config space is not the tracked one: the hardware domain
+    /// renumbered it without reporting the change, so addresses no longer
+    /// name the functions the tree has there. A bridge that reads
+    /// all-ones (gone, or in reset) is not judged.
+    pub fn renumbered_bridge<P: ConfigPort + ?Sized>(&self, port: &mut P) -> Option<Bdf> {
+        self.fns
+            .iter()
+            .filter(|(_, f)| f.kind.is_bridge())
+            .find(|(b, f)| {
+                let v = port.read32(**b, PRIMARY_BUS);
+                v != u32::MAX && ((v >> 8) as u8, (v >> 16) as u8) != (f.secondary, f.subordinate)
+            })
+            .map(|(b, _)| *b)
+    }
+
     /// Reads the ACS Capability and Control of every tracked function
     /// again, and applies the ACS policy to those `writable` allows, as
     /// when they were reported: the hardware domain may have changed ACS

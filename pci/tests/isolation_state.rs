@@ -441,3 +441,29 @@ fn a_report_whose_adopted_orphans_join_a_guest_unit_is_refused() {
         Ok(ReportOutcome::Attached { adopted: 1 })
     );
 }
+
+/// The hardware domain renumbers a root port no guest depends on so that it
+/// claims the bus of the other root port's e1000e, without reporting it:
+/// 05:00.0 would name whatever answers there now. The assignment is
+/// refused until the tree says what the hardware has again.
+#[test]
+fn assignment_is_refused_while_a_bridge_is_renumbered() {
+    let mut fab = switch_fabric();
+    let mut topo = track(&mut fab);
+    let mut own = Ownership::new();
+    let (rp, other) = (b("00:01.0"), b("00:02.0"));
+    let buses = fab.read32(other, PRIMARY_BUS);
+    own.hwdom_apply(&mut fab, other, PRIMARY_BUS, 4, Some(0x0007_0700));
+    own.hwdom_apply(&mut fab, rp, PRIMARY_BUS, 4, Some(0x0005_0500));
+    assert_eq!(
+        own.assign(&mut topo, &mut fab, 1, &[b("05:00.0")], false),
+        Err(AssignError::BridgeRenumbered(rp))
+    );
+    assert_eq!(topo.renumbered_bridge(&mut fab), Some(rp));
+    own.hwdom_apply(&mut fab, rp, PRIMARY_BUS, 4, Some(0x0004_0100));
+    own.hwdom_apply(&mut fab, other, PRIMARY_BUS, 4, Some(buses));
+    assert_eq!(
+        own.assign(&mut topo, &mut fab, 1, &[b("05:00.0")], false),
+        Ok(vec![vec![b("05:00.0")]])
+    );
+}

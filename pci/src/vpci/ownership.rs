@@ -38,6 +38,11 @@ pub enum AssignError {
     /// A tracked function without a unit: the tree changed under the unit
     /// table (should not happen; [`Topology::units`] recomputes on demand).
     NoUnit(Bdf),
+    /// A bridge's bus numbers in config space are not the tracked ones
+    /// ([`Topology::renumbered_bridge`]): the tree, and so the units, no
+    /// longer say what answers where. The hardware domain reports the
+    /// bridge again (remove, add) first.
+    BridgeRenumbered(Bdf),
 }
 
 /// Why a hardware-domain report was refused ([`Ownership::report_add`]).
@@ -347,7 +352,8 @@ impl Ownership {
     ///
     /// Units are decided on the ACS state config space has now
     /// ([`Ownership::refresh_acs`], done first, so the policy is applied
-    /// again even if the assignment is then refused). Every requested
+    /// again even if the assignment is then refused), and only while every
+    /// tracked bridge has the bus numbers the tree has. Every requested
     /// function must be tracked and not a bridge. Each unit touched must be
     /// requested whole (its non-bridge members), unless `whole_units`,
     /// which takes the rest of the unit along. No member may be owned by a
@@ -366,6 +372,9 @@ impl Ownership {
         whole_units: bool,
     ) -> Result<Vec<Vec<Bdf>>, AssignError> {
         self.refresh_acs(topo, port);
+        if let Some(b) = topo.renumbered_bridge(port) {
+            return Err(AssignError::BridgeRenumbered(b));
+        }
         let mut unit_ids: BTreeSet<UnitId> = BTreeSet::new();
         for &bdf in requested {
             let f = topo.function(bdf).ok_or(AssignError::NotTracked(bdf))?;
