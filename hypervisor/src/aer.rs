@@ -738,7 +738,7 @@ mod tests {
         let (guest_fn, hwdom_fn) = (Bdf::new(0, 1, 0, 0), Bdf::new(0, 2, 0, 0));
         let units = pci
             .ownership
-            .assign(&mut pci.topology, 1, &[guest_fn], false)
+            .assign(&mut pci.topology, &mut pci.port, 1, &[guest_fn], false)
             .unwrap();
         pci.aer.hwdom_vm = Some(0);
         pci.aer.deadlines = vec![5_000 * MS, 200 * MS];

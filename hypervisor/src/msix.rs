@@ -179,7 +179,7 @@ pub(crate) mod tests {
         }
         let units = pci
             .ownership
-            .assign(&mut pci.topology, 1, &[nvme], false)
+            .assign(&mut pci.topology, &mut pci.port, 1, &[nvme], false)
             .unwrap();
         let layout = GuestLayout {
             ecam_base: 0x3f00_0000,

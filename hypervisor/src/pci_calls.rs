@@ -6,7 +6,7 @@ use crate::pci_host::{PciState, WindowPort, split_access};
 use crate::smccc::{self, CallError, PciCall};
 use alloc::vec::Vec;
 use pci::vpci::Effects;
-use pci::vpci::Owner;
+use pci::vpci::{Owner, ReportError};
 use pci::{Bdf, ConfigPort, ReportOutcome, ResetAction, ResetMethod, TopologyError};
 
 /// Reason codes returned in x1 with REJECTED / NOT_FOUND (docs/interfaces.md).
@@ -126,7 +126,9 @@ pub fn handle<P: ConfigPort>(
         }
         PciCall::Add { segment, rid } => {
             let bdf = Bdf::from_rid(segment, rid);
-            let outcome = pci.topology.report_add(bdf, &mut pci.port);
+            let outcome = pci
+                .ownership
+                .report_add(&mut pci.topology, bdf, &mut pci.port);
             if outcome.is_ok() {
                 crate::aer::reported(pci, bdf);
             }
@@ -134,7 +136,13 @@ pub fn handle<P: ConfigPort>(
                 Ok(ReportOutcome::Attached { adopted }) => Ok([0, adopted as u64, 0]),
                 Ok(ReportOutcome::Orphaned) => Ok([1, 0, 0]),
                 Ok(ReportOutcome::AlreadyTracked) => Ok([2, 0, 0]),
-                Err(e) => {
+                Err(e @ ReportError::JoinsGuestUnit { .. }) => {
+                    if crate::log_limit::domain_may_log(who.vm) {
+                        log::warn!("{caller}: report of {bdf} refused: {e}");
+                    }
+                    Err(DENIED)
+                }
+                Err(ReportError::Topology(e)) => {
                     if crate::log_limit::domain_may_log(who.vm) {
                         log::warn!("{caller}: report of {bdf} refused: {e:?}");
                     }
@@ -748,6 +756,8 @@ pub fn ready_guests<P: ConfigPort>(pci: &mut PciState<P>) -> Vec<GuestStart> {
             pci.pending.push(guest);
             continue;
         }
+        // The units as the hardware has them now (`assign` does it too).
+        pci.ownership.refresh_acs(&mut pci.topology, &mut pci.port);
         // A PF goes to a guest only with SR-IOV off (`pci::reset_engine::
         // sriov_in_use`): its VFs would stay here while its resets reach them.
         let members = guest
@@ -775,6 +785,7 @@ pub fn ready_guests<P: ConfigPort>(pci: &mut PciState<P>) -> Vec<GuestStart> {
         }
         match pci.ownership.assign(
             &mut pci.topology,
+            &mut pci.port,
             guest.vm,
             &guest.requested,
             guest.whole_units,
@@ -816,6 +827,10 @@ fn assign_error(e: &pci::vpci::AssignError) -> alloc::string::String {
             alloc::format!("{b} is a bridge; bridges stay with the hardware domain")
         }
         AssignError::NoUnit(b) => alloc::format!("{b} has no assignment unit"),
+        AssignError::BridgeRenumbered(b) => alloc::format!(
+            "bridge {b} has bus numbers other than the ones it was reported with \
+             (report it again)"
+        ),
     }
 }
 
@@ -976,6 +991,46 @@ mod tests {
         );
         assert_eq!(r.map_err(|e| e.status), Err(smccc::INVALID_PARAMETER));
         assert!(pci.topology.is_empty(), "refused reports change nothing");
+    }
+
+    /// A function reported behind a guest's PCIe-to-PCI bridge would share
+    /// the guest's unit: denied, and not tracked.
+    #[test]
+    fn a_report_joining_a_guests_unit_is_denied() {
+        let mut fabric = Fabric::new().with_root_complex(
+            0,
+            0,
+            &[(
+                devfn(1, 0),
+                Spec::qemu_root_port().child(
+                    0,
+                    0,
+                    Spec::qemu_pcie_pci_bridge()
+                        .child(1, 0, Spec::conventional(0x8086, 0x100e))
+                        .child(2, 0, Spec::conventional(0x8086, 0x100e)),
+                ),
+            )],
+        );
+        let found = fabric.enumerate();
+        let window = EcamWindow {
+            segment: 0,
+            bus_start: 0,
+            bus_end: 255,
+        };
+        let mut pci = PciState::new(std::vec![window], fabric);
+        let (guest_fn, late) = (Bdf::new(0, 2, 1, 0), Bdf::new(0, 2, 2, 0));
+        let early: Vec<Bdf> = found.iter().copied().filter(|&b| b != late).collect();
+        report_all(&mut pci, &early);
+        pci.ownership
+            .assign(&mut pci.topology, &mut pci.port, 1, &[guest_fn], true)
+            .unwrap();
+        let add = PciCall::Add {
+            segment: 0,
+            rid: late.rid(),
+        };
+        assert_eq!(hv(&mut pci, true, "hwdom", add), Err(DENIED));
+        assert!(!pci.topology.contains(late));
+        assert_eq!(pci.topology.orphans().count(), 0);
     }
 
     fn report_all(pci: &mut PciState<Fabric>, found: &[Bdf]) {

@@ -376,7 +376,7 @@ mod tests {
         let (mut pci, found) = state();
         let nvme = *found.iter().find(|b| b.bus == 2).unwrap();
         pci.ownership
-            .assign(&mut pci.topology, 1, &[nvme], false)
+            .assign(&mut pci.topology, &mut pci.port, 1, &[nvme], false)
             .unwrap();
         assert_eq!(pci.ownership.owner(nvme), Owner::Guest(1));
         let actions = for_guest(&pci, &[nvme]).unwrap();

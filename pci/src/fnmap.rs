@@ -171,6 +171,11 @@ impl<V> FnMap<V> {
         self.index(*k).is_some()
     }
 
+    pub fn get_mut(&mut self, k: &Bdf) -> Option<&mut V> {
+        let i = self.index(*k)?;
+        self.slab.get_mut(i)
+    }
+
     pub fn insert(&mut self, k: Bdf, v: V) -> Option<V> {
         if let Some(i) = self.index(k) {
             return self.slab.get_mut(i).map(|slot| core::mem::replace(slot, v));

@@ -319,6 +319,24 @@ pub enum ReportOutcome {
     AlreadyTracked,
 }
 
+/// What a report attached: the reported function, and the orphans it
+/// adopted as they were before (in the order they were attached).
+#[derive(Debug)]
+pub(crate) struct ReportUndo {
+    reported: Bdf,
+    adopted: Vec<(Bdf, Function)>,
+    /// (register, value) of the reported function's ACS Control before the
+    /// policy changed it.
+    acs_before: Option<(u16, u16)>,
+}
+
+impl ReportUndo {
+    /// The functions the report put in the tree.
+    pub(crate) fn attached(&self) -> impl Iterator<Item = Bdf> + '_ {
+        core::iter::once(self.reported).chain(self.adopted.iter().map(|(b, _)| *b))
+    }
+}
+
 enum Placement {
     Attached,
     Orphan,
@@ -441,13 +459,44 @@ impl Topology {
         bdf: Bdf,
         port: &mut P,
     ) -> Result<ReportOutcome, TopologyError> {
+        self.report(bdf, port, None)
+    }
+
+    /// [`Topology::report_add`], with what it attached recorded so that
+    /// [`Topology::undo_report`] can take it back.
+    pub(crate) fn report_add_undoable<P: ConfigPort + ?Sized>(
+        &mut self,
+        bdf: Bdf,
+        port: &mut P,
+    ) -> Result<(ReportOutcome, ReportUndo), TopologyError> {
+        let mut undo = ReportUndo {
+            reported: bdf,
+            adopted: Vec::new(),
+            acs_before: None,
+        };
+        let outcome = self.report(bdf, port, Some(&mut undo))?;
+        Ok((outcome, undo))
+    }
+
+    fn report<P: ConfigPort + ?Sized>(
+        &mut self,
+        bdf: Bdf,
+        port: &mut P,
+        mut undo: Option<&mut ReportUndo>,
+    ) -> Result<ReportOutcome, TopologyError> {
         let hb = self.host_bridge(bdf)?;
         if self.fns.contains_key(&bdf) || self.orphans.contains_key(&bdf) {
             return Ok(ReportOutcome::AlreadyTracked);
         }
         let mut f = probe(bdf, port, hb)?;
         let placement = self.place(bdf, &f, hb)?;
-        self.apply_acs_policy(bdf, &mut f, port);
+        let before = f.acs_ctrl;
+        apply_acs_policy(self.config.acs_policy, bdf, &mut f, port);
+        if let Some(u) = undo.as_deref_mut()
+            && f.acs_ctrl != before
+        {
+            u.acs_before = Some((f.caps.acs + ACS_CTRL, before));
+        }
         match placement {
             Placement::Orphan => {
                 self.orphans.insert(bdf, f);
@@ -455,10 +504,85 @@ impl Topology {
             }
             Placement::Attached => {
                 self.attach(bdf, f);
-                let adopted = self.adopt(bdf, hb);
+                let adopted = self.adopt(bdf, hb, undo.map(|u| &mut u.adopted));
                 Ok(ReportOutcome::Attached { adopted })
             }
         }
+    }
+
+    /// Takes back a report that attached its function
+    /// ([`Topology::report_add_undoable`]): the function is forgotten, the
+    /// orphans it adopted wait again as they were, and the ACS Control the
+    /// policy changed on it is written back.
+    pub(crate) fn undo_report<P: ConfigPort + ?Sized>(&mut self, undo: ReportUndo, port: &mut P) {
+        for (b, _) in undo.adopted.iter().rev() {
+            self.unlink(*b);
+        }
+        self.detach(undo.reported);
+        for (b, f) in undo.adopted {
+            self.orphans.insert(b, f);
+        }
+        if let Some((reg, value)) = undo.acs_before {
+            port.write16(undo.reported, reg, value);
+        }
+    }
+
+    /// The first attached bridge whose secondary or subordinate bus number
+    /// in config space is not the tracked one: the hardware domain
+    /// renumbered it without reporting the change, so addresses no longer
+    /// name the functions the tree has there. A bridge that reads
+    /// all-ones (gone, or in reset) is not judged.
+    pub fn renumbered_bridge<P: ConfigPort + ?Sized>(&self, port: &mut P) -> Option<Bdf> {
+        self.fns
+            .iter()
+            .filter(|(_, f)| f.kind.is_bridge())
+            .find(|(b, f)| {
+                let v = port.read32(**b, PRIMARY_BUS);
+                v != u32::MAX && ((v >> 8) as u8, (v >> 16) as u8) != (f.secondary, f.subordinate)
+            })
+            .map(|(b, _)| *b)
+    }
+
+    /// Reads the ACS Capability and Control of every tracked function
+    /// again, and applies the ACS policy to those `writable` allows, as
+    /// when they were reported: the hardware domain may have changed ACS
+    /// Control since, wherever no guest's unit depended on it. A function
+    /// that reads all-ones (gone, or in reset) keeps what was read before.
+    /// Units are recomputed at the next query if anything changed; returns
+    /// whether it did.
+    pub fn refresh_acs<P: ConfigPort + ?Sized>(
+        &mut self,
+        port: &mut P,
+        writable: impl Fn(Bdf) -> bool,
+    ) -> bool {
+        let with_acs: Vec<(Bdf, u16)> = self
+            .fns
+            .iter()
+            .filter(|(_, f)| f.caps.acs != 0)
+            .map(|(b, f)| (*b, f.caps.acs))
+            .collect();
+        let policy = self.config.acs_policy;
+        let mut changed = false;
+        for (b, acs) in with_acs {
+            let v = port.read32(b, acs + ACS_CAP);
+            let Some(f) = self.fns.get_mut(&b) else {
+                continue;
+            };
+            if v == u32::MAX {
+                continue;
+            }
+            let was = (f.acs_cap, f.acs_ctrl);
+            f.acs_cap = v as u16 & 0x7f;
+            f.acs_ctrl = (v >> 16) as u16;
+            if writable(b) {
+                apply_acs_policy(policy, b, f, port);
+            }
+            changed |= (f.acs_cap, f.acs_ctrl) != was;
+        }
+        if changed {
+            self.units_on_detach();
+        }
+        changed
     }
 
     /// A function was removed. Removing a bridge removes everything attached
@@ -499,9 +623,16 @@ impl Topology {
     }
 
     fn detach(&mut self, bdf: Bdf) -> bool {
-        let Some(f) = self.fns.remove(&bdf) else {
-            return false;
-        };
+        let gone = self.unlink(bdf).is_some();
+        if gone {
+            self.reset_overrides.remove(&bdf);
+        }
+        gone
+    }
+
+    /// Takes an attached function out of the tree (its reset methods stay).
+    fn unlink(&mut self, bdf: Bdf) -> Option<Function> {
+        let mut f = self.fns.remove(&bdf)?;
         if f.kind.is_bridge() && self.bus_owner.get(bus_key(bdf.segment, f.secondary)) == Some(bdf)
         {
             self.bus_owner.remove(bus_key(bdf.segment, f.secondary));
@@ -509,9 +640,14 @@ impl Topology {
         if let Some((first, ..)) = f.vf_keys(bdf) {
             self.vf_ranges.remove(&first);
         }
-        self.reset_overrides.remove(&bdf);
         self.units_on_detach();
-        true
+        if f.kind == FunctionKind::VirtualFunction {
+            // As probed: `attach` gives a VF its PF and the PF's ids.
+            f.pf = None;
+            f.vendor = 0xffff;
+            f.device = 0xffff;
+        }
+        Some(f)
     }
 
     /// Where a valid function goes, or why it cannot go there.
@@ -603,21 +739,6 @@ impl Topology {
             .map(|(_, (pf, ..))| *pf)
     }
 
-    fn apply_acs_policy<P: ConfigPort + ?Sized>(&self, bdf: Bdf, f: &mut Function, port: &mut P) {
-        if f.caps.acs == 0 {
-            return;
-        }
-        let want = f.acs_ctrl | (f.acs_cap & self.config.acs_policy.enable);
-        if want != f.acs_ctrl {
-            port.write16(bdf, f.caps.acs + ACS_CTRL, want);
-            let now = port.read16(bdf, f.caps.acs + ACS_CTRL);
-            // A function that vanished meanwhile reads all-ones: keep the old value.
-            if now != 0xffff {
-                f.acs_ctrl = now;
-            }
-        }
-    }
-
     fn attach(&mut self, bdf: Bdf, mut f: Function) {
         if f.kind == FunctionKind::VirtualFunction {
             let key = bdf.key();
@@ -644,7 +765,13 @@ impl Topology {
     /// Parents always sort before their children (a bridge's secondary bus
     /// is above its own; a VF's routing id is above its PF's), so one pass in
     /// address order also attaches orphans below orphans.
-    fn adopt(&mut self, parent: Bdf, hb: HostBridge) -> usize {
+    /// Each adopted orphan, as it was, goes to `record` if given.
+    fn adopt(
+        &mut self,
+        parent: Bdf,
+        hb: HostBridge,
+        mut record: Option<&mut Vec<(Bdf, Function)>>,
+    ) -> usize {
         if self.orphans.is_empty() {
             return 0;
         }
@@ -667,6 +794,9 @@ impl Topology {
                 };
                 match self.place(b, &g, hb) {
                     Ok(Placement::Attached) => {
+                        if let Some(r) = record.as_deref_mut() {
+                            r.push((b, g.clone()));
+                        }
                         self.attach(b, g);
                         adopted += 1;
                     }
@@ -793,6 +923,28 @@ impl Topology {
             }
         }
         Ok(())
+    }
+}
+
+/// Enables the controls of `policy` that `f` advertises, and keeps what its
+/// ACS Control then reads.
+fn apply_acs_policy<P: ConfigPort + ?Sized>(
+    policy: AcsPolicy,
+    bdf: Bdf,
+    f: &mut Function,
+    port: &mut P,
+) {
+    if f.caps.acs == 0 {
+        return;
+    }
+    let want = f.acs_ctrl | (f.acs_cap & policy.enable);
+    if want != f.acs_ctrl {
+        port.write16(bdf, f.caps.acs + ACS_CTRL, want);
+        let now = port.read16(bdf, f.caps.acs + ACS_CTRL);
+        // A function that vanished meanwhile reads all-ones: keep the old value.
+        if now != 0xffff {
+            f.acs_ctrl = now;
+        }
     }
 }
 

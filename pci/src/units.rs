@@ -40,7 +40,9 @@
 //! Before a function is tracked, the tracker enables the ACS controls it
 //! advertises among [`crate::topology::AcsPolicy::enable`] (SV|RR|CR|UF by
 //! default), so units reflect what the hypervisor enforced, not what
-//! firmware left behind.
+//! firmware left behind. An assignment reads ACS again and applies the
+//! policy again first ([`crate::vpci::Ownership::assign`]): the hardware
+//! domain may have changed ACS Control since, where no guest depended on it.
 //!
 //! A unit's id is its lowest address, so ids are stable while that function
 //! stays, and units only depend on the tree, never on report order.

@@ -88,7 +88,7 @@ fn events(r: &Reports) -> Vec<AerEvent> {
 /// programmed and its virtual root port's Root Error Command enabled.
 fn guest(f: &mut Fabric, t: &mut Topology) -> (Ownership, GuestBus) {
     let mut own = Ownership::new();
-    let units = own.assign(t, 1, &[b("01:00.0")], false).unwrap();
+    let units = own.assign(t, f, 1, &[b("01:00.0")], false).unwrap();
     let mut g = GuestBus::new(&units, t, f, layout()).unwrap();
     program_root_ports(&mut g, f);
     let mut e = Effects::new();

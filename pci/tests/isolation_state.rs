@@ -1,15 +1,16 @@
 //! Isolation that must survive what the hardware domain does after the
 //! units were computed: ACS turned off on a port that decides a guest's
-//! unit, bus numbers that claim a protected bridge's bus, and VF routing
-//! ids that land on a bridge's buses.
+//! unit (or on one that decides it before the assignment), bus numbers
+//! that claim a protected bridge's bus, VF routing ids that land on a
+//! bridge's buses, and reports that would join a guest's unit.
 
 mod common;
 
 use common::{b, config, track};
 use pci::regs::*;
-use pci::sim::{ACS_QEMU, Fabric, Spec, devfn};
-use pci::vpci::{Ownership, Refusal};
-use pci::{Bdf, ConfigPort, Topology, TopologyError};
+use pci::sim::{ACS_ENABLED, ACS_QEMU, Fabric, Spec, devfn};
+use pci::vpci::{AssignError, Owner, Ownership, Refusal, ReportError};
+use pci::{Bdf, ConfigPort, ReportOutcome, Topology, TopologyError, UnitId};
 
 /// 00:01.0 root port ── 01:00.0 switch up ─┬─ 02:00.0 down ── 03:00.0 nvme
 ///                                         └─ 02:01.0 down ── 04:00.0 e1000e
@@ -47,7 +48,8 @@ fn switch_fabric() -> Fabric {
 fn guest_has_nvme(fab: &mut Fabric) -> (Topology, Ownership) {
     let mut topo = track(fab);
     let mut own = Ownership::new();
-    own.assign(&mut topo, 1, &[b("03:00.0")], false).unwrap();
+    own.assign(&mut topo, fab, 1, &[b("03:00.0")], false)
+        .unwrap();
     (topo, own)
 }
 
@@ -81,7 +83,7 @@ fn acs_of_a_sibling_downstream_port_is_protected() {
 /// domain keeps (both isolated by ACS) may not turn its ACS off either.
 #[test]
 fn acs_of_a_slot_sibling_is_protected() {
-    let ep = |d| Spec::endpoint(0x1234, d).acs(Some(pci::sim::ACS_ENABLED));
+    let ep = |d| Spec::endpoint(0x1234, d).acs(Some(ACS_ENABLED));
     let mut fab = Fabric::new().with_root_complex(
         0,
         0,
@@ -92,7 +94,8 @@ fn acs_of_a_slot_sibling_is_protected() {
     );
     let mut topo = track(&mut fab);
     let mut own = Ownership::new();
-    own.assign(&mut topo, 1, &[b("01:00.0")], false).unwrap();
+    own.assign(&mut topo, &mut fab, 1, &[b("01:00.0")], false)
+        .unwrap();
     let sibling = b("01:00.1");
     let acs = topo.function(sibling).unwrap().caps.acs;
     let before = fab.read16(sibling, acs + ACS_CTRL);
@@ -242,5 +245,225 @@ fn vfs_on_the_next_bus_belong_to_the_pfs_parent() {
             bdf: b("01:00.0"),
             other: b("00:01.0")
         })
+    );
+}
+
+/// Config space of a function, to check that something left it alone.
+fn config_dump(fab: &mut Fabric, f: Bdf) -> Vec<u32> {
+    (0..0x400).step_by(4).map(|r| fab.read32(f, r)).collect()
+}
+
+/// The hardware domain turns ACS off on the sibling downstream port before
+/// any guest depends on it: the assignment applies the tracker's ACS policy
+/// again instead of deciding with the units of report time, so the guest's
+/// nvme is alone on the hardware too.
+#[test]
+fn assignment_applies_the_acs_policy_again() {
+    let mut fab = switch_fabric();
+    let mut topo = track(&mut fab);
+    let mut own = Ownership::new();
+    let sibling = b("02:01.0");
+    let acs = topo.function(sibling).unwrap().caps.acs;
+    let out = own.hwdom_apply(&mut fab, sibling, acs + ACS_CTRL, 2, Some(0));
+    assert_eq!(out.refused, None);
+    let units = own
+        .assign(&mut topo, &mut fab, 1, &[b("03:00.0")], false)
+        .unwrap();
+    assert_eq!(units, vec![vec![b("03:00.0")]]);
+    let wanted = ACS_QEMU.cap & ACS_ISOLATION;
+    assert_eq!(fab.read16(sibling, acs + ACS_CTRL) & wanted, wanted);
+    assert_eq!(topo.function(sibling).unwrap().acs_ctrl & wanted, wanted);
+    // And from then on the sibling's ACS is protected.
+    let out = own.hwdom_apply(&mut fab, sibling, acs + ACS_CTRL, 2, Some(0));
+    assert_eq!(out.refused, Some(Refusal::AcsControlAboveGuest));
+}
+
+/// With a policy that enables nothing, the assignment decides with the ACS
+/// the hardware has now: the sibling port's ACS was turned off after the
+/// report, so the switch is one unit (rule 4) and the nvme alone is part
+/// of it.
+#[test]
+fn assignment_decides_with_the_acs_the_hardware_has_now() {
+    let dp = || Spec::qemu_x3130_downstream().acs(Some(ACS_ENABLED));
+    let switch = Spec::qemu_x3130_upstream()
+        .child(0, 0, dp().child(0, 0, Spec::qemu_nvme()))
+        .child(1, 0, dp().child(0, 0, Spec::qemu_e1000e()));
+    let rp = Spec::qemu_root_port().acs(Some(ACS_ENABLED));
+    let mut fab = Fabric::new().with_root_complex(0, 0, &[(devfn(1, 0), rp.child(0, 0, switch))]);
+    let mut cfg = config(&[(0, 0)]);
+    cfg.acs_policy = pci::AcsPolicy { enable: 0 };
+    let mut topo = Topology::new(cfg);
+    for f in fab.enumerate() {
+        topo.report_add(f, &mut fab).unwrap();
+    }
+    let mut own = Ownership::new();
+    let sibling = b("02:01.0");
+    let acs = topo.function(sibling).unwrap().caps.acs;
+    own.hwdom_apply(&mut fab, sibling, acs + ACS_CTRL, 2, Some(0));
+    assert_eq!(
+        own.assign(&mut topo, &mut fab, 1, &[b("03:00.0")], false),
+        Err(AssignError::SplitsUnit {
+            unit: UnitId(b("02:00.0")),
+            missing: vec![b("04:00.0")],
+        })
+    );
+    assert_eq!(fab.read16(sibling, acs + ACS_CTRL), 0);
+}
+
+/// 00:01.0 root port ── 01:00.0 pcie-pci-bridge ─┬─ 02:01.0 conventional
+///                                               └─ 02:02.0 conventional
+/// 00:02.0 root port ── 03:00.0 e1000e
+fn pci_bridge_fabric() -> Fabric {
+    Fabric::new().with_root_complex(
+        0,
+        0,
+        &[
+            (
+                devfn(1, 0),
+                Spec::qemu_root_port().child(
+                    0,
+                    0,
+                    Spec::qemu_pcie_pci_bridge()
+                        .child(1, 0, Spec::conventional(0x8086, 0x100e))
+                        .child(2, 0, Spec::conventional(0x8086, 0x100e)),
+                ),
+            ),
+            (
+                devfn(2, 0),
+                Spec::qemu_root_port().child(0, 0, Spec::qemu_e1000e()),
+            ),
+        ],
+    )
+}
+
+/// Reports every function of `fab` but `later`.
+fn track_but(fab: &mut Fabric, later: &[Bdf]) -> Topology {
+    let mut topo = Topology::new(config(&[(0, 0)]));
+    for f in fab.enumerate() {
+        if !later.contains(&f) {
+            topo.report_add(f, fab).unwrap();
+        }
+    }
+    topo
+}
+
+/// A conventional function reported behind the guest's PCIe-to-PCI bridge
+/// after the assignment would share the bridge's requester id with the
+/// guest's (rule 2): refused, and nothing changed. A function elsewhere is
+/// tracked as usual.
+#[test]
+fn a_report_joining_a_guest_unit_is_refused() {
+    let mut fab = pci_bridge_fabric();
+    let late = b("02:02.0");
+    let mut topo = track_but(&mut fab, &[late, b("03:00.0")]);
+    let mut own = Ownership::new();
+    let units = own
+        .assign(&mut topo, &mut fab, 1, &[b("02:01.0")], true)
+        .unwrap();
+    assert_eq!(units, vec![vec![b("02:01.0")]]);
+    let before = config_dump(&mut fab, late);
+    assert_eq!(
+        own.report_add(&mut topo, late, &mut fab),
+        Err(ReportError::JoinsGuestUnit {
+            bdf: late,
+            owner: Owner::Guest(1),
+        })
+    );
+    assert!(!topo.contains(late));
+    assert_eq!(topo.orphans().count(), 0);
+    assert_eq!(config_dump(&mut fab, late), before);
+    assert_eq!(
+        topo.unit_members(b("02:01.0")),
+        [b("01:00.0"), b("02:01.0")]
+    );
+    assert_eq!(
+        own.report_add(&mut topo, b("03:00.0"), &mut fab),
+        Ok(ReportOutcome::Attached { adopted: 0 })
+    );
+}
+
+/// 00:01.0 root port ── 01:00.0 switch up ─┬─ 02:00.0 down, no ACS ── 03:00.0 nvme
+///                                         └─ 02:01.0 down, ACS ───── 04:00.0 e1000e
+/// The guest has the nvme when the second downstream port is reported,
+/// its e1000e waiting as an orphan: the port would join the switch's unit
+/// (rule 4) and bring the e1000e along. Refused: the port is not tracked,
+/// the e1000e waits again, and the ACS Control the tracker enabled on the
+/// port is back as it was.
+#[test]
+fn a_report_whose_adopted_orphans_join_a_guest_unit_is_refused() {
+    let switch = Spec::qemu_x3130_upstream()
+        .child(
+            0,
+            0,
+            Spec::qemu_x3130_downstream().child(0, 0, Spec::qemu_nvme()),
+        )
+        .child(
+            1,
+            0,
+            Spec::qemu_x3130_downstream()
+                .acs(Some(ACS_QEMU))
+                .child(0, 0, Spec::qemu_e1000e()),
+        );
+    let mut fab = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(devfn(1, 0), Spec::qemu_root_port().child(0, 0, switch))],
+    );
+    let (port, e1000e) = (b("02:01.0"), b("04:00.0"));
+    let mut topo = track_but(&mut fab, &[port, e1000e]);
+    let mut own = Ownership::new();
+    assert_eq!(
+        own.assign(&mut topo, &mut fab, 1, &[b("03:00.0")], true),
+        Ok(vec![vec![b("03:00.0")]])
+    );
+    assert_eq!(
+        own.report_add(&mut topo, e1000e, &mut fab),
+        Ok(ReportOutcome::Orphaned)
+    );
+    let before = config_dump(&mut fab, port);
+    assert_eq!(
+        own.report_add(&mut topo, port, &mut fab),
+        Err(ReportError::JoinsGuestUnit {
+            bdf: port,
+            owner: Owner::Guest(1),
+        })
+    );
+    assert!(!topo.contains(port) && !topo.contains(e1000e));
+    assert_eq!(topo.orphans().collect::<Vec<_>>(), [e1000e]);
+    assert_eq!(config_dump(&mut fab, port), before);
+    topo.check_invariants().unwrap();
+    let reference = topo.compute_units();
+    assert_eq!(topo.units(), &reference);
+    // Once the guest is gone the same report is tracked, orphan and all.
+    own.release(&topo, 1);
+    assert_eq!(
+        own.report_add(&mut topo, port, &mut fab),
+        Ok(ReportOutcome::Attached { adopted: 1 })
+    );
+}
+
+/// The hardware domain renumbers a root port no guest depends on so that it
+/// claims the bus of the other root port's e1000e, without reporting it:
+/// 05:00.0 would name whatever answers there now. The assignment is
+/// refused until the tree says what the hardware has again.
+#[test]
+fn assignment_is_refused_while_a_bridge_is_renumbered() {
+    let mut fab = switch_fabric();
+    let mut topo = track(&mut fab);
+    let mut own = Ownership::new();
+    let (rp, other) = (b("00:01.0"), b("00:02.0"));
+    let buses = fab.read32(other, PRIMARY_BUS);
+    own.hwdom_apply(&mut fab, other, PRIMARY_BUS, 4, Some(0x0007_0700));
+    own.hwdom_apply(&mut fab, rp, PRIMARY_BUS, 4, Some(0x0005_0500));
+    assert_eq!(
+        own.assign(&mut topo, &mut fab, 1, &[b("05:00.0")], false),
+        Err(AssignError::BridgeRenumbered(rp))
+    );
+    assert_eq!(topo.renumbered_bridge(&mut fab), Some(rp));
+    own.hwdom_apply(&mut fab, rp, PRIMARY_BUS, 4, Some(0x0004_0100));
+    own.hwdom_apply(&mut fab, other, PRIMARY_BUS, 4, Some(buses));
+    assert_eq!(
+        own.assign(&mut topo, &mut fab, 1, &[b("05:00.0")], false),
+        Ok(vec![vec![b("05:00.0")]])
     );
 }

@@ -47,7 +47,7 @@ fn give(
     own: &mut Ownership,
     f: Bdf,
 ) -> Result<GuestBus, PlacementError> {
-    let units = own.assign(topo, 1, &[f], false).unwrap();
+    let units = own.assign(topo, fab, 1, &[f], false).unwrap();
     let bus = GuestBus::new(&units, topo, fab, layout()).unwrap();
     let checked = check_guest_placement(&bus, 1, topo, own, fab, &WINDOWS);
     if checked.is_err() {

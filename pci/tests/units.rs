@@ -520,7 +520,7 @@ fn assigning_one_function_of_a_multifunction_device_is_refused() {
     let mut own = Ownership::new();
     for (asked, other) in [("01:00.1", "01:00.0"), ("01:00.0", "01:00.1")] {
         assert_eq!(
-            own.assign(&mut t, 1, &[b(asked)], false),
+            own.assign(&mut t, &mut f, 1, &[b(asked)], false),
             Err(AssignError::SplitsUnit {
                 unit: UnitId(b("01:00.0")),
                 missing: vec![b(other)],
@@ -528,7 +528,7 @@ fn assigning_one_function_of_a_multifunction_device_is_refused() {
         );
     }
     assert_eq!(
-        own.assign(&mut t, 1, &[b("01:00.1")], true),
+        own.assign(&mut t, &mut f, 1, &[b("01:00.1")], true),
         Ok(vec![vec![b("01:00.0"), b("01:00.1")]])
     );
 }

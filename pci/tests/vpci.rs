@@ -19,15 +19,20 @@ fn assignment_goes_by_unit() {
     let mut w = world();
     // Bridges are not assignable; untracked functions are refused.
     assert_eq!(
-        w.own.assign(&mut w.topo, 1, &[b("00:01.0")], false),
+        w.own
+            .assign(&mut w.topo, &mut w.fab, 1, &[b("00:01.0")], false),
         Err(AssignError::IsBridge(b("00:01.0")))
     );
     assert_eq!(
-        w.own.assign(&mut w.topo, 1, &[b("09:00.0")], false),
+        w.own
+            .assign(&mut w.topo, &mut w.fab, 1, &[b("09:00.0")], false),
         Err(AssignError::NotTracked(b("09:00.0")))
     );
     // Part of the switch unit: names the missing endpoint, not the ports.
-    match w.own.assign(&mut w.topo, 1, &[b("05:00.0")], false) {
+    match w
+        .own
+        .assign(&mut w.topo, &mut w.fab, 1, &[b("05:00.0")], false)
+    {
         Err(AssignError::SplitsUnit { unit, missing }) => {
             assert_eq!(unit.0, b("04:00.0"));
             assert_eq!(missing, vec![b("06:00.0")]);
@@ -35,7 +40,10 @@ fn assignment_goes_by_unit() {
         other => panic!("{other:?}"),
     }
     // Part of a multi-function device without ACS.
-    match w.own.assign(&mut w.topo, 1, &[b("07:00.1")], false) {
+    match w
+        .own
+        .assign(&mut w.topo, &mut w.fab, 1, &[b("07:00.1")], false)
+    {
         Err(AssignError::SplitsUnit { missing, .. }) => assert_eq!(missing, vec![b("07:00.0")]),
         other => panic!("{other:?}"),
     }
@@ -45,12 +53,16 @@ fn assignment_goes_by_unit() {
         "refusals change nothing"
     );
     // whole_units takes the rest of the unit.
-    let units = w.own.assign(&mut w.topo, 1, &[b("05:00.0")], true).unwrap();
+    let units = w
+        .own
+        .assign(&mut w.topo, &mut w.fab, 1, &[b("05:00.0")], true)
+        .unwrap();
     assert_eq!(units, vec![vec![b("05:00.0"), b("06:00.0")]]);
     assert_eq!(w.own.owner(b("06:00.0")), Owner::Guest(1));
     // Already owned, by this guest or another.
     assert_eq!(
-        w.own.assign(&mut w.topo, 2, &[b("06:00.0")], true),
+        w.own
+            .assign(&mut w.topo, &mut w.fab, 2, &[b("06:00.0")], true),
         Err(AssignError::AlreadyOwned {
             bdf: b("05:00.0"),
             owner: Owner::Guest(1)
@@ -60,6 +72,7 @@ fn assignment_goes_by_unit() {
         .own
         .assign(
             &mut w.topo,
+            &mut w.fab,
             2,
             &[b("01:00.0"), b("07:00.1"), b("07:00.0")],
             false,
@@ -89,7 +102,7 @@ fn assignment_goes_by_unit() {
 fn hwdom_sees_guest_functions_vanish_and_cannot_disturb_them() {
     let mut w = world();
     w.own
-        .assign(&mut w.topo, 1, &[b("01:00.0")], false)
+        .assign(&mut w.topo, &mut w.fab, 1, &[b("01:00.0")], false)
         .unwrap();
     let nvme = b("01:00.0");
     let rp = b("00:01.0");
@@ -348,7 +361,9 @@ fn capabilities_are_filtered() {
     let all = fab.present_functions();
     hwdom_programs_bars(&mut fab, &all);
     let mut own = Ownership::new();
-    let units = own.assign(&mut topo, 1, &[b("01:00.0")], false).unwrap();
+    let units = own
+        .assign(&mut topo, &mut fab, 1, &[b("01:00.0")], false)
+        .unwrap();
     let mut g = GuestBus::new(&units, &topo, &mut fab, layout()).unwrap();
     program_root_ports(&mut g, &mut fab);
     let caps = guest_caps(&mut g, &mut fab, 1, 0);
@@ -1009,7 +1024,9 @@ fn expansion_rom_is_emulated_never_mapped() {
     hwdom_programs_bars(&mut fab, &all);
     fab.write32(b("01:00.0"), ROM_BAR, 0x1800_0000);
     let mut own = Ownership::new();
-    let units = own.assign(&mut topo, 1, &[b("01:00.0")], false).unwrap();
+    let units = own
+        .assign(&mut topo, &mut fab, 1, &[b("01:00.0")], false)
+        .unwrap();
     let mut g = GuestBus::new(&units, &topo, &mut fab, layout()).unwrap();
     program_root_ports(&mut g, &mut fab);
     let rom = off(1, 0, 0, ROM_BAR);
@@ -1114,7 +1131,7 @@ fn pf_of_a_guest_vf_is_protected() {
     let (pf, vf) = (b("01:00.0"), b("01:00.1"));
     assert!(topo.contains(vf));
     let mut own = Ownership::new();
-    let units = own.assign(&mut topo, 1, &[vf], false).unwrap();
+    let units = own.assign(&mut topo, &mut fab, 1, &[vf], false).unwrap();
     assert_eq!(units, vec![vec![vf]]);
     assert!(own.is_protected(pf) && own.is_protected(b("00:01.0")));
     let f = topo.function(pf).unwrap();
@@ -1160,7 +1177,10 @@ fn msix_table_past_the_end_of_its_bar_traps_nothing_and_does_not_overflow() {
         w.fab
             .poke(nvme, cap + MSIX_PBA, &0xffff_f000u32.to_le_bytes())
     );
-    let units = w.own.assign(&mut w.topo, 1, &[nvme], false).unwrap();
+    let units = w
+        .own
+        .assign(&mut w.topo, &mut w.fab, 1, &[nvme], false)
+        .unwrap();
     let mut g = GuestBus::new(&units, &w.topo, &mut w.fab, layout()).unwrap();
     let fab = &mut w.fab;
     program_root_ports(&mut g, fab);

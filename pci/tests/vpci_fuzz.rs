@@ -133,7 +133,7 @@ proptest! {
         let (mut w, mut g) = setup();
         // Another guest, with the e1000e at 02:00.0: what it sees must not
         // change whatever guest 1 does.
-        let units2 = w.own.assign(&mut w.topo, 2, &[b("02:00.0")], false).unwrap();
+        let units2 = w.own.assign(&mut w.topo, &mut w.fab, 2, &[b("02:00.0")], false).unwrap();
         let mut g2 = GuestBus::new(&units2, &w.topo, &mut w.fab, layout()).unwrap();
         program_root_ports(&mut g2, &mut w.fab);
         let mut e2 = Effects::new();

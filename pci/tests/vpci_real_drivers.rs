@@ -66,7 +66,7 @@ fn assigned(device: Spec) -> (Fabric, GuestBus, Bdf) {
     let f = b("01:00.0");
     vpci_fixture::hwdom_programs_bars(&mut fab, &[f]);
     let mut own = Ownership::new();
-    let units = own.assign(&mut topo, 1, &[f], false).unwrap();
+    let units = own.assign(&mut topo, &mut fab, 1, &[f], false).unwrap();
     let mut g = GuestBus::new(&units, &topo, &mut fab, layout()).unwrap();
     let mut e = pci::vpci::Effects::new();
     g.config_write(&mut fab, vcfg(0, 1, PRIMARY_BUS), 4, 0x0001_0100, &mut e);

@@ -160,7 +160,9 @@ pub use crate::port::{ConfigPort, MemoryPort};
 pub use bus::{GuestBus, MAX_UNIT_FUNCTIONS, MAX_UNITS, ROM_INDEX};
 pub use effects::{BarRefusal, EFFECTS_CAPACITY, Effect, Effects};
 pub use function::MsixCommit;
-pub use ownership::{AssignError, HwdomDecision, HwdomOutcome, Owner, Ownership, Refusal};
+pub use ownership::{
+    AssignError, HwdomDecision, HwdomOutcome, Owner, Ownership, Refusal, ReportError,
+};
 pub use placement::{PendingWrite, PlacementError, check_guest_placement, decoded_memory};
 pub use policy::{Policy, Rule, Special};
 pub use rootport::{ROOT_PORT_DEVICE, ROOT_PORT_VENDOR};

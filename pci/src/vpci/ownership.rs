@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use crate::addr::Bdf;
 use crate::port::ConfigPort;
 use crate::regs::*;
-use crate::topology::{FunctionKind, Topology};
+use crate::topology::{FunctionKind, ReportOutcome, Topology, TopologyError};
 use crate::units::UnitId;
 
 use super::placement::{PendingWrite, decoded_memory, dword_after};
@@ -38,6 +38,40 @@ pub enum AssignError {
     /// A tracked function without a unit: the tree changed under the unit
     /// table (should not happen; [`Topology::units`] recomputes on demand).
     NoUnit(Bdf),
+    /// A bridge's bus numbers in config space are not the tracked ones
+    /// ([`Topology::renumbered_bridge`]): the tree, and so the units, no
+    /// longer say what answers where. The hardware domain reports the
+    /// bridge again (remove, add) first.
+    BridgeRenumbered(Bdf),
+}
+
+/// Why a hardware-domain report was refused ([`Ownership::report_add`]).
+/// Nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportError {
+    /// The tracker refused it: it contradicts config space or the tree.
+    Topology(TopologyError),
+    /// It would put `bdf` (the reported function, or an orphan it would
+    /// adopt) in a unit holding a function of `owner`: its requests would
+    /// reach that guest's device without passing the IOMMU.
+    JoinsGuestUnit { bdf: Bdf, owner: Owner },
+}
+
+impl From<TopologyError> for ReportError {
+    fn from(e: TopologyError) -> Self {
+        Self::Topology(e)
+    }
+}
+
+impl core::fmt::Display for ReportError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Topology(e) => e.fmt(f),
+            Self::JoinsGuestUnit { bdf, owner } => {
+                write!(f, "{bdf} would join the assignment unit of {owner:?}")
+            }
+        }
+    }
 }
 
 /// Why a hardware-domain config write was refused or trimmed. The shell
@@ -263,24 +297,84 @@ impl Ownership {
         self.protected.contains_key(&bridge)
     }
 
-    /// Gives `guest` the units of the `requested` functions.
-    ///
-    /// Every requested function must be tracked and not a bridge. Each unit
-    /// touched must be requested whole (its non-bridge members), unless
-    /// `whole_units`, which takes the rest of the unit along. No member may
-    /// be owned by a guest already. Returns the assigned units, each its
-    /// non-bridge members in address order, units in id order.
-    ///
-    /// Issue 5 hook: a function must be reset before it changes owner; the
-    /// caller does that between a successful `assign` and starting the guest
-    /// (and after [`Ownership::release`]).
-    pub fn assign(
+    /// Tracks a function the hardware domain reports
+    /// ([`Topology::report_add`]), unless that puts a function new in the
+    /// tree (the reported one, or an orphan it adopts) in a unit holding a
+    /// guest's function: one behind a guest's PCIe-to-PCI bridge, a sibling
+    /// of a guest's function without ACS, one below a switch without ACS.
+    /// Reports only merge units, and every merge involves a new function,
+    /// so checking those is enough. A refused report is undone: the tree,
+    /// the orphans and the reported function's ACS Control are as before.
+    pub fn report_add<P: ConfigPort + ?Sized>(
         &mut self,
         topo: &mut Topology,
+        bdf: Bdf,
+        port: &mut P,
+    ) -> Result<ReportOutcome, ReportError> {
+        if self.guests.is_empty() {
+            return Ok(topo.report_add(bdf, port)?);
+        }
+        let (outcome, undo) = topo.report_add_undoable(bdf, port)?;
+        if let ReportOutcome::Attached { .. } = outcome {
+            let guest_units: BTreeMap<UnitId, u16> = self
+                .guests
+                .iter()
+                .filter_map(|(&b, &g)| Some((topo.unit_of(b)?, g)))
+                .collect();
+            let joins = undo.attached().find_map(|b| {
+                let unit = topo.unit_of(b)?;
+                guest_units.get(&unit).map(|&g| (b, g))
+            });
+            if let Some((b, g)) = joins {
+                topo.undo_report(undo, port);
+                return Err(ReportError::JoinsGuestUnit {
+                    bdf: b,
+                    owner: Owner::Guest(g),
+                });
+            }
+            // A new slot sibling or switch port may decide a guest's unit.
+            self.refresh(topo);
+        }
+        Ok(outcome)
+    }
+
+    /// Brings the tracker's ACS state up to date before units are used for
+    /// a decision: ACS Capability and Control of every tracked function
+    /// read again, the ACS policy applied again to the hardware domain's
+    /// (never written to a guest's function). The units of report time are
+    /// stale if the hardware domain turned ACS off on a port no guest
+    /// depended on yet. Returns whether anything changed.
+    pub fn refresh_acs<P: ConfigPort + ?Sized>(&self, topo: &mut Topology, port: &mut P) -> bool {
+        topo.refresh_acs(port, |b| !self.guests.contains_key(&b))
+    }
+
+    /// Gives `guest` the units of the `requested` functions.
+    ///
+    /// Units are decided on the ACS state config space has now
+    /// ([`Ownership::refresh_acs`], done first, so the policy is applied
+    /// again even if the assignment is then refused), and only while every
+    /// tracked bridge has the bus numbers the tree has. Every requested
+    /// function must be tracked and not a bridge. Each unit touched must be
+    /// requested whole (its non-bridge members), unless `whole_units`,
+    /// which takes the rest of the unit along. No member may be owned by a
+    /// guest already. Returns the assigned units, each its non-bridge
+    /// members in address order, units in id order.
+    ///
+    /// A function must be reset before it changes owner; the caller does
+    /// that between a successful `assign` and starting the guest (and after
+    /// [`Ownership::release`]).
+    pub fn assign<P: ConfigPort + ?Sized>(
+        &mut self,
+        topo: &mut Topology,
+        port: &mut P,
         guest: u16,
         requested: &[Bdf],
         whole_units: bool,
     ) -> Result<Vec<Vec<Bdf>>, AssignError> {
+        self.refresh_acs(topo, port);
+        if let Some(b) = topo.renumbered_bridge(port) {
+            return Err(AssignError::BridgeRenumbered(b));
+        }
         let mut unit_ids: BTreeSet<UnitId> = BTreeSet::new();
         for &bdf in requested {
             let f = topo.function(bdf).ok_or(AssignError::NotTracked(bdf))?;
@@ -323,8 +417,8 @@ impl Ownership {
         Ok(out)
     }
 
-    /// Takes every function back from `guest`; returns them. (Issue 5:
-    /// reset them before the hardware domain sees them again.)
+    /// Takes every function back from `guest`; returns them (reset them
+    /// before the hardware domain sees them again).
     pub fn release(&mut self, topo: &Topology, guest: u16) -> Vec<Bdf> {
         let gone: Vec<Bdf> = self.functions_of(guest).collect();
         for b in &gone {

@@ -19,7 +19,7 @@ use pci::aer::{AerConfig, AerReport, RecoveryTracker, Reports, RootPortService, 
 use pci::regs::*;
 use pci::reset_engine::{ResetJob, ResetOutcome, SavedState, Step, narrowest_reset};
 use pci::sim::{ACS_ENABLED, ACS_QEMU, Fabric, SimAerError, Spec, devfn};
-use pci::vpci::{Effect, Effects, GuestBus, Owner, Ownership, check_guest_placement};
+use pci::vpci::{Effect, Effects, GuestBus, Owner, Ownership, ReportError, check_guest_placement};
 use pci::{
     AcsPolicy, Bdf, ConfigPort, FunctionKind, ResetAction, ResetMethod, Topology, TopologyConfig,
 };
@@ -73,14 +73,15 @@ pub enum Check {
     Recovery,
     /// The code under test panicked (overflow checks are on in tests).
     Panic,
-    /// A hardware-domain report added a function to a unit a guest owns
-    /// (a function behind a guest's PCIe-to-PCI bridge, or below a switch
-    /// without ACS, reported after the assignment): nothing refuses it yet.
+    /// A hardware-domain report does not add a function to a unit a guest
+    /// owns (a function behind a guest's PCIe-to-PCI bridge, or below a
+    /// switch without ACS, reported after the assignment), and a refused
+    /// report changes neither the tree nor the function's config space.
     ReportJoinsGuestUnit,
-    /// An assignment made with units the tracker computed at report time,
-    /// after the hardware domain turned ACS off on a port of its own that
-    /// decides them (no guest was there to protect it yet): the hardware's
-    /// units mix owners. Nothing re-reads ACS at assignment yet.
+    /// An assignment decides units with the ACS state the hardware has
+    /// now, not the one of report time: the hardware domain may have turned
+    /// ACS off on a port of its own that decides them (no guest was there
+    /// to protect it yet). Else the hardware's units mix owners.
     StaleUnitsAtAssign,
 }
 
@@ -97,11 +98,7 @@ pub const AWAITING_MERGE: &[Check] = &[];
 /// reset reaches is not exact yet: once the hardware domain renumbered
 /// bridges, the tracker's addresses and the fabric's disagree, and a
 /// change it flags may be the reset's own. Make it exact, then remove it.
-pub const KNOWN_OPEN: &[Check] = &[
-    Check::ReportJoinsGuestUnit,
-    Check::StaleUnitsAtAssign,
-    Check::ResetScope,
-];
+pub const KNOWN_OPEN: &[Check] = &[Check::ResetScope];
 
 /// Whether to corrupt devices' MSI-X table locations (a table at or past
 /// the end of its BAR) before assignment: this overflowed in the MSI-X
@@ -952,7 +949,10 @@ impl Driver {
                 }
             }
         }
-        let units = match self.own.assign(&mut self.topo, id, &want, true) {
+        let units = match self
+            .own
+            .assign(&mut self.topo, &mut self.fab, id, &want, true)
+        {
             Ok(u) => u,
             Err(e) => return Ok(format!("assign {want:?} to {id}: {e:?}")),
         };
@@ -1252,9 +1252,22 @@ impl Driver {
                 } else {
                     b.pick(&self.all).unwrap_or(Bdf::new(0, 0, 0, 0))
                 };
-                let r = self.topo.report_add(f, &mut self.fab);
-                self.own.refresh(&self.topo);
+                let tree = |t: &Topology| {
+                    let fns: Vec<Bdf> = t.functions().map(|(b, _)| b).collect();
+                    (fns, t.orphans().collect::<Vec<Bdf>>())
+                };
+                let before = (tree(&self.topo), snap(&mut self.fab, f));
+                // What the shell calls for PCI_ADD.
+                let r = self.own.report_add(&mut self.topo, f, &mut self.fab);
                 self.stats.reports += 1;
+                if let Err(ReportError::JoinsGuestUnit { .. }) = r
+                    && (tree(&self.topo), snap(&mut self.fab, f)) != before
+                {
+                    return fail(
+                        Check::ReportJoinsGuestUnit,
+                        format!("report {f}: {r:?}, but the tree or its config changed"),
+                    );
+                }
                 Ok(format!("report {f}: {r:?}"))
             }
             (1, _) => {

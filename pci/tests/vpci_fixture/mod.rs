@@ -153,12 +153,22 @@ pub fn guest() -> (World, GuestBus, Vec<Vec<Bdf>>) {
     let mut w = world();
     let mut units = w
         .own
-        .assign(&mut w.topo, 1, &[b("01:00.0")], false)
+        .assign(&mut w.topo, &mut w.fab, 1, &[b("01:00.0")], false)
         .unwrap();
-    units.extend(w.own.assign(&mut w.topo, 1, &[b("05:00.0")], true).unwrap());
     units.extend(
         w.own
-            .assign(&mut w.topo, 1, &[b("07:00.0"), b("07:00.1")], false)
+            .assign(&mut w.topo, &mut w.fab, 1, &[b("05:00.0")], true)
+            .unwrap(),
+    );
+    units.extend(
+        w.own
+            .assign(
+                &mut w.topo,
+                &mut w.fab,
+                1,
+                &[b("07:00.0"), b("07:00.1")],
+                false,
+            )
             .unwrap(),
     );
     let bus = GuestBus::new(&units, &w.topo, &mut w.fab, layout()).unwrap();
