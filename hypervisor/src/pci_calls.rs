@@ -366,6 +366,16 @@ fn reset_call<P: ConfigPort>(
                 }
                 return Err(DENIED);
             }
+            if let Some(b) =
+                pci::reset_engine::renumbered_in_scope(&pci.topology, action, &mut pci.port)
+            {
+                if crate::log_limit::domain_may_log(who.vm) {
+                    log::warn!(
+                        "{caller}: {action:?} refused: {b} has bus numbers the tree does not (renumbered without a report)"
+                    );
+                }
+                return Err(DENIED);
+            }
             start.push(action);
             Ok([code_of(action), scope.len() as u64, 0])
         }

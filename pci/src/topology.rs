@@ -533,14 +533,29 @@ impl Topology {
     /// name the functions the tree has there. A bridge that reads
     /// all-ones (gone, or in reset) is not judged.
     pub fn renumbered_bridge<P: ConfigPort + ?Sized>(&self, port: &mut P) -> Option<Bdf> {
-        self.fns
+        let bridges: Vec<Bdf> = self
+            .fns
             .iter()
             .filter(|(_, f)| f.kind.is_bridge())
-            .find(|(b, f)| {
-                let v = port.read32(**b, PRIMARY_BUS);
-                v != u32::MAX && ((v >> 8) as u8, (v >> 16) as u8) != (f.secondary, f.subordinate)
-            })
             .map(|(b, _)| *b)
+            .collect();
+        self.renumbered_among(bridges.into_iter(), port)
+    }
+
+    /// [`Self::renumbered_bridge`] among `candidates` (those that are not
+    /// attached bridges are skipped).
+    pub fn renumbered_among<P: ConfigPort + ?Sized>(
+        &self,
+        mut candidates: impl Iterator<Item = Bdf>,
+        port: &mut P,
+    ) -> Option<Bdf> {
+        candidates.find(|b| {
+            let Some(f) = self.fns.get(b).filter(|f| f.kind.is_bridge()) else {
+                return false;
+            };
+            let v = port.read32(*b, PRIMARY_BUS);
+            v != u32::MAX && ((v >> 8) as u8, (v >> 16) as u8) != (f.secondary, f.subordinate)
+        })
     }
 
     /// Reads the ACS Capability and Control of every tracked function

@@ -467,3 +467,37 @@ fn assignment_is_refused_while_a_bridge_is_renumbered() {
         Ok(vec![vec![b("05:00.0")]])
     );
 }
+
+#[test]
+fn a_reset_over_a_renumbered_bridge_is_refused() {
+    // The hardware domain renumbers a bridge without reporting it: a reset
+    // whose bridge or scope holds it would save, reset and restore by
+    // addresses that now name other functions.
+    let mut fab = switch_fabric();
+    let topo = track(&mut fab);
+    let own = Ownership::new();
+    let (rp, other) = (b("00:01.0"), b("00:02.0"));
+    let sbr = pci::ResetAction::SecondaryBus { bridge: rp };
+    let elsewhere = pci::ResetAction::SecondaryBus { bridge: other };
+    assert_eq!(
+        pci::reset_engine::renumbered_in_scope(&topo, sbr, &mut fab),
+        None
+    );
+    let buses = fab.read32(rp, PRIMARY_BUS);
+    let mut own = own;
+    own.hwdom_apply(&mut fab, rp, PRIMARY_BUS, 4, Some(0x0005_0500));
+    assert_eq!(
+        pci::reset_engine::renumbered_in_scope(&topo, sbr, &mut fab),
+        Some(rp)
+    );
+    assert_eq!(
+        pci::reset_engine::renumbered_in_scope(&topo, elsewhere, &mut fab),
+        None,
+        "a reset that does not depend on it"
+    );
+    own.hwdom_apply(&mut fab, rp, PRIMARY_BUS, 4, Some(buses));
+    assert_eq!(
+        pci::reset_engine::renumbered_in_scope(&topo, sbr, &mut fab),
+        None
+    );
+}

@@ -95,7 +95,7 @@ use core::fmt;
 
 pub use policy::{
     Quarantine, QuarantineReason, Reservation, ReservationConflict, Reservations, check_reset,
-    foreign_in_scope, narrowest_reset, sriov_in_use,
+    foreign_in_scope, narrowest_reset, renumbered_in_scope, sriov_in_use,
 };
 pub use save::{
     Hw, MsixShadow, NoShadow, SavedAer, SavedFunction, SavedMsi, SavedMsix, SavedPcie, SavedSriov,

@@ -134,6 +134,26 @@ pub fn foreign_in_scope(
         .collect()
 }
 
+/// A bridge `action` depends on whose bus numbers in config space are not
+/// the tree's (the hardware domain renumbered it without a report): the
+/// bridge it resets below, or one in its scope. The reset would run on
+/// addresses that no longer name the functions the tree has there (what
+/// it saves and restores, and what it reaches, would be other devices),
+/// so it is refused until the tree is reported again.
+pub fn renumbered_in_scope<P: ConfigPort + ?Sized>(
+    topo: &Topology,
+    action: ResetAction,
+    port: &mut P,
+) -> Option<Bdf> {
+    let own = match action {
+        ResetAction::SecondaryBus { bridge } => Some(bridge),
+        ResetAction::Slot { port } => Some(port),
+        ResetAction::Function { bdf, .. } => Some(bdf),
+    };
+    let scope = topo.action_scope(action);
+    topo.renumbered_among(own.into_iter().chain(scope), port)
+}
+
 /// Refuses a reset `requester` asks for when its scope holds a function
 /// another owner holds ([`foreign_in_scope`]): for example an SBR, or a PM
 /// reset, of a root port above a guest's device asked for by the hardware

@@ -279,7 +279,8 @@ pub(crate) fn build(spec: &FnSpec, multifunction: bool, vf: bool) -> Template {
                 b.w16(off + PCIE_DEVCTL, 0x7fff);
                 b.c16(off + PCIE_DEVSTA, 0x000f);
                 b.v32(off + PCIE_LNKCAP, 0x0010_0011);
-                b.w16(off + PCIE_LNKCTL, 0x0fff);
+                // Retrain Link (bit 5) always reads 0.
+                b.w16(off + PCIE_LNKCTL, 0x0fdf);
                 b.v16(
                     off + PCIE_LNKSTA,
                     0x0011 | if port { PCIE_LNKSTA_DLLLA } else { 0 },

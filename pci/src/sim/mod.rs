@@ -64,6 +64,8 @@ struct SimFn {
     /// Held in reset by an asserted SBR above.
     held: bool,
     present: bool,
+    /// Link retrains asked for (Retrain Link written; it reads 0).
+    retrains: u32,
 }
 
 #[derive(Debug)]
@@ -174,6 +176,7 @@ impl Fabric {
             never_ready: false,
             held: false,
             present: true,
+            retrains: 0,
         });
         idx
     }
@@ -488,6 +491,11 @@ impl Fabric {
             self.reset_function(idx);
             return;
         }
+        if layout.pcie != 0
+            && byte_written(layout.pcie + PCIE_LNKCTL).is_some_and(|b| b & (1 << 5) != 0)
+        {
+            self.fns[idx].retrains = self.fns[idx].retrains.saturating_add(1);
+        }
         if layout.af != 0 && byte_written(layout.af + AF_CTRL).is_some_and(|b| b & AF_CTRL_FLR != 0)
         {
             self.reset_function(idx);
@@ -573,6 +581,38 @@ impl Fabric {
         let seg = self.segments.iter().find(|s| s.segment == bdf.segment)?;
         let idx = *seg.table.get(bdf.rid() as usize)?;
         (idx != NONE).then_some(idx as usize)
+    }
+
+    /// How many link retrains the port at `bdf` was asked for (Retrain
+    /// Link written, which reads 0 as on hardware).
+    pub fn link_retrains(&mut self, bdf: Bdf) -> u32 {
+        self.index_of(bdf).map_or(0, |i| self.fns[i].retrains)
+    }
+
+    /// Which physical function answers at `bdf` now (an index stable for
+    /// the fabric's life, whatever bus numbers its bridges get): tests
+    /// that follow a device across renumbering compare these.
+    pub fn device_at(&mut self, bdf: Bdf) -> Option<usize> {
+        self.index_of(bdf)
+    }
+
+    /// Where physical function `device` ([`Self::device_at`]) answers now
+    /// (`None`: unreachable, its bridges do not route to it).
+    pub fn address_of(&mut self, device: usize) -> Option<Bdf> {
+        self.rebuild_routes();
+        self.fns.get(device)?.at
+    }
+
+    /// Every physical function below the bridge at `bdf`, reachable or
+    /// not ([`Self::device_at`] indices): what its Secondary Bus Reset
+    /// reaches.
+    pub fn devices_below(&mut self, bdf: Bdf) -> Vec<usize> {
+        let Some(idx) = self.index_of(bdf) else {
+            return Vec::new();
+        };
+        let mut below = Vec::new();
+        self.subtree(idx, &mut below);
+        below
     }
 
     /// Writes raw bytes into a function's config space, bypassing the

@@ -62,8 +62,9 @@ pub enum Check {
     /// A reset started for a guest (its SBR, FLR, reset call, or the
     /// hypervisor's recovery) touches only that guest's functions.
     GuestReset,
-    /// While resets run, functions outside every running reset's scope do
-    /// not change.
+    /// While resets run, physical devices outside every running reset's
+    /// reach (its scope, and everything below the bridge of a bus reset)
+    /// do not change, wherever renumbering makes them answer.
     ResetScope,
     /// AER events name only functions an error was injected into, and go
     /// to their owner only.
@@ -93,12 +94,7 @@ pub const AWAITING_MERGE: &[Check] = &[];
 
 /// Checks that fail today and are fixed nowhere yet: counted and reported
 /// like [`AWAITING_MERGE`], never failed. Empty it with the fix.
-///
-/// [`Check::ResetScope`] is here because the harness's own idea of what a
-/// reset reaches is not exact yet: once the hardware domain renumbered
-/// bridges, the tracker's addresses and the fabric's disagree, and a
-/// change it flags may be the reset's own. Make it exact, then remove it.
-pub const KNOWN_OPEN: &[Check] = &[Check::ResetScope];
+pub const KNOWN_OPEN: &[Check] = &[];
 
 /// Whether to corrupt devices' MSI-X table locations (a table at or past
 /// the end of its BAR) before assignment: this overflowed in the MSI-X
@@ -590,6 +586,89 @@ impl Driver {
         Ok(())
     }
 
+    /// Every physical device of `before` (device, its address then, its
+    /// snapshot) outside `touched` is unchanged, wherever it answers now:
+    /// a reset that restores a bridge's bus numbers moves what is below it
+    /// to other addresses without changing it.
+    ///
+    /// Only the hardware domain's resets may reach its own devices beyond
+    /// their scope: the engine saves and restores by address, and after
+    /// the hardware domain renumbered its bridges without a report (its
+    /// reset calls over a renumbered bridge are refused, but a bridge
+    /// outside the scope may now overlap one in it) a restored bridge can
+    /// route an address to another of its devices. A guest's buses are
+    /// guarded (`Check::HwdomContained`), so that never reaches a guest.
+    fn devices_unchanged(
+        &mut self,
+        before: &[(usize, Bdf, Snap)],
+        touched: &BTreeSet<usize>,
+        requesters: &BTreeSet<Owner>,
+    ) -> Outcome {
+        let hwdom_only = requesters.iter().all(|&r| r == Owner::Hwdom);
+        for (dev, was_at, s) in before {
+            let absent = s.0.first() == Some(&u32::MAX);
+            if touched.contains(dev) || absent {
+                continue;
+            }
+            // What the hardware domain never reported or removed from the
+            // tree, the hypervisor cannot keep out of a bus reset's reach:
+            // it is the hardware domain's to keep elsewhere.
+            let untracked = !self.topo.contains(*was_at);
+            if (hwdom_only || untracked) && self.own.owner(*was_at) == Owner::Hwdom {
+                continue;
+            }
+            let Some(at) = self.fab.address_of(*dev) else {
+                return fail(
+                    Check::ResetScope,
+                    format!("the device at {was_at} is cut off"),
+                );
+            };
+            if self.masked(at) {
+                continue;
+            }
+            let now = snap(&mut self.fab, at);
+            if now != *s {
+                let i = s.0.iter().zip(&now.0).position(|(a, b)| a != b);
+                return fail(
+                    Check::ResetScope,
+                    format!(
+                        "the device at {was_at} (now {at}) changed at {:?} ({:x?} -> {:x?})",
+                        i.map(|i| i * 4),
+                        i.map(|i| s.0[i]),
+                        i.map(|i| now.0[i])
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The physical devices the running jobs reach: those at their scope's
+    /// addresses, and everything below the bridges of their bus resets
+    /// (reachable or not).
+    fn devices_touched_by_jobs(&mut self) -> BTreeSet<usize> {
+        let addrs = self.touched_by_jobs();
+        let mut bridges = Vec::new();
+        for j in &self.jobs {
+            match j.job.action() {
+                ResetAction::SecondaryBus { bridge } => bridges.push(bridge),
+                ResetAction::Slot { port } => bridges.push(port),
+                ResetAction::Function { bdf, .. } if is_bridge(&self.topo, bdf) => {
+                    bridges.push(bdf)
+                }
+                ResetAction::Function { .. } => {}
+            }
+        }
+        let mut out: BTreeSet<usize> = addrs
+            .into_iter()
+            .filter_map(|a| self.fab.device_at(a))
+            .collect();
+        for b in bridges {
+            out.extend(self.fab.devices_below(b));
+        }
+        out
+    }
+
     // ------------------------------------------------------------ resets
 
     /// Starts `action` for `requester` the way the shell does (an
@@ -663,7 +742,10 @@ impl Driver {
         let foreign = scope
             .iter()
             .any(|&b| !is_bridge(&self.topo, b) && self.own.owner(b) != caller);
-        if foreign {
+        // The shell refuses a reset over a bridge renumbered without a report.
+        if foreign
+            || pci::reset_engine::renumbered_in_scope(&self.topo, action, &mut self.fab).is_some()
+        {
             return Ok(());
         }
         self.start_reset(action, caller, false)
@@ -729,12 +811,20 @@ impl Driver {
     fn advance(&mut self, ns: u64) -> Outcome {
         let end = self.fab.now_ns().saturating_add(ns);
         let mut touched = self.touched_by_jobs();
+        let mut touched_devices = self.devices_touched_by_jobs();
+        let mut requesters: BTreeSet<Owner> = self.jobs.iter().map(|j| j.requester).collect();
         let others: Vec<Bdf> = self
             .present()
             .into_iter()
             .filter(|f| !touched.contains(f))
             .collect();
-        let before = self.snaps(&others);
+        let before: Vec<(usize, Bdf, Snap)> = others
+            .iter()
+            .filter_map(|&f| {
+                let dev = self.fab.device_at(f)?;
+                Some((dev, f, snap(&mut self.fab, f)))
+            })
+            .collect();
         let mut done = Vec::new();
         for _ in 0..64 {
             let now = self.fab.now_ns();
@@ -811,6 +901,8 @@ impl Driver {
                             self.start_reset(a, need.owner, true)?;
                         }
                         touched.extend(self.touched_by_jobs());
+                        touched_devices.extend(self.devices_touched_by_jobs());
+                        requesters.extend(self.jobs.iter().map(|j| j.requester));
                     }
                     other => {
                         return fail(
@@ -835,7 +927,7 @@ impl Driver {
             }
         }
         let actions: Vec<ResetAction> = self.jobs.iter().map(|j| j.job.action()).collect();
-        self.unchanged(&before, &touched, Check::ResetScope)
+        self.devices_unchanged(&before, &touched_devices, &requesters)
             .map_err(|(c, d)| (c, format!("{d}; running {actions:?}, done {done:?}")))
     }
 
