@@ -654,6 +654,16 @@ pub fn deadlines_passed<P>(
             );
             continue;
         }
+        if need.retry {
+            // Its owner was told when the deadline passed.
+            out.push(Takeover {
+                owner: need.owner,
+                source: need.source,
+                functions,
+                actions,
+            });
+            continue;
+        }
         match need.owner {
             Owner::Guest(vm) => {
                 if let Some(bus) = pci.guests.get_mut(vm)

@@ -101,9 +101,13 @@ pub fn start<P: ConfigPort, M: MemoryPort>(
             running.then = then;
             return Ok(());
         }
-        return Err(EngineError::Reset(pci::ResetError::MixedOwners {
-            bdf: scope.first().copied().unwrap_or(Bdf::new(0, 0, 0, 0)),
-        }));
+        let bdf = scope
+            .iter()
+            .copied()
+            .find(|b| running.job.masks(*b))
+            .or(scope.first().copied())
+            .unwrap_or(Bdf::new(0, 0, 0, 0));
+        return Err(EngineError::Busy { bdf });
     }
     let mut hw = Hw {
         config: &mut pci.port,

@@ -868,7 +868,7 @@ impl Caller<'_> {
         let request = crate::resets::new_request(&mut pci);
         for action in to_start {
             let then = crate::resets::AfterReset::Nothing;
-            start_one(&mut pci, self.vm, action, then, request);
+            let _ = start_one(&mut pci, self.vm, action, then, request);
         }
         start_ready_guests(&mut pci);
         result
@@ -1884,13 +1884,9 @@ fn guest_reset(vm: &Vm, request: ResetRequest) {
         ResetRequest::Flr(bdf) => match crate::resets::for_guest_flr(&pci, bdf) {
             Ok(action) => {
                 let request = crate::resets::new_request(&mut pci);
-                start_one(
-                    &mut pci,
-                    vm,
-                    action,
-                    crate::resets::AfterReset::Nothing,
-                    request,
-                )
+                let then = crate::resets::AfterReset::Nothing;
+                // Logged; the guest may ask again.
+                let _ = start_one(&mut pci, vm, action, then, request);
             }
             Err(e) => {
                 // Its virtual state is reset already; the device cannot be.
@@ -1930,7 +1926,7 @@ fn start_resets(
         match crate::resets::for_guest(pci, &group) {
             Ok(actions) => {
                 for action in actions {
-                    start_one(pci, vm, action, then, request);
+                    let _ = start_one(pci, vm, action, then, request);
                 }
             }
             Err(e) => {
@@ -1950,7 +1946,7 @@ fn start_one(
     action: pci::ResetAction,
     then: crate::resets::AfterReset,
     request: u32,
-) {
+) -> Result<(), pci::reset_engine::EngineError> {
     let now = now_ns();
     match crate::resets::start(pci, &mut pci_host::BarMemory, action, now, then, request) {
         Ok(()) => {
@@ -1958,6 +1954,7 @@ fn start_one(
                 log::info!("{}: {action:?} started", vm.name);
             }
             arm_pci_timer(pci);
+            Ok(())
         }
         // A guest asking again and again while its reset runs must not
         // flood the console: counted like its faults.
@@ -1965,6 +1962,7 @@ fn start_one(
             if vm.may_log() {
                 log::warn!("{}: {action:?} not started: {e}", vm.name);
             }
+            Err(e)
         }
     }
 }
@@ -2025,7 +2023,14 @@ fn pci_timer(_ticks: u64) {
                     let request = crate::resets::new_request(&mut pci);
                     for action in actions {
                         let then = crate::resets::AfterReset::Nothing;
-                        start_one(&mut pci, vm, action, then, request);
+                        if let Err(pci::reset_engine::EngineError::Busy { .. }) =
+                            start_one(&mut pci, vm, action, then, request)
+                        {
+                            // Another reset runs over part of it: again soon,
+                            // never waiting for a reset that may not come.
+                            let at = now.saturating_add(pci::aer::TAKEOVER_RETRY_NS);
+                            pci.aer.recovery.retry_at(t.source, at);
+                        }
                     }
                 }
                 Err(e) => {

@@ -984,3 +984,30 @@ fn an_owner_deadline_overrides_the_default() {
     assert_eq!(r.poll(209 * MS), None);
     assert_eq!(r.poll(210 * MS).map(|n| n.source), Some(b("01:00.0")));
 }
+
+#[test]
+fn a_takeover_that_cannot_start_is_tried_again() {
+    const MS: u64 = 1_000_000;
+    let port = b("00:01.0");
+    let mut tr = RecoveryTracker::new(100 * MS);
+    let ev = AerEvent::new(port, Severity::Fatal, 0);
+    assert_eq!(
+        tr.on_event(&ev, Owner::Hwdom),
+        RecoveryState::FrozenAwaitingReset
+    );
+    let need = tr.poll(100 * MS).unwrap();
+    assert!(!need.retry);
+    // Another reset over part of its functions runs: the takeover is
+    // refused and retried; nothing is due before then.
+    assert!(tr.retry_at(port, 110 * MS));
+    assert_eq!(tr.next_deadline(), Some(110 * MS));
+    assert_eq!(tr.poll(109 * MS), None);
+    let again = tr.poll(110 * MS).unwrap();
+    assert!(again.retry && again.source == port);
+    assert_eq!(tr.poll(u64::MAX), None, "once per retry");
+    assert_eq!(tr.next_deadline(), None);
+    // The reset that then runs ends it.
+    let out = tr.on_reset_done(&[port], &[], true);
+    assert_eq!(out[0].state, RecoveryState::Recovered);
+    assert!(!tr.retry_at(port, 0), "nothing waits any more");
+}

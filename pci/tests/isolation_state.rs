@@ -484,7 +484,6 @@ fn a_reset_over_a_renumbered_bridge_is_refused() {
         None
     );
     let buses = fab.read32(rp, PRIMARY_BUS);
-    let mut own = own;
     own.hwdom_apply(&mut fab, rp, PRIMARY_BUS, 4, Some(0x0005_0500));
     assert_eq!(
         pci::reset_engine::renumbered_in_scope(&topo, sbr, &mut fab),

@@ -92,8 +92,8 @@ pub mod virtual_regs;
 
 pub use hwdom::{HwdomAer, root_port_of};
 pub use recovery::{
-    Recovery, RecoveryOutcome, RecoveryState, RecoveryTracker, ResetNeeded, recovered_by,
-    recovery_functions, recovery_reset,
+    Recovery, RecoveryOutcome, RecoveryState, RecoveryTracker, ResetNeeded, TAKEOVER_RETRY_NS,
+    recovered_by, recovery_functions, recovery_reset,
 };
 pub use service::{AerReport, MAX_REPORTS, MAX_SOURCES, Reports, RootPortService, ServiceStats};
 

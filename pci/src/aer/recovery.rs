@@ -50,6 +50,9 @@ pub struct Recovery {
     pub state: RecoveryState,
     /// The hypervisor performed the reset (the owner ignored the error).
     pub by_hypervisor: bool,
+    /// The hypervisor's reset could not start (another reset of those
+    /// functions ran): when to try again ([`RecoveryTracker::retry_at`]).
+    pub retry_ns: Option<u64>,
 }
 
 /// The deadline passed: the shell resets [`recovery_functions`] of `source`
@@ -60,6 +63,9 @@ pub struct ResetNeeded {
     pub source: Bdf,
     pub owner: Owner,
     pub event: AerEvent,
+    /// A retry of a takeover that could not start: the owner was told
+    /// already.
+    pub retry: bool,
 }
 
 /// How a recovery ended ([`RecoveryTracker::on_reset_done`]).
@@ -71,6 +77,10 @@ pub struct RecoveryOutcome {
     pub state: RecoveryState,
     pub by_hypervisor: bool,
 }
+
+/// How long a takeover that could not start waits before it is tried
+/// again.
+pub const TAKEOVER_RETRY_NS: u64 = 10_000_000;
 
 /// Tracks fatal errors until their link reset, and logs every event.
 #[derive(Clone, Debug)]
@@ -129,6 +139,7 @@ impl RecoveryTracker {
             deadline_ns: None,
             state: RecoveryState::Delivered,
             by_hypervisor: false,
+            retry_ns: None,
         };
         if event.severity != Severity::Fatal {
             self.log_push(r);
@@ -179,25 +190,53 @@ impl RecoveryTracker {
     pub fn next_deadline(&self) -> Option<u64> {
         self.active
             .iter()
-            .filter(|r| r.state == RecoveryState::FrozenAwaitingReset)
-            .filter_map(|r| r.deadline_ns)
+            .filter_map(|r| match r.state {
+                RecoveryState::FrozenAwaitingReset => r.deadline_ns,
+                RecoveryState::ResetByHypervisor => r.retry_ns,
+                _ => None,
+            })
             .min()
     }
 
     /// At time `now_ns`: the first frozen source whose deadline passed
     /// becomes `ResetByHypervisor` and is returned. Call again until `None`.
+    /// Also returns, as `retry`, a takeover whose retry is due.
     pub fn poll(&mut self, now_ns: u64) -> Option<ResetNeeded> {
         let r = self.active.iter_mut().find(|r| {
-            r.state == RecoveryState::FrozenAwaitingReset
-                && r.deadline_ns.is_some_and(|d| d <= now_ns)
+            let due = |t: Option<u64>| t.is_some_and(|d| d <= now_ns);
+            (r.state == RecoveryState::FrozenAwaitingReset && due(r.deadline_ns))
+                || (r.state == RecoveryState::ResetByHypervisor && due(r.retry_ns))
         })?;
+        let retry = r.state == RecoveryState::ResetByHypervisor;
         r.state = RecoveryState::ResetByHypervisor;
         r.by_hypervisor = true;
+        r.retry_ns = None;
         Some(ResetNeeded {
             source: r.source,
             owner: r.owner,
             event: r.event,
+            retry,
         })
+    }
+
+    /// The hypervisor's reset for `source` ([`Self::poll`]) could not start
+    /// because another reset of part of its functions runs (and does not
+    /// cover them all): try again at `at_ns` rather than wait for a reset
+    /// that may never come. A reset that ends meanwhile and covers the
+    /// source still ends the recovery. Returns whether `source` was
+    /// waiting for that reset.
+    pub fn retry_at(&mut self, source: Bdf, at_ns: u64) -> bool {
+        match self
+            .active
+            .iter_mut()
+            .find(|r| r.source == source && r.state == RecoveryState::ResetByHypervisor)
+        {
+            Some(r) => {
+                r.retry_ns = Some(at_ns);
+                true
+            }
+            None => false,
+        }
     }
 
     /// A reset finished: `ready` functions answered and were restored,

@@ -160,6 +160,9 @@ pub enum EngineError {
     NotTheRequesters { bdf: Bdf, owner: crate::vpci::Owner },
     /// A bus reset of this bridge is forbidden by a reset quirk below it.
     BusResetQuirk { bridge: Bdf },
+    /// A running reset covers part of the scope (`bdf` among it) and cannot
+    /// stand for this one: try again once it ended.
+    Busy { bdf: Bdf },
 }
 
 impl From<ResetError> for EngineError {
@@ -182,6 +185,7 @@ impl fmt::Display for EngineError {
             Self::BusResetQuirk { bridge } => {
                 write!(f, "{bridge}: bus reset forbidden by a quirk below")
             }
+            Self::Busy { bdf } => write!(f, "{bdf}: another reset of it runs"),
         }
     }
 }

@@ -897,6 +897,20 @@ impl Driver {
                             pci::aer::recovered_by(&self.topo, a).contains(&need.source)
                         }) =>
                     {
+                        // As the shell's resets::start: a running reset
+                        // over part of its scope that does not cover it all
+                        // refuses it (Busy), and the takeover is retried.
+                        let busy = actions.iter().any(|&a| {
+                            let scope = self.topo.action_scope(a);
+                            self.jobs.iter().any(|j| {
+                                j.job.overlaps(&scope) && !scope.iter().all(|b| j.job.masks(*b))
+                            })
+                        });
+                        if busy {
+                            let retry = at.saturating_add(pci::aer::TAKEOVER_RETRY_NS);
+                            self.recovery.retry_at(need.source, retry);
+                            continue;
+                        }
                         for a in actions {
                             self.start_reset(a, need.owner, true)?;
                         }
@@ -917,8 +931,15 @@ impl Driver {
             }
         }
         for r in self.recovery.active() {
-            if r.deadline_ns
-                .is_some_and(|d| d.saturating_add(5_000 * MS) < end)
+            // A running reset that covers the source ends it when it ends
+            // (it may wait up to a minute for devices that are not ready).
+            let covered = self.jobs.iter().any(|j| {
+                j.job.masks(r.source)
+                    || pci::aer::recovered_by(&self.topo, j.job.action()).contains(&r.source)
+            });
+            if !covered
+                && r.deadline_ns
+                    .is_some_and(|d| d.saturating_add(5_000 * MS) < end)
             {
                 return fail(
                     Check::Recovery,
