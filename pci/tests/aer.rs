@@ -1011,3 +1011,26 @@ fn a_takeover_that_cannot_start_is_tried_again() {
     assert_eq!(out[0].state, RecoveryState::Recovered);
     assert!(!tr.retry_at(port, 0), "nothing waits any more");
 }
+
+#[test]
+fn an_error_logged_while_masked_is_reported_once_unmasked_and_searched() {
+    // A masked error still sets its status bit (no message). Unmasked, it
+    // is pending like any other: when a later message makes the service
+    // search the root port's subtree (several errors before it ran), the
+    // function is a source though no message named it. Not a
+    // misattribution: it had that error.
+    let (mut f, t, mut s) = enabled(AerConfig::default());
+    let (nvme, e1000e) = (b("05:00.0"), b("06:00.0"));
+    let a = aer_of(&t, nvme);
+    f.write32(nvme, a + AER_COR_MASK, 1);
+    assert_eq!(f.inject_aer(nvme, SimAerError::Correctable(0)), None);
+    assert_eq!(f.read32(nvme, a + AER_COR_STATUS) & 1, 1, "logged");
+    f.write32(nvme, a + AER_COR_MASK, 0);
+    let first = f.inject_aer(e1000e, SimAerError::Correctable(6)).unwrap();
+    f.inject_aer(e1000e, SimAerError::Correctable(7)).unwrap();
+    let r = s.service(&t, &mut f, first.root_port, 0).unwrap();
+    let mut sources: Vec<Bdf> = events(&r).iter().map(|e| e.source).collect();
+    sources.sort();
+    assert_eq!(sources, [nvme, e1000e]);
+    assert_eq!(f.read32(nvme, a + AER_COR_STATUS), 0, "cleared");
+}

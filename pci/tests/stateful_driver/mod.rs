@@ -1491,9 +1491,10 @@ impl Driver {
                     SimAerError::Uncorrectable(bit % 26)
                 };
                 let msg = self.fab.inject_aer(f, err);
-                if msg.is_some() {
-                    self.injected.insert(f);
-                }
+                // A masked error sends nothing but stays logged in the
+                // function's status: once unmasked, a later search of the
+                // root port's subtree reports it. Any attempt counts.
+                self.injected.insert(f);
                 if let Some(m) = msg
                     && m.interrupt
                 {
