@@ -1,4 +1,4 @@
-//! AER on the physical root ports (issue 7): the shell around `pci::aer`.
+//! AER on the physical root ports: the shell around `pci::aer`.
 //!
 //! When the hardware domain declares a segment enumerated, the hypervisor
 //! takes AER on every root port of it that has the capability

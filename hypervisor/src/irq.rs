@@ -365,8 +365,8 @@ pub fn sysreg_trap(vm: &Vm, vcpu: usize, esr: u64, frame: &mut TrapFrame) -> boo
 }
 
 // ---- API for other parts of the hypervisor ------------------------------------
-// PCI INTx (issue 4) and the reset engine use these; until they land some
-// are unused.
+// PCI INTx and the reset engine use these; some are unused in some
+// configurations.
 
 /// Physical SPI handlers: `fn(intid) -> bool` (true: deactivate the
 /// physical interrupt now; false: it stays active, e.g. because a virtual

@@ -1,6 +1,7 @@
 //! The physical MSI-X tables of guests' functions: written from the
 //! guests' shadows when they are used, checked for a reset the hypervisor
-//! did not do (seed 001), and the hardware domain's inspection call.
+//! did not do (a device that resets itself clears its table), and the
+//! hardware domain's inspection call.
 //!
 //! Decisions are `pci::vpci`'s ([`pci::vpci::GuestBus::msix_commit`]); this
 //! module picks the moment (no hardware access while a reset of the

@@ -225,7 +225,8 @@ fn held_by_guest<P>(
 }
 
 /// Apply a VM configuration's reset-method orders to functions it was
-/// given (seed 003): only methods the function supports, no repeats; a
+/// given (`phv,pci-reset-methods`): only methods the function supports, no
+/// repeats; a
 /// non-default order is logged.
 pub fn apply_reset_methods<P>(
     pci: &mut PciState<P>,
@@ -290,7 +291,8 @@ pub fn code_of(action: ResetAction) -> u64 {
         .map_or(0, |i| i as u64 + 1)
 }
 
-/// The reset calls (seed 002), for the hardware domain and for guests (who
+/// The reset calls (PCI_RESET_INFO, PCI_RESET, PCI_RESET_RESERVE), for the
+/// hardware domain and for guests (who
 /// name their functions by virtual address). A caller may only ask about,
 /// reset or reserve what it owns.
 fn reset_call<P: ConfigPort>(

@@ -263,9 +263,10 @@ pub struct PciState<P = EcamPort> {
     /// Guests given their functions, waiting for those to be reset before
     /// they start: the virtual host bridge their device tree will show.
     pub starting: Vec<(u16, crate::guest_fdt::GuestPci)>,
-    /// Resets guests asked to keep possible (seed 002).
+    /// Resets that guests reserved: the hardware domain may not make them
+    /// impossible (PCI_RESET_RESERVE).
     pub reservations: pci::reset_engine::Reservations,
-    /// AER of the physical root ports (issue 7).
+    /// AER of the physical root ports.
     pub aer: crate::aer::AerState,
     /// The host bridge's INTx routing.
     pub intx_routes: IntxRoutes,

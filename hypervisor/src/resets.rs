@@ -1,8 +1,8 @@
 //! Resets the hypervisor performs, driven by its timer: a guest's Secondary
 //! Bus Reset of its virtual root port (the narrowest real reset that covers
 //! its functions), a guest's FLR, and the reset of every function when its
-//! guest stops, before the hardware domain sees it again (seed 000: never
-//! rely on the guest). The state machines are `pci::reset_engine`'s; this
+//! guest stops, before the hardware domain sees it again (never rely on
+//! the guest to reset what it leaves). The state machines are `pci::reset_engine`'s; this
 //! module keeps the running jobs, answers masked config reads while they run,
 //! and says what to do when they end. Generic over the ports, so it is
 //! host-tested against `pci::sim` with a fake clock.

@@ -2227,7 +2227,7 @@ fn apply_pci_effects(vm: &Vm, effects: &pci::vpci::Effects) {
 
 /// A guest's MSI-X access: its physical table follows its shadow where it
 /// is used; a table lost to a reset the hypervisor did not do is rewritten
-/// and logged (seed 001).
+/// and logged (a device reset of its own, behind our back, clears it).
 fn guest_msix_commit(vm: &Vm, physical: pci::Bdf) {
     let Some(pci) = PCI.get() else {
         return;

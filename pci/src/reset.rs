@@ -492,7 +492,7 @@ impl Topology {
 
     /// Whether the function uses its probed default method order (no
     /// override, or an override equal to it). The shell logs a warning when
-    /// a reset runs with a non-default order (seed 003).
+    /// a reset runs with a non-default order (a configured one).
     pub fn is_default_reset_order(&self, bdf: Bdf) -> bool {
         match (
             self.reset_overrides.get(&bdf),

@@ -325,7 +325,7 @@ impl VGic {
     /// `notify_eoi`, the guest's EOI is reported by [`sync`](Self::sync) and
     /// drops the line (the owner re-asserts it if the source is still
     /// asserted: the vfio INTx scheme).
-    #[allow(dead_code)] // PCI INTx (issue 4)
+    #[allow(dead_code)] // the PCI INTx path is its only user
     pub fn set_line(
         &mut self,
         bank: usize,

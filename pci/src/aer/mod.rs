@@ -1,4 +1,4 @@
-//! Advanced Error Reporting (issue 7): the pure part.
+//! Advanced Error Reporting: the pure part.
 //!
 //! The hypervisor owns AER on every physical root port. This module holds
 //! everything that does not touch the hardware except through a
@@ -64,7 +64,7 @@
 //!   performs the narrowest real reset and calls
 //!   [`RecoveryTracker::on_owner_reset`] then, when the reset engine is done,
 //!   [`RecoveryTracker::on_reset_done`] → [`RecoveryState::Recovered`].
-//! - Never rely on the guest (seed 000): [`RecoveryTracker::poll`] returns
+//! - Never rely on the guest: [`RecoveryTracker::poll`] returns
 //!   [`ResetNeeded`] once the deadline passed; the shell resets the
 //!   functions of [`recovery_functions`] with
 //!   [`crate::reset_engine::narrowest_reset`], restores state, calls

@@ -1,6 +1,6 @@
 //! The recovery state machine: fatal errors freeze the source until a link
 //! reset; the owner has a deadline to ask for it, then the hypervisor does
-//! it (seed 000: never rely on the guest).
+//! it (never rely on the guest).
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;

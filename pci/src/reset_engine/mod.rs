@@ -33,12 +33,13 @@
 //! [`Topology::reset_methods`] / [`narrowest_reset`] (guest SBR) /
 //! [`check_reset`] (every request: nothing of another owner in the
 //! scope); log a warning when
-//! [`Topology::is_default_reset_order`] is false (seed 003); put
+//! [`Topology::is_default_reset_order`] is false (a configured order);
+//! put
 //! `TimedOut` functions and `NoMethod` errors in the [`Quarantine`]; check
 //! [`Reservations::breaks_reservation`] and the quarantine before every
 //! assignment; on an MSI-X vector unmask, [`msix_table_lost`] then
-//! [`repair_msix_table`] (seed 001: `vpci::GuestBus::msix_commit` does it
-//! for guests' functions).
+//! [`repair_msix_table`] (a device that reset itself lost it;
+//! `vpci::GuestBus::msix_commit` does it for guests' functions).
 //!
 //! # Sequences and timing
 //!

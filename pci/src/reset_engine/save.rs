@@ -578,7 +578,7 @@ pub fn restore_function<H: ConfigPort + MemoryPort + ?Sized>(
     }
 }
 
-/// Backdoor-reset detection (seed 001): whether the hardware table of a
+/// Backdoor-reset detection (a device that reset itself): whether the hardware table of a
 /// function lost what the hypervisor programmed. Compares address and data
 /// of every entry the shadow holds as programmed (a non-zero address); the
 /// Vector Control word belongs to the owner and is not compared. `table_pa`

@@ -703,7 +703,7 @@ impl GuestBus {
 
     /// Brings the physical MSI-X table of an assigned function in line with
     /// the guest's, and detects and repairs a table lost behind the
-    /// hypervisor's back (seed 001): see [`AssignedFn::msix_commit`]. The
+    /// hypervisor's back (a device that reset itself): see [`AssignedFn::msix_commit`]. The
     /// shell calls it after each [`Effect::MsixControl`] and
     /// [`Effect::MsixEntry`], with `hardware` false while a reset of the
     /// function runs. `None` if `physical` is not this guest's. No
@@ -764,7 +764,7 @@ impl GuestBus {
     }
 }
 
-/// AER delivery into the guest's view (issue 7; logic in
+/// AER delivery into the guest's view (logic in
 /// [`crate::aer::virtual_regs`]).
 impl GuestBus {
     /// The unit (virtual root port index) of an assigned function.

@@ -94,7 +94,7 @@ pub struct MsixCommit {
     /// engine to write, while a reset runs): they became live or changed.
     pub updated: u16,
     /// Entries rewritten because the physical table had lost what the
-    /// hypervisor wrote (a reset it did not do, seed 001); 0 if nothing
+    /// hypervisor wrote (a reset it did not do); 0 if nothing
     /// was lost.
     pub repaired: u16,
 }
@@ -865,7 +865,7 @@ impl AssignedFn {
     /// masked again gets its physical mask bit set. Before that, the
     /// physical table is compared with what the hypervisor last wrote
     /// ([`msix_table_lost`]): a device that reset itself behind the
-    /// hypervisor's back (seed 001) gets its table rewritten from that copy
+    /// hypervisor's back gets its table rewritten from that copy
     /// ([`repair_msix_table`]) and the caller is told (`repaired`).
     ///
     /// With `hardware` false (a reset of the function is running) nothing

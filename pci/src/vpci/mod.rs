@@ -36,7 +36,8 @@
 //!   [`Ownership::set_guest_memory`]).
 //!
 //! After a successful [`Ownership::assign`] (and before the guest starts)
-//! the shell should reset the functions (issue 5), build the [`GuestBus`],
+//! the shell should reset the functions (every function is reset before it
+//! changes owner), build the [`GuestBus`],
 //! and record [`GuestBus::physical_bars`] with
 //! [`Ownership::set_guest_memory`] and in its own hardware-domain stage-2.
 //!
@@ -110,8 +111,8 @@
 //!
 //! - Hardware domain ECAM trap: split into naturally aligned pieces of at
 //!   most 4 bytes, [`Ownership::hwdom_apply`] each, log any [`Refusal`].
-//! - Giving functions to a guest: [`Ownership::assign`]; reset them (issue
-//!   5); [`GuestBus::new`]; [`Ownership::set_guest_memory`] with
+//! - Giving functions to a guest: [`Ownership::assign`]; reset them;
+//!   [`GuestBus::new`]; [`Ownership::set_guest_memory`] with
 //!   [`GuestBus::physical_bars`], which also leave the hardware domain's
 //!   stage-2; the guest's device tree from [`GuestBus::describe`].
 //! - Guest ECAM trap: split likewise, [`GuestBus::config_read`] /
@@ -120,7 +121,7 @@
 //! - [`Effect::TrapMsix`] pages: leave unmapped, send their accesses to
 //!   [`GuestBus::msix_read`] / [`GuestBus::msix_write`].
 //! - [`Effect::FunctionLevelReset`] / [`Effect::SecondaryBusReset`]: perform
-//!   the physical reset (issue 5) and restore what the hypervisor set: BARs
+//!   the physical reset and restore what the hypervisor set: BARs
 //!   as the hardware domain programmed them, Memory on, Bus Master as
 //!   [`GuestBus::virtual_command`] says, the MSI-X table from the
 //!   hypervisor's own copy. The virtual state was reset already.
@@ -131,7 +132,7 @@
 //!   [`GuestBus::msix_commit`]. While the guest's MSI-X is enabled and not
 //!   function-masked, the entries it unmasked are written to the physical
 //!   table (physical MSI-X Enable stays off until MSI delivery exists: the
-//!   table is the state a reset loses, seed 001); before that the physical
+//!   table is the state a reset loses); before that the physical
 //!   table is checked against what the hypervisor last wrote, and a table
 //!   lost to a reset the hypervisor did not do is rewritten and reported.
 //!   During a reset of the function pass `hardware = false` and give the

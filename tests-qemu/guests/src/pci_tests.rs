@@ -1615,7 +1615,8 @@ const PCIE_DEVCTL_BCR_FLR: u16 = 1 << 15;
 
 /// `pci-reset`: a guest resets its devices itself: an FLR through its
 /// virtual Device Control where the device has one, the reset hypercall
-/// otherwise; first it asks which reset covers each device (seed 002) and
+/// otherwise; first it asks which reset covers each device (PCI_RESET_INFO)
+/// and
 /// expects one that touches nothing it does not own. Each reset must really
 /// happen (a marker in a device register is gone) and the device must
 /// answer again and work.
