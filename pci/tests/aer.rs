@@ -1,4 +1,4 @@
-//! AER (issue 7) against the simulated fabric with a fake clock: the root
+//! AER against the simulated fabric with a fake clock: the root
 //! port service, the storm limiter, the owners' virtual registers, recovery
 //! with its deadline, and firmware-first CPER records.
 

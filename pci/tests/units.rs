@@ -1,4 +1,4 @@
-//! Assignment units of hand-checked topologies (issue 3's list, and more).
+//! Assignment units of hand-checked topologies (QEMU's topologies and harder ones).
 
 mod common;
 use common::*;

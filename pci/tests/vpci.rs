@@ -897,7 +897,7 @@ fn msix_table_is_written_when_used_and_a_backdoor_reset_is_repaired() {
     assert!(g.msix_write(fab, base + 12, 4, 0, &mut e));
     assert_eq!(commit_msix(&mut g, fab, &e), MsixCommit::default());
 
-    // The device resets itself (seed 001): its table is gone, the
+    // The device resets itself: its table is gone, the
     // hypervisor did not see it happen.
     assert!(fab.backdoor_msix_reset(phys));
     assert_eq!(fab.msix_entry(phys, 0), Some(reset_entry));
