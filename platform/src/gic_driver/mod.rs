@@ -39,6 +39,32 @@ macro_rules! shared_device {
 }
 shared_device!(Distributor, Redistributor, CpuInterface, VirtualControl);
 
+/// Serializes the distributor's ICFGR read-modify-writes (one distributor
+/// per system). Held for two register accesses, never across anything
+/// that could wait.
+struct IcfgrLock;
+
+static ICFGR_BUSY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+impl IcfgrLock {
+    fn take() -> Self {
+        use core::sync::atomic::Ordering;
+        while ICFGR_BUSY
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        IcfgrLock
+    }
+}
+
+impl Drop for IcfgrLock {
+    fn drop(&mut self) {
+        ICFGR_BUSY.store(false, core::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Highest INTID of an SPI (1019).
 pub const MAX_SPI: u32 = 1019;
 /// Priority the hypervisor gives its own interrupts (and everything).
@@ -127,13 +153,17 @@ impl Distributor {
         }
     }
 
-    /// Level (true) or edge configuration of an SPI.
+    /// Level (true) or edge configuration of an SPI. ICFGR has no set or
+    /// clear form and sixteen SPIs share a register: the read-modify-write
+    /// is serialized, since CPUs configure SPIs concurrently (a guest's
+    /// line on one, the hardware domain's on another).
     pub fn set_level(&self, intid: u32, level: bool) {
         if intid < 32 || intid >= self.lines() {
             return;
         }
         let n = (intid / 16) as usize;
         let shift = 2 * (intid % 16) + 1;
+        let _held = IcfgrLock::take();
         let v = self.regs.icfgr[n].get();
         let v = if level {
             v & !(1 << shift)
