@@ -104,6 +104,65 @@ fn acs_of_a_slot_sibling_is_protected() {
     assert_eq!(fab.read16(sibling, acs + ACS_CTRL), before);
 }
 
+/// A D3hot→D0 transition resets a function without No_Soft_Reset, ACS
+/// Control included: the power state of the sibling downstream port is kept
+/// too, whether it was put in D3hot before the assignment or not.
+#[test]
+fn power_state_of_a_sibling_downstream_port_is_protected() {
+    let mut fab = switch_fabric();
+    let sibling = b("02:01.0");
+    let mut topo = track(&mut fab);
+    let pm = topo.function(sibling).unwrap().caps.pm as u16;
+    assert_ne!(pm, 0);
+    fab.write16(sibling, pm + PM_CTRL, PM_CTRL_D3HOT);
+    let mut own = Ownership::new();
+    own.assign(&mut topo, &mut fab, 1, &[b("03:00.0")], false)
+        .unwrap();
+    let acs = topo.function(sibling).unwrap().caps.acs;
+    let before = fab.read16(sibling, acs + ACS_CTRL);
+    assert_ne!(before & ACS_ISOLATION, 0);
+    let out = own.hwdom_apply(&mut fab, sibling, pm + PM_CTRL, 4, Some(0));
+    assert_eq!(out.refused, Some(Refusal::AcsControlAboveGuest));
+    assert_eq!(
+        fab.read16(sibling, pm + PM_CTRL) & PM_CTRL_STATE_MASK,
+        PM_CTRL_D3HOT
+    );
+    assert_eq!(fab.read16(sibling, acs + ACS_CTRL), before);
+}
+
+/// An FLR of a function of the guest's multi-function device that the
+/// hardware domain keeps would clear its ACS Control: refused.
+#[test]
+fn function_reset_of_a_slot_sibling_is_refused() {
+    let ep = |d| Spec::endpoint(0x1234, d).acs(Some(ACS_ENABLED)).flr(true);
+    let mut fab = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port().child(0, 0, ep(1)).child(0, 1, ep(2)),
+        )],
+    );
+    let mut topo = track(&mut fab);
+    let mut own = Ownership::new();
+    own.assign(&mut topo, &mut fab, 1, &[b("01:00.0")], false)
+        .unwrap();
+    let sibling = b("01:00.1");
+    let f = topo.function(sibling).unwrap();
+    let (acs, pcie) = (f.caps.acs, f.caps.pcie as u16);
+    let before = fab.read16(sibling, acs + ACS_CTRL);
+    let devctl = fab.read16(sibling, pcie + PCIE_DEVCTL);
+    let out = own.hwdom_apply(
+        &mut fab,
+        sibling,
+        pcie + PCIE_DEVCTL,
+        2,
+        Some((devctl | PCIE_DEVCTL_BCR_FLR) as u32),
+    );
+    assert_eq!(out.refused, Some(Refusal::AcsControlAboveGuest));
+    assert_eq!(fab.read16(sibling, acs + ACS_CTRL), before);
+}
+
 /// The hardware domain's root port may not take the bus of the switch
 /// (upstream port on bus 1, downstream port on bus 2) above the guest's
 /// nvme on bus 3: config requests for those buses would reach its own side.
