@@ -104,6 +104,95 @@ fn acs_of_a_slot_sibling_is_protected() {
     assert_eq!(fab.read16(sibling, acs + ACS_CTRL), before);
 }
 
+/// A bridge only sees the config requests its ancestors forward: the
+/// switch below the hardware domain's root port 00:01.0 (not tracked) may
+/// keep a range over the guest's bus 5 while 00:01.0 routes only 1..=4, and
+/// 00:01.0 may move to buses far from 5 (the switch follows it there). The
+/// root port's own range is what must not take bus 5.
+#[test]
+fn bus_numbers_are_judged_by_the_written_bridge_range() {
+    let mut fab = switch_fabric();
+    let switch = [b("01:00.0"), b("02:00.0"), b("02:01.0")];
+    let mut topo = track_but(
+        &mut fab,
+        &[&switch[..], &[b("03:00.0"), b("04:00.0")]].concat(),
+    );
+    let up = switch[0];
+    fab.write32(up, PRIMARY_BUS, 0x00_ea_02_01);
+    let mut own = Ownership::new();
+    own.assign(&mut topo, &mut fab, 1, &[b("05:00.0")], false)
+        .unwrap();
+    let rp = b("00:01.0");
+    let out = own.hwdom_apply(&mut fab, rp, PRIMARY_BUS, 4, Some(0x00_dd_ba_00));
+    assert_eq!(out.refused, None);
+    assert_eq!(fab.read32(b("ba:00.0"), PRIMARY_BUS), 0x00_ea_02_01);
+    assert_eq!(fab.read16(b("05:00.0"), VENDOR_ID), 0x8086);
+    for v in [0x00_dd_05_00, 0x00_dd_01_00] {
+        let out = own.hwdom_apply(&mut fab, rp, PRIMARY_BUS, 4, Some(v));
+        assert_eq!(out.refused, Some(Refusal::BusNumbersOverlapGuest));
+    }
+    assert_eq!(fab.read32(rp, PRIMARY_BUS), 0x00_dd_ba_00);
+}
+
+/// A D3hot→D0 transition resets a function without No_Soft_Reset, ACS
+/// Control included: the power state of the sibling downstream port is kept
+/// too, whether it was put in D3hot before the assignment or not.
+#[test]
+fn power_state_of_a_sibling_downstream_port_is_protected() {
+    let mut fab = switch_fabric();
+    let sibling = b("02:01.0");
+    let mut topo = track(&mut fab);
+    let pm = topo.function(sibling).unwrap().caps.pm as u16;
+    assert_ne!(pm, 0);
+    fab.write16(sibling, pm + PM_CTRL, PM_CTRL_D3HOT);
+    let mut own = Ownership::new();
+    own.assign(&mut topo, &mut fab, 1, &[b("03:00.0")], false)
+        .unwrap();
+    let acs = topo.function(sibling).unwrap().caps.acs;
+    let before = fab.read16(sibling, acs + ACS_CTRL);
+    assert_ne!(before & ACS_ISOLATION, 0);
+    let out = own.hwdom_apply(&mut fab, sibling, pm + PM_CTRL, 4, Some(0));
+    assert_eq!(out.refused, Some(Refusal::AcsControlAboveGuest));
+    assert_eq!(
+        fab.read16(sibling, pm + PM_CTRL) & PM_CTRL_STATE_MASK,
+        PM_CTRL_D3HOT
+    );
+    assert_eq!(fab.read16(sibling, acs + ACS_CTRL), before);
+}
+
+/// An FLR of a function of the guest's multi-function device that the
+/// hardware domain keeps would clear its ACS Control: refused.
+#[test]
+fn function_reset_of_a_slot_sibling_is_refused() {
+    let ep = |d| Spec::endpoint(0x1234, d).acs(Some(ACS_ENABLED)).flr(true);
+    let mut fab = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port().child(0, 0, ep(1)).child(0, 1, ep(2)),
+        )],
+    );
+    let mut topo = track(&mut fab);
+    let mut own = Ownership::new();
+    own.assign(&mut topo, &mut fab, 1, &[b("01:00.0")], false)
+        .unwrap();
+    let sibling = b("01:00.1");
+    let f = topo.function(sibling).unwrap();
+    let (acs, pcie) = (f.caps.acs, f.caps.pcie as u16);
+    let before = fab.read16(sibling, acs + ACS_CTRL);
+    let devctl = fab.read16(sibling, pcie + PCIE_DEVCTL);
+    let out = own.hwdom_apply(
+        &mut fab,
+        sibling,
+        pcie + PCIE_DEVCTL,
+        2,
+        Some((devctl | PCIE_DEVCTL_BCR_FLR) as u32),
+    );
+    assert_eq!(out.refused, Some(Refusal::AcsControlAboveGuest));
+    assert_eq!(fab.read16(sibling, acs + ACS_CTRL), before);
+}
+
 /// The hardware domain's root port may not take the bus of the switch
 /// (upstream port on bus 1, downstream port on bus 2) above the guest's
 /// nvme on bus 3: config requests for those buses would reach its own side.

@@ -167,6 +167,33 @@ fn pm_reset_depends_on_no_soft_reset() {
     }
 }
 
+/// A bridge reset (here D3hot→D0 without No_Soft_Reset) clears its bus
+/// numbers: what was below it stops answering until they are written again.
+#[test]
+fn reset_bridge_routes_nothing_below() {
+    let mut f = Fabric::new().with_root_complex(
+        0,
+        0,
+        &[(
+            devfn(1, 0),
+            Spec::qemu_root_port()
+                .pm(Some(false))
+                .child(0, 0, Spec::qemu_e1000e()),
+        )],
+    );
+    f.enumerate();
+    let (rp, e) = (b("00:01.0"), b("01:00.0"));
+    assert_eq!(f.read16(e, VENDOR_ID), 0x8086);
+    let buses = f.read32(rp, PRIMARY_BUS);
+    let pm = pci::caps::find_cap(&mut f, rp, CAP_ID_PM).unwrap().unwrap();
+    f.write16(rp, pm + PM_CTRL, PM_CTRL_D3HOT);
+    f.write16(rp, pm + PM_CTRL, PM_CTRL_D0);
+    assert_eq!(f.read32(rp, PRIMARY_BUS) & 0xff_ff00, 0);
+    assert_eq!(f.read16(e, VENDOR_ID), 0xffff);
+    f.write32(rp, PRIMARY_BUS, buses);
+    assert_eq!(f.read16(e, VENDOR_ID), 0x8086);
+}
+
 #[test]
 fn sbr_resets_everything_below() {
     let mut f = qemu_fabric();

@@ -526,6 +526,10 @@ impl Fabric {
         let r = f.tpl.spec.readiness;
         f.ready_at = now.saturating_add(r.delay_ns);
         f.never_ready |= r.never;
+        // A bridge's bus numbers return to 0: it routes nothing below now.
+        if f.tpl.spec.kind.is_bridge() && !f.tpl.vf {
+            self.routes_dirty = true;
+        }
         if !f.vfs.is_empty() {
             let vfs = f.vfs.clone();
             for v in vfs {

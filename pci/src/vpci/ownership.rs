@@ -95,7 +95,9 @@ pub enum Refusal {
     /// ACS Control of a bridge above a guest's function, or of another
     /// function whose ACS decides a guest's unit (a downstream port of the
     /// same switch, a function of the guest's multi-function device): the
-    /// assignment units were computed with it.
+    /// assignment units were computed with it. Also the power state and
+    /// function resets (FLR, AF FLR) of such another function: D3hot→D0
+    /// and FLR return ACS Control to its reset value.
     AcsControlAboveGuest,
     /// Link Disable of a port above a guest's function.
     LinkControlAboveGuest,
@@ -581,6 +583,28 @@ impl Ownership {
                 2,
                 PM_CTRL_STATE_MASK as u32,
                 Refusal::PowerStateAboveGuest,
+            ),
+            // The resets that would clear the ACS Control kept above.
+            field(
+                p.pm != 0 && p.unit_acs,
+                p.pm.saturating_add(PM_CTRL),
+                2,
+                PM_CTRL_STATE_MASK as u32,
+                Refusal::AcsControlAboveGuest,
+            ),
+            field(
+                p.pcie != 0 && p.unit_acs,
+                p.pcie.saturating_add(PCIE_DEVCTL),
+                2,
+                PCIE_DEVCTL_BCR_FLR as u32,
+                Refusal::AcsControlAboveGuest,
+            ),
+            field(
+                p.af != 0 && p.unit_acs,
+                p.af.saturating_add(AF_CTRL),
+                1,
+                AF_CTRL_FLR as u32,
+                Refusal::AcsControlAboveGuest,
             ),
             field(
                 p.sriov != 0 && pf,

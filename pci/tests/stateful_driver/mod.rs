@@ -507,11 +507,46 @@ impl Driver {
             .collect()
     }
 
+    /// The buses a present bridge claims as hardware routes them: its own
+    /// secondary..=subordinate clamped by every bridge physically above it,
+    /// since a bridge only sees the config requests its ancestors forward
+    /// past their secondary bus. `None` if that is empty.
+    fn routed_buses(&mut self, f: Bdf) -> Option<(u8, u8)> {
+        let buses = |fab: &mut Fabric, b: Bdf| {
+            let v = fab.read32(b, PRIMARY_BUS);
+            ((v >> 8) as u8, (v >> 16) as u8)
+        };
+        let (mut lo, mut hi) = buses(&mut self.fab, f);
+        if lo == 0 || lo > hi {
+            return None;
+        }
+        let present = self.present();
+        let mut at = f;
+        // Up the physical tree: the parent is the bridge whose secondary bus
+        // `at` answers on and whose subtree holds it.
+        while let Some(dev) = self.fab.device_at(at) {
+            let parent = present.iter().copied().find(|&p| {
+                p != at
+                    && self.fab.read8(p, HEADER_TYPE) & 0x7f == 1
+                    && buses(&mut self.fab, p).0 == at.bus
+                    && self.fab.devices_below(p).contains(&dev)
+            });
+            let Some(p) = parent else { break };
+            let (psec, psub) = buses(&mut self.fab, p);
+            lo = lo.max(psec.saturating_add(1));
+            hi = hi.min(psub);
+            at = p;
+        }
+        (lo <= hi).then_some((lo, hi))
+    }
+
     /// Bridges the hardware domain keeps (other than those above guest
     /// functions) that claim a guest's or protected bridge's bus, or a
     /// guest's BAR memory with their memory window. A hardware-domain write
-    /// may add none.
-    fn claims(&mut self) -> Vec<String> {
+    /// may add none. Each claim is keyed by the physical device and what it
+    /// claims, so a bridge that only moves (its parent renumbered) or whose
+    /// routed range only shrinks adds nothing.
+    fn claims(&mut self) -> Vec<((Option<usize>, u64), String)> {
         let (guest, above, ..) = self.protected_sets();
         // Buses of guest functions and of bridges above them; the ranges
         // those bridges route, for bridges outside them.
@@ -532,9 +567,7 @@ impl Driver {
             if self.fab.read8(f, HEADER_TYPE) & 0x7f != 1 {
                 continue;
             }
-            let v = self.fab.read32(f, PRIMARY_BUS);
-            let (sec, sub) = ((v >> 8) as u8, (v >> 16) as u8);
-            if sec != 0 && sec <= sub {
+            if let Some((sec, sub)) = self.routed_buses(f) {
                 let guarded = points.iter().map(|&p| (p, p)).chain(
                     ranges
                         .iter()
@@ -542,8 +575,9 @@ impl Driver {
                         .filter(|&(lo, hi)| !(lo..=hi).contains(&f.bus)),
                 );
                 if let Some((lo, hi)) = guarded.clone().find(|&(lo, hi)| lo <= sub && sec <= hi) {
-                    out.push(format!(
-                        "{f} claims buses {sec:#x}..={sub:#x} over {lo:#x}..={hi:#x}"
+                    out.push((
+                        (self.fab.device_at(f), (lo as u64) << 8 | hi as u64),
+                        format!("{f} claims buses {sec:#x}..={sub:#x} over {lo:#x}..={hi:#x}"),
                     ));
                 }
             }
@@ -555,7 +589,10 @@ impl Driver {
             if lo <= hi
                 && let Some(&(base, _)) = bars.iter().find(|&&(b, s)| b <= hi && lo < b + s)
             {
-                out.push(format!("{f} window over {base:#x}"));
+                out.push((
+                    (self.fab.device_at(f), base | 1 << 63),
+                    format!("{f} window over {base:#x}"),
+                ));
             }
         }
         out
@@ -1345,7 +1382,8 @@ impl Driver {
         }
         self.unchanged(&before, &[], Check::HwdomContained)
             .map_err(|(c, d)| (c, format!("{op}: {d}")))?;
-        if let Some(c) = self.claims().into_iter().find(|c| !claims.contains(c)) {
+        let claims: Vec<_> = claims.into_iter().map(|(k, _)| k).collect();
+        if let Some((_, c)) = self.claims().into_iter().find(|(k, _)| !claims.contains(k)) {
             return fail(Check::HwdomContained, format!("{op}: {c}"));
         }
         Ok(op)
