@@ -310,6 +310,8 @@ fn elf_section<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
 /// it from the kernel's.
 pub const INIT: &str = r#"#!/bin/sh
 # phv's test initramfs (built by xtask, see xtask/src/linux.rs).
+# The counter first: under -icount it says how long the boot took.
+at_init=$(/bin/phv-cntvct)
 /bin/busybox mkdir -p /proc /sys /dev /tmp /bin /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -317,6 +319,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 say() { echo "phv-init: $*"; }
 say "/init reached after $(cut -d' ' -f1 /proc/uptime) s"
+say "counter at /init $at_init"
 for m in $(cat /etc/modules); do
     insmod "/lib/modules/$m" || say "FAIL: insmod $m"
 done
@@ -353,6 +356,18 @@ for step in $steps; do
             [ -b "$dev" ] || continue
             sum=$(md5sum "$dev" | cut -d' ' -f1)
             say "disk $dev $(cat "$b/size") sectors md5 $sum"
+        done
+        ;;
+    dd)
+        # A buffered read of each nvme disk, whole, timed by the counter.
+        for b in /sys/block/nvme*; do
+            [ -e "$b" ] || continue
+            dev=/dev/$(basename "$b")
+            [ -b "$dev" ] || continue
+            c0=$(phv-cntvct)
+            dd if="$dev" of=/dev/null bs=1M 2>/dev/null
+            c1=$(phv-cntvct)
+            say "dd $dev $(cat "$b/size") sectors in $((c1 - c0)) ticks"
         done
         ;;
     net)
@@ -395,8 +410,48 @@ say "done, powering off"
 poweroff -f
 "#;
 
-/// An initramfs: busybox (its applets installed by `/init`), [`INIT`], and
-/// `modules` (paths under `linux.modules`, in load order).
+/// `phv-cntvct` (tests-qemu/linux/cntvct.rs), the initramfs's reader of
+/// the virtual counter: a static arm64 Linux executable rustc builds for
+/// `aarch64-unknown-none` (no libc), into `build/linux/`, rebuilt when its
+/// source is newer.
+pub fn cntvct_tool() -> Result<Vec<u8>> {
+    let src = util::root().join("tests-qemu/linux/cntvct.rs");
+    let dir = util::build_dir().join("linux");
+    std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+    let out = dir.join("phv-cntvct");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&out).is_none() || modified(&out) < modified(&src) {
+        let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+        util::run(
+            Command::new(rustc)
+                .current_dir(util::root())
+                .args([
+                    "--edition",
+                    "2024",
+                    "--target",
+                    "aarch64-unknown-none",
+                    "-C",
+                    "opt-level=s",
+                    "-C",
+                    "panic=abort",
+                    "-C",
+                    "relocation-model=static",
+                    "-C",
+                    "strip=symbols",
+                    "-C",
+                    "link-arg=--image-base=0x400000",
+                    "-o",
+                ])
+                .arg(&out)
+                .arg(&src),
+        )?;
+    }
+    std::fs::read(&out).ctx(|| format!("read {}", out.display()))
+}
+
+/// An initramfs: busybox (its applets installed by `/init`), [`INIT`],
+/// `phv-cntvct` ([`cntvct_tool`]) and `modules` (paths under
+/// `linux.modules`, in load order).
 pub fn initramfs(linux: &DebianLinux, modules: &[PathBuf]) -> Result<Vec<u8>> {
     let mut a = cpio::Archive::new();
     for d in [
@@ -416,6 +471,7 @@ pub fn initramfs(linux: &DebianLinux, modules: &[PathBuf]) -> Result<Vec<u8>> {
     a.file("bin/busybox", 0o755, &busybox);
     a.symlink("bin/sh", "busybox");
     a.file("init", 0o755, INIT.as_bytes());
+    a.file("bin/phv-cntvct", 0o755, &cntvct_tool()?);
     let mut list = String::new();
     for rel in modules {
         let file = linux.modules.join(rel);

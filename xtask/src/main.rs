@@ -28,7 +28,7 @@ usage: cargo xtask <command> [options]
   build                        build the hypervisor image and the test guests into build/
   dtb [--out DIR]              dump QEMU virt DTBs (GICv2, GICv3) [default: platform/tests/data]
   platform FILE.dtb            print the platform the hypervisor would discover, as JSON
-  bench [pci|hyp|all]          benchmarks (pci: the pci crate's tracker bench)
+  bench [pci|hyp|linux|all]    benchmarks (pci: the pci crate's tracker bench)
   pci-report [--gic 2|3] -- <QEMU args, e.g. -device pcie-root-port,id=rp1 -device nvme,bus=rp1,serial=x>
                                boot that topology, the hwdom enumerates it; print as JSON what the
                                hypervisor's pci tracker holds: functions, units, reset methods and scopes
@@ -382,20 +382,116 @@ fn aer_latencies(log: &str) -> Vec<(String, u64)> {
     out
 }
 
+/// What a Linux benchmark boot measured (instructions under `-icount
+/// shift=0`): from the kernel's first instruction to the first line of
+/// `/init`, and the buffered read of the whole nvme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LinuxFigures {
+    boot: u64,
+    dd: u64,
+}
+
+/// The figures in a Linux benchmark run's log. The kernel's first
+/// instruction: natively the counter is 0 then (QEMU's boot stub runs a
+/// handful of instructions); under phv, the counter phv logs as it enters
+/// the guest's vCPU 0 (a few thousand instructions of its own logging
+/// early).
+fn linux_figures(log: &str, label: &str) -> Option<LinuxFigures> {
+    let number_after = |key: &str| -> Option<u64> {
+        let line = log.lines().find(|l| l.contains(key))?;
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .find(|t| !t.is_empty())?
+            .parse()
+            .ok()
+    };
+    let entry = if label == "native" {
+        0
+    } else {
+        let key = format!("entering {label} vCPU 0 on CPU ");
+        let line = log.lines().find(|l| l.contains(&key))?;
+        line.rsplit("counter ").next()?.trim().parse().ok()?
+    };
+    let init = number_after("phv-init: counter at /init ")?;
+    let dd = number_after(" sectors in ")?;
+    Some(LinuxFigures {
+        boot: init.checked_sub(entry)?,
+        dd,
+    })
+}
+
+/// `bench linux`: the same Linux booted natively and under phv, three
+/// times each, side by side (medians and their ratios). Returns whether
+/// every run passed.
+fn bench_linux() -> Result<bool> {
+    let images = image::build_all()?;
+    let mut ok = true;
+    let mut medians = Vec::new();
+    for (name, label) in [
+        ("bench-linux-native", "native"),
+        ("bench-linux-guest", "linux"),
+    ] {
+        let s = scenario::load(name)?;
+        if let Some(why) = &s.pending {
+            println!("{name}: not run, pending: {why}");
+            ok = false;
+            continue;
+        }
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let r = runner::run(&s, 3, &images)?;
+            match linux_figures(&r.log, label).filter(|_| r.passed()) {
+                Some(f) => {
+                    println!("{name}: boot to /init {} instructions, dd {}", f.boot, f.dd);
+                    runs.push(f);
+                }
+                None => {
+                    eprintln!("xtask: {}: {}", r.name, r.problems.join("; "));
+                    ok = false;
+                }
+            }
+        }
+        if runs.len() == 3 {
+            let median = |mut v: Vec<u64>| {
+                v.sort_unstable();
+                v[1]
+            };
+            let m = LinuxFigures {
+                boot: median(runs.iter().map(|f| f.boot).collect()),
+                dd: median(runs.iter().map(|f| f.dd).collect()),
+            };
+            println!("{name}: median of 3: boot {}, dd {}", m.boot, m.dd);
+            medians.push(m);
+        }
+    }
+    if let [native, guest] = medians[..] {
+        println!(
+            "Linux under phv / natively: boot to /init {:.4}, buffered read of the nvme {:.4}",
+            guest.boot as f64 / native.boot as f64,
+            guest.dd as f64 / native.dd as f64
+        );
+    }
+    Ok(ok)
+}
+
 /// Benchmark suites. `hyp` (the hypervisor's own paths, timed in QEMU with
 /// `-icount shift=0` so figures repeat exactly) is the place for the next ones.
 fn cmd_bench(which: &str) -> Result<ExitCode> {
-    let (pci, hyp) = match which {
-        "pci" => (true, false),
-        "hyp" => (false, true),
-        "all" => (true, true),
+    let (pci, hyp, linux) = match which {
+        "pci" => (true, false, false),
+        "hyp" => (false, true, false),
+        "linux" => (false, false, true),
+        "all" => (true, true, true),
         other => {
             return Err(Error::Usage(format!(
-                "unknown benchmark set `{other}` (pci, hyp, all)"
+                "unknown benchmark set `{other}` (pci, hyp, linux, all)"
             )));
         }
     };
-    prereq::ensure(hyp)?;
+    prereq::ensure(hyp || linux)?;
+    if linux && !bench_linux()? {
+        return Ok(ExitCode::FAILURE);
+    }
     if pci {
         util::run(util::cargo().args([
             "bench",
@@ -453,6 +549,28 @@ fn cmd_bench(which: &str) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn linux_figures_count_from_the_kernels_entry() {
+        let guest = "phv: entering hwdom vCPU 0 on CPU 0 at 0x41600000, counter 5\n\
+                     phv: entering linux vCPU 0 on CPU 1 at 0x48400000, counter 1000\n\
+                     [linux] phv-init: counter at /init 9000\n\
+                     [linux] phv-init: dd /dev/nvme0n1 131072 sectors in 700 ticks\n";
+        assert_eq!(
+            super::linux_figures(guest, "linux"),
+            Some(super::LinuxFigures {
+                boot: 8000,
+                dd: 700
+            })
+        );
+        let native =
+            "phv-init: counter at /init 9000\nphv-init: dd /dev/nvme0n1 8 sectors in 70 ticks\n";
+        assert_eq!(
+            super::linux_figures(native, "native"),
+            Some(super::LinuxFigures { boot: 9000, dd: 70 })
+        );
+        assert_eq!(super::linux_figures("nothing", "native"), None);
+    }
+
     /// `cargo xtask platform` on Debian's ipq8074 DTB: both host bridges are
     /// listed as refused, each with its error's message.
     #[test]
