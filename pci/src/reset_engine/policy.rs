@@ -136,7 +136,8 @@ pub fn foreign_in_scope(
 
 /// A bridge `action` depends on whose bus numbers in config space are not
 /// the tree's (the hardware domain renumbered it without a report): the
-/// bridge it resets below, or one in its scope. The reset would run on
+/// bridge it resets below, one above that (they route its addresses), or
+/// one in its scope. The reset would run on
 /// addresses that no longer name the functions the tree has there (what
 /// it saves and restores, and what it reaches, would be other devices),
 /// so it is refused until the tree is reported again.
@@ -151,7 +152,13 @@ pub fn renumbered_in_scope<P: ConfigPort + ?Sized>(
         ResetAction::Function { bdf, .. } => Some(bdf),
     };
     let scope = topo.action_scope(action);
-    topo.renumbered_among(own.into_iter().chain(scope), port)
+    let mut path = Vec::new();
+    let mut at = own.and_then(|b| topo.parent_bridge(b));
+    while let Some(b) = at {
+        path.push(b);
+        at = topo.parent_bridge(b);
+    }
+    topo.renumbered_among(own.into_iter().chain(path).chain(scope), port)
 }
 
 /// Refuses a reset `requester` asks for when its scope holds a function
