@@ -248,6 +248,17 @@ fn is_bridge(topo: &Topology, b: Bdf) -> bool {
 /// Config space (first [`SNAPSHOT_BYTES`]) and MSI-X table of a function.
 type Snap = (Vec<u32>, Vec<[u32; 4]>);
 
+/// Where `now` first differs from `before`: "at Some(offset) (old -> new)".
+fn first_change(before: &Snap, now: &Snap) -> String {
+    let at = before.0.iter().zip(&now.0).position(|(a, b)| a != b);
+    format!(
+        "at {:?} ({:x?} -> {:x?})",
+        at.map(|i| i * 4),
+        at.map(|i| before.0[i]),
+        at.map(|i| now.0[i])
+    )
+}
+
 fn snap(fab: &mut Fabric, f: Bdf) -> Snap {
     let cfg = (0..SNAPSHOT_BYTES)
         .step_by(4)
@@ -606,18 +617,9 @@ impl Driver {
             if touched.contains(f) || self.masked(*f) || absent && check == Check::ResetScope {
                 continue;
             }
-            if snap(&mut self.fab, *f) != *s {
-                let now = snap(&mut self.fab, *f);
-                let at = s.0.iter().zip(&now.0).position(|(a, b)| a != b);
-                return fail(
-                    check,
-                    format!(
-                        "{f} changed at {:?} ({:x?} -> {:x?})",
-                        at.map(|i| i * 4),
-                        at.map(|i| s.0[i]),
-                        at.map(|i| now.0[i])
-                    ),
-                );
+            let now = snap(&mut self.fab, *f);
+            if now != *s {
+                return fail(check, format!("{f} changed {}", first_change(s, &now)));
             }
         }
         Ok(())
@@ -665,15 +667,10 @@ impl Driver {
             }
             let now = snap(&mut self.fab, at);
             if now != *s {
-                let i = s.0.iter().zip(&now.0).position(|(a, b)| a != b);
+                let change = first_change(s, &now);
                 return fail(
                     Check::ResetScope,
-                    format!(
-                        "the device at {was_at} (now {at}) changed at {:?} ({:x?} -> {:x?})",
-                        i.map(|i| i * 4),
-                        i.map(|i| s.0[i]),
-                        i.map(|i| now.0[i])
-                    ),
+                    format!("the device at {was_at} (now {at}) changed {change}"),
                 );
             }
         }
@@ -685,17 +682,7 @@ impl Driver {
     /// (reachable or not).
     fn devices_touched_by_jobs(&mut self) -> BTreeSet<usize> {
         let addrs = self.touched_by_jobs();
-        let mut bridges = Vec::new();
-        for j in &self.jobs {
-            match j.job.action() {
-                ResetAction::SecondaryBus { bridge } => bridges.push(bridge),
-                ResetAction::Slot { port } => bridges.push(port),
-                ResetAction::Function { bdf, .. } if is_bridge(&self.topo, bdf) => {
-                    bridges.push(bdf)
-                }
-                ResetAction::Function { .. } => {}
-            }
-        }
+        let bridges = self.bridges_of_jobs();
         let mut out: BTreeSet<usize> = addrs
             .into_iter()
             .filter_map(|a| self.fab.device_at(a))
@@ -994,26 +981,32 @@ impl Driver {
     /// A bus reset reaches everything physically below the bridge,
     /// tracked or not.
     fn touched_by_jobs(&mut self) -> Vec<Bdf> {
-        let mut out = Vec::new();
-        let mut bridges = Vec::new();
-        for j in &self.jobs {
-            out.extend_from_slice(j.job.scope());
-            match j.job.action() {
-                ResetAction::SecondaryBus { bridge } => bridges.push(bridge),
-                ResetAction::Slot { port } => bridges.push(port),
-                // A function-level reset of a bridge (PM) loses its bus
-                // numbers: what is below is cut off until they are restored.
-                ResetAction::Function { bdf, .. } if is_bridge(&self.topo, bdf) => {
-                    bridges.push(bdf)
-                }
-                ResetAction::Function { .. } => {}
-            }
-        }
-        for b in bridges {
+        let mut out: Vec<Bdf> = self
+            .jobs
+            .iter()
+            .flat_map(|j| j.job.scope().iter().copied())
+            .collect();
+        for b in self.bridges_of_jobs() {
             out.push(b);
             out.extend(self.fab.below(b));
         }
         out
+    }
+
+    /// The bridges whose subtree the running jobs reach: those of bus and
+    /// slot resets, and bridges under a function-level reset (a PM reset
+    /// loses its bus numbers: what is below is cut off until they are
+    /// restored).
+    fn bridges_of_jobs(&self) -> Vec<Bdf> {
+        self.jobs
+            .iter()
+            .filter_map(|j| match j.job.action() {
+                ResetAction::SecondaryBus { bridge } => Some(bridge),
+                ResetAction::Slot { port } => Some(port),
+                ResetAction::Function { bdf, .. } if is_bridge(&self.topo, bdf) => Some(bdf),
+                ResetAction::Function { .. } => None,
+            })
+            .collect()
     }
 
     // ------------------------------------------------------------ AER
