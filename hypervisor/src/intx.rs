@@ -251,66 +251,108 @@ pub enum LineVerdict {
     Hold { until_ns: u64, first: bool },
 }
 
+/// Lines [`LineGuard`] follows at once (those that fired unclaimed): PCI
+/// INTx lines are few (four per host bridge on most boards).
+const GUARDED_LINES: usize = 32;
+
+/// One line [`LineGuard`] follows.
+#[derive(Clone, Copy, Debug, Default)]
+struct Guarded {
+    pintid: u32,
+    /// Fires in a row nobody claimed.
+    unclaimed: u32,
+    /// Held until then (ns); 0: not held.
+    until_ns: u64,
+    /// Held at least once (logged once).
+    held_before: bool,
+}
+
 /// Per physical PCI line: how many interrupts in a row nobody claimed, and
 /// the lines held (disabled at the distributor) until a deadline. Holding
 /// costs the line's honest sources up to [`HOLD_NS`] of latency per round;
 /// a storm costs the CPU at most [`UNCLAIMED_LIMIT`] interrupts per round.
+/// Fixed-size: the interrupt path allocates nothing. With every slot
+/// taken, a slot whose line is not held and was last claimed is reused.
 #[derive(Clone, Debug, Default)]
 pub struct LineGuard {
-    /// (line, unclaimed in a row, held until (ns, 0: not held), held before)
-    lines: Vec<(u32, u32, u64, bool)>,
+    lines: [Option<Guarded>; GUARDED_LINES],
 }
 
 impl LineGuard {
     /// Line `pintid` fired at `now_ns`; `claimed`: someone serviced it.
     pub fn fired(&mut self, pintid: u32, claimed: bool, now_ns: u64) -> LineVerdict {
-        let i = match self.lines.iter().position(|l| l.0 == pintid) {
+        let known = self
+            .lines
+            .iter()
+            .position(|l| l.is_some_and(|l| l.pintid == pintid));
+        let slot = match known {
             Some(i) => i,
             None if claimed => return LineVerdict::Take,
             None => {
-                self.lines.push((pintid, 0, 0, false));
-                self.lines.len() - 1
+                let free = self
+                    .lines
+                    .iter()
+                    .position(|l| l.is_none_or(|l| l.until_ns == 0 && l.unclaimed == 0));
+                let Some(i) = free else {
+                    return LineVerdict::Take;
+                };
+                self.lines[i] = Some(Guarded {
+                    pintid,
+                    ..Guarded::default()
+                });
+                i
             }
         };
-        let l = &mut self.lines[i];
+        let Some(l) = self.lines[slot].as_mut() else {
+            return LineVerdict::Take;
+        };
         if claimed {
-            l.1 = 0;
+            l.unclaimed = 0;
             return LineVerdict::Take;
         }
-        l.1 = l.1.saturating_add(1);
-        if l.1 < UNCLAIMED_LIMIT {
+        l.unclaimed = l.unclaimed.saturating_add(1);
+        if l.unclaimed < UNCLAIMED_LIMIT {
             return LineVerdict::Take;
         }
-        l.1 = 0;
-        l.2 = now_ns.saturating_add(HOLD_NS).max(1);
-        let first = !l.3;
-        l.3 = true;
+        l.unclaimed = 0;
+        l.until_ns = now_ns.saturating_add(HOLD_NS).max(1);
+        let first = !l.held_before;
+        l.held_before = true;
         LineVerdict::Hold {
-            until_ns: l.2,
+            until_ns: l.until_ns,
             first,
         }
     }
 
-    /// The held lines whose hold ended by `now_ns`: no longer held, to be
-    /// enabled again by the caller.
-    pub fn release_due(&mut self, now_ns: u64) -> Vec<u32> {
-        let mut out = Vec::new();
-        for l in self.lines.iter_mut().filter(|l| l.2 != 0 && l.2 <= now_ns) {
-            l.2 = 0;
-            out.push(l.0);
+    /// Calls `release` with each held line whose hold ended by `now_ns`;
+    /// they are no longer held, to be enabled again by the caller.
+    pub fn release_due(&mut self, now_ns: u64, mut release: impl FnMut(u32)) {
+        for l in self.lines.iter_mut().flatten() {
+            if l.until_ns != 0 && l.until_ns <= now_ns {
+                l.until_ns = 0;
+                release(l.pintid);
+            }
         }
-        out
     }
 
     /// When the next hold ends.
     pub fn next_release(&self) -> Option<u64> {
-        self.lines.iter().map(|l| l.2).filter(|&t| t != 0).min()
+        self.lines
+            .iter()
+            .flatten()
+            .map(|l| l.until_ns)
+            .filter(|&t| t != 0)
+            .min()
     }
 
     /// Forget line `pintid` (given back): a hold on it ends without a
     /// release.
     pub fn forget(&mut self, pintid: u32) {
-        self.lines.retain(|l| l.0 != pintid);
+        for l in self.lines.iter_mut() {
+            if l.is_some_and(|g| g.pintid == pintid) {
+                *l = None;
+            }
+        }
     }
 }
 
@@ -596,8 +638,11 @@ mod tests {
         };
         assert_eq!(g.fired(36, false, 20), held);
         assert_eq!(g.next_release(), Some(20 + HOLD_NS));
-        assert!(g.release_due(19 + HOLD_NS).is_empty());
-        assert_eq!(g.release_due(20 + HOLD_NS), [36]);
+        let mut released = vec![];
+        g.release_due(19 + HOLD_NS, |l| released.push(l));
+        assert!(released.is_empty());
+        g.release_due(20 + HOLD_NS, |l| released.push(l));
+        assert_eq!(released, [36]);
         assert_eq!(g.next_release(), None);
         // Still stuck after the release: held again, not logged again.
         for _ in 0..UNCLAIMED_LIMIT - 1 {
@@ -612,5 +657,20 @@ mod tests {
         );
         g.forget(36);
         assert_eq!(g.next_release(), None);
+    }
+
+    #[test]
+    fn the_line_guard_is_fixed_size_and_reuses_quiet_slots() {
+        let mut g = LineGuard::default();
+        // More lines than slots fire unclaimed once, then are claimed: the
+        // quiet slots are reused, a new storm is still followed and held.
+        for line in 32..32 + 2 * GUARDED_LINES as u32 {
+            assert_eq!(g.fired(line, false, 0), LineVerdict::Take);
+            assert_eq!(g.fired(line, true, 0), LineVerdict::Take);
+        }
+        for _ in 0..UNCLAIMED_LIMIT - 1 {
+            g.fired(500, false, 0);
+        }
+        assert!(matches!(g.fired(500, false, 0), LineVerdict::Hold { .. }));
     }
 }

@@ -285,7 +285,13 @@ pub fn masked_read<P>(pci: &PciState<P>, bdf: Bdf, reg: u16, width: u16) -> Opti
 /// Whether writes to `bdf` are dropped because a running reset covers it
 /// (the hardware's view: [`RunningReset::hides`] is its owner's).
 pub fn masks<P>(pci: &PciState<P>, bdf: Bdf) -> bool {
-    pci.resets.iter().any(|r| r.job.masks(bdf))
+    masked_by(&pci.resets, bdf)
+}
+
+/// [`masks`] for a caller that holds `resets` borrowed apart from the rest
+/// of the state.
+pub fn masked_by(resets: &[RunningReset], bdf: Bdf) -> bool {
+    resets.iter().any(|r| r.job.masks(bdf))
 }
 
 /// The resets that cover `functions` (all of one guest) and touch nothing

@@ -1106,7 +1106,7 @@ fn pci_line_interrupt(pintid: u32) -> bool {
             ..
         } = &mut *pci;
         let disabled = |vm, physical| guests.intx_disabled(vm, physical);
-        let resetting = |physical| resets.iter().any(|r| r.job.masks(physical));
+        let resetting = |physical| crate::resets::masked_by(resets, physical);
         let claimed = crate::intx::demux(intx, port, pintid, &disabled, &resetting, &mut |vm| {
             raises.push((vm, pintid));
         });
@@ -1252,8 +1252,7 @@ pub fn intx_eoi(vm: usize, vintid: u32) {
         // A function under reset is held like one its owner disabled: the
         // reset's end sets its mask ([`crate::intx::after_reset`]).
         let held = |physical| {
-            guests.intx_disabled(vm as u16, physical)
-                || resets.iter().any(|r| r.job.masks(physical))
+            guests.intx_disabled(vm as u16, physical) || crate::resets::masked_by(resets, physical)
         };
         crate::intx::eoi(intx, port, vm as u16, vintid, &held);
     }
@@ -1276,9 +1275,8 @@ fn intx_command_written(vm: u16) {
     if !intx.iter().any(|s| s.vm == vm && s.masked) {
         return;
     }
-    let held = |physical| {
-        guests.intx_disabled(vm, physical) || resets.iter().any(|r| r.job.masks(physical))
-    };
+    let held =
+        |physical| guests.intx_disabled(vm, physical) || crate::resets::masked_by(resets, physical);
     crate::intx::command_written(intx, port, vm, &held);
 }
 
@@ -2007,9 +2005,7 @@ fn pci_timer(_ticks: u64) {
         crate::aer::flush_log(&mut pci);
         step_resets(&mut pci);
         let now = now_ns();
-        for line in pci.line_guard.release_due(now) {
-            crate::irq::release_spi(line);
-        }
+        pci.line_guard.release_due(now, crate::irq::release_spi);
         for t in crate::aer::deadlines_passed(&mut pci, now, &mut raises) {
             let vm = match t.owner {
                 pci::vpci::Owner::Guest(vm) => Some(vm),
