@@ -900,14 +900,18 @@ mod tests {
     use std::vec::Vec;
 
     fn state() -> (PciState<Fabric>, Vec<Bdf>) {
-        let mut fabric = Fabric::new().with_root_complex(
+        state_of(Fabric::new().with_root_complex(
             0,
             0,
             &[(
                 devfn(1, 0),
                 Spec::qemu_root_port().child(0, 0, Spec::qemu_nvme()),
             )],
-        );
+        ))
+    }
+
+    /// The state over `fabric` (segment 0, all buses), and its functions.
+    fn state_of(mut fabric: Fabric) -> (PciState<Fabric>, Vec<Bdf>) {
         let found = fabric.enumerate();
         let window = EcamWindow {
             segment: 0,
@@ -1009,7 +1013,7 @@ mod tests {
     /// the guest's unit: denied, and not tracked.
     #[test]
     fn a_report_joining_a_guests_unit_is_denied() {
-        let mut fabric = Fabric::new().with_root_complex(
+        let fabric = Fabric::new().with_root_complex(
             0,
             0,
             &[(
@@ -1023,13 +1027,7 @@ mod tests {
                 ),
             )],
         );
-        let found = fabric.enumerate();
-        let window = EcamWindow {
-            segment: 0,
-            bus_start: 0,
-            bus_end: 255,
-        };
-        let mut pci = PciState::new(std::vec![window], fabric);
+        let (mut pci, found) = state_of(fabric);
         let (guest_fn, late) = (Bdf::new(0, 2, 1, 0), Bdf::new(0, 2, 2, 0));
         let early: Vec<Bdf> = found.iter().copied().filter(|&b| b != late).collect();
         report_all(&mut pci, &early);
@@ -1279,7 +1277,7 @@ mod tests {
 
     #[test]
     fn a_pf_goes_to_a_guest_only_with_its_sriov_off() {
-        let mut fabric = Fabric::new().with_root_complex(
+        let fabric = Fabric::new().with_root_complex(
             0,
             0,
             &[(
@@ -1287,13 +1285,7 @@ mod tests {
                 Spec::qemu_root_port().child(0, 0, Spec::endpoint(0x8086, 0x1521).sriov(2, 0x1520)),
             )],
         );
-        let found = fabric.enumerate();
-        let window = EcamWindow {
-            segment: 0,
-            bus_start: 0,
-            bus_end: 255,
-        };
-        let mut pci = PciState::new(std::vec![window], fabric);
+        let (mut pci, found) = state_of(fabric);
         report_all(&mut pci, &found);
         pci.enumerated.push(0);
         let pf = Bdf::new(0, 1, 0, 0);
